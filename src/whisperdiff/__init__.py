@@ -1,0 +1,25 @@
+"""whisperdiff: find where a Whisper encoder port's numbers first go wrong, why, and whether it matters.
+
+Python API (the CLI is a thin layer over it):
+
+    import whisperdiff as wd
+    t = wd.trace("torch")                        # embedded tiny.en on the shipped clip -> traces/...
+    t = wd.load_trace("traces/torch-tiny.en-speech")
+    t.manifest["model"]["weights_sha256"], t.ops[:3], t["ln_post"]   # lazy, memory-mapped
+    wd.load_model("random:tiny,n_audio_layer=2")  # dims + openai-whisper state dict
+
+Modules, one concept each: names (canonical op names), models (weights loader), ct2 (CTranslate2
+reader), audio (input + Whisper's frontend), runners/ (one per backend), store (trace format),
+stats, provenance, api, cli.
+"""
+
+from .api import trace
+from .errors import WhisperdiffError
+from .models import LoadedModel, load_model, random_model
+from .names import block_op, op_names, op_specs, select_taps
+from .store import Trace, TraceWriter, list_traces, load_trace
+
+__all__ = [
+    "trace", "load_trace", "list_traces", "Trace", "TraceWriter", "load_model", "random_model", "LoadedModel",
+    "op_names", "op_specs", "block_op", "select_taps", "WhisperdiffError",
+]

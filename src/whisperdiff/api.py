@@ -1,0 +1,84 @@
+"""The Python API the CLI is a thin layer over: trace an implementation on one input, into one trace."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .audio import prepare_input
+from .errors import WhisperdiffError
+from .models import LoadedModel, load_model
+from .names import select_taps
+from .provenance import versions
+from .runners import make_runner
+from .store import Trace, TraceWriter, load_trace
+
+DEFAULT_TRACE_DIR = Path("traces")
+
+
+def default_trace_path(impl: str, model_id: str, input_path: str, dtype: str = "float32") -> Path:
+    stem = Path(input_path).stem if input_path else "input"
+    safe_model = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in model_id)
+    suffix = "" if dtype == "float32" else f"-{dtype}"
+    return DEFAULT_TRACE_DIR / f"{impl}-{safe_model}-{stem}{suffix}"
+
+
+def trace(
+    impl: str = "torch",
+    *,
+    model: str | LoadedModel | None = None,
+    audio: str | Path | None = None,
+    mel: str | Path | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    taps: str = "default",
+    on_op: Callable[[str], None] | None = None,
+) -> Trace:
+    """Run `impl` on one input window and write every tapped canonical op to a trace directory.
+
+    model: a spec for load_model (None = embedded tiny.en) or an already LoadedModel.
+    audio / mel: the input (default: the shipped speech clip). out: the trace directory
+    (default traces/IMPL-MODEL-INPUT). on_op is called after each op is written (progress).
+    """
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    load_seconds = time.perf_counter() - t0
+    encoder_input = prepare_input(loaded.dims.n_mels, audio=audio, mel=mel)
+    tap_names = select_taps(loaded.dims, taps)
+    runner = make_runner(impl, loaded, device=device, dtype=dtype, taps=tap_names)
+    out = Path(out) if out is not None else default_trace_path(impl, loaded.model_id, encoder_input.provenance["path"], dtype)
+
+    manifest = {
+        "impl": impl,
+        **{k: v for k, v in runner.facts().items() if k in ("device", "dtype")},
+        "runner": runner.facts(),
+        "model": loaded.manifest(),
+        "input": encoder_input.provenance,
+        "taps": taps,
+        "injected": [],
+        "versions": versions(),
+    }
+    with TraceWriter(out, manifest) as writer:
+
+        def record(name: str, array) -> None:
+            writer.record(name, array)
+            if on_op is not None:
+                on_op(name)
+
+        record("mel", encoder_input.mel)
+        timings = runner.run(encoder_input.mel, record)
+        recorded = [op["name"] for op in writer.ops]
+        if recorded != tap_names:  # a runner that skips or reorders an op must not produce a "complete" trace
+            missing = [n for n in tap_names if n not in recorded]
+            raise WhisperdiffError(f"{impl} runner did not record ops as asked (missing: {missing[:5]}, got {len(recorded)} of {len(tap_names)})")
+        writer.manifest["run"] = {
+            "started": started.isoformat(timespec="seconds"),
+            "model_load_seconds": round(load_seconds, 3),
+            "total_seconds": round(time.perf_counter() - t0, 3),
+            **{k: round(v, 4) if isinstance(v, float) else v for k, v in timings.items()},
+        }
+    return load_trace(out)

@@ -1,0 +1,233 @@
+"""The `whisperdiff` command: a thin typer layer over the Python API.
+
+Every failure the user can fix ends as one line on stderr (`error: ...`) and exit code 2; an
+interrupt ends with exit 130 and leaves no half-written trace; nothing prints a traceback unless
+WHISPERDIFF_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import WhisperdiffError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Find where a Whisper encoder port's numbers first go wrong. Start with `whisperdiff trace`.",
+)
+# Not a terminal (a pipe, CI log): no 80-column wrapping of paths and tables.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model spec: default (embedded tiny.en), a Whisper name, a .pt path, a CTranslate2 dir, or random:PRESET[,seed=N][,dim=V]")]
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@app.command()
+def trace(
+    impl: Annotated[str, typer.Option(help="Implementation to run: torch (openai-whisper reference).")] = "torch",
+    model: ModelOpt = None,
+    audio: Annotated[Path | None, typer.Option(help="Audio file (WAV read directly; other formats via ffmpeg). Default: the shipped clip.")] = None,
+    mel: Annotated[Path | None, typer.Option(help="A precomputed log-mel .npy, [n_mels, 3000], instead of audio.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Trace directory (default traces/IMPL-MODEL-INPUT).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (gpu).")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+    taps: Annotated[str, typer.Option(help="default (all but attention probabilities), all, output (ln_post only), or comma-separated names/globs.")] = "default",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the trace's path and manifest summary as JSON.")] = False,
+):
+    """Run an encoder on one input and save every intermediate activation under canonical names."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .api import trace as run_trace
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[op]}"), console=err, transient=True, disable=as_json or not err.is_terminal) as progress:
+        task = progress.add_task(f"tracing {impl}", total=None, op="loading model")
+        result = run_trace(impl, model=model, audio=audio, mel=mel, out=out_dir, device=device, dtype=dtype, taps=taps,
+                           on_op=lambda name: progress.update(task, advance=1, op=name))
+    m = result.manifest
+    summary = {
+        "trace": str(result.path),
+        "impl": m["impl"],
+        "device": m["device"],
+        "dtype": m["dtype"],
+        "model": m["model"]["id"],
+        "model_source": m["model"]["source"],
+        "weights_sha256": m["model"]["weights_sha256"],
+        "input": m["input"]["path"],
+        "input_sha256": m["input"]["sha256"],
+        "ops": len(result),
+        "bytes": result.nbytes,
+        "seconds": m["run"]["total_seconds"],
+    }
+    if as_json:
+        print(json.dumps(summary, indent=1))
+        return
+    out.print(f"[green]wrote[/] {result.path}  ({len(result)} ops, {_size(result.nbytes)}, {m['run']['total_seconds']:.1f} s)")
+    out.print(f"  model   {m['model']['id']}  [dim]{m['model']['source']}  weights sha256 {m['model']['weights_sha256'][:16]}[/]", highlight=False)
+    inp = m["input"]
+    out.print(f"  input   {inp['path']}  [dim]sha256 {inp['sha256'][:16]}  frontend {inp['frontend']}[/]", highlight=False)
+    out.print(f"  runner  {m['impl']} on {m['device']}, {m['dtype']}", highlight=False)
+    if inp.get("n_windows", 1) > 1:
+        err.print(f"[yellow]warning:[/] the input is {inp['duration_s']:.1f} s: only its first 30 s window was traced "
+                  f"({inp['n_windows']} windows in all)")
+
+
+def _listing_table(listings) -> Table:
+    table = Table(title=None, show_lines=False)
+    for col in ("trace", "status", "impl", "model", "input", "ops", "size", "created"):
+        table.add_column(col, justify="right" if col in ("ops", "size") else "left")
+    for item in listings:
+        row = item.row()
+        status = row["status"]
+        style = "green" if status == "complete" else "red"
+        table.add_row(row["trace"], f"[{style}]{status}[/]", row["impl"] or "-", row["model"] or "-", row["input"] or "-",
+                      str(row["ops"]) if row["ops"] is not None else "-", _size(row["bytes"]), row["created"] or "-")
+    return table
+
+
+@app.command("ls")
+def ls(
+    directory: Annotated[Path, typer.Argument(help="Folder holding traces.")] = Path("traces"),
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON list of traces.")] = False,
+):
+    """List traces with impl, model, input, op count, size; incomplete or damaged ones are marked."""
+    from .store import list_traces
+
+    listings = list_traces(directory)
+    if not listings:
+        raise WhisperdiffError(f"no traces in {directory}; make one with `whisperdiff trace`")
+    if as_json:
+        print(json.dumps([item.row() for item in listings], indent=1))
+    else:
+        out.print(_listing_table(listings))
+
+
+@app.command()
+def show(
+    trace_dir: Annotated[Path, typer.Argument(metavar="TRACE", help="A trace directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Manifest and per-op statistics as JSON.")] = False,
+):
+    """Per-op statistics of one trace: shape, dtype, mean, std, min, max, NaN/Inf counts."""
+    from .store import load_trace
+
+    t = load_trace(trace_dir)
+    df = t.summary()
+    if as_json:
+        print(json.dumps({"trace": str(t.path), "manifest": t.manifest, "ops": df.to_dict(orient="records")}, indent=1))
+        return
+    m = t.manifest
+    out.print(f"[bold]{t.path}[/]  {m.get('impl')} on {m.get('device')}, {m.get('dtype')}", highlight=False)
+    out.print(f"  model {m['model']['id']}  [dim]{m['model']['source']}  weights sha256 {m['model']['weights_sha256'][:16]}[/]", highlight=False)
+    out.print(f"  input {m['input'].get('path')}  [dim]sha256 {m['input'].get('sha256', '')[:16]}[/]", highlight=False)
+    table = Table()
+    for col in ("op", "shape", "dtype", "mean", "std", "min", "max", "nan", "inf"):
+        table.add_column(col, justify="left" if col in ("op", "shape", "dtype") else "right")
+    for row in df.itertuples(index=False):
+        bad = row.nan or row.inf
+        table.add_row(row.op, row.shape, row.dtype, _fmt(row.mean), _fmt(row.std), _fmt(row.min), _fmt(row.max),
+                      f"[red]{row.nan}[/]" if row.nan else "0", f"[red]{row.inf}[/]" if row.inf else "0",
+                      style="red" if bad else None)
+    out.print(table)
+
+
+@app.command()
+def models():
+    """Models that load offline right now (whisperdiff never downloads)."""
+    from .models import available_models
+
+    table = Table()
+    table.add_column("model spec")
+    table.add_column("where")
+    for spec, where in available_models():
+        table.add_row(spec, where)
+    out.print(table)
+
+
+@app.command()
+def ops(
+    model: ModelOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """The canonical op names for a model, in encoder order, with shape and layout."""
+    from .models import load_model
+    from .names import op_specs
+
+    specs = op_specs(load_model(model).dims)
+    if as_json:
+        print(json.dumps([{"name": s.name, "shape": list(s.shape), "layout": s.layout, "optional": s.optional} for s in specs], indent=1))
+        return
+    table = Table()
+    for col in ("op", "shape", "layout", "optional"):
+        table.add_column(col)
+    for s in specs:
+        table.add_row(s.name, "x".join(map(str, s.shape)), s.layout, "yes" if s.optional else "")
+    out.print(table)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # unwinds through TraceWriter, which removes its partial directory
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
+    debug = os.environ.get("WHISPERDIFF_DEBUG") == "1"
+    if len(sys.argv) == 1:
+        sys.argv.append("--help")
+    try:
+        code = app(standalone_mode=False)  # click returns the exit code (e.g. after --help) instead of exiting
+        sys.exit(code if isinstance(code, int) else 0)
+    except WhisperdiffError as e:
+        if debug:
+            raise
+        err.print(f"error: {_one_line(e)}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.TyperException as e:  # usage errors from the (vendored) click parser
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        err.print(f"error: {_one_line(message)} (see `whisperdiff --help`)", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
+        err.print("interrupted: nothing was written", highlight=False, soft_wrap=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as e:
+        if debug:
+            raise
+        err.print(f"error: internal error ({type(e).__name__}: {_one_line(e)}); rerun with WHISPERDIFF_DEBUG=1 for the traceback "
+                  "and please report it", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

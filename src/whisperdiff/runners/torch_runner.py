@@ -1,0 +1,173 @@
+"""The reference: openai-whisper's own AudioEncoder, unmodified, tapped with forward hooks.
+
+Where each canonical op is read (nothing in the forward pass is replaced, so the encoder's
+numerics are exactly those of `model.encoder(mel)`):
+
+    conv1, conv2                 forward hook on encoder.conv1 / conv2 (output)
+    conv1.gelu                   forward pre-hook on encoder.conv2 (its input)
+    conv2.gelu                   forward hook on conv2: F.gelu of its output, the same call on the same
+                                 tensor that AudioEncoder.forward makes next, so bitwise the same values
+    pos_embed                    pre-hook on blocks[0] (or ln_post when there are no blocks)
+    blocks.i.attn_ln             hook on block.attn_ln
+    blocks.i.attn.q / k / v      hooks on attn.query / key / value
+    blocks.i.attn.weights        pre-hook on attn.out: softmax((q s)(k s)^T), s = d_head^-0.25, recomputed in
+                                 float32 from the tapped q and k, as openai-whisper's non-SDPA path does;
+                                 the encoder itself keeps its SDPA path, so its output is untouched
+    blocks.i.attn.wv             pre-hook on attn.out (its input)
+    blocks.i.attn.out            hook on attn.out
+    blocks.i.attn_residual       pre-hook on block.mlp_ln (x + attn output)
+    blocks.i.mlp_ln              hook on block.mlp_ln
+    blocks.i.mlp.fc1/gelu/fc2    hooks on block.mlp[0] / [1] / [2]
+    blocks.i.out                 hook on the block
+    ln_post                      hook on encoder.ln_post
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..errors import WhisperdiffError
+from ..names import block_op
+from .base import Record
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def resolve_torch_device(device: str) -> str:
+    import torch
+
+    device = (device or "auto").lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device in ("cuda", "gpu"):
+        if not torch.cuda.is_available():
+            raise WhisperdiffError("no CUDA GPU is visible to torch; use --device cpu (or auto)")
+        return "cuda"
+    if device == "cpu":
+        return "cpu"
+    raise WhisperdiffError(f"unknown device {device!r} for --impl torch; use cpu, cuda or auto")
+
+
+def _to_numpy(t) -> np.ndarray:
+    import torch
+
+    t = t.detach()
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16; widening to float32 is exact
+        t = t.float()
+    return t.cpu().numpy()
+
+
+class TorchRunner:
+    """Runs openai-whisper's encoder and records every requested canonical op."""
+
+    impl = "torch"
+
+    def __init__(self, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None):
+        import torch
+
+        if dtype not in DTYPES:
+            raise WhisperdiffError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        self.device = resolve_torch_device(device)
+        self.dtype = dtype
+        self.torch_dtype = getattr(torch, dtype)
+        self.loaded = model
+        self.taps = set(taps) if taps is not None else None
+        self.encoder = model.whisper_model(self.device, self.torch_dtype).encoder
+        # openai-whisper's LayerNorm computes in float32 (x.float()); torch's CPU kernel refuses float32 input
+        # with half weights, which CUDA accepts. Upcasting the LN weights (exact) gives CUDA's numerics on CPU.
+        self.float32_layer_norm = self.device == "cpu" and dtype != "float32"
+        if self.float32_layer_norm:
+            from whisper.model import LayerNorm
+
+            for module in self.encoder.modules():
+                if isinstance(module, LayerNorm):
+                    module.float()
+
+    def wants(self, name: str) -> bool:
+        return self.taps is None or name in self.taps
+
+    def facts(self) -> dict:
+        import torch
+
+        return {"device": self.device, "dtype": self.dtype, "threads": torch.get_num_threads(),
+                "encoder": "whisper.model.AudioEncoder (unmodified, forward hooks)",
+                "layer_norm_weights_float32": self.float32_layer_norm}
+
+    def run(self, mel: np.ndarray, record: Record) -> dict:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(mel)).to(self.device, self.torch_dtype)
+        handles = self._install_hooks(record)
+        try:
+            with torch.inference_mode():
+                start = time.perf_counter()
+                self.encoder(x)
+                if self.device == "cuda":
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - start
+        finally:
+            for h in handles:
+                h.remove()
+        return {"encoder_seconds": seconds}
+
+    def _install_hooks(self, record: Record) -> list:
+        import torch.nn.functional as F
+
+        enc, handles = self.encoder, []
+
+        def tap(module, name, *, pre=False, fn=None):
+            """Record `name` from a module's input (pre) or output, optionally through fn."""
+            if not self.wants(name):
+                return
+            if pre:
+                handles.append(module.register_forward_pre_hook(lambda m, args: record(name, _to_numpy((fn or (lambda t: t))(args[0])))))
+            else:
+                handles.append(module.register_forward_hook(lambda m, args, out: record(name, _to_numpy((fn or (lambda t: t))(out)))))
+
+        tap(enc.conv1, "conv1")
+        tap(enc.conv2, "conv1.gelu", pre=True)
+        tap(enc.conv2, "conv2")
+        tap(enc.conv2, "conv2.gelu", fn=F.gelu)
+        tap(enc.blocks[0] if len(enc.blocks) else enc.ln_post, "pos_embed", pre=True)
+        for i, block in enumerate(enc.blocks):
+            attn, name = block.attn, (lambda op, i=i: block_op(i, op))
+            tap(block.attn_ln, name("attn_ln"))
+            tap(attn.query, name("attn.q"))
+            tap(attn.key, name("attn.k"))
+            tap(attn.value, name("attn.v"))
+            if self.wants(name("attn.weights")):
+                handles.extend(self._attention_probabilities(attn, name("attn.weights"), record))
+            tap(attn.out, name("attn.wv"), pre=True)
+            tap(attn.out, name("attn.out"))
+            tap(block.mlp_ln, name("attn_residual"), pre=True)
+            tap(block.mlp_ln, name("mlp_ln"))
+            tap(block.mlp[0], name("mlp.fc1"))
+            tap(block.mlp[1], name("mlp.gelu"))
+            tap(block.mlp[2], name("mlp.fc2"))
+            tap(block, name("out"))
+        tap(enc.ln_post, "ln_post")
+        return handles
+
+    @staticmethod
+    def _attention_probabilities(attn, name: str, record: Record) -> list:
+        """Side hooks that keep q and k, then compute the softmax probabilities before attn.out runs."""
+        import torch
+
+        kept = {}
+
+        def keep(key):
+            return lambda m, args, out: kept.__setitem__(key, out)
+
+        def emit(m, args):
+            q, k = kept.pop("q"), kept.pop("k")
+            b, t, c = q.shape
+            scale = (c // attn.n_head) ** -0.25
+            qh = q.view(b, t, attn.n_head, -1).permute(0, 2, 1, 3)
+            kh = k.view(b, t, attn.n_head, -1).permute(0, 2, 1, 3)
+            scores = ((qh * scale) @ (kh * scale).transpose(-1, -2)).float()
+            record(name, _to_numpy(torch.softmax(scores, dim=-1)))
+
+        return [attn.query.register_forward_hook(keep("q")), attn.key.register_forward_hook(keep("k")),
+                attn.out.register_forward_pre_hook(emit)]
