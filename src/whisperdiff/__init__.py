@@ -20,6 +20,17 @@ from .names import block_op, op_names, op_specs, select_taps
 from .store import Trace, TraceWriter, list_traces, load_trace
 
 __all__ = [
-    "trace", "load_trace", "list_traces", "Trace", "TraceWriter", "load_model", "random_model", "LoadedModel",
-    "op_names", "op_specs", "block_op", "select_taps", "WhisperdiffError",
+    "trace",
+    "load_trace",
+    "list_traces",
+    "Trace",
+    "TraceWriter",
+    "load_model",
+    "random_model",
+    "LoadedModel",
+    "op_names",
+    "op_specs",
+    "block_op",
+    "select_taps",
+    "WhisperdiffError",
 ]

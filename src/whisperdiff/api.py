@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .audio import prepare_input
@@ -43,14 +43,18 @@ def trace(
     audio / mel: the input (default: the shipped speech clip). out: the trace directory
     (default traces/IMPL-MODEL-INPUT). on_op is called after each op is written (progress).
     """
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     t0 = time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     load_seconds = time.perf_counter() - t0
     encoder_input = prepare_input(loaded.dims.n_mels, audio=audio, mel=mel)
     tap_names = select_taps(loaded.dims, taps)
     runner = make_runner(impl, loaded, device=device, dtype=dtype, taps=tap_names)
-    out = Path(out) if out is not None else default_trace_path(impl, loaded.model_id, encoder_input.provenance["path"], dtype)
+    out = (
+        Path(out)
+        if out is not None
+        else default_trace_path(impl, loaded.model_id, encoder_input.provenance["path"], dtype)
+    )
 
     manifest = {
         "impl": impl,
@@ -74,7 +78,9 @@ def trace(
         recorded = [op["name"] for op in writer.ops]
         if recorded != tap_names:  # a runner that skips or reorders an op must not produce a "complete" trace
             missing = [n for n in tap_names if n not in recorded]
-            raise WhisperdiffError(f"{impl} runner did not record ops as asked (missing: {missing[:5]}, got {len(recorded)} of {len(tap_names)})")
+            raise WhisperdiffError(
+                f"{impl} runner did not record ops as asked (missing: {missing[:5]}, got {len(recorded)} of {len(tap_names)})"
+            )
         writer.manifest["run"] = {
             "started": started.isoformat(timespec="seconds"),
             "model_load_seconds": round(load_seconds, 3),

@@ -107,8 +107,23 @@ def _ffmpeg_decode(path: Path) -> np.ndarray:
         raise WhisperdiffError(
             f"{path} is not a WAV file and ffmpeg is not on PATH; install ffmpeg or convert the audio to WAV"
         )
-    cmd = ["ffmpeg", "-nostdin", "-threads", "0", "-i", str(path), "-f", "s16le", "-ac", "1",
-           "-acodec", "pcm_s16le", "-ar", str(SAMPLE_RATE), "-"]
+    cmd = [
+        "ffmpeg",
+        "-nostdin",
+        "-threads",
+        "0",
+        "-i",
+        str(path),
+        "-f",
+        "s16le",
+        "-ac",
+        "1",
+        "-acodec",
+        "pcm_s16le",
+        "-ar",
+        str(SAMPLE_RATE),
+        "-",
+    ]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:
         last = (proc.stderr.decode(errors="replace").strip().splitlines() or ["unknown error"])[-1]
@@ -154,11 +169,15 @@ def load_mel_file(path: str | Path, n_mels: int) -> np.ndarray:
     try:
         mel = np.load(path, allow_pickle=False)
     except Exception as e:
-        raise WhisperdiffError(f"cannot read {path} as a .npy array ({type(e).__name__}); save the mel with numpy.save") from None
+        raise WhisperdiffError(
+            f"cannot read {path} as a .npy array ({type(e).__name__}); save the mel with numpy.save"
+        ) from None
     if mel.ndim == 3 and mel.shape[0] == 1:
         mel = mel[0]
     if mel.ndim != 2 or mel.shape[0] != n_mels:
-        raise WhisperdiffError(f"{path} has shape {list(mel.shape)}; this model needs a log-mel of shape [{n_mels}, {N_FRAMES}]")
+        raise WhisperdiffError(
+            f"{path} has shape {list(mel.shape)}; this model needs a log-mel of shape [{n_mels}, {N_FRAMES}]"
+        )
     if mel.shape[1] != N_FRAMES:
         raise WhisperdiffError(
             f"{path} has {mel.shape[1]} frames; Whisper's encoder takes exactly {N_FRAMES} (30 s): "

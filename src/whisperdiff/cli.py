@@ -30,7 +30,14 @@ app = typer.Typer(
 out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model spec: default (embedded tiny.en), a Whisper name, a .pt path, a CTranslate2 dir, or random:PRESET[,seed=N][,dim=V]")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model spec: default (embedded tiny.en), a Whisper name, a .pt path, a CTranslate2 dir, or random:PRESET[,seed=N][,dim=V]",
+    ),
+]
 
 
 def _fmt(x: float) -> str:
@@ -51,24 +58,55 @@ def _size(n: int | None) -> str:
 def trace(
     impl: Annotated[str, typer.Option(help="Implementation to run: torch (openai-whisper reference).")] = "torch",
     model: ModelOpt = None,
-    audio: Annotated[Path | None, typer.Option(help="Audio file (WAV read directly; other formats via ffmpeg). Default: the shipped clip.")] = None,
-    mel: Annotated[Path | None, typer.Option(help="A precomputed log-mel .npy, [n_mels, 3000], instead of audio.")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Trace directory (default traces/IMPL-MODEL-INPUT).")] = None,
+    audio: Annotated[
+        Path | None,
+        typer.Option(help="Audio file (WAV read directly; other formats via ffmpeg). Default: the shipped clip."),
+    ] = None,
+    mel: Annotated[
+        Path | None, typer.Option(help="A precomputed log-mel .npy, [n_mels, 3000], instead of audio.")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Trace directory (default traces/IMPL-MODEL-INPUT).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (gpu).")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
-    taps: Annotated[str, typer.Option(help="default (all but attention probabilities), all, output (ln_post only), or comma-separated names/globs.")] = "default",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the trace's path and manifest summary as JSON.")] = False,
+    taps: Annotated[
+        str,
+        typer.Option(
+            help="default (all but attention probabilities), all, output (ln_post only), or comma-separated names/globs."
+        ),
+    ] = "default",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the trace's path and manifest summary as JSON.")
+    ] = False,
 ):
     """Run an encoder on one input and save every intermediate activation under canonical names."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .api import trace as run_trace
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[op]}"), console=err, transient=True, disable=as_json or not err.is_terminal) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[op]}"),
+        console=err,
+        transient=True,
+        disable=as_json or not err.is_terminal,
+    ) as progress:
         task = progress.add_task(f"tracing {impl}", total=None, op="loading model")
-        result = run_trace(impl, model=model, audio=audio, mel=mel, out=out_dir, device=device, dtype=dtype, taps=taps,
-                           on_op=lambda name: progress.update(task, advance=1, op=name))
+        result = run_trace(
+            impl,
+            model=model,
+            audio=audio,
+            mel=mel,
+            out=out_dir,
+            device=device,
+            dtype=dtype,
+            taps=taps,
+            on_op=lambda name: progress.update(task, advance=1, op=name),
+        )
     m = result.manifest
     summary = {
         "trace": str(result.path),
@@ -87,14 +125,23 @@ def trace(
     if as_json:
         print(json.dumps(summary, indent=1))
         return
-    out.print(f"[green]wrote[/] {result.path}  ({len(result)} ops, {_size(result.nbytes)}, {m['run']['total_seconds']:.1f} s)")
-    out.print(f"  model   {m['model']['id']}  [dim]{m['model']['source']}  weights sha256 {m['model']['weights_sha256'][:16]}[/]", highlight=False)
+    out.print(
+        f"[green]wrote[/] {result.path}  ({len(result)} ops, {_size(result.nbytes)}, {m['run']['total_seconds']:.1f} s)"
+    )
+    out.print(
+        f"  model   {m['model']['id']}  [dim]{m['model']['source']}  weights sha256 {m['model']['weights_sha256'][:16]}[/]",
+        highlight=False,
+    )
     inp = m["input"]
-    out.print(f"  input   {inp['path']}  [dim]sha256 {inp['sha256'][:16]}  frontend {inp['frontend']}[/]", highlight=False)
+    out.print(
+        f"  input   {inp['path']}  [dim]sha256 {inp['sha256'][:16]}  frontend {inp['frontend']}[/]", highlight=False
+    )
     out.print(f"  runner  {m['impl']} on {m['device']}, {m['dtype']}", highlight=False)
     if inp.get("n_windows", 1) > 1:
-        err.print(f"[yellow]warning:[/] the input is {inp['duration_s']:.1f} s: only its first 30 s window was traced "
-                  f"({inp['n_windows']} windows in all)")
+        err.print(
+            f"[yellow]warning:[/] the input is {inp['duration_s']:.1f} s: only its first 30 s window was traced "
+            f"({inp['n_windows']} windows in all)"
+        )
 
 
 def _listing_table(listings) -> Table:
@@ -105,8 +152,16 @@ def _listing_table(listings) -> Table:
         row = item.row()
         status = row["status"]
         style = "green" if status == "complete" else "red"
-        table.add_row(row["trace"], f"[{style}]{status}[/]", row["impl"] or "-", row["model"] or "-", row["input"] or "-",
-                      str(row["ops"]) if row["ops"] is not None else "-", _size(row["bytes"]), row["created"] or "-")
+        table.add_row(
+            row["trace"],
+            f"[{style}]{status}[/]",
+            row["impl"] or "-",
+            row["model"] or "-",
+            row["input"] or "-",
+            str(row["ops"]) if row["ops"] is not None else "-",
+            _size(row["bytes"]),
+            row["created"] or "-",
+        )
     return table
 
 
@@ -142,16 +197,28 @@ def show(
         return
     m = t.manifest
     out.print(f"[bold]{t.path}[/]  {m.get('impl')} on {m.get('device')}, {m.get('dtype')}", highlight=False)
-    out.print(f"  model {m['model']['id']}  [dim]{m['model']['source']}  weights sha256 {m['model']['weights_sha256'][:16]}[/]", highlight=False)
+    out.print(
+        f"  model {m['model']['id']}  [dim]{m['model']['source']}  weights sha256 {m['model']['weights_sha256'][:16]}[/]",
+        highlight=False,
+    )
     out.print(f"  input {m['input'].get('path')}  [dim]sha256 {m['input'].get('sha256', '')[:16]}[/]", highlight=False)
     table = Table()
     for col in ("op", "shape", "dtype", "mean", "std", "min", "max", "nan", "inf"):
         table.add_column(col, justify="left" if col in ("op", "shape", "dtype") else "right")
     for row in df.itertuples(index=False):
         bad = row.nan or row.inf
-        table.add_row(row.op, row.shape, row.dtype, _fmt(row.mean), _fmt(row.std), _fmt(row.min), _fmt(row.max),
-                      f"[red]{row.nan}[/]" if row.nan else "0", f"[red]{row.inf}[/]" if row.inf else "0",
-                      style="red" if bad else None)
+        table.add_row(
+            row.op,
+            row.shape,
+            row.dtype,
+            _fmt(row.mean),
+            _fmt(row.std),
+            _fmt(row.min),
+            _fmt(row.max),
+            f"[red]{row.nan}[/]" if row.nan else "0",
+            f"[red]{row.inf}[/]" if row.inf else "0",
+            style="red" if bad else None,
+        )
     out.print(table)
 
 
@@ -179,7 +246,12 @@ def ops(
 
     specs = op_specs(load_model(model).dims)
     if as_json:
-        print(json.dumps([{"name": s.name, "shape": list(s.shape), "layout": s.layout, "optional": s.optional} for s in specs], indent=1))
+        print(
+            json.dumps(
+                [{"name": s.name, "shape": list(s.shape), "layout": s.layout, "optional": s.optional} for s in specs],
+                indent=1,
+            )
+        )
         return
     table = Table()
     for col in ("op", "shape", "layout", "optional"):
@@ -203,7 +275,11 @@ def main() -> None:
     if len(sys.argv) == 1:
         sys.argv.append("--help")
     try:
-        code = app(standalone_mode=False)  # click returns the exit code (e.g. after --help) instead of exiting
+        # Not standalone: errors come to us as exceptions; exits come back as a code (typer turns
+        # KeyboardInterrupt, i.e. Ctrl-C or SIGTERM via _terminate, into code 130).
+        code = app(standalone_mode=False)
+        if code == 130:
+            err.print("interrupted: nothing was written", highlight=False, soft_wrap=True)
         sys.exit(code if isinstance(code, int) else 0)
     except WhisperdiffError as e:
         if debug:
@@ -214,7 +290,9 @@ def main() -> None:
         sys.exit(e.exit_code)
     except typer.TyperException as e:  # usage errors from the (vendored) click parser
         message = e.format_message() if hasattr(e, "format_message") else str(e)
-        err.print(f"error: {_one_line(message)} (see `whisperdiff --help`)", highlight=False, markup=False, soft_wrap=True)
+        err.print(
+            f"error: {_one_line(message)} (see `whisperdiff --help`)", highlight=False, markup=False, soft_wrap=True
+        )
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted: nothing was written", highlight=False, soft_wrap=True)
@@ -224,8 +302,13 @@ def main() -> None:
     except Exception as e:
         if debug:
             raise
-        err.print(f"error: internal error ({type(e).__name__}: {_one_line(e)}); rerun with WHISPERDIFF_DEBUG=1 for the traceback "
-                  "and please report it", highlight=False, markup=False, soft_wrap=True)
+        err.print(
+            f"error: internal error ({type(e).__name__}: {_one_line(e)}); rerun with WHISPERDIFF_DEBUG=1 for the traceback "
+            "and please report it",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
         sys.exit(3)
 
 

@@ -125,11 +125,16 @@ def to_whisper(variables: dict[str, np.ndarray], path: Path):
             if not dst.endswith(".key"):
                 sd[f"{dst}.bias"] = bias[j * width : (j + 1) * width]
 
-    for side, n_layer, width in (("encoder", dims.n_audio_layer, n_state), ("decoder", dims.n_text_layer, dims.n_text_state)):
+    for side, n_layer, width in (
+        ("encoder", dims.n_audio_layer, n_state),
+        ("decoder", dims.n_text_layer, dims.n_text_state),
+    ):
         for i in range(n_layer):
             dst, src = f"{side}.blocks.{i}", f"{side}/layer_{i}"
             layer_norm(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
-            split([f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"], f"{src}/self_attention/linear_0", width)
+            split(
+                [f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"], f"{src}/self_attention/linear_0", width
+            )
             linear(f"{dst}.attn.out", f"{src}/self_attention/linear_1")
             if side == "decoder":
                 layer_norm(f"{dst}.cross_attn_ln", f"{src}/attention/layer_norm")

@@ -25,7 +25,13 @@ from .errors import WhisperdiffError
 EMBEDDED_NAME = "tiny.en"
 
 # openai-whisper's published dims, per model name (for random models and `whisperdiff models`).
-_ENC = {"tiny": (384, 6, 4), "base": (512, 8, 6), "small": (768, 12, 12), "medium": (1024, 16, 24), "large": (1280, 20, 32)}
+_ENC = {
+    "tiny": (384, 6, 4),
+    "base": (512, 8, 6),
+    "small": (768, 12, 12),
+    "medium": (1024, 16, 24),
+    "large": (1280, 20, 32),
+}
 
 
 def preset_dims(name: str) -> dict:
@@ -51,8 +57,21 @@ def preset_dims(name: str) -> dict:
     )
 
 
-PRESETS = ("tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
-           "large-v1", "large-v2", "large-v3", "large-v3-turbo", "turbo")
+PRESETS = (
+    "tiny",
+    "tiny.en",
+    "base",
+    "base.en",
+    "small",
+    "small.en",
+    "medium",
+    "medium.en",
+    "large-v1",
+    "large-v2",
+    "large-v3",
+    "large-v3-turbo",
+    "turbo",
+)
 
 
 @dataclass
@@ -169,7 +188,9 @@ def load_model(spec: str | None = None) -> LoadedModel:
             f"fetch it once with `python -c \"import whisper; whisper.load_model('{spec}')\"` or pass a path; "
             + _available_hint()
         )
-    raise WhisperdiffError(f"unknown model {spec!r} (not a file, directory or Whisper model name); " + _available_hint())
+    raise WhisperdiffError(
+        f"unknown model {spec!r} (not a file, directory or Whisper model name); " + _available_hint()
+    )
 
 
 def _load_embedded() -> LoadedModel:
@@ -187,7 +208,9 @@ def _load_ct2(path: Path, model_id: str) -> LoadedModel:
 
     model_bin = path / "model.bin" if path.is_dir() else path
     if not model_bin.exists():
-        raise WhisperdiffError(f"{path} has no model.bin; a CTranslate2 model directory needs model.bin and config.json")
+        raise WhisperdiffError(
+            f"{path} has no model.bin; a CTranslate2 model directory needs model.bin and config.json"
+        )
     dims, sd = load_ct2_dir(path)
     return _checked(LoadedModel(model_id, f"ctranslate2:{model_bin.resolve()}", dims, sd))
 
@@ -209,15 +232,21 @@ def load_checkpoint(path: str | Path, model_id: str | None = None) -> LoadedMode
             "load with weights_only=True: re-save it as {'dims': dict, 'model_state_dict': tensors}"
         ) from None
     except Exception as e:  # corrupt zip, truncated file, not a torch file at all
-        raise WhisperdiffError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                               "; is it an openai-whisper .pt file?") from None
+        raise WhisperdiffError(
+            f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            "; is it an openai-whisper .pt file?"
+        ) from None
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
-        raise WhisperdiffError(f"{path} is not an openai-whisper checkpoint (expected keys 'dims' and 'model_state_dict')")
+        raise WhisperdiffError(
+            f"{path} is not an openai-whisper checkpoint (expected keys 'dims' and 'model_state_dict')"
+        )
     try:
         dims = ModelDimensions(**ckpt["dims"])
     except TypeError as e:
         raise WhisperdiffError(f"{path}: bad 'dims' entry ({e})") from None
-    return _checked(LoadedModel(model_id or path.stem, f"openai-whisper:{path.resolve()}", dims, dict(ckpt["model_state_dict"])))
+    return _checked(
+        LoadedModel(model_id or path.stem, f"openai-whisper:{path.resolve()}", dims, dict(ckpt["model_state_dict"]))
+    )
 
 
 def expected_shapes(dims) -> dict[str, tuple[int, ...]]:

@@ -49,7 +49,9 @@ class TraceWriter:
     def __init__(self, path: str | Path, manifest: dict):
         self.path = Path(path)
         if self.path.exists() and not (self.path / MANIFEST).exists() and any(self.path.iterdir()):
-            raise WhisperdiffError(f"refusing to overwrite {self.path}: it exists and is not a whisperdiff trace; choose another --out")
+            raise WhisperdiffError(
+                f"refusing to overwrite {self.path}: it exists and is not a whisperdiff trace; choose another --out"
+            )
         self.manifest = dict(manifest)
         self.ops: list[dict] = []
         self.tmp = self.path.parent / f".{self.path.name}.partial-{os.getpid()}"
@@ -70,9 +72,19 @@ class TraceWriter:
         rel = f"{TENSOR_DIR}/{name}.npy"
         with open(self.tmp / rel, "wb") as f:
             np.lib.format.write_array(f, array, allow_pickle=False)
+            file_bytes = f.tell()
         digest = hashlib.sha256(memoryview(array.reshape(-1).view(np.uint8))).hexdigest()
-        self.ops.append({"name": name, "file": rel, "shape": list(array.shape), "dtype": array.dtype.name,
-                         "nbytes": int(array.nbytes), "sha256": digest})
+        self.ops.append(
+            {
+                "name": name,
+                "file": rel,
+                "shape": list(array.shape),
+                "dtype": array.dtype.name,
+                "nbytes": int(array.nbytes),
+                "file_bytes": file_bytes,
+                "sha256": digest,
+            }
+        )
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
@@ -119,14 +131,18 @@ class Trace:
 
     def info(self, name: str) -> dict:
         if name not in self._ops:
-            raise WhisperdiffError(f"{self.path} has no op {name!r}; it has {len(self._ops)} ops (see `whisperdiff show`)")
+            raise WhisperdiffError(
+                f"{self.path} has no op {name!r}; it has {len(self._ops)} ops (see `whisperdiff show`)"
+            )
         return self._ops[name]
 
     def __getitem__(self, name: str) -> np.memmap:
         op = self.info(name)
         file = self.path / op["file"]
         if not file.is_file():
-            raise WhisperdiffError(f"{self.path} is damaged: tensor file {op['file']} is missing; re-run `whisperdiff trace`")
+            raise WhisperdiffError(
+                f"{self.path} is damaged: tensor file {op['file']} is missing; re-run `whisperdiff trace`"
+            )
         try:
             array = np.load(file, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
@@ -145,7 +161,9 @@ class Trace:
         array = self[name]
         digest = hashlib.sha256(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))).hexdigest()
         if digest != self._ops[name]["sha256"]:
-            raise WhisperdiffError(f"{self.path} is damaged: {self._ops[name]['file']} does not match its sha256; re-run `whisperdiff trace`")
+            raise WhisperdiffError(
+                f"{self.path} is damaged: {self._ops[name]['file']} does not match its sha256; re-run `whisperdiff trace`"
+            )
 
     @property
     def nbytes(self) -> int:
@@ -162,7 +180,9 @@ class Trace:
             if verify:
                 self.verify(name)
             op = self._ops[name]
-            rows.append({"op": name, "shape": "x".join(map(str, op["shape"])), "dtype": op["dtype"], **tensor_stats(self[name])})
+            rows.append(
+                {"op": name, "shape": "x".join(map(str, op["shape"])), "dtype": op["dtype"], **tensor_stats(self[name])}
+            )
         return pd.DataFrame(rows)
 
     def __repr__(self) -> str:
@@ -179,24 +199,34 @@ def read_manifest(path: Path) -> dict:
     file = path / MANIFEST
     if not file.is_file():
         if path.name.startswith(".") and ".partial-" in path.name or (path / TENSOR_DIR).is_dir():
-            raise WhisperdiffError(f"{path} is an incomplete trace (interrupted run, no manifest); delete it and re-run `whisperdiff trace`")
+            raise WhisperdiffError(
+                f"{path} is an incomplete trace (interrupted run, no manifest); delete it and re-run `whisperdiff trace`"
+            )
         raise WhisperdiffError(f"{path} is not a trace (no {MANIFEST}); make one with `whisperdiff trace`")
     try:
         manifest = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WhisperdiffError(f"{file} is not valid JSON ({e}); the trace is damaged: re-run `whisperdiff trace`") from None
+        raise WhisperdiffError(
+            f"{file} is not valid JSON ({e}); the trace is damaged: re-run `whisperdiff trace`"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-        raise WhisperdiffError(f"{file} is not a whisperdiff trace manifest (schema {manifest.get('schema') if isinstance(manifest, dict) else None!r})")
+        raise WhisperdiffError(
+            f"{file} is not a whisperdiff trace manifest (schema {manifest.get('schema') if isinstance(manifest, dict) else None!r})"
+        )
     version = manifest.get("schema_version")
     if not isinstance(version, int):
-        raise WhisperdiffError(f"{file} has no integer schema_version; the trace is damaged: re-run `whisperdiff trace`")
+        raise WhisperdiffError(
+            f"{file} has no integer schema_version; the trace is damaged: re-run `whisperdiff trace`"
+        )
     if version > SCHEMA_VERSION:
         raise WhisperdiffError(
             f"{path} was written by a newer whisperdiff (trace schema {version}, this one reads up to {SCHEMA_VERSION}); "
             "upgrade whisperdiff: pip install -U whisperdiff"
         )
     ops = manifest.get("ops")
-    if not isinstance(ops, list) or not all(isinstance(op, dict) and {"name", "file", "shape", "dtype"} <= op.keys() for op in ops):
+    if not isinstance(ops, list) or not all(
+        isinstance(op, dict) and {"name", "file", "shape", "dtype"} <= op.keys() for op in ops
+    ):
         raise WhisperdiffError(f"{file} has a malformed op list; the trace is damaged: re-run `whisperdiff trace`")
     return manifest
 
@@ -231,8 +261,8 @@ def _check_files(path: Path, manifest: dict) -> str:
         file = path / op["file"]
         if not file.is_file():
             return f"damaged: {op['file']} missing"
-        if "nbytes" in op and file.stat().st_size < op["nbytes"]:
-            return f"damaged: {op['file']} truncated"
+        if "file_bytes" in op and file.stat().st_size != op["file_bytes"]:
+            return f"damaged: {op['file']} truncated or altered"
     return "complete"
 
 
@@ -241,7 +271,9 @@ def list_traces(directory: str | Path = "traces") -> list[Listing]:
     directory = Path(directory)
     if not directory.is_dir():
         raise WhisperdiffError(f"{directory} is not a directory; pass the folder that holds your traces")
-    candidates = [directory] if (directory / MANIFEST).exists() else sorted(p for p in directory.iterdir() if p.is_dir())
+    candidates = (
+        [directory] if (directory / MANIFEST).exists() else sorted(p for p in directory.iterdir() if p.is_dir())
+    )
     listings = []
     for path in candidates:
         if not (path / MANIFEST).exists():

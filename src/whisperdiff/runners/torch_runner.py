@@ -91,9 +91,13 @@ class TorchRunner:
     def facts(self) -> dict:
         import torch
 
-        return {"device": self.device, "dtype": self.dtype, "threads": torch.get_num_threads(),
-                "encoder": "whisper.model.AudioEncoder (unmodified, forward hooks)",
-                "layer_norm_weights_float32": self.float32_layer_norm}
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "threads": torch.get_num_threads(),
+            "encoder": "whisper.model.AudioEncoder (unmodified, forward hooks)",
+            "layer_norm_weights_float32": self.float32_layer_norm,
+        }
 
     def run(self, mel: np.ndarray, record: Record) -> dict:
         import torch
@@ -122,9 +126,17 @@ class TorchRunner:
             if not self.wants(name):
                 return
             if pre:
-                handles.append(module.register_forward_pre_hook(lambda m, args: record(name, _to_numpy((fn or (lambda t: t))(args[0])))))
+                handles.append(
+                    module.register_forward_pre_hook(
+                        lambda m, args: record(name, _to_numpy((fn or (lambda t: t))(args[0])))
+                    )
+                )
             else:
-                handles.append(module.register_forward_hook(lambda m, args, out: record(name, _to_numpy((fn or (lambda t: t))(out)))))
+                handles.append(
+                    module.register_forward_hook(
+                        lambda m, args, out: record(name, _to_numpy((fn or (lambda t: t))(out)))
+                    )
+                )
 
         tap(enc.conv1, "conv1")
         tap(enc.conv2, "conv1.gelu", pre=True)
@@ -169,5 +181,8 @@ class TorchRunner:
             scores = ((qh * scale) @ (kh * scale).transpose(-1, -2)).float()
             record(name, _to_numpy(torch.softmax(scores, dim=-1)))
 
-        return [attn.query.register_forward_hook(keep("q")), attn.key.register_forward_hook(keep("k")),
-                attn.out.register_forward_pre_hook(emit)]
+        return [
+            attn.query.register_forward_hook(keep("q")),
+            attn.key.register_forward_hook(keep("k")),
+            attn.out.register_forward_pre_hook(emit),
+        ]

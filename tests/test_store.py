@@ -1,0 +1,109 @@
+import json
+
+import numpy as np
+import pytest
+
+import whisperdiff as wd
+from whisperdiff.store import MANIFEST, TraceWriter, list_traces, load_trace
+
+
+def write(path, ops=("mel", "ln_post"), **manifest):
+    with TraceWriter(path, {"impl": "test", **manifest}) as w:
+        for i, name in enumerate(ops):
+            w.record(name, np.full((2, 3), i, np.float32))
+    return load_trace(path)
+
+
+def test_round_trip_is_lazy_and_exact(tmp_path):
+    t = write(tmp_path / "t")
+    assert t.ops == ["mel", "ln_post"]
+    assert isinstance(t["ln_post"], np.memmap) and not t["ln_post"].flags.writeable
+    assert np.array_equal(t["ln_post"], np.ones((2, 3), np.float32))
+    assert sorted(p.name for p in (tmp_path / "t" / "tensors").iterdir()) == ["ln_post.npy", "mel.npy"]
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no partial left behind
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_failed_run_leaves_nothing_and_keeps_the_old_trace(tmp_path, error):
+    old = write(tmp_path / "t", ops=("mel",))
+    with pytest.raises(error):
+        with TraceWriter(tmp_path / "t", {"impl": "test"}) as w:
+            w.record("mel", np.zeros(4, np.float32))
+            w.record("conv1", np.zeros(4, np.float32))
+            raise error()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+    assert load_trace(tmp_path / "t").ops == old.ops == ["mel"]
+
+
+def test_replacing_a_trace_and_refusing_foreign_directories(tmp_path):
+    write(tmp_path / "t", ops=("mel",))
+    assert write(tmp_path / "t", ops=("mel", "conv1")).ops == ["mel", "conv1"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    with pytest.raises(wd.WhisperdiffError, match="not a whisperdiff trace"):
+        write(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+
+
+def test_damaged_traces_are_one_line_errors(tmp_path):
+    t = write(tmp_path / "t")
+    file = tmp_path / "t" / "tensors" / "ln_post.npy"
+    file.write_bytes(file.read_bytes()[:-8])
+    with pytest.raises(wd.WhisperdiffError, match="truncated or corrupt"):
+        t["ln_post"]
+    assert list_traces(tmp_path)[0].status == "damaged: tensors/ln_post.npy truncated or altered"
+    file.unlink()
+    with pytest.raises(wd.WhisperdiffError, match="ln_post.npy is missing"):
+        load_trace(tmp_path / "t")["ln_post"]
+    assert list_traces(tmp_path)[0].status == "damaged: tensors/ln_post.npy missing"
+
+
+def test_edited_tensor_fails_verification(tmp_path):
+    t = write(tmp_path / "t")
+    file = tmp_path / "t" / "tensors" / "mel.npy"
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 0xFF
+    file.write_bytes(bytes(data))
+    with pytest.raises(wd.WhisperdiffError, match="does not match its sha256"):
+        t.verify("mel")
+
+
+def test_manifest_schema_checks(tmp_path):
+    write(tmp_path / "t")
+    manifest = json.loads((tmp_path / "t" / MANIFEST).read_text())
+    (tmp_path / "t" / MANIFEST).write_text(json.dumps({**manifest, "schema_version": 99}))
+    with pytest.raises(wd.WhisperdiffError, match="newer whisperdiff.*upgrade"):
+        load_trace(tmp_path / "t")
+    (tmp_path / "t" / MANIFEST).write_text(json.dumps({**manifest, "schema": "something.else"}))
+    with pytest.raises(wd.WhisperdiffError, match="not a whisperdiff trace manifest"):
+        load_trace(tmp_path / "t")
+    (tmp_path / "t" / MANIFEST).write_text("{ not json")
+    with pytest.raises(wd.WhisperdiffError, match="not valid JSON"):
+        load_trace(tmp_path / "t")
+
+
+def test_listing_marks_incomplete_runs(tmp_path):
+    write(tmp_path / "done")
+    (tmp_path / ".half.partial-123" / "tensors").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    statuses = {item.path.name: item.status for item in list_traces(tmp_path)}
+    assert statuses == {"done": "complete", ".half.partial-123": "incomplete"}
+    with pytest.raises(wd.WhisperdiffError, match="not a trace"):
+        load_trace(tmp_path / "empty")
+    with pytest.raises(wd.WhisperdiffError, match="incomplete trace"):
+        load_trace(tmp_path / ".half.partial-123")
+
+
+def test_summary_statistics(tmp_path):
+    with TraceWriter(tmp_path / "t", {"impl": "test"}) as w:
+        w.record("ln_post", np.array([1.0, 2.0, 3.0, np.nan, np.inf], np.float32))
+    row = load_trace(tmp_path / "t").summary().iloc[0]
+    assert (row["mean"], row["min"], row["max"], row["nan"], row["inf"]) == (2.0, 1.0, 3.0, 1, 1)
+    assert row["std"] == pytest.approx(np.std([1.0, 2.0, 3.0]))
+
+
+def test_op_names_must_be_safe_file_names(tmp_path):
+    with pytest.raises(wd.WhisperdiffError, match="not usable as a file name"):
+        with TraceWriter(tmp_path / "t", {}) as w:
+            w.record("../escape", np.zeros(1))
+    assert not (tmp_path / "t").exists()
