@@ -1,0 +1,245 @@
+"""openai-whisper's AudioEncoder in MAX Graph, op for op, with every canonical op as a tap.
+
+Read it side by side with whisper/model.py: the same classes (Linear, Conv1d, LayerNorm,
+MultiHeadAttention, ResidualAttentionBlock, AudioEncoder) and the same forward order.
+
+Two design rules:
+- Weights are `max.graph.Weight`s named exactly as openai-whisper's state dict and fed at load time
+  through `weights_registry`, so the compiled graph depends only on (dims, dtype, device, taps):
+  a second checkpoint of the same size reuses the compiled graph.
+- Porting bugs are switched at run time by small control inputs (see `Controls`), not by building
+  another graph: the correct encoder and every injectable bug share one compiled graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from max.dtype import DType
+from max.graph import DeviceRef, Graph, TensorType, TensorValue, Weight, ops
+from max.graph.type import FilterLayout
+
+from .names import block_op
+
+
+@dataclass
+class Controls:
+    """Run-time switches fed as graph inputs; the defaults compute the correct encoder."""
+
+    n_layer: int
+    n_state: int
+    n_head: int
+    pos_scale: float = 1.0  # 0: positional embedding not added
+    conv1_taps: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (0, 1, 0): only the centre tap
+    qk_scale: float | None = None  # per side: d_head^-0.25 (so scores get d_head^-0.5)
+    ln_eps: float = 1e-5
+    gelu_tanh: float = 0.0  # 1: tanh-approximate GELU in the MLP
+    ln_post_skip: float = 0.0  # 1: ln_post skipped
+    ln_post_rescale: float = 0.0  # 1: ln_post replaced by one whole-tensor standardisation
+    kv_swap: list[float] = field(default_factory=list)  # per block: key and value projections swapped
+    mlp_residual: list[float] = field(default_factory=list)  # per block: 0 drops the MLP residual
+    half_block: list[float] = field(default_factory=list)  # per block: activations rounded to float16
+
+    def __post_init__(self):
+        n = self.n_layer
+        self.kv_swap = self.kv_swap or [0.0] * n
+        self.mlp_residual = self.mlp_residual or [1.0] * n
+        self.half_block = self.half_block or [0.0] * n
+        if self.qk_scale is None:
+            self.qk_scale = (self.n_state // self.n_head) ** -0.25
+
+    def arrays(self) -> list[np.ndarray]:
+        """Graph inputs after the mel, in the order `control_types` declares them."""
+        f = np.float32
+        return [
+            np.array(self.pos_scale, f),
+            np.array(self.conv1_taps, f).reshape(1, 3, 1, 1),
+            np.array(self.qk_scale, f),
+            np.array(self.ln_eps, f),
+            np.array(self.gelu_tanh, f),
+            np.array(self.ln_post_skip, f),
+            np.array(self.ln_post_rescale, f),
+            np.array(self.kv_swap, f),
+            np.array(self.mlp_residual, f),
+            np.array(self.half_block, f),
+        ]
+
+
+def control_types(n_layer: int, device: DeviceRef) -> list[TensorType]:
+    f = DType.float32
+    scalar = TensorType(f, [], device=device)
+    per_block = TensorType(f, [n_layer], device=device)
+    return [scalar, TensorType(f, [1, 3, 1, 1], device=device), scalar, scalar, scalar, scalar, scalar,
+            per_block, per_block, per_block]  # fmt: skip
+
+
+class Context:
+    """What every module needs while the graph is built: dtype, device, the controls and the tap sink."""
+
+    def __init__(self, dtype: DType, device: DeviceRef, controls: list[TensorValue], taps: set[str]):
+        self.dtype, self.device, self.taps = dtype, device, taps
+        (self.pos_scale, self.conv1_taps, self.qk_scale, self.ln_eps, self.gelu_tanh, self.ln_post_skip,
+         self.ln_post_rescale, self.kv_swap, self.mlp_residual, self.half_block) = controls  # fmt: skip
+        self.outputs: list[tuple[str, TensorValue]] = []
+
+    def tap(self, name: str, x: TensorValue) -> TensorValue:
+        if name in self.taps:
+            self.outputs.append((name, x))
+        return x
+
+    def weight(self, name: str, shape: list[int]) -> TensorValue:
+        return Weight(name, self.dtype, shape, self.device)
+
+    def scalar(self, value: float) -> TensorValue:
+        return ops.constant(value, self.dtype, self.device)
+
+
+def mix(flag: TensorValue, normal: TensorValue, buggy: TensorValue) -> TensorValue:
+    """normal where flag is 0, buggy where it is 1: how a run-time control selects a porting bug."""
+    return normal + flag * (buggy - normal)
+
+
+class LayerNorm:
+    def __init__(self, cx: Context, name: str, n_state: int):
+        self.cx, self.weight, self.bias = cx, cx.weight(f"{name}.weight", [n_state]), cx.weight(f"{name}.bias", [n_state])
+
+    def __call__(self, x: TensorValue) -> TensorValue:
+        # Written out (not ops.layer_norm) so that epsilon is a run-time input (the ln-eps bug).
+        mean = ops.mean(x, axis=-1)
+        centred = x - mean
+        var = ops.mean(centred * centred, axis=-1)
+        return centred * ops.rsqrt(var + self.cx.ln_eps) * self.weight + self.bias
+
+
+class Linear:
+    def __init__(self, cx: Context, name: str, n_in: int, n_out: int, bias: bool = True):
+        self.weight = cx.weight(f"{name}.weight", [n_out, n_in])
+        self.bias = cx.weight(f"{name}.bias", [n_out]) if bias else None
+
+    def __call__(self, x: TensorValue) -> TensorValue:
+        y = x @ ops.transpose(self.weight, 0, 1)
+        return y + self.bias if self.bias is not None else y
+
+
+class Conv1d:
+    """torch's Conv1d on [B, T, C] activations, as a 2-D convolution over NHWC with H = 1.
+
+    The filter is RSCF, [1, k, in, out] (MAX 26.7's CPU kernels reject torch's FCRS layout), transposed
+    from torch's [out, in, k] when the weights are fed; `taps` masks kernel taps."""
+
+    def __init__(self, cx: Context, name: str, n_in: int, n_out: int, stride: int = 1):
+        self.weight = cx.weight(f"{name}.weight", [1, 3, n_in, n_out])
+        self.bias = cx.weight(f"{name}.bias", [n_out])
+        self.stride = stride
+
+    def __call__(self, x: TensorValue, taps: TensorValue | None = None) -> TensorValue:
+        b, t, c = x.shape
+        weight = self.weight * taps if taps is not None else self.weight
+        y = ops.conv2d(ops.reshape(x, [b, 1, t, c]), weight, stride=(1, self.stride), padding=(0, 0, 1, 1),
+                       bias=self.bias, filter_layout=FilterLayout.RSCF)  # fmt: skip
+        return ops.reshape(y, [y.shape[0], y.shape[2], y.shape[3]])
+
+
+class MultiHeadAttention:
+    def __init__(self, cx: Context, name: str, n_state: int, n_head: int):
+        self.cx, self.name, self.n_head = cx, name, n_head
+        self.query = Linear(cx, f"{name}.query", n_state, n_state)
+        self.key = Linear(cx, f"{name}.key", n_state, n_state, bias=False)
+        self.value = Linear(cx, f"{name}.value", n_state, n_state)
+        self.out = Linear(cx, f"{name}.out", n_state, n_state)
+
+    def __call__(self, x: TensorValue, i: int, half) -> TensorValue:
+        cx = self.cx
+        q = half(cx.tap(block_op(i, "attn.q"), self.query(x)))
+        k, v = self.key(x), self.value(x)
+        swap = cx.kv_swap[i]
+        k, v = mix(swap, k, v), mix(swap, v, k)
+        k = half(cx.tap(block_op(i, "attn.k"), k))
+        v = half(cx.tap(block_op(i, "attn.v"), v))
+        wv = half(cx.tap(block_op(i, "attn.wv"), self.qkv_attention(q, k, v, i)))
+        return half(cx.tap(block_op(i, "attn.out"), self.out(wv)))
+
+    def qkv_attention(self, q: TensorValue, k: TensorValue, v: TensorValue, i: int) -> TensorValue:
+        b, t, c = q.shape
+        h = self.n_head
+        scale = self.cx.qk_scale
+        q = ops.permute(ops.reshape(q, [b, t, h, c // h]), [0, 2, 1, 3])
+        k = ops.permute(ops.reshape(k, [b, t, h, c // h]), [0, 2, 3, 1])
+        v = ops.permute(ops.reshape(v, [b, t, h, c // h]), [0, 2, 1, 3])
+        w = ops.softmax((q * scale) @ (k * scale))
+        self.cx.tap(block_op(i, "attn.weights"), w)
+        return ops.reshape(ops.permute(w @ v, [0, 2, 1, 3]), [b, t, c])
+
+
+class ResidualAttentionBlock:
+    def __init__(self, cx: Context, i: int, n_state: int, n_head: int):
+        name = f"encoder.blocks.{i}"
+        self.cx, self.i = cx, i
+        self.attn = MultiHeadAttention(cx, f"{name}.attn", n_state, n_head)
+        self.attn_ln = LayerNorm(cx, f"{name}.attn_ln", n_state)
+        self.mlp_fc1 = Linear(cx, f"{name}.mlp.0", n_state, 4 * n_state)
+        self.mlp_fc2 = Linear(cx, f"{name}.mlp.2", 4 * n_state, n_state)
+        self.mlp_ln = LayerNorm(cx, f"{name}.mlp_ln", n_state)
+
+    def __call__(self, x: TensorValue) -> TensorValue:
+        cx, i = self.cx, self.i
+        flag = cx.half_block[i]
+
+        def half(y: TensorValue) -> TensorValue:  # the half-precision-block bug: float16 storage of activations
+            return mix(flag, y, ops.cast(ops.cast(y, DType.float16), cx.dtype))
+
+        x = half(x)
+        x = cx.tap(block_op(i, "attn_residual"), x + self.attn(half(cx.tap(block_op(i, "attn_ln"), self.attn_ln(x))), i, half))
+        h = half(cx.tap(block_op(i, "mlp_ln"), self.mlp_ln(x)))
+        h = half(cx.tap(block_op(i, "mlp.fc1"), self.mlp_fc1(h)))
+        h = half(cx.tap(block_op(i, "mlp.gelu"), mix(cx.gelu_tanh, ops.gelu(h), ops.gelu(h, approximate="tanh"))))
+        h = half(cx.tap(block_op(i, "mlp.fc2"), self.mlp_fc2(h)))
+        return half(cx.tap(block_op(i, "out"), h + cx.mlp_residual[i] * x))
+
+
+class AudioEncoder:
+    def __init__(self, cx: Context, n_mels: int, n_ctx: int, n_state: int, n_head: int, n_layer: int):
+        self.cx = cx
+        self.conv1 = Conv1d(cx, "encoder.conv1", n_mels, n_state)
+        self.conv2 = Conv1d(cx, "encoder.conv2", n_state, n_state, stride=2)
+        self.positional_embedding = cx.weight("encoder.positional_embedding", [n_ctx, n_state])
+        self.blocks = [ResidualAttentionBlock(cx, i, n_state, n_head) for i in range(n_layer)]
+        self.ln_post = LayerNorm(cx, "encoder.ln_post", n_state)
+
+    def __call__(self, mel: TensorValue) -> TensorValue:
+        """mel: [B, n_mels, 3000] (openai-whisper's layout); the convs run time-major, NHWC."""
+        cx = self.cx
+        x = ops.permute(mel, [0, 2, 1])
+        x = ops.gelu(cx.tap("conv1", self.conv1(x, taps=cx.conv1_taps)))
+        x = ops.gelu(cx.tap("conv2", self.conv2(cx.tap("conv1.gelu", x))))
+        x = cx.tap("conv2.gelu", x)
+        x = cx.tap("pos_embed", x + cx.pos_scale * self.positional_embedding)
+        for block in self.blocks:
+            x = block(x)
+        normed = self.ln_post(x)
+        flat = ops.reshape(x, [-1])
+        mean = ops.mean(flat, axis=-1)
+        std = ops.sqrt(ops.mean((flat - mean) * (flat - mean), axis=-1))
+        rescaled = (x - mean) / std  # variance-rescale: whole-tensor statistics made to look normalised
+        out = mix(cx.ln_post_rescale, mix(cx.ln_post_skip, normed, x), rescaled)
+        return cx.tap("ln_post", out)
+
+
+# Taps whose MAX layout is time-major [B, T, C] but whose canonical layout is openai-whisper's [B, C, T].
+CHANNELS_FIRST_TAPS = ("conv1", "conv1.gelu", "conv2", "conv2.gelu")
+
+
+def build_graph(dims, taps: list[str], dtype: DType = DType.float32, device: DeviceRef | None = None) -> tuple[Graph, list[str]]:
+    """The encoder graph for these dims with `taps` (canonical names) as outputs; returns (graph, output names)."""
+    device = device or DeviceRef.CPU()
+    d = dims
+    mel_type = TensorType(DType.float32, [1, d.n_mels, 2 * d.n_audio_ctx], device=device)
+    key = f"whisper_encoder_{d.n_mels}_{d.n_audio_ctx}_{d.n_audio_state}_{d.n_audio_head}_{d.n_audio_layer}"
+    with Graph(key, input_types=[mel_type, *control_types(d.n_audio_layer, device)]) as graph:
+        mel, *controls = (v.tensor for v in graph.inputs)
+        cx = Context(dtype, device, controls, set(taps))
+        encoder = AudioEncoder(cx, d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer)
+        encoder(ops.cast(mel, dtype) if dtype != DType.float32 else mel)
+        graph.output(*(value for _, value in cx.outputs))
+    return graph, [name for name, _ in cx.outputs]

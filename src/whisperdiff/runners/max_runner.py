@@ -1,0 +1,98 @@
+"""Runs the MAX Graph encoder (max_encoder.py) and records its taps under canonical names."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import WhisperdiffError
+from .base import Record
+
+DTYPES = ("float32",)
+MAX_CACHE = Path.home() / ".cache" / "modular" / ".max_cache"
+
+
+def _cache_entries() -> int:
+    return sum(1 for p in MAX_CACHE.rglob("*") if p.is_file()) if MAX_CACHE.exists() else 0
+
+
+def resolve_max_device(device: str):
+    """(driver device, graph DeviceRef, name) for cpu / gpu / auto."""
+    from max.driver import CPU, Accelerator, accelerator_count
+    from max.graph import DeviceRef
+
+    device = (device or "auto").lower()
+    if device == "auto":
+        device = "gpu" if accelerator_count() > 0 else "cpu"
+    if device in ("gpu", "cuda"):
+        if accelerator_count() == 0:
+            raise WhisperdiffError("MAX sees no GPU on this machine; use --device cpu (or auto)")
+        return Accelerator(), DeviceRef.GPU(), "gpu"
+    if device == "cpu":
+        return CPU(), DeviceRef.CPU(), "cpu"
+    raise WhisperdiffError(f"unknown device {device!r} for --impl max; use cpu, gpu or auto")
+
+
+def encoder_weights(model, dtype=np.float32) -> dict[str, np.ndarray]:
+    """The encoder's state dict as the graph's Weights expect it (conv filters RSCF: [1, k, in, out])."""
+    weights = {}
+    for name, tensor in model.state_dict.items():
+        if not name.startswith("encoder."):
+            continue
+        array = tensor.detach().cpu().float().numpy().astype(dtype)
+        if name in ("encoder.conv1.weight", "encoder.conv2.weight"):
+            array = array.transpose(2, 1, 0)[None]
+        weights[name] = np.ascontiguousarray(array)
+    return weights
+
+
+class MaxRunner:
+    """Compiles (or loads from MAX's cache) the encoder graph for these dims and taps, then runs it."""
+
+    impl = "max"
+
+    def __init__(self, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None, controls=None):
+        from max import engine
+        from max.dtype import DType
+
+        from ..max_encoder import Controls, build_graph
+        from ..names import op_names
+
+        if dtype not in DTYPES:
+            raise WhisperdiffError(f"dtype {dtype!r} is not supported by --impl max yet; use one of {', '.join(DTYPES)}")
+        self.loaded, self.dtype = model, dtype
+        self.driver_device, graph_device, self.device = resolve_max_device(device)
+        d = model.dims
+        wanted = [n for n in (taps if taps is not None else op_names(d)) if n != "mel"]
+        self.controls = controls or Controls(d.n_audio_layer, d.n_audio_state, d.n_audio_head)
+        graph, self.outputs = build_graph(d, wanted, DType.float32, graph_device)
+        before = _cache_entries()
+        start = time.perf_counter()
+        session = engine.InferenceSession(devices=[self.driver_device])
+        self.model = session.load(graph, weights_registry=encoder_weights(model))
+        self.compile_seconds = time.perf_counter() - start
+        self.cache_hit = _cache_entries() == before
+
+    def facts(self) -> dict:
+        return {"device": self.device, "dtype": self.dtype, "encoder": "whisperdiff.max_encoder (MAX Graph)",
+                "compile_seconds": round(self.compile_seconds, 3), "compile_cache_hit": self.cache_hit}  # fmt: skip
+
+    def run(self, mel: np.ndarray, record: Record) -> dict:
+        from max.driver import Buffer
+
+        from ..max_encoder import CHANNELS_FIRST_TAPS
+
+        inputs = [np.ascontiguousarray(mel, dtype=np.float32), *self.controls.arrays()]
+        if self.device != "cpu":
+            inputs = [Buffer.from_numpy(a).to(self.driver_device) for a in inputs]
+        start = time.perf_counter()
+        results = self.model.execute(*inputs)
+        seconds = time.perf_counter() - start
+        for name, value in zip(self.outputs, results, strict=True):
+            array = value.to_numpy()
+            if name in CHANNELS_FIRST_TAPS:  # MAX runs the convs time-major; canonical is [B, C, T]
+                array = array.transpose(0, 2, 1)
+            record(name, array)
+        return {"encoder_seconds": seconds}
