@@ -56,7 +56,9 @@ def _size(n: int | None) -> str:
 
 @app.command()
 def trace(
-    impl: Annotated[str, typer.Option(help="Implementation to run: torch (openai-whisper reference).")] = "torch",
+    impl: Annotated[
+        str, typer.Option(help="Implementation to run: torch (openai-whisper reference) or max (MAX Graph encoder).")
+    ] = "torch",
     model: ModelOpt = None,
     audio: Annotated[
         Path | None,
@@ -136,7 +138,11 @@ def trace(
     out.print(
         f"  input   {inp['path']}  [dim]sha256 {inp['sha256'][:16]}  frontend {inp['frontend']}[/]", highlight=False
     )
-    out.print(f"  runner  {m['impl']} on {m['device']}, {m['dtype']}", highlight=False)
+    runner = m["runner"]
+    compiled = ""
+    if "compile_seconds" in runner:
+        compiled = f"  [dim]graph {'loaded from cache' if runner['compile_cache_hit'] else 'compiled'} in {runner['compile_seconds']:.1f} s[/]"
+    out.print(f"  runner  {m['impl']} on {m['device']}, {m['dtype']}{compiled}", highlight=False)
     if inp.get("n_windows", 1) > 1:
         err.print(
             f"[yellow]warning:[/] the input is {inp['duration_s']:.1f} s: only its first 30 s window was traced "

@@ -102,7 +102,11 @@ def mix(flag: TensorValue, normal: TensorValue, buggy: TensorValue) -> TensorVal
 
 class LayerNorm:
     def __init__(self, cx: Context, name: str, n_state: int):
-        self.cx, self.weight, self.bias = cx, cx.weight(f"{name}.weight", [n_state]), cx.weight(f"{name}.bias", [n_state])
+        self.cx, self.weight, self.bias = (
+            cx,
+            cx.weight(f"{name}.weight", [n_state]),
+            cx.weight(f"{name}.bias", [n_state]),
+        )
 
     def __call__(self, x: TensorValue) -> TensorValue:
         # Written out (not ops.layer_norm) so that epsilon is a run-time input (the ln-eps bug).
@@ -190,7 +194,9 @@ class ResidualAttentionBlock:
             return mix(flag, y, ops.cast(ops.cast(y, DType.float16), cx.dtype))
 
         x = half(x)
-        x = cx.tap(block_op(i, "attn_residual"), x + self.attn(half(cx.tap(block_op(i, "attn_ln"), self.attn_ln(x))), i, half))
+        x = cx.tap(
+            block_op(i, "attn_residual"), x + self.attn(half(cx.tap(block_op(i, "attn_ln"), self.attn_ln(x))), i, half)
+        )
         h = half(cx.tap(block_op(i, "mlp_ln"), self.mlp_ln(x)))
         h = half(cx.tap(block_op(i, "mlp.fc1"), self.mlp_fc1(h)))
         h = half(cx.tap(block_op(i, "mlp.gelu"), mix(cx.gelu_tanh, ops.gelu(h), ops.gelu(h, approximate="tanh"))))
@@ -230,7 +236,9 @@ class AudioEncoder:
 CHANNELS_FIRST_TAPS = ("conv1", "conv1.gelu", "conv2", "conv2.gelu")
 
 
-def build_graph(dims, taps: list[str], dtype: DType = DType.float32, device: DeviceRef | None = None) -> tuple[Graph, list[str]]:
+def build_graph(
+    dims, taps: list[str], dtype: DType = DType.float32, device: DeviceRef | None = None
+) -> tuple[Graph, list[str]]:
     """The encoder graph for these dims with `taps` (canonical names) as outputs; returns (graph, output names)."""
     device = device or DeviceRef.CPU()
     d = dims

@@ -53,7 +53,9 @@ class MaxRunner:
 
     impl = "max"
 
-    def __init__(self, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None, controls=None):
+    def __init__(
+        self, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None, controls=None
+    ):
         from max import engine
         from max.dtype import DType
 
@@ -61,7 +63,9 @@ class MaxRunner:
         from ..names import op_names
 
         if dtype not in DTYPES:
-            raise WhisperdiffError(f"dtype {dtype!r} is not supported by --impl max yet; use one of {', '.join(DTYPES)}")
+            raise WhisperdiffError(
+                f"dtype {dtype!r} is not supported by --impl max yet; use one of {', '.join(DTYPES)}"
+            )
         self.loaded, self.dtype = model, dtype
         self.driver_device, graph_device, self.device = resolve_max_device(device)
         d = model.dims
