@@ -10,7 +10,7 @@ import torch
 import whisper
 
 import whisperdiff as wd
-from whisperdiff.max_encoder import Controls
+from whisperdiff.faults import FAULTS
 from whisperdiff.runners.max_runner import MaxRunner
 
 
@@ -51,29 +51,22 @@ def test_a_second_checkpoint_of_the_same_size_does_not_recompile(small_pair):
     assert runner.cache_hit, f"recompiled in {runner.compile_seconds:.1f} s"
 
 
-def run_with(model, **controls) -> dict:
-    d = model.dims
-    runner = MaxRunner(model, device="cpu", taps=wd.select_taps(d, "all"),
-                       controls=Controls(d.n_audio_layer, d.n_audio_state, d.n_audio_head, **controls))  # fmt: skip
-    from whisperdiff.audio import prepare_input
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_each_fault_changes_the_trace_from_its_documented_op_on(tmp_path, small_pair, small_random, fault):
+    clean = small_pair[1]
+    buggy = wd.trace("max", model=small_random, out=tmp_path / fault, taps="all", inject=[fault])
+    changed = [op for op in clean.ops if not np.array_equal(clean[op], buggy[op])]
+    expected = FAULTS[fault].first_op_for(small_random.dims.n_audio_layer)
+    assert changed and changed[0] == expected, changed[:3]  # earlier ops bit-identical, the named op differs
+    assert buggy.manifest["injected"][0]["name"] == fault and buggy.manifest["injected"][0]["first_op"] == expected
+    assert buggy.manifest["runner"]["compile_cache_hit"]  # a fault is a run-time switch, not a new graph
 
-    out = {}
-    runner.run(prepare_input(d.n_mels).mel, lambda name, array: out.__setitem__(name, np.array(array)))
-    return out
 
-
-@pytest.mark.parametrize("controls,first_changed", [
-    ({"ln_post_skip": 1.0}, "ln_post"),
-    ({"pos_scale": 0.0}, "pos_embed"),
-    ({"conv1_taps": (0.0, 1.0, 0.0)}, "conv1"),
-    ({"kv_swap": [0.0, 1.0]}, "blocks.1.attn.k"),
-    ({"mlp_residual": [1.0, 0.0]}, "blocks.1.out"),
-])  # fmt: skip
-def test_run_time_controls_change_the_trace_from_their_op_on(small_pair, small_random, controls, first_changed):
-    ref = small_pair[1]
-    buggy = run_with(small_random, **controls)
-    changed = [op for op in ref.ops if op != "mel" and not np.array_equal(ref[op], buggy[op])]
-    assert changed and changed[0] == first_changed, changed[:3]
+def test_encoder_faults_need_the_max_encoder(small_random, tmp_path):
+    with pytest.raises(wd.WhisperdiffError, match="use --impl max"):
+        wd.trace("torch", model=small_random, out=tmp_path / "t", inject=["missing-ln-post"])
+    with pytest.raises(wd.WhisperdiffError, match="unknown fault"):
+        wd.trace("max", model=small_random, out=tmp_path / "t", inject=["cosmic-rays"])
 
 
 def test_embedded_default_matches_torch_and_transcribes_the_same(tmp_path, tiny_en):

@@ -9,19 +9,20 @@ from pathlib import Path
 
 from .audio import prepare_input
 from .errors import WhisperdiffError
+from .faults import get_faults
 from .models import LoadedModel, load_model
 from .names import select_taps
-from .provenance import versions
+from .provenance import sha256_array, versions
 from .runners import make_runner
 from .store import Trace, TraceWriter, load_trace
 
 DEFAULT_TRACE_DIR = Path("traces")
 
 
-def default_trace_path(impl: str, model_id: str, input_path: str, dtype: str = "float32") -> Path:
+def default_trace_path(impl: str, model_id: str, input_path: str, dtype: str = "float32", inject=()) -> Path:
     stem = Path(input_path).stem if input_path else "input"
     safe_model = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in model_id)
-    suffix = "" if dtype == "float32" else f"-{dtype}"
+    suffix = ("" if dtype == "float32" else f"-{dtype}") + "".join(f"+{name}" for name in inject)
     return DEFAULT_TRACE_DIR / f"{impl}-{safe_model}-{stem}{suffix}"
 
 
@@ -35,25 +36,33 @@ def trace(
     device: str = "auto",
     dtype: str = "float32",
     taps: str = "default",
+    inject: list[str] | None = None,
     on_op: Callable[[str], None] | None = None,
 ) -> Trace:
     """Run `impl` on one input window and write every tapped canonical op to a trace directory.
 
     model: a spec for load_model (None = embedded tiny.en) or an already LoadedModel.
     audio / mel: the input (default: the shipped speech clip). out: the trace directory
-    (default traces/IMPL-MODEL-INPUT). on_op is called after each op is written (progress).
+    (default traces/IMPL-MODEL-INPUT). inject: porting bugs to plant (see faults.py; recorded in the
+    manifest). on_op is called after each op is written (progress).
     """
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     load_seconds = time.perf_counter() - t0
+    faults = get_faults(inject)
     encoder_input = prepare_input(loaded.dims.n_mels, audio=audio, mel=mel)
+    for fault in faults:
+        if fault.mel is not None:  # input-side bug: the encoder is fed a differently computed log-mel
+            encoder_input.mel = fault.mel(encoder_input.mel)
+            encoder_input.provenance["frontend"] += f" + injected {fault.name}"
+            encoder_input.provenance["mel_sha256"] = sha256_array(encoder_input.mel)
     tap_names = select_taps(loaded.dims, taps)
-    runner = make_runner(impl, loaded, device=device, dtype=dtype, taps=tap_names)
+    runner = make_runner(impl, loaded, device=device, dtype=dtype, taps=tap_names, faults=faults)
     out = (
         Path(out)
         if out is not None
-        else default_trace_path(impl, loaded.model_id, encoder_input.provenance["path"], dtype)
+        else default_trace_path(impl, loaded.model_id, encoder_input.provenance["path"], dtype, inject or ())
     )
 
     manifest = {
@@ -63,7 +72,10 @@ def trace(
         "model": loaded.manifest(),
         "input": encoder_input.provenance,
         "taps": taps,
-        "injected": [],
+        "injected": [
+            {"name": f.name, "first_op": f.first_op_for(loaded.dims.n_audio_layer), "description": f.description}
+            for f in faults
+        ],
         "versions": versions(),
     }
     with TraceWriter(out, manifest) as writer:

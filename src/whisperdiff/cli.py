@@ -78,6 +78,9 @@ def trace(
             help="default (all but attention probabilities), all, output (ln_post only), or comma-separated names/globs."
         ),
     ] = "default",
+    inject: Annotated[
+        list[str] | None, typer.Option(help="Plant a porting bug (repeatable); `whisperdiff faults` lists them.")
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the trace's path and manifest summary as JSON.")
     ] = False,
@@ -107,6 +110,7 @@ def trace(
             device=device,
             dtype=dtype,
             taps=taps,
+            inject=inject,
             on_op=lambda name: progress.update(task, advance=1, op=name),
         )
     m = result.manifest
@@ -123,6 +127,7 @@ def trace(
         "ops": len(result),
         "bytes": result.nbytes,
         "seconds": m["run"]["total_seconds"],
+        "injected": [f["name"] for f in m["injected"]],
     }
     if as_json:
         print(json.dumps(summary, indent=1))
@@ -143,6 +148,11 @@ def trace(
     if "compile_seconds" in runner:
         compiled = f"  [dim]graph {'loaded from cache' if runner['compile_cache_hit'] else 'compiled'} in {runner['compile_seconds']:.1f} s[/]"
     out.print(f"  runner  {m['impl']} on {m['device']}, {m['dtype']}{compiled}", highlight=False)
+    for fault in m["injected"]:
+        out.print(
+            f"  [yellow]injected[/] {fault['name']}: {fault['description']} (first shows at {fault['first_op']})",
+            highlight=False,
+        )
     if inp.get("n_windows", 1) > 1:
         err.print(
             f"[yellow]warning:[/] the input is {inp['duration_s']:.1f} s: only its first 30 s window was traced "
@@ -224,6 +234,24 @@ def show(
             f"[red]{row.nan}[/]" if row.nan else "0",
             f"[red]{row.inf}[/]" if row.inf else "0",
             style="red" if bad else None,
+        )
+    out.print(table)
+
+
+@app.command()
+def faults():
+    """The injectable porting bugs (`trace --inject NAME`) and the op where each first shows."""
+    from .faults import FAULTS
+
+    table = Table()
+    for col in ("fault", "first shows at", "what it does", "acts"):
+        table.add_column(col)
+    for f in FAULTS.values():
+        table.add_row(
+            f.name,
+            f.first_op.replace("{b}", "1"),
+            f.description,
+            "input (any --impl)" if f.mel else "MAX encoder (run-time switch)",
         )
     out.print(table)
 

@@ -7,7 +7,16 @@ from ..errors import WhisperdiffError
 IMPLS = ("torch", "max")
 
 
-def make_runner(impl: str, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None):
+def make_runner(
+    impl: str, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None, faults=()
+):
+    """A runner for `impl`; `faults` are encoder-side porting bugs (faults.py) to switch on."""
+    encoder_faults = [f for f in faults if f.controls is not None]
+    if encoder_faults and impl != "max":
+        raise WhisperdiffError(
+            f"fault {encoder_faults[0].name!r} acts inside the MAX encoder; use --impl max "
+            "(only input-side faults such as mel-frontend work with every implementation)"
+        )
     if impl == "torch":
         from .torch_runner import TorchRunner
 
@@ -15,5 +24,5 @@ def make_runner(impl: str, model, device: str = "auto", dtype: str = "float32", 
     if impl == "max":
         from .max_runner import MaxRunner
 
-        return MaxRunner(model, device=device, dtype=dtype, taps=taps)
+        return MaxRunner(model, device=device, dtype=dtype, taps=taps, faults=encoder_faults)
     raise WhisperdiffError(f"unknown implementation {impl!r}; available: {', '.join(IMPLS)}")

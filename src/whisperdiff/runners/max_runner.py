@@ -53,9 +53,7 @@ class MaxRunner:
 
     impl = "max"
 
-    def __init__(
-        self, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None, controls=None
-    ):
+    def __init__(self, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None, faults=()):
         from max import engine
         from max.dtype import DType
 
@@ -70,7 +68,9 @@ class MaxRunner:
         self.driver_device, graph_device, self.device = resolve_max_device(device)
         d = model.dims
         wanted = [n for n in (taps if taps is not None else op_names(d)) if n != "mel"]
-        self.controls = controls or Controls(d.n_audio_layer, d.n_audio_state, d.n_audio_head)
+        self.controls = Controls(d.n_audio_layer, d.n_audio_state, d.n_audio_head)
+        for fault in faults:  # porting bugs are run-time inputs of the same compiled graph
+            fault.controls(self.controls)
         graph, self.outputs = build_graph(d, wanted, DType.float32, graph_device)
         before = _cache_entries()
         start = time.perf_counter()
