@@ -249,7 +249,7 @@ def faults():
     for f in FAULTS.values():
         table.add_row(
             f.name,
-            f.first_op.replace("{b}", "1"),
+            f.first_op_for(4),  # named for tiny's 4 blocks; the manifest of a trace names it for that model
             f.description,
             "input (any --impl)" if f.mel else "MAX encoder (run-time switch)",
         )

@@ -21,6 +21,11 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_bytes(array: np.ndarray) -> str:
+    """Digest of an array's raw bytes in C order (what a trace's per-op sha256 covers)."""
+    return hashlib.sha256(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))).hexdigest()
+
+
 def sha256_array(array: np.ndarray) -> str:
     """Digest of an array's values, dtype and shape (so a reshaped or recast copy differs)."""
     array = np.ascontiguousarray(array)

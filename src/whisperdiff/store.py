@@ -12,7 +12,6 @@ error on read. Tensors are read lazily, memory-mapped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import WhisperdiffError
+from .provenance import sha256_bytes
 
 SCHEMA = "whisperdiff.trace"
 SCHEMA_VERSION = 1
@@ -73,7 +73,7 @@ class TraceWriter:
         with open(self.tmp / rel, "wb") as f:
             np.lib.format.write_array(f, array, allow_pickle=False)
             file_bytes = f.tell()
-        digest = hashlib.sha256(memoryview(array.reshape(-1).view(np.uint8))).hexdigest()
+        digest = sha256_bytes(array)
         self.ops.append(
             {
                 "name": name,
@@ -159,8 +159,7 @@ class Trace:
     def verify(self, name: str) -> None:
         """Check an op's bytes against the sha256 in the manifest (catches bit rot and edits)."""
         array = self[name]
-        digest = hashlib.sha256(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))).hexdigest()
-        if digest != self._ops[name]["sha256"]:
+        if sha256_bytes(array) != self._ops[name]["sha256"]:
             raise WhisperdiffError(
                 f"{self.path} is damaged: {self._ops[name]['file']} does not match its sha256; re-run `whisperdiff trace`"
             )
