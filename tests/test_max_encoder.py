@@ -1,7 +1,8 @@
 """The MAX Graph encoder against openai-whisper, op by op, with real compiled graphs.
 
-Only two distinct graphs are compiled here (small random dims with every tap, tiny.en with the
-default taps); everything else reuses them, which is also what this file checks about the cache.
+Three distinct graphs are compiled here (small random dims with every tap, the same in bfloat16 with
+the default taps, tiny.en with the default taps); everything else reuses them, which is also what
+this file checks about the cache.
 """
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 import whisper
 
 import whisperdiff as wd
+from whisperdiff.compare import Tolerance, compare
 from whisperdiff.faults import FAULTS
 from whisperdiff.runners.max_runner import MaxRunner
 
@@ -60,6 +62,37 @@ def test_each_fault_changes_the_trace_from_its_documented_op_on(tmp_path, small_
     assert changed and changed[0] == expected, changed[:3]  # earlier ops bit-identical, the named op differs
     assert buggy.manifest["injected"][0]["name"] == fault and buggy.manifest["injected"][0]["first_op"] == expected
     assert buggy.manifest["runner"]["compile_cache_hit"]  # a fault is a run-time switch, not a new graph
+
+    # ... and `compare` finds it there and names it (replaying each op on the buggy trace's own inputs).
+    result = compare(small_pair[0], buggy, model=small_random)
+    assert result.comparable and result.first_divergence == expected
+    top = result.findings[0]
+    assert (top.kind, top.op) == (FAULTS[fault].diagnosis, expected), [f.to_dict() for f in result.findings[:3]]
+    assert top.confidence >= 0.9 and top.severity == "error"
+    if fault == "variance-rescale":
+        assert top.message.startswith("statistics match, content does not")
+
+
+def test_clean_max_versus_torch_has_no_divergence_and_no_findings(small_pair, small_random):
+    result = compare(*small_pair, model=small_random)
+    assert result.comparable and result.first_divergence is None and result.findings == [], result.findings
+    assert (result.table["introduced_rel_l2"].dropna() < 1e-5).all()
+
+
+def test_bfloat16_and_float32_on_max(tmp_path, small_random):
+    """bfloat16 MAX against bfloat16 torch: agreement at bfloat16 rounding, and every op replays at that level."""
+    ref = wd.trace("torch", model=small_random, out=tmp_path / "torch", dtype="bfloat16")
+    cand = wd.trace("max", model=small_random, out=tmp_path / "max", dtype="bfloat16")
+    assert cand.manifest["dtype"] == "bfloat16" and cand.ops == ref.ops
+    for op in ref.ops:
+        rel, cos = agreement(ref[op], cand[op])
+        assert rel < 2e-2 and cos > 0.9998, (op, rel, cos)
+    result = compare(ref, cand, model=small_random, tolerance=Tolerance(min_cosine=0.9998, max_rel_l2=2e-2))
+    assert result.first_divergence is None and result.findings == []
+    # against float32 the bfloat16 run is off by bfloat16 rounding, which compare names
+    f32 = wd.trace("torch", model=small_random, out=tmp_path / "f32")
+    strict = compare(f32, cand, model=small_random)
+    assert strict.first_divergence == "conv1" and strict.findings[0].kind == "precision"
 
 
 def test_encoder_faults_need_the_max_encoder(small_random, tmp_path):

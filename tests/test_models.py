@@ -6,7 +6,7 @@ import torch
 
 import whisperdiff as wd
 from whisperdiff.ct2 import read_model_bin
-from whisperdiff.models import embedded_model_dir, preset_dims
+from whisperdiff.models import embedded_model_dir, expected_shapes, preset_dims
 
 
 def test_embedded_default_is_tiny_en(tiny_en):
@@ -109,3 +109,18 @@ def test_random_spec_errors():
         wd.load_model("random:tiny,n_audio_state=100,n_audio_head=3")
     with pytest.raises(wd.WhisperdiffError, match="not an integer"):
         wd.load_model("random:tiny,seed=x")
+
+
+@pytest.mark.parametrize("preset", ["tiny.en", "base", "large-v3"])
+def test_expected_shapes_match_openai_whisper_modules(preset):
+    """The written-out shape table agrees with openai-whisper's own modules (built on meta: no memory)."""
+    from whisper.model import AudioEncoder, ModelDimensions, TextDecoder
+
+    d = ModelDimensions(**preset_dims(preset))
+    with torch.device("meta"):
+        parts = {
+            "encoder": AudioEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer),
+            "decoder": TextDecoder(d.n_vocab, d.n_text_ctx, d.n_text_state, d.n_text_head, d.n_text_layer),
+        }
+    reference = {f"{p}.{k}": tuple(v.shape) for p, m in parts.items() for k, v in m.state_dict().items()}
+    assert expected_shapes(d) == reference

@@ -10,10 +10,11 @@ Python API (the CLI is a thin layer over it):
 
 Modules, one concept each: names (canonical op names), models (weights loader), ct2 (CTranslate2
 reader), audio (input + Whisper's frontend), runners/ (one per backend), store (trace format),
-stats, provenance, api, cli.
+stats, provenance, metrics, align, replay, diagnose, compare, api, cli.
 """
 
 from .api import trace
+from .compare import Comparison, Tolerance, compare
 from .errors import WhisperdiffError
 from .models import LoadedModel, load_model, random_model
 from .names import block_op, op_names, op_specs, select_taps
@@ -21,6 +22,9 @@ from .store import Trace, TraceWriter, list_traces, load_trace
 
 __all__ = [
     "trace",
+    "compare",
+    "Comparison",
+    "Tolerance",
     "load_trace",
     "list_traces",
     "Trace",

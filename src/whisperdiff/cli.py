@@ -239,6 +239,92 @@ def show(
 
 
 @app.command()
+def compare(
+    trace_a: Annotated[Path, typer.Argument(metavar="A", help="Reference trace (e.g. --impl torch).")],
+    trace_b: Annotated[Path, typer.Argument(metavar="B", help="Candidate trace (e.g. your port).")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: first_divergence, ops, findings, ...")] = False,
+    csv: Annotated[Path | None, typer.Option(help="Also write the per-op table to this CSV file.")] = None,
+    rename: Annotated[
+        Path | None, typer.Option(help='JSON/TOML rules mapping B\'s op names to canonical ones: {"rename": {"layers.*.q": "blocks.*.attn.q"}}.')
+    ] = None,
+    model: ModelOpt = None,
+    replay: Annotated[bool, typer.Option(help="Replay each op on B's inputs to split introduced from inherited error.")] = True,
+    min_cosine: Annotated[float, typer.Option(help="An op diverges below this cosine.")] = 0.99999,
+    max_rel_l2: Annotated[float, typer.Option(help="An op diverges above this relative L2 error.")] = 1e-4,
+    atol: Annotated[float, typer.Option(help="Absolute part of the element-wise mismatch test.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Relative part of the element-wise mismatch test.")] = 1e-3,
+):
+    """Where B first departs from A, how much error each op introduces, and the likely bug."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .compare import Tolerance
+    from .compare import compare as run_compare
+
+    tolerance = Tolerance(min_cosine=min_cosine, max_rel_l2=max_rel_l2, atol=atol, rtol=rtol)
+    with Progress(TextColumn("[bold]comparing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[op]}"),
+                  console=err, transient=True, disable=not err.is_terminal) as progress:  # fmt: skip
+        task = progress.add_task("compare", total=None, op="")
+        result = run_compare(trace_a, trace_b, tolerance=tolerance, rename=rename, model=model, replay=replay,
+                             on_op=lambda name: progress.update(task, advance=1, op=name))  # fmt: skip
+    if csv is not None:
+        _write_atomic(csv, result.table.to_csv(index=False))
+    if as_json:
+        print(json.dumps(result.to_json(), indent=1))
+        return
+    _print_comparison(result)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WhisperdiffError(f"cannot write {path}: {e.strerror}") from None
+
+
+def _print_comparison(c) -> None:
+    from rich.markup import escape
+
+    ma, mb = c.manifest_a, c.manifest_b
+    for side, path, m in (("A", c.a, ma), ("B", c.b, mb)):
+        injected = "".join(f" [yellow]+{escape(f['name'])}[/]" for f in m.get("injected") or [])
+        out.print(f"[bold]{side}[/] {escape(str(path))}  {escape(str(m.get('impl')))} on {m.get('device')}, "
+                  f"{m.get('dtype')}  [dim]{escape(str(m['model'].get('id')))}[/]{injected}", highlight=False)  # fmt: skip
+    for w in c.warnings:
+        style = "bold red" if w.startswith("NOT COMPARABLE") else "yellow"
+        out.print(f"[{style}]{escape(w)}[/]", highlight=False)
+    table = Table(show_lines=False)
+    for col in ("", "op", "cosine", "rel L2", "introduced", "max abs", "mean A", "mean B", "std A", "std B"):
+        table.add_column(col, justify="left" if col in ("", "op") else "right")
+    tol = c.tolerance
+    for row in c.table.to_dict("records"):
+        marker = "▶" if row["name"] == c.first_divergence else ""
+        if row["status"] in ("missing_in_b", "missing_in_a", "shape_mismatch"):
+            table.add_row(marker, escape(row["name"]), f"[red]{row['status'].replace('_', ' ')}[/]", *[""] * 7)
+            continue
+        style = "red" if row["diverged"] else None
+        intro = row["introduced_rel_l2"]
+        intro_txt = "-" if intro != intro else (f"[bold red]{intro:.2e}[/]" if intro > tol.max_rel_l2 else f"{intro:.1e}")
+        table.add_row(marker, escape(row["name"]), f"{row['cosine']:.6f}", f"{row['rel_l2']:.2e}", intro_txt,
+                      _fmt(row["max_abs"]), _fmt(row["mean_a"]), _fmt(row["mean_b"]), _fmt(row["std_a"]),
+                      _fmt(row["std_b"]), style=style)  # fmt: skip
+    out.print(table)
+    if c.first_divergence is None:
+        out.print(f"[green]no divergence[/]: every op within cosine >= {tol.min_cosine} and rel L2 <= {tol.max_rel_l2}")
+    else:
+        out.print(f"[bold red]first divergence: {escape(c.first_divergence)}[/]", highlight=False)
+    for f in c.findings:
+        colour = {"error": "red", "warning": "yellow", "info": "dim"}[f.severity]
+        also = f" [dim](also at {len(f.also_at)} later ops: {escape(', '.join(f.also_at[:3]))}{', ...' if len(f.also_at) > 3 else ''})[/]" if f.also_at else ""
+        out.print(f"[{colour}]{f.kind}[/] at {escape(str(f.op or 'manifest'))} [dim](confidence {f.confidence:.2f})[/]: "
+                  f"{escape(f.message)}{also}", highlight=False)  # fmt: skip
+    if not c.findings:
+        out.print("[green]no findings[/]")
+
+
+@app.command()
 def faults():
     """The injectable porting bugs (`trace --inject NAME`) and the op where each first shows."""
     from .faults import FAULTS

@@ -41,6 +41,7 @@ class Fault:
     description: str
     controls: Callable | None = None  # (Controls) -> None, sets run-time switches
     mel: Callable[[np.ndarray], np.ndarray] | None = None  # input-side bug
+    diagnosis: str = ""  # the finding kind `compare` names it by (tests/test_max_encoder.py checks)
 
     def first_op_for(self, n_layer: int) -> str:
         return self.first_op.format(b=target_block(n_layer))
@@ -57,18 +58,18 @@ def _set(**values):
 FAULTS: dict[str, Fault] = {
     f.name: f
     for f in [
-        Fault("mel-frontend", "mel", "log-mel from another audio library's normalisation (power_to_db, ref=max, [-80, 0] dB) instead of Whisper's frontend", mel=librosa_style_mel),
-        Fault("conv-middle-tap", "conv1", "conv1 uses only the centre kernel tap", _set(conv1_taps=(0.0, 1.0, 0.0))),
-        Fault("no-pos-embed", "pos_embed", "positional embedding not added", _set(pos_scale=0.0)),
-        Fault("ln-eps", "blocks.0.attn_ln", "layer-norm epsilon 1e-3 instead of 1e-5", _set(ln_eps=1e-3)),
+        Fault("mel-frontend", "mel", "log-mel from another audio library's normalisation (power_to_db, ref=max, [-80, 0] dB) instead of Whisper's frontend", mel=librosa_style_mel, diagnosis="input_mismatch"),
+        Fault("conv-middle-tap", "conv1", "conv1 uses only the centre kernel tap", _set(conv1_taps=(0.0, 1.0, 0.0)), diagnosis="conv_kernel"),
+        Fault("no-pos-embed", "pos_embed", "positional embedding not added", _set(pos_scale=0.0), diagnosis="positional"),
+        Fault("ln-eps", "blocks.0.attn_ln", "layer-norm epsilon 1e-3 instead of 1e-5", _set(ln_eps=1e-3), diagnosis="layer_norm_eps"),
         Fault("attn-scale", "blocks.0.attn.weights", "scores scaled by 1/d_head instead of 1/sqrt(d_head) (shows at blocks.0.attn.wv when probabilities are not tapped)",
-              lambda c: setattr(c, "qk_scale", (c.n_state // c.n_head) ** -0.5)),  # fmt: skip
-        Fault("gelu-tanh", "blocks.0.mlp.gelu", "tanh-approximate GELU in the MLP", _set(gelu_tanh=1.0)),
-        Fault("kv-swap", "blocks.{b}.attn.k", "key and value projections swapped in one block", _set(kv_swap=lambda n: _per_block(n, 1.0, 0.0))),
-        Fault("drop-residual", "blocks.{b}.out", "one block's MLP residual dropped", _set(mlp_residual=lambda n: _per_block(n, 0.0, 1.0))),
-        Fault("half-precision-block", "blocks.{b}.attn_ln", "one block's activations stored in float16", _set(half_block=lambda n: _per_block(n, 1.0, 0.0))),
-        Fault("missing-ln-post", "ln_post", "the final layer norm is skipped", _set(ln_post_skip=1.0)),
-        Fault("variance-rescale", "ln_post", "ln_post replaced by one whole-tensor rescale to mean 0, std 1: the statistics match, the features do not", _set(ln_post_rescale=1.0)),
+              lambda c: setattr(c, "qk_scale", (c.n_state // c.n_head) ** -0.5), diagnosis="attention_scale"),  # fmt: skip
+        Fault("gelu-tanh", "blocks.0.mlp.gelu", "tanh-approximate GELU in the MLP", _set(gelu_tanh=1.0), diagnosis="activation_approx"),
+        Fault("kv-swap", "blocks.{b}.attn.k", "key and value projections swapped in one block", _set(kv_swap=lambda n: _per_block(n, 1.0, 0.0)), diagnosis="swapped_projections"),
+        Fault("drop-residual", "blocks.{b}.out", "one block's MLP residual dropped", _set(mlp_residual=lambda n: _per_block(n, 0.0, 1.0)), diagnosis="missing_residual"),
+        Fault("half-precision-block", "blocks.{b}.attn_ln", "one block's activations stored in float16", _set(half_block=lambda n: _per_block(n, 1.0, 0.0)), diagnosis="precision"),
+        Fault("missing-ln-post", "ln_post", "the final layer norm is skipped", _set(ln_post_skip=1.0), diagnosis="missing_op"),
+        Fault("variance-rescale", "ln_post", "ln_post replaced by one whole-tensor rescale to mean 0, std 1: the statistics match, the features do not", _set(ln_post_rescale=1.0), diagnosis="scale_mismatch"),
     ]
 }  # fmt: skip
 

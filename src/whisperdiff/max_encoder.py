@@ -79,17 +79,24 @@ class Context:
 
     def __init__(self, dtype: DType, device: DeviceRef, controls: list[TensorValue], taps: set[str]):
         self.dtype, self.device, self.taps = dtype, device, taps
+        controls = [c if c.dtype == dtype else ops.cast(c, dtype) for c in controls]
         (self.pos_scale, self.conv1_taps, self.qk_scale, self.ln_eps, self.gelu_tanh, self.ln_post_skip,
          self.ln_post_rescale, self.kv_swap, self.mlp_residual, self.half_block) = controls  # fmt: skip
         self.outputs: list[tuple[str, TensorValue]] = []
 
     def tap(self, name: str, x: TensorValue) -> TensorValue:
-        if name in self.taps:
-            self.outputs.append((name, x))
+        if name in self.taps:  # traces hold float32 (exact for float16/bfloat16 values)
+            self.outputs.append((name, x if x.dtype == DType.float32 else ops.cast(x, DType.float32)))
         return x
 
-    def weight(self, name: str, shape: list[int]) -> TensorValue:
-        return Weight(name, self.dtype, shape, self.device)
+    def weight(self, name: str, shape: list[int], dtype: DType | None = None) -> TensorValue:
+        return Weight(name, dtype or self.dtype, shape, self.device)
+
+    def float32(self, x: TensorValue) -> TensorValue:
+        return x if x.dtype == DType.float32 else ops.cast(x, DType.float32)
+
+    def compute(self, x: TensorValue) -> TensorValue:
+        return x if x.dtype == self.dtype else ops.cast(x, self.dtype)
 
     def scalar(self, value: float) -> TensorValue:
         return ops.constant(value, self.dtype, self.device)
@@ -101,29 +108,35 @@ def mix(flag: TensorValue, normal: TensorValue, buggy: TensorValue) -> TensorVal
 
 
 class LayerNorm:
+    """Computed in float32 whatever the model dtype, as openai-whisper's LayerNorm (`x.float()`) does."""
+
     def __init__(self, cx: Context, name: str, n_state: int):
         self.cx, self.weight, self.bias = (
             cx,
-            cx.weight(f"{name}.weight", [n_state]),
-            cx.weight(f"{name}.bias", [n_state]),
+            cx.weight(f"{name}.weight", [n_state], DType.float32),
+            cx.weight(f"{name}.bias", [n_state], DType.float32),
         )
 
     def __call__(self, x: TensorValue) -> TensorValue:
         # Written out (not ops.layer_norm) so that epsilon is a run-time input (the ln-eps bug).
+        cx = self.cx
+        x = cx.float32(x)
         mean = ops.mean(x, axis=-1)
         centred = x - mean
         var = ops.mean(centred * centred, axis=-1)
-        return centred * ops.rsqrt(var + self.cx.ln_eps) * self.weight + self.bias
+        return cx.compute(centred * ops.rsqrt(var + cx.float32(cx.ln_eps)) * self.weight + self.bias)
 
 
 class Linear:
     def __init__(self, cx: Context, name: str, n_in: int, n_out: int, bias: bool = True):
+        self.cx = cx
         self.weight = cx.weight(f"{name}.weight", [n_out, n_in])
         self.bias = cx.weight(f"{name}.bias", [n_out]) if bias else None
 
     def __call__(self, x: TensorValue) -> TensorValue:
-        y = x @ ops.transpose(self.weight, 0, 1)
-        return y + self.bias if self.bias is not None else y
+        cx = self.cx  # float32 accumulation whatever the storage dtype, as torch's CPU kernels and tensor cores
+        y = cx.float32(x) @ ops.transpose(cx.float32(self.weight), 0, 1)
+        return cx.compute(y + cx.float32(self.bias) if self.bias is not None else y)
 
 
 class Conv1d:
@@ -135,14 +148,15 @@ class Conv1d:
     def __init__(self, cx: Context, name: str, n_in: int, n_out: int, stride: int = 1):
         self.weight = cx.weight(f"{name}.weight", [1, 3, n_in, n_out])
         self.bias = cx.weight(f"{name}.bias", [n_out])
-        self.stride = stride
+        self.cx, self.stride = cx, stride
 
     def __call__(self, x: TensorValue, taps: TensorValue | None = None) -> TensorValue:
+        cx = self.cx
         b, t, c = x.shape
         weight = self.weight * taps if taps is not None else self.weight
-        y = ops.conv2d(ops.reshape(x, [b, 1, t, c]), weight, stride=(1, self.stride), padding=(0, 0, 1, 1),
-                       bias=self.bias, filter_layout=FilterLayout.RSCF)  # fmt: skip
-        return ops.reshape(y, [y.shape[0], y.shape[2], y.shape[3]])
+        y = ops.conv2d(cx.float32(ops.reshape(x, [b, 1, t, c])), cx.float32(weight), stride=(1, self.stride),
+                       padding=(0, 0, 1, 1), bias=cx.float32(self.bias), filter_layout=FilterLayout.RSCF)  # fmt: skip
+        return cx.compute(ops.reshape(y, [y.shape[0], y.shape[2], y.shape[3]]))
 
 
 class MultiHeadAttention:
@@ -171,9 +185,10 @@ class MultiHeadAttention:
         q = ops.permute(ops.reshape(q, [b, t, h, c // h]), [0, 2, 1, 3])
         k = ops.permute(ops.reshape(k, [b, t, h, c // h]), [0, 2, 3, 1])
         v = ops.permute(ops.reshape(v, [b, t, h, c // h]), [0, 2, 1, 3])
-        w = ops.softmax((q * scale) @ (k * scale))
-        self.cx.tap(block_op(i, "attn.weights"), w)
-        return ops.reshape(ops.permute(w @ v, [0, 2, 1, 3]), [b, t, c])
+        f32 = self.cx.float32  # scores, softmax and sums in float32, as whisper's attention in half precision
+        w = ops.softmax(f32(q * scale) @ f32(k * scale))
+        self.cx.tap(block_op(i, "attn.weights"), self.cx.compute(w))
+        return self.cx.compute(ops.reshape(ops.permute(w @ f32(v), [0, 2, 1, 3]), [b, t, c]))
 
 
 class ResidualAttentionBlock:

@@ -250,18 +250,51 @@ def load_checkpoint(path: str | Path, model_id: str | None = None) -> LoadedMode
 
 
 def expected_shapes(dims) -> dict[str, tuple[int, ...]]:
-    """Every state-dict entry openai-whisper's model has for these dims, with its shape (built on meta: no memory)."""
-    import torch
-    from whisper.model import AudioEncoder, TextDecoder
+    """Every state-dict entry openai-whisper's model has for these dims, with its shape.
 
-    # Encoder and decoder separately: Whisper() itself makes a sparse buffer that meta tensors cannot.
+    Written out from whisper/model.py rather than built on torch's meta device, which costs ~2 s of
+    start-up; tests/test_models.py checks it against openai-whisper's own modules."""
     d = dims
-    with torch.device("meta"):
-        parts = {
-            "encoder": AudioEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer),
-            "decoder": TextDecoder(d.n_vocab, d.n_text_ctx, d.n_text_state, d.n_text_head, d.n_text_layer),
-        }
-    return {f"{part}.{k}": tuple(v.shape) for part, module in parts.items() for k, v in module.state_dict().items()}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def linear(name, n_in, n_out, bias=True):
+        shapes[f"{name}.weight"] = (n_out, n_in)
+        if bias:
+            shapes[f"{name}.bias"] = (n_out,)
+
+    def layer_norm(name, n):
+        shapes[f"{name}.weight"] = shapes[f"{name}.bias"] = (n,)
+
+    def attention(name, n):
+        linear(f"{name}.query", n, n)
+        linear(f"{name}.key", n, n, bias=False)
+        linear(f"{name}.value", n, n)
+        linear(f"{name}.out", n, n)
+
+    def block(name, n, cross):
+        attention(f"{name}.attn", n)
+        layer_norm(f"{name}.attn_ln", n)
+        if cross:
+            attention(f"{name}.cross_attn", n)
+            layer_norm(f"{name}.cross_attn_ln", n)
+        linear(f"{name}.mlp.0", n, 4 * n)
+        linear(f"{name}.mlp.2", 4 * n, n)
+        layer_norm(f"{name}.mlp_ln", n)
+
+    n = d.n_audio_state
+    shapes["encoder.positional_embedding"] = (d.n_audio_ctx, n)
+    shapes["encoder.conv1.weight"], shapes["encoder.conv1.bias"] = (n, d.n_mels, 3), (n,)
+    shapes["encoder.conv2.weight"], shapes["encoder.conv2.bias"] = (n, n, 3), (n,)
+    for i in range(d.n_audio_layer):
+        block(f"encoder.blocks.{i}", n, cross=False)
+    layer_norm("encoder.ln_post", n)
+    n = d.n_text_state
+    shapes["decoder.token_embedding.weight"] = (d.n_vocab, n)
+    shapes["decoder.positional_embedding"] = (d.n_text_ctx, n)
+    for i in range(d.n_text_layer):
+        block(f"decoder.blocks.{i}", n, cross=True)
+    layer_norm("decoder.ln", n)
+    return shapes
 
 
 def _checked(model: LoadedModel) -> LoadedModel:

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import WhisperdiffError
 from .base import Record
 
-DTYPES = ("float32",)
+DTYPES = ("float32", "float16", "bfloat16")
 MAX_CACHE = Path.home() / ".cache" / "modular" / ".max_cache"
 
 
@@ -35,16 +35,25 @@ def resolve_max_device(device: str):
     raise WhisperdiffError(f"unknown device {device!r} for --impl max; use cpu, gpu or auto")
 
 
-def encoder_weights(model, dtype=np.float32) -> dict[str, np.ndarray]:
-    """The encoder's state dict as the graph's Weights expect it (conv filters RSCF: [1, k, in, out])."""
+def encoder_weights(model, dtype: str = "float32") -> dict:
+    """The encoder's state dict as the graph's Weights expect it (conv filters RSCF: [1, k, in, out]).
+
+    Values are rounded to `dtype` as openai-whisper's `model.to(dtype)` would; layer-norm parameters
+    then go back to float32 because the graph's LayerNorm runs in float32 (max_encoder.LayerNorm).
+    float16/bfloat16 are fed as torch tensors (DLPack): numpy has no bfloat16."""
+    import torch
+
     weights = {}
     for name, tensor in model.state_dict.items():
         if not name.startswith("encoder."):
             continue
-        array = tensor.detach().cpu().float().numpy().astype(dtype)
+        t = tensor.detach().cpu().to(getattr(torch, dtype))
+        if name.endswith(("ln.weight", "ln.bias", "ln_post.weight", "ln_post.bias")):
+            t = t.float()
         if name in ("encoder.conv1.weight", "encoder.conv2.weight"):
-            array = array.transpose(2, 1, 0)[None]
-        weights[name] = np.ascontiguousarray(array)
+            t = t.permute(2, 1, 0)[None]
+        t = t.contiguous()
+        weights[name] = t.numpy() if t.dtype == torch.float32 else t
     return weights
 
 
@@ -71,11 +80,11 @@ class MaxRunner:
         self.controls = Controls(d.n_audio_layer, d.n_audio_state, d.n_audio_head)
         for fault in faults:  # porting bugs are run-time inputs of the same compiled graph
             fault.controls(self.controls)
-        graph, self.outputs = build_graph(d, wanted, DType.float32, graph_device)
+        graph, self.outputs = build_graph(d, wanted, getattr(DType, dtype), graph_device)
         before = _cache_entries()
         start = time.perf_counter()
         session = engine.InferenceSession(devices=[self.driver_device])
-        self.model = session.load(graph, weights_registry=encoder_weights(model))
+        self.model = session.load(graph, weights_registry=encoder_weights(model, dtype))
         self.compile_seconds = time.perf_counter() - start
         self.cache_hit = _cache_entries() == before
 

@@ -1,0 +1,243 @@
+"""Compare two traces op by op: metrics, first divergence, introduced vs inherited error, findings.
+
+    import whisperdiff as wd
+    c = wd.compare("traces/torch-tiny.en-speech", "traces/max-tiny.en-speech")
+    c.first_divergence, c.findings[:1], c.table      # table: a pandas DataFrame, one row per op
+
+A is the reference, B the candidate. Ops are read one at a time (memory-mapped), so memory is
+bounded by the largest op, not by the trace. Nothing here prints: cli.py renders a Comparison.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .align import Pair, align, load_rename_rules
+from .diagnose import Finding, manifest_findings, merge_repeats, op_finding, order
+from .errors import WhisperdiffError
+from .metrics import DEFAULT_ATOL, DEFAULT_RTOL, op_metrics, rounding_error
+from .store import Trace, load_trace
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """An op diverges when cosine < min_cosine or rel_l2 > max_rel_l2 (or NaN/Inf appear in B only).
+
+    The defaults are the MAX-vs-torch float32 bar of issue 3; half precision needs looser ones."""
+
+    min_cosine: float = 0.99999
+    max_rel_l2: float = 1e-4
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+
+    def diverged(self, row: dict) -> bool:
+        new_nonfinite = row["nan_b"] + row["inf_b"] > row["nan_a"] + row["inf_a"]
+        return new_nonfinite or row["cosine"] < self.min_cosine or row["rel_l2"] > self.max_rel_l2
+
+
+@dataclass
+class Comparison:
+    a: Path
+    b: Path
+    manifest_a: dict
+    manifest_b: dict
+    table: pd.DataFrame  # one row per op (see COLUMNS)
+    first_divergence: str | None
+    findings: list[Finding]
+    comparable: bool
+    warnings: list[str]
+    tolerance: Tolerance
+    profiles: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # per-time-step cosine/error
+
+    def to_json(self) -> dict:
+        ops = []
+        for row in self.table.to_dict("records"):
+            ops.append({k: _jsonable(v) for k, v in row.items()})
+        return {
+            "a": str(self.a),
+            "b": str(self.b),
+            "comparable": self.comparable,
+            "warnings": self.warnings,
+            "first_divergence": self.first_divergence,
+            "findings": [f.to_dict() for f in self.findings],
+            "tolerance": self.tolerance.__dict__,
+            "ops": ops,
+        }
+
+
+COLUMNS = ["name", "status", "diverged", "cosine", "worst_step_cosine", "worst_step", "rel_l2", "l2", "max_abs",
+           "max_abs_index", "mean_a", "std_a", "mean_b", "std_b", "mean_diff", "std_ratio", "snr_db",
+           "mismatch_share", "nan_a", "inf_a", "nan_b", "inf_b", "introduced_rel_l2", "inherited_rel_l2",
+           "a_shape", "b_shape", "b_name", "layout"]  # fmt: skip
+
+
+def _jsonable(v):
+    if isinstance(v, (np.floating, float)):
+        v = float(v)
+        return None if math.isnan(v) else (str(v) if math.isinf(v) else v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+def compare(
+    a: str | Path | Trace,
+    b: str | Path | Trace,
+    *,
+    tolerance: Tolerance | None = None,
+    rename: str | Path | None = None,
+    model=None,
+    replay: bool = True,
+    on_op: Callable[[str], None] | None = None,
+) -> Comparison:
+    """Compare reference trace `a` with candidate `b`.
+
+    model: weights for the replay (a LoadedModel or a load_model spec); by default the model named in
+    B's (then A's) manifest, used only when its weights hash matches. replay=False skips the
+    introduced-error replay (then findings come from the metrics alone)."""
+    ta = a if isinstance(a, Trace) else load_trace(a)
+    tb = b if isinstance(b, Trace) else load_trace(b)
+    tol = tolerance or Tolerance()
+    rules = load_rename_rules(rename)
+    findings, warnings, comparable = manifest_findings(ta.manifest, tb.manifest)
+    pairs, views = align({o["name"]: tuple(o["shape"]) for o in ta.manifest["ops"]},
+                         {o["name"]: tuple(o["shape"]) for o in tb.manifest["ops"]}, rules)  # fmt: skip
+    layouts = {s["name"]: s.get("layout") for s in _specs(ta.manifest)}
+    replayer = _replayer(model, ta, tb, warnings) if replay and comparable else None
+    if replay and not comparable:
+        warnings.append("introduced error not computed: the traces are not comparable")
+
+    def b_value(name):
+        p = next(p for p in pairs if p.name == name)
+        return views[name](np.asarray(tb[p.b_name]))
+
+    rows, profiles, op_findings = [], {}, []
+    first = None
+    for pair in pairs:
+        row = _row(pair)
+        if pair.matched:
+            m = op_metrics(ta[pair.name], b_value(pair.name), layout=layouts.get(pair.name), atol=tol.atol, rtol=tol.rtol)
+            profiles[pair.name] = {"step_cosine": m.pop("step_cosine"), "step_rel_error": m.pop("step_rel_error")}
+            row.update(m)
+            row["diverged"] = tol.diverged(row)
+            row["status"] = "diverged" if row["diverged"] else "ok"
+            inputs, rep = _replay(replayer, pair.name, pairs, b_value)
+            if rep is not None:
+                row["introduced_rel_l2"] = rep["introduced"]
+            if inputs:
+                done = {r["name"]: r["rel_l2"] for r in rows}
+                row["inherited_rel_l2"] = max((done.get(i, math.nan) for i in inputs), default=math.nan)
+            if row["diverged"] and first is None:
+                first = pair.name
+            introduces = rep["introduced"] > tol.max_rel_l2 if rep is not None else row["diverged"] and _jumps(row, rows)
+            if (row["diverged"] and introduces) or (pair.name == "mel" and row["diverged"]):
+                rounding = {dt: rounding_error(ta[pair.name], dt) for dt in ("float16", "bfloat16")}
+                f = op_finding(row, rep, rounding)
+                if f is not None:
+                    op_findings.append(f)
+            if pair.layout:
+                op_findings.append(Finding("layout", pair.name, 1.0, f"{pair.name}: B stores {pair.layout}; "
+                                           "matched after converting to the canonical layout", severity="info"))  # fmt: skip
+        elif pair.problem:
+            op_findings.append(Finding("shape_mismatch", pair.name, 1.0, f"{pair.name}: {pair.problem}"))
+            first = first or pair.name
+        elif pair.b_shape is None:
+            untapped = tb.manifest.get("taps") not in (None, "all") and ta.manifest.get("taps") != tb.manifest.get("taps")
+            if not untapped:
+                first = first or pair.name
+            row["diverged"] = not untapped
+            op_findings.append(Finding("missing_op", pair.name, 0.5 if untapped else 0.9,
+                                       f"{pair.name} is in A but not in B"
+                                       + (f" (B was traced with taps={tb.manifest.get('taps')!r})" if untapped else ""),
+                                       severity="warning" if untapped else "error"))  # fmt: skip
+        else:
+            warnings.append(f"{pair.b_name} is only in B (no canonical op of A has that name; see --rename)")
+        rows.append(row)
+        if on_op is not None:
+            on_op(pair.name)
+
+    order_names = [p.name for p in pairs]
+    all_findings = order(findings + merge_repeats(op_findings), order_names)
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return Comparison(ta.path, tb.path, ta.manifest, tb.manifest, table, first, all_findings, comparable, warnings,
+                      tol, profiles)  # fmt: skip
+
+
+def _row(pair: Pair) -> dict:
+    row = dict.fromkeys(COLUMNS, math.nan)
+    row.update(name=pair.name, a_shape=pair.a_shape, b_shape=pair.b_shape, b_name=pair.b_name, layout=pair.layout,
+               max_abs_index=None, diverged=False, nan_a=0, inf_a=0, nan_b=0, inf_b=0)  # fmt: skip
+    row["status"] = ("shape_mismatch" if pair.problem else "missing_in_b" if pair.b_shape is None
+                     else "missing_in_a" if pair.a_shape is None else "ok")  # fmt: skip
+    row["diverged"] = pair.problem is not None or pair.b_shape is None
+    return row
+
+
+def _jumps(row: dict, previous: list[dict]) -> bool:
+    """Without replay: an op introduces error when its error is 10x the previous op's."""
+    before = [r["rel_l2"] for r in previous if not math.isnan(r["rel_l2"])]
+    return not before or row["rel_l2"] > 10 * max(before[-1], 1e-12)
+
+
+def _specs(manifest: dict) -> list[dict]:
+    from whisper.model import ModelDimensions
+
+    from .names import op_specs
+
+    dims = manifest.get("model", {}).get("dims")
+    try:
+        return [s.__dict__ for s in op_specs(ModelDimensions(**dims))] if dims else []
+    except TypeError:
+        return []
+
+
+def _replay(replayer, name: str, pairs: list[Pair], b_value):
+    if replayer is None:
+        return None, None
+    inputs = replayer.inputs_of(name)
+    if inputs is None:
+        return None, None
+    present = {p.name for p in pairs if p.matched}
+    if not all(i in present for i in inputs) or name not in present:
+        return inputs, None
+    try:
+        return inputs, replayer.replay(name, [b_value(i) for i in inputs] + [b_value(name)])
+    except RuntimeError:  # a shape the recipe cannot take: no replay for this op
+        return inputs, None
+
+
+def _replayer(model, ta: Trace, tb: Trace, warnings: list[str]):
+    """A Replayer with weights whose sha256 matches B's manifest (or A's), else None and a warning."""
+    from .models import LoadedModel, load_model
+    from .replay import Replayer
+
+    want = tb.manifest.get("model", {}).get("weights_sha256") or ta.manifest.get("model", {}).get("weights_sha256")
+    candidates = [model] if model is not None else []
+    for m in (tb.manifest, ta.manifest):
+        info = m.get("model", {})
+        candidates += [info.get("id"), (info.get("source") or "").split(":", 1)[-1] or None]
+    reasons = []
+    for spec in candidates:
+        if spec is None:
+            continue
+        try:
+            loaded = spec if isinstance(spec, LoadedModel) else load_model(spec)
+        except WhisperdiffError as e:
+            reasons.append(str(e))
+            continue
+        if want is None or loaded.weights_sha256 == want:
+            return Replayer(loaded)
+        reasons.append(f"{spec}: weights sha256 {loaded.weights_sha256[:12]} is not the trace's {want[:12]}")
+    warnings.append("introduced error not computed (no loadable model with the trace's weights; pass --model): "
+                    + (reasons[-1] if reasons else "no model named"))  # fmt: skip
+    return None

@@ -1,0 +1,127 @@
+"""Divergence metrics of one op: pure functions of two arrays (reference a, candidate b).
+
+Computed in float64 over row chunks along the time axis, so memory stays a small multiple of one
+op whatever its size, and the per-time-step profile (cosine and error per time step: padding and
+positional bugs show there) falls out of the same pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+_CHUNK_ELEMENTS = 1 << 22  # ~32 MB of float64 per side per chunk
+
+
+def time_axis(layout: str | None, ndim: int) -> int:
+    """Index of the time axis in a canonical layout string ("B,C,T" -> 2); the last axis if unknown."""
+    if layout:
+        for i, part in enumerate(layout.split(",")):
+            if part.startswith("T"):
+                return i
+    return max(ndim - 1, 0)
+
+
+def op_metrics(a, b, *, layout: str | None = None, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> dict:
+    """Every per-op metric of `compare` for reference `a` and candidate `b` (same shape).
+
+    Non-finite elements are counted on each side and left out of the other metrics."""
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    axis = time_axis(layout, a.ndim)
+    steps = a.shape[axis] if a.ndim else 1
+    a2 = np.moveaxis(np.asarray(a), axis, 0).reshape(steps, -1) if a.ndim else np.asarray(a).reshape(1, 1)
+    b2 = np.moveaxis(np.asarray(b), axis, 0).reshape(steps, -1) if b.ndim else np.asarray(b).reshape(1, 1)
+    rows = max(1, _CHUNK_ELEMENTS // max(1, a2.shape[1]))
+
+    s = dict.fromkeys(("n", "sa", "sb", "saa", "sbb", "sab", "sdd", "outside"), 0.0)
+    nonfinite = {"nan_a": 0, "inf_a": 0, "nan_b": 0, "inf_b": 0}
+    step_ab, step_aa, step_bb, step_dd = (np.zeros(steps) for _ in range(4))
+    max_abs, max_at = -1.0, (0, 0)
+    for start in range(0, steps, rows):
+        x = a2[start : start + rows].astype(np.float64)
+        y = b2[start : start + rows].astype(np.float64)
+        for side, v in (("a", x), ("b", y)):
+            nonfinite[f"nan_{side}"] += int(np.isnan(v).sum())
+            nonfinite[f"inf_{side}"] += int(np.isinf(v).sum())
+        ok = np.isfinite(x) & np.isfinite(y)
+        if not ok.all():
+            x, y = np.where(ok, x, 0.0), np.where(ok, y, 0.0)
+        d = y - x
+        ad = np.abs(d)
+        s["n"] += ok.sum()
+        s["sa"] += x.sum()
+        s["sb"] += y.sum()
+        s["outside"] += (ok & (ad > atol + rtol * np.abs(x))).sum()
+        step_ab[start : start + rows] = (x * y).sum(1)
+        step_aa[start : start + rows] = (x * x).sum(1)
+        step_bb[start : start + rows] = (y * y).sum(1)
+        step_dd[start : start + rows] = (d * d).sum(1)
+        if ad.size:
+            flat = int(ad.argmax())
+            if ad.flat[flat] > max_abs:
+                max_abs, max_at = float(ad.flat[flat]), (start + flat // ad.shape[1], flat % ad.shape[1])
+    saa, sbb, sab, sdd = step_aa.sum(), step_bb.sum(), step_ab.sum(), step_dd.sum()
+    n = max(s["n"], 1)
+    mean_a, mean_b = s["sa"] / n, s["sb"] / n
+    std_a = math.sqrt(max(saa / n - mean_a**2, 0.0))
+    std_b = math.sqrt(max(sbb / n - mean_b**2, 0.0))
+    norm_a, norm_b = math.sqrt(saa), math.sqrt(sbb)
+
+    step_cos = np.where(
+        (step_aa > 0) & (step_bb > 0), step_ab / np.sqrt(np.maximum(step_aa * step_bb, 1e-300)), 1.0
+    )
+    step_cos = np.where((step_aa > 0) != (step_bb > 0), 0.0, step_cos)
+    step_rel = np.sqrt(step_dd) / max(norm_a / math.sqrt(steps), 1e-300)
+    rest_shape = tuple(d for i, d in enumerate(a.shape) if i != axis)
+    index = list(np.unravel_index(max_at[1], rest_shape)) if rest_shape else []
+    if a.ndim:
+        index.insert(axis, max_at[0])
+    return {
+        "cosine": _cosine(sab, norm_a, norm_b),
+        "worst_step_cosine": float(step_cos.min()) if steps else 1.0,
+        "worst_step": int(step_cos.argmin()) if steps else 0,
+        "l2": math.sqrt(sdd),
+        "rel_l2": math.sqrt(sdd) / norm_a if norm_a > 0 else (0.0 if sdd == 0 else math.inf),
+        "max_abs": max(max_abs, 0.0),
+        "max_abs_index": [int(i) for i in index],
+        "mean_a": mean_a,
+        "std_a": std_a,
+        "mean_b": mean_b,
+        "std_b": std_b,
+        "mean_diff": mean_b - mean_a,
+        "std_ratio": std_b / std_a if std_a > 0 else (1.0 if std_b == 0 else math.inf),
+        "snr_db": 10 * math.log10(saa / sdd) if sdd > 0 and saa > 0 else math.inf,
+        "mismatch_share": float(s["outside"] / n),
+        **nonfinite,
+        "step_cosine": step_cos.astype(np.float32),
+        "step_rel_error": step_rel.astype(np.float32),
+    }
+
+
+def _cosine(dot: float, norm_a: float, norm_b: float) -> float:
+    if norm_a == 0 and norm_b == 0:
+        return 1.0
+    if norm_a == 0 or norm_b == 0:
+        return 0.0
+    return max(-1.0, min(1.0, dot / (norm_a * norm_b)))
+
+
+def rel_l2(a, b) -> float:
+    """||b - a|| / ||a|| in float64 (the one-number error used by replay and diagnosis)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    na = np.linalg.norm(a)
+    d = np.linalg.norm(b - a)
+    return float(d / na) if na > 0 else (0.0 if d == 0 else math.inf)
+
+
+def rounding_error(a, dtype: str) -> float:
+    """Relative L2 error of rounding `a` to float16 or bfloat16: the floor of that precision for this op."""
+    import torch
+
+    t = torch.from_numpy(np.array(a, np.float32))
+    return rel_l2(a, t.to(getattr(torch, dtype)).float().numpy())
