@@ -113,3 +113,5 @@ def test_embedded_default_matches_torch_and_transcribes_the_same(tmp_path, tiny_
     options = whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True)
     texts = [whisper.decode(model, torch.from_numpy(np.array(t["ln_post"][0])), options).text for t in (ref, cand)]
     assert texts[0] == texts[1] and "lazy dog" in texts[1], texts
+    result = compare(ref, cand, model=tiny_en)
+    assert result.comparable and result.first_divergence is None and result.findings == []
