@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .align import Pair, align, load_rename_rules
-from .diagnose import Finding, manifest_findings, merge_repeats, op_finding, order
+from .diagnose import Finding, manifest_findings, merge_repeats, new_nonfinite, op_finding, order
 from .errors import WhisperdiffError
 from .metrics import DEFAULT_ATOL, DEFAULT_RTOL, op_metrics, rounding_error
 from .store import Trace, load_trace
@@ -37,8 +37,7 @@ class Tolerance:
     rtol: float = DEFAULT_RTOL
 
     def diverged(self, row: dict) -> bool:
-        new_nonfinite = row["nan_b"] + row["inf_b"] > row["nan_a"] + row["inf_a"]
-        return new_nonfinite or row["cosine"] < self.min_cosine or row["rel_l2"] > self.max_rel_l2
+        return new_nonfinite(row) or row["cosine"] < self.min_cosine or row["rel_l2"] > self.max_rel_l2
 
 
 @dataclass
@@ -117,9 +116,10 @@ def compare(
     if replay and not comparable:
         warnings.append("introduced error not computed: the traces are not comparable")
 
+    b_names = {p.name: p.b_name for p in pairs if p.matched}
+
     def b_value(name):
-        p = next(p for p in pairs if p.name == name)
-        return views[name](np.asarray(tb[p.b_name]))
+        return views[name](np.asarray(tb[b_names[name]]))
 
     rows, profiles, op_findings = [], {}, []
     first = None
@@ -131,7 +131,7 @@ def compare(
             row.update(m)
             row["diverged"] = tol.diverged(row)
             row["status"] = "diverged" if row["diverged"] else "ok"
-            inputs, rep = _replay(replayer, pair.name, pairs, b_value)
+            inputs, rep = _replay(replayer, pair.name, b_names, b_value)
             if rep is not None:
                 row["introduced_rel_l2"] = rep["introduced"]
             if inputs:
@@ -201,14 +201,13 @@ def _specs(manifest: dict) -> list[dict]:
         return []
 
 
-def _replay(replayer, name: str, pairs: list[Pair], b_value):
+def _replay(replayer, name: str, matched: dict, b_value):
     if replayer is None:
         return None, None
     inputs = replayer.inputs_of(name)
     if inputs is None:
         return None, None
-    present = {p.name for p in pairs if p.matched}
-    if not all(i in present for i in inputs) or name not in present:
+    if not all(i in matched for i in inputs) or name not in matched:
         return inputs, None
     try:
         return inputs, replayer.replay(name, [b_value(i) for i in inputs] + [b_value(name)])

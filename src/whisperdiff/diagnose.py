@@ -74,10 +74,15 @@ def manifest_findings(ma: dict, mb: dict) -> tuple[list[Finding], list[str], boo
     return findings, warnings, comparable
 
 
+def new_nonfinite(row: dict) -> bool:
+    """B has NaN/Inf that A does not."""
+    return row["nan_b"] + row["inf_b"] > row["nan_a"] + row["inf_a"]
+
+
 def op_finding(row: dict, replay: dict | None, rounding: dict[str, float]) -> Finding | None:
     """The finding for one op that introduces (or, without replay, shows) error; None when it does not."""
     name = row["name"]
-    if row["nan_b"] + row["inf_b"] > row["nan_a"] + row["inf_a"]:
+    if new_nonfinite(row):
         return Finding("nonfinite", name, 1.0,
                        f"NaN/Inf first appear at {name}: {row['nan_b']} NaN, {row['inf_b']} Inf in B "
                        f"(A has {row['nan_a']}, {row['inf_a']})")  # fmt: skip
@@ -130,15 +135,16 @@ def _statistical_finding(row: dict, introduced: float, rounding: dict[str, float
 
 
 def merge_repeats(findings: list[Finding]) -> list[Finding]:
-    """One finding per kind and cause: later ops with the same kind are listed in `also_at`."""
+    """One finding per kind: later ops with the same kind are listed in `also_at`.
+
+    Kept apart: unexplained divergences, shape mismatches and layouts say something different at each op."""
     merged: list[Finding] = []
-    seen: dict[tuple, Finding] = {}
+    first_of_kind: dict[str, Finding] = {}
     for f in findings:
-        key = (f.kind, f.message.split(":")[0] if f.kind in ("divergence",) else f.kind)
-        if f.op is not None and key in seen and f.kind not in ("weights_mismatch", "shape_mismatch", "layout"):
-            seen[key].also_at.append(f.op)
+        if f.op is not None and f.kind in first_of_kind and f.kind not in ("divergence", "shape_mismatch", "layout"):
+            first_of_kind[f.kind].also_at.append(f.op)
             continue
-        seen[key] = f
+        first_of_kind[f.kind] = f
         merged.append(f)
     return merged
 

@@ -98,9 +98,6 @@ class Context:
     def compute(self, x: TensorValue) -> TensorValue:
         return x if x.dtype == self.dtype else ops.cast(x, self.dtype)
 
-    def scalar(self, value: float) -> TensorValue:
-        return ops.constant(value, self.dtype, self.device)
-
 
 def mix(flag: TensorValue, normal: TensorValue, buggy: TensorValue) -> TensorValue:
     """normal where flag is 0, buggy where it is 1: how a run-time control selects a porting bug."""
