@@ -1,4 +1,5 @@
-"""nox sessions: `nox -s tests`, `nox -s lint`, `nox -s trace` (the main job on the embedded default)."""
+"""nox sessions: `nox -s tests`, `nox -s lint`, `nox -s trace` (the main job on the embedded default),
+`nox -s reports` (the four example reports under reports/)."""
 
 import nox
 
@@ -21,3 +22,9 @@ def lint(session):
 def trace(session):
     session.install("-e", ".")
     session.run("whisperdiff", "trace", "--impl", "torch", *session.posargs)
+
+
+@nox.session
+def reports(session):
+    session.install("-e", ".")
+    session.run("bash", "examples/reports.sh", external=True)

@@ -10,7 +10,8 @@ Python API (the CLI is a thin layer over it):
 
 Modules, one concept each: names (canonical op names), models (weights loader), ct2 (CTranslate2
 reader), audio (input + Whisper's frontend), runners/ (one per backend), store (trace format),
-stats, provenance, metrics, align, replay, diagnose, compare, api, cli.
+stats, provenance, metrics, align, replay, diagnose, compare, plots + report (HTML), browser
+(headless Chromium, to look at reports), api, cli.
 """
 
 from .api import trace
@@ -18,6 +19,7 @@ from .compare import Comparison, Tolerance, compare
 from .errors import WhisperdiffError
 from .models import LoadedModel, load_model, random_model
 from .names import block_op, op_names, op_specs, select_taps
+from .report import write_report
 from .store import Trace, TraceWriter, list_traces, load_trace
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "compare",
     "Comparison",
     "Tolerance",
+    "write_report",
     "load_trace",
     "list_traces",
     "Trace",

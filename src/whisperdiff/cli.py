@@ -238,23 +238,21 @@ def show(
     out.print(table)
 
 
-@app.command()
-def compare(
-    trace_a: Annotated[Path, typer.Argument(metavar="A", help="Reference trace (e.g. --impl torch).")],
-    trace_b: Annotated[Path, typer.Argument(metavar="B", help="Candidate trace (e.g. your port).")],
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: first_divergence, ops, findings, ...")] = False,
-    csv: Annotated[Path | None, typer.Option(help="Also write the per-op table to this CSV file.")] = None,
-    rename: Annotated[
-        Path | None, typer.Option(help='JSON/TOML rules mapping B\'s op names to canonical ones: {"rename": {"layers.*.q": "blocks.*.attn.q"}}.')
-    ] = None,
-    model: ModelOpt = None,
-    replay: Annotated[bool, typer.Option(help="Replay each op on B's inputs to split introduced from inherited error.")] = True,
-    min_cosine: Annotated[float, typer.Option(help="An op diverges below this cosine.")] = 0.99999,
-    max_rel_l2: Annotated[float, typer.Option(help="An op diverges above this relative L2 error.")] = 1e-4,
-    atol: Annotated[float, typer.Option(help="Absolute part of the element-wise mismatch test.")] = 1e-4,
-    rtol: Annotated[float, typer.Option(help="Relative part of the element-wise mismatch test.")] = 1e-3,
-):
-    """Where B first departs from A, how much error each op introduces, and the likely bug."""
+ReferenceArg = Annotated[Path, typer.Argument(metavar="A", help="Reference trace (e.g. --impl torch).")]
+CandidateArg = Annotated[Path, typer.Argument(metavar="B", help="Candidate trace (e.g. your port).")]
+RenameOpt = Annotated[
+    Path | None,
+    typer.Option(help='JSON/TOML rules mapping B\'s op names to canonical ones: {"rename": {"layers.*.q": "blocks.*.attn.q"}}.'),
+]
+ReplayOpt = Annotated[bool, typer.Option(help="Replay each op on B's inputs to split introduced from inherited error.")]
+MinCosineOpt = Annotated[float, typer.Option(help="An op diverges below this cosine.")]
+MaxRelL2Opt = Annotated[float, typer.Option(help="An op diverges above this relative L2 error.")]
+AtolOpt = Annotated[float, typer.Option(help="Absolute part of the element-wise mismatch test.")]
+RtolOpt = Annotated[float, typer.Option(help="Relative part of the element-wise mismatch test.")]
+
+
+def _run_compare(trace_a, trace_b, *, rename, model, replay, min_cosine, max_rel_l2, atol, rtol):
+    """compare() with a progress bar on a terminal (shared by `compare` and `report`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from .compare import Tolerance
@@ -264,14 +262,83 @@ def compare(
     with Progress(TextColumn("[bold]comparing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[op]}"),
                   console=err, transient=True, disable=not err.is_terminal) as progress:  # fmt: skip
         task = progress.add_task("compare", total=None, op="")
-        result = run_compare(trace_a, trace_b, tolerance=tolerance, rename=rename, model=model, replay=replay,
-                             on_op=lambda name: progress.update(task, advance=1, op=name))  # fmt: skip
+        return run_compare(trace_a, trace_b, tolerance=tolerance, rename=rename, model=model, replay=replay,
+                           on_op=lambda name: progress.update(task, advance=1, op=name))  # fmt: skip
+
+
+@app.command()
+def compare(
+    trace_a: ReferenceArg,
+    trace_b: CandidateArg,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: first_divergence, ops, findings, ...")] = False,
+    csv: Annotated[Path | None, typer.Option(help="Also write the per-op table to this CSV file.")] = None,
+    html: Annotated[Path | None, typer.Option(help="Also write the HTML report (as `whisperdiff report`) to this file.")] = None,
+    rename: RenameOpt = None,
+    model: ModelOpt = None,
+    replay: ReplayOpt = True,
+    min_cosine: MinCosineOpt = 0.99999,
+    max_rel_l2: MaxRelL2Opt = 1e-4,
+    atol: AtolOpt = 1e-4,
+    rtol: RtolOpt = 1e-3,
+):
+    """Where B first departs from A, how much error each op introduces, and the likely bug."""
+    result = _run_compare(trace_a, trace_b, rename=rename, model=model, replay=replay, min_cosine=min_cosine,
+                          max_rel_l2=max_rel_l2, atol=atol, rtol=rtol)  # fmt: skip
     if csv is not None:
         _write_atomic(csv, result.table.to_csv(index=False))
+    if html is not None:
+        from .report import write_report
+
+        write_report(result, html)
     if as_json:
         print(json.dumps(result.to_json(), indent=1))
         return
     _print_comparison(result)
+    if html is not None:
+        out.print(f"wrote {html}", highlight=False)
+
+
+@app.command()
+def report(
+    trace_a: ReferenceArg,
+    trace_b: CandidateArg,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file to write (default reports/A--vs--B.html).")] = None,
+    op: Annotated[list[str] | None, typer.Option("--op", help="Also show this op up close (repeatable).")] = None,
+    head: Annotated[int | None, typer.Option(help="Attention head to show (default: the one that differs most).")] = None,
+    screenshot: Annotated[Path | None, typer.Option(help="Also open the report in headless Chromium and save a PNG of it.")] = None,
+    rename: RenameOpt = None,
+    model: ModelOpt = None,
+    replay: ReplayOpt = True,
+    min_cosine: MinCosineOpt = 0.99999,
+    max_rel_l2: MaxRelL2Opt = 1e-4,
+    atol: AtolOpt = 1e-4,
+    rtol: RtolOpt = 1e-3,
+):
+    """One self-contained HTML page: verdict, divergence plots, the first divergent op up close, every op, both runs."""
+    from .report import verdict, write_report
+
+    result = _run_compare(trace_a, trace_b, rename=rename, model=model, replay=replay, min_cosine=min_cosine,
+                          max_rel_l2=max_rel_l2, atol=atol, rtol=rtol)  # fmt: skip
+    path = write_report(result, output, ops=op or [], head=head)
+    style, headline = verdict(result)
+    colour = {"good": "green", "bad": "bold red", "incomparable": "bold magenta"}[style]
+    out.print(f"wrote {path}  ({_size(path.stat().st_size)})", highlight=False)
+    out.print(f"[{colour}]{escape_markup(headline)}[/]", highlight=False)
+    for f in result.findings[:3]:
+        out.print(f"  {f.kind} at {escape_markup(str(f.op or 'manifest'))} (confidence {f.confidence:.2f})", highlight=False)
+    if screenshot is not None:
+        from .browser import Browser
+
+        with Browser() as browser:
+            page = browser.open(path, screenshot=screenshot)
+        out.print(f"wrote {screenshot}  (opened in {page.load_seconds:.2f} s; {len(page.images)} figures, "
+                  f"{len(page.broken_images)} broken)", highlight=False)  # fmt: skip
+
+
+def escape_markup(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -301,8 +368,9 @@ def _print_comparison(c) -> None:
     tol = c.tolerance
     for row in c.table.to_dict("records"):
         marker = "▶" if row["name"] == c.first_divergence else ""
-        if row["status"] in ("missing_in_b", "missing_in_a", "shape_mismatch"):
-            table.add_row(marker, escape(row["name"]), f"[red]{row['status'].replace('_', ' ')}[/]", *[""] * 7)
+        if row["status"] in ("missing_in_b", "missing_in_a", "shape_mismatch", "not_traced"):
+            colour = "dim" if row["status"] == "not_traced" else "red"
+            table.add_row(marker, escape(row["name"]), f"[{colour}]{row['status'].replace('_', ' ')}[/]", *[""] * 7)
             continue
         style = "red" if row["diverged"] else None
         intro = row["introduced_rel_l2"]

@@ -53,6 +53,17 @@ class Comparison:
     warnings: list[str]
     tolerance: Tolerance
     profiles: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # per-time-step cosine/error
+    traces: tuple[Trace, Trace] | None = field(default=None, repr=False)
+    views: dict = field(default_factory=dict, repr=False)  # op -> B's array in A's layout
+
+    def values(self, op: str) -> tuple[np.ndarray, np.ndarray]:
+        """A's and B's arrays at a matched op, B converted to A's layout (memory-mapped where possible)."""
+        if self.traces is None or op not in self.views:
+            matched = [r["name"] for r in self.table.to_dict("records") if r["name"] in self.views]
+            raise WhisperdiffError(f"op {op!r} is not in both traces; pick one of: {', '.join(matched[:8])}...")
+        ta, tb = self.traces
+        b_name, view = self.views[op]
+        return np.asarray(ta[op]), view(np.asarray(tb[b_name]))
 
     def to_json(self) -> dict:
         ops = []
@@ -121,7 +132,7 @@ def compare(
     def b_value(name):
         return views[name](np.asarray(tb[b_names[name]]))
 
-    rows, profiles, op_findings = [], {}, []
+    rows, profiles, op_findings, not_traced = [], {}, [], []
     first = None
     for pair in pairs:
         row = _row(pair)
@@ -152,25 +163,26 @@ def compare(
             op_findings.append(Finding("shape_mismatch", pair.name, 1.0, f"{pair.name}: {pair.problem}"))
             first = first or pair.name
         elif pair.b_shape is None:
-            untapped = tb.manifest.get("taps") not in (None, "all") and ta.manifest.get("taps") != tb.manifest.get("taps")
-            if not untapped:
+            if _untapped(ta.manifest, tb.manifest):  # B chose not to record it: a note, not a bug
+                not_traced.append(pair.name)
+                row.update(diverged=False, status="not_traced")
+            else:
                 first = first or pair.name
-            row["diverged"] = not untapped
-            op_findings.append(Finding("missing_op", pair.name, 0.5 if untapped else 0.9,
-                                       f"{pair.name} is in A but not in B"
-                                       + (f" (B was traced with taps={tb.manifest.get('taps')!r})" if untapped else ""),
-                                       severity="warning" if untapped else "error"))  # fmt: skip
+                op_findings.append(Finding("missing_op", pair.name, 0.9, f"{pair.name} is in A but not in B"))
         else:
             warnings.append(f"{pair.b_name} is only in B (no canonical op of A has that name; see --rename)")
         rows.append(row)
         if on_op is not None:
             on_op(pair.name)
 
+    if not_traced:
+        warnings.append(f"{len(not_traced)} ops of A were not traced in B (taps={tb.manifest.get('taps')!r}): "
+                        f"{', '.join(not_traced[:4])}{', ...' if len(not_traced) > 4 else ''}; trace B with --taps all")
     order_names = [p.name for p in pairs]
     all_findings = order(findings + merge_repeats(op_findings), order_names)
     table = pd.DataFrame(rows, columns=COLUMNS)
     return Comparison(ta.path, tb.path, ta.manifest, tb.manifest, table, first, all_findings, comparable, warnings,
-                      tol, profiles)  # fmt: skip
+                      tol, profiles, (ta, tb), {n: (b_names[n], views[n]) for n in b_names})  # fmt: skip
 
 
 def _row(pair: Pair) -> dict:
@@ -181,6 +193,11 @@ def _row(pair: Pair) -> dict:
                      else "missing_in_a" if pair.a_shape is None else "ok")  # fmt: skip
     row["diverged"] = pair.problem is not None or pair.b_shape is None
     return row
+
+
+def _untapped(ma: dict, mb: dict) -> bool:
+    """B recorded a subset of ops on purpose (`--taps default`, ...), so ops absent from it are not bugs."""
+    return mb.get("taps") not in (None, "all") and ma.get("taps") != mb.get("taps")
 
 
 def _jumps(row: dict, previous: list[dict]) -> bool:

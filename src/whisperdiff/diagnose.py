@@ -135,16 +135,17 @@ def _statistical_finding(row: dict, introduced: float, rounding: dict[str, float
 
 
 def merge_repeats(findings: list[Finding]) -> list[Finding]:
-    """One finding per kind: later ops with the same kind are listed in `also_at`.
+    """One finding per kind (and severity): later ops with the same kind are listed in `also_at`.
 
     Kept apart: unexplained divergences, shape mismatches and layouts say something different at each op."""
     merged: list[Finding] = []
-    first_of_kind: dict[str, Finding] = {}
+    first_of_kind: dict[tuple[str, str], Finding] = {}
     for f in findings:
-        if f.op is not None and f.kind in first_of_kind and f.kind not in ("divergence", "shape_mismatch", "layout"):
-            first_of_kind[f.kind].also_at.append(f.op)
+        key = (f.kind, f.severity)
+        if f.op is not None and key in first_of_kind and f.kind not in ("divergence", "shape_mismatch", "layout"):
+            first_of_kind[key].also_at.append(f.op)
             continue
-        first_of_kind[f.kind] = f
+        first_of_kind[key] = f
         merged.append(f)
     return merged
 
