@@ -11,9 +11,10 @@ import torch
 import whisper
 
 import whisperdiff as wd
-from whisperdiff.compare import Tolerance, compare
+from whisperdiff.compare import compare
 from whisperdiff.faults import FAULTS
 from whisperdiff.runners.max_runner import MaxRunner
+from whisperdiff.tolerances import Tolerance
 
 
 def agreement(a, b) -> tuple[float, float]:

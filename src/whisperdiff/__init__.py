@@ -15,18 +15,21 @@ stats, provenance, metrics, align, replay, diagnose, compare, plots + report (HT
 """
 
 from .api import trace
-from .compare import Comparison, Tolerance, compare
+from .compare import Comparison, compare
 from .errors import WhisperdiffError
 from .models import LoadedModel, load_model, random_model
 from .names import block_op, op_names, op_specs, select_taps
 from .report import write_report
 from .store import Trace, TraceWriter, list_traces, load_trace
+from .tolerances import Tolerance, ToleranceSet, load_tolerances
 
 __all__ = [
     "trace",
     "compare",
     "Comparison",
     "Tolerance",
+    "ToleranceSet",
+    "load_tolerances",
     "write_report",
     "load_trace",
     "list_traces",

@@ -100,3 +100,21 @@ def trace(
             **{k: round(v, 4) if isinstance(v, float) else v for k, v in timings.items()},
         }
     return load_trace(out)
+
+
+def float64_twin(ref: Trace, out: str | Path | None = None) -> Trace:
+    """openai-whisper's encoder in float64 on the model and input `ref` was made with: the noise-floor
+    reference `whisperdiff tolerances` measures a float32 run against."""
+    from .models import model_of
+
+    if ref.manifest.get("injected"):
+        raise WhisperdiffError(f"{ref.path} has injected bugs; measure the noise floor on a clean reference")
+    model, reasons = model_of([ref.manifest])
+    if model is None:
+        raise WhisperdiffError(f"cannot re-run {ref.path} in float64 ({reasons[-1]}); pass --from OTHER_TRACE instead")
+    inp = ref.manifest.get("input", {})
+    if inp.get("kind") not in ("audio", "mel") or not Path(str(inp.get("path"))).is_file():
+        raise WhisperdiffError(f"the input of {ref.path} ({inp.get('path')}) is not on this machine; pass --from OTHER_TRACE instead")
+    source = {"audio": inp["path"]} if inp["kind"] == "audio" else {"mel": inp["path"]}
+    taps = ref.manifest.get("taps") or "default"
+    return trace("torch", model=model, **source, dtype="float64", taps=taps, out=out)

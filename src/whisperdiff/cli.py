@@ -71,7 +71,7 @@ def trace(
         Path | None, typer.Option("--out", "-o", help="Trace directory (default traces/IMPL-MODEL-INPUT).")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (gpu).")] = "auto",
-    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16 (torch also float64).")] = "float32",
     taps: Annotated[
         str,
         typer.Option(
@@ -249,16 +249,25 @@ MinCosineOpt = Annotated[float, typer.Option(help="An op diverges below this cos
 MaxRelL2Opt = Annotated[float, typer.Option(help="An op diverges above this relative L2 error.")]
 AtolOpt = Annotated[float, typer.Option(help="Absolute part of the element-wise mismatch test.")]
 RtolOpt = Annotated[float, typer.Option(help="Relative part of the element-wise mismatch test.")]
+TolerancesOpt = Annotated[
+    str | None,
+    typer.Option("--tolerances", "-t", help="TOML tolerance file, or a shipped one: float32 (default), half."),
+]
+CompareTolerancesOpt = Annotated[
+    str | None,
+    typer.Option("--tolerances", "-t", help="Per-op limits from a TOML file or a shipped one (float32, half); replaces the four options above."),
+]
 
 
-def _run_compare(trace_a, trace_b, *, rename, model, replay, min_cosine, max_rel_l2, atol, rtol):
+def _run_compare(trace_a, trace_b, *, rename, model, replay, min_cosine, max_rel_l2, atol, rtol, tolerances=None):
     """compare() with a progress bar on a terminal (shared by `compare` and `report`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from .compare import Tolerance
     from .compare import compare as run_compare
+    from .tolerances import Tolerance, load_tolerances
 
-    tolerance = Tolerance(min_cosine=min_cosine, max_rel_l2=max_rel_l2, atol=atol, rtol=rtol)
+    tolerance = (load_tolerances(tolerances) if tolerances is not None
+                 else Tolerance(min_cosine=min_cosine, max_rel_l2=max_rel_l2, atol=atol, rtol=rtol))  # fmt: skip
     with Progress(TextColumn("[bold]comparing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[op]}"),
                   console=err, transient=True, disable=not err.is_terminal) as progress:  # fmt: skip
         task = progress.add_task("compare", total=None, op="")
@@ -280,10 +289,11 @@ def compare(
     max_rel_l2: MaxRelL2Opt = 1e-4,
     atol: AtolOpt = 1e-4,
     rtol: RtolOpt = 1e-3,
+    tolerances: CompareTolerancesOpt = None,
 ):
     """Where B first departs from A, how much error each op introduces, and the likely bug."""
     result = _run_compare(trace_a, trace_b, rename=rename, model=model, replay=replay, min_cosine=min_cosine,
-                          max_rel_l2=max_rel_l2, atol=atol, rtol=rtol)  # fmt: skip
+                          max_rel_l2=max_rel_l2, atol=atol, rtol=rtol, tolerances=tolerances)  # fmt: skip
     if csv is not None:
         _write_atomic(csv, result.table.to_csv(index=False))
     if html is not None:
@@ -313,12 +323,13 @@ def report(
     max_rel_l2: MaxRelL2Opt = 1e-4,
     atol: AtolOpt = 1e-4,
     rtol: RtolOpt = 1e-3,
+    tolerances: CompareTolerancesOpt = None,
 ):
     """One self-contained HTML page: verdict, divergence plots, the first divergent op up close, every op, both runs."""
     from .report import verdict, write_report
 
     result = _run_compare(trace_a, trace_b, rename=rename, model=model, replay=replay, min_cosine=min_cosine,
-                          max_rel_l2=max_rel_l2, atol=atol, rtol=rtol)  # fmt: skip
+                          max_rel_l2=max_rel_l2, atol=atol, rtol=rtol, tolerances=tolerances)  # fmt: skip
     path = write_report(result, output, ops=op or [], head=head)
     style, headline = verdict(result)
     colour = {"good": "green", "bad": "bold red", "incomparable": "bold magenta"}[style]
@@ -333,6 +344,112 @@ def report(
             page = browser.open(path, screenshot=screenshot)
         out.print(f"wrote {screenshot}  (opened in {page.load_seconds:.2f} s; {len(page.images)} figures, "
                   f"{len(page.broken_images)} broken)", highlight=False)  # fmt: skip
+
+
+@app.command()
+def check(
+    traces: Annotated[list[Path], typer.Argument(metavar="[A] B", help="Reference and candidate traces (only B with --golden).")],
+    tolerances: TolerancesOpt = None,
+    golden: Annotated[Path | None, typer.Option(help="Check B against this golden set instead of a reference trace.")] = None,
+    junit: Annotated[Path | None, typer.Option(help="Also write JUnit XML here: one test case per op.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: passed, failures, ops.")] = False,
+    rename: RenameOpt = None,
+    model: ModelOpt = None,
+    replay: ReplayOpt = True,
+):
+    """Pass (exit 0) when every op of B is within tolerance of A, fail (exit 1) naming each op that is not."""
+    from .check import check as run_check
+    from .check import check_golden, junit_xml
+    from .tolerances import load_tolerances
+
+    want = 1 if golden is not None else 2
+    if len(traces) != want:
+        raise WhisperdiffError("check takes two traces, A (reference) and B (candidate); or one, B, with --golden DIR"
+                               if want == 2 else "with --golden, check takes one trace: the candidate B")  # fmt: skip
+    tol = load_tolerances(tolerances)
+    if golden is not None:
+        result = check_golden(golden, traces[0], tol)
+    else:
+        result = run_check(traces[0], traces[1], tol, rename=rename, model=model, replay=replay)
+    if junit is not None:
+        _write_atomic(junit, junit_xml(result))
+    if as_json:
+        print(json.dumps({"passed": result.passed, "first_failure": result.first_failure, "summary": result.summary(),
+                          "failures": [{**f.__dict__, "value": None if f.value != f.value else f.value}
+                                       for f in result.failures],
+                          "warnings": result.warnings}, indent=1))  # fmt: skip
+    else:
+        out.print(f"A {escape_markup(str(result.reference))}\nB {escape_markup(str(result.candidate))}", highlight=False)
+        for w in result.warnings:
+            out.print(f"[yellow]{escape_markup(w)}[/]", highlight=False)
+        for f in result.failures:
+            out.print(f"[red]✗[/] {escape_markup(str(f))}", highlight=False)
+        for f in result.findings[:1]:
+            out.print(f"likely cause: {f.kind} at {escape_markup(str(f.op))}: {escape_markup(f.message)}", highlight=False)
+        colour = "green" if result.passed else "bold red"
+        out.print(f"[{colour}]{escape_markup(result.summary())}[/]", highlight=False)
+        if junit is not None:
+            out.print(f"wrote {junit}", highlight=False)
+    raise typer.Exit(0 if result.passed else 1)
+
+
+@app.command()
+def tolerances(
+    reference: Annotated[Path, typer.Argument(metavar="REF", help="A clean reference trace.")],
+    other: Annotated[Path | None, typer.Option("--from", help="Measure REF against this run (another device, dtype or build) instead of a float64 re-run.")] = None,
+    factor: Annotated[float, typer.Option(help="Safety factor on the measured spread.")] = 10.0,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the TOML here (default: print it).")] = None,
+):
+    """Propose a tolerance file from a measured noise floor: REF against float64 (or --from OTHER), times a factor."""
+    from datetime import UTC, datetime
+
+    from .api import float64_twin
+    from .compare import compare as run_compare
+    from .store import load_trace
+    from .tolerances import propose
+
+    ref = load_trace(reference)
+    if other is None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="whisperdiff-float64-") as tmp:
+            twin = float64_twin(ref, Path(tmp) / "float64")
+            measured = run_compare(twin, ref, replay=False)
+            against = "openai-whisper in float64 on the same model and input"
+    else:
+        measured = run_compare(ref, other, replay=False)
+        against = str(other)
+    if not measured.comparable:
+        raise WhisperdiffError(f"cannot measure a spread: {measured.warnings[0]}")
+    proposed = propose(measured.table.to_dict("records"), factor=factor)
+    when = datetime.now(UTC).strftime("%Y-%m-%d")
+    text = proposed.to_toml(f"whisperdiff tolerances, proposed {when}: the spread of {reference}\nagainst {against},"
+                            f" times {factor:g}, per op kind (blocks.* folded).\n"
+                            f"Use: whisperdiff check A B --tolerances THIS_FILE")  # fmt: skip
+    if output is None:
+        print(text, end="")
+    else:
+        _write_atomic(output, text)
+        err.print(f"wrote {output} ({len(proposed.rules)} rules)", highlight=False)
+
+
+golden_app = typer.Typer(help="Golden sets: a small reference (per-op statistics and fixed samples) to check runs against.",
+                         no_args_is_help=True)  # fmt: skip
+app.add_typer(golden_app, name="golden")
+
+
+@golden_app.command("save")
+def golden_save(
+    trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="The reference trace to keep.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write (e.g. tests/golden/tiny.en).")] = Path("golden"),
+    samples: Annotated[int, typer.Option(help="Elements sampled per op.")] = 2048,
+):
+    """Save a golden set of TRACE: small enough for git; check runs with `whisperdiff check B --golden DIR`."""
+    from .golden import save_golden
+
+    path = save_golden(trace_path, output, samples=samples)
+    size = sum(f.stat().st_size for f in path.iterdir())
+    out.print(f"wrote {path}  ({_size(size)}, {samples} samples per op)", highlight=False)
 
 
 def escape_markup(text: str) -> str:
@@ -374,13 +491,13 @@ def _print_comparison(c) -> None:
             continue
         style = "red" if row["diverged"] else None
         intro = row["introduced_rel_l2"]
-        intro_txt = "-" if intro != intro else (f"[bold red]{intro:.2e}[/]" if intro > tol.max_rel_l2 else f"{intro:.1e}")
+        intro_txt = "-" if intro != intro else (f"[bold red]{intro:.2e}[/]" if intro > (tol.max_rel_l2 or 0) else f"{intro:.1e}")
         table.add_row(marker, escape(row["name"]), f"{row['cosine']:.6f}", f"{row['rel_l2']:.2e}", intro_txt,
                       _fmt(row["max_abs"]), _fmt(row["mean_a"]), _fmt(row["mean_b"]), _fmt(row["std_a"]),
                       _fmt(row["std_b"]), style=style)  # fmt: skip
     out.print(table)
     if c.first_divergence is None:
-        out.print(f"[green]no divergence[/]: every op within cosine >= {tol.min_cosine} and rel L2 <= {tol.max_rel_l2}")
+        out.print(f"[green]no divergence[/]: every op within tolerance ({escape(c.tolerances.source)})", highlight=False)
     else:
         out.print(f"[bold red]first divergence: {escape(c.first_divergence)}[/]", highlight=False)
     for f in c.findings:

@@ -19,25 +19,11 @@ import numpy as np
 import pandas as pd
 
 from .align import Pair, align, load_rename_rules
-from .diagnose import Finding, manifest_findings, merge_repeats, new_nonfinite, op_finding, order
+from .diagnose import Finding, manifest_findings, merge_repeats, op_finding, order
 from .errors import WhisperdiffError
-from .metrics import DEFAULT_ATOL, DEFAULT_RTOL, op_metrics, rounding_error
+from .metrics import op_metrics, rounding_error
 from .store import Trace, load_trace
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """An op diverges when cosine < min_cosine or rel_l2 > max_rel_l2 (or NaN/Inf appear in B only).
-
-    The defaults are the MAX-vs-torch float32 bar of issue 3; half precision needs looser ones."""
-
-    min_cosine: float = 0.99999
-    max_rel_l2: float = 1e-4
-    atol: float = DEFAULT_ATOL
-    rtol: float = DEFAULT_RTOL
-
-    def diverged(self, row: dict) -> bool:
-        return new_nonfinite(row) or row["cosine"] < self.min_cosine or row["rel_l2"] > self.max_rel_l2
+from .tolerances import Tolerance, ToleranceSet
 
 
 @dataclass
@@ -51,8 +37,10 @@ class Comparison:
     findings: list[Finding]
     comparable: bool
     warnings: list[str]
-    tolerance: Tolerance
+    tolerance: Tolerance  # the default; per-op limits are in `tolerances`
     profiles: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # per-time-step cosine/error
+    tolerances: ToleranceSet = field(default_factory=ToleranceSet)
+    op_failures: dict[str, list[tuple[str, float, str]]] = field(default_factory=dict)  # op -> (metric, value, limit)
     traces: tuple[Trace, Trace] | None = field(default=None, repr=False)
     views: dict = field(default_factory=dict, repr=False)  # op -> B's array in A's layout
 
@@ -77,11 +65,12 @@ class Comparison:
             "first_divergence": self.first_divergence,
             "findings": [f.to_dict() for f in self.findings],
             "tolerance": self.tolerance.__dict__,
+            "tolerances": self.tolerances.source,
             "ops": ops,
         }
 
 
-COLUMNS = ["name", "status", "diverged", "cosine", "worst_step_cosine", "worst_step", "rel_l2", "l2", "max_abs",
+COLUMNS = ["name", "status", "diverged", "failures", "cosine", "worst_step_cosine", "worst_step", "rel_l2", "l2", "max_abs",
            "max_abs_index", "mean_a", "std_a", "mean_b", "std_b", "mean_diff", "std_ratio", "snr_db",
            "mismatch_share", "nan_a", "inf_a", "nan_b", "inf_b", "introduced_rel_l2", "inherited_rel_l2",
            "a_shape", "b_shape", "b_name", "layout"]  # fmt: skip
@@ -104,7 +93,7 @@ def compare(
     a: str | Path | Trace,
     b: str | Path | Trace,
     *,
-    tolerance: Tolerance | None = None,
+    tolerance: Tolerance | ToleranceSet | None = None,
     rename: str | Path | None = None,
     model=None,
     replay: bool = True,
@@ -112,12 +101,13 @@ def compare(
 ) -> Comparison:
     """Compare reference trace `a` with candidate `b`.
 
+    tolerance: one Tolerance for every op, or a ToleranceSet (per-op rules, `load_tolerances`).
     model: weights for the replay (a LoadedModel or a load_model spec); by default the model named in
     B's (then A's) manifest, used only when its weights hash matches. replay=False skips the
     introduced-error replay (then findings come from the metrics alone)."""
     ta = a if isinstance(a, Trace) else load_trace(a)
     tb = b if isinstance(b, Trace) else load_trace(b)
-    tol = tolerance or Tolerance()
+    tolerances = ToleranceSet.of(tolerance)
     rules = load_rename_rules(rename)
     findings, warnings, comparable = manifest_findings(ta.manifest, tb.manifest)
     pairs, views = align({o["name"]: tuple(o["shape"]) for o in ta.manifest["ops"]},
@@ -132,15 +122,18 @@ def compare(
     def b_value(name):
         return views[name](np.asarray(tb[b_names[name]]))
 
-    rows, profiles, op_findings, not_traced = [], {}, [], []
+    rows, profiles, op_findings, not_traced, op_failures = [], {}, [], [], {}
     first = None
     for pair in pairs:
         row = _row(pair)
         if pair.matched:
+            tol = tolerances.for_op(pair.name)
             m = op_metrics(ta[pair.name], b_value(pair.name), layout=layouts.get(pair.name), atol=tol.atol, rtol=tol.rtol)
             profiles[pair.name] = {"step_cosine": m.pop("step_cosine"), "step_rel_error": m.pop("step_rel_error")}
             row.update(m)
-            row["diverged"] = tol.diverged(row)
+            failures = op_failures[pair.name] = tol.failures(row)
+            row["diverged"] = bool(failures)
+            row["failures"] = "; ".join(f"{metric} {value:.4g} (limit {limit})" for metric, value, limit in failures)
             row["status"] = "diverged" if row["diverged"] else "ok"
             inputs, rep = _replay(replayer, pair.name, b_names, b_value)
             if rep is not None:
@@ -150,7 +143,8 @@ def compare(
                 row["inherited_rel_l2"] = max((done.get(i, math.nan) for i in inputs), default=math.nan)
             if row["diverged"] and first is None:
                 first = pair.name
-            introduces = rep["introduced"] > tol.max_rel_l2 if rep is not None else row["diverged"] and _jumps(row, rows)
+            bar = tol.max_rel_l2 if tol.max_rel_l2 is not None else Tolerance.max_rel_l2
+            introduces = rep["introduced"] > bar if rep is not None else row["diverged"] and _jumps(row, rows)
             if (row["diverged"] and introduces) or (pair.name == "mel" and row["diverged"]):
                 rounding = {dt: rounding_error(ta[pair.name], dt) for dt in ("float16", "bfloat16")}
                 f = op_finding(row, rep, rounding)
@@ -161,14 +155,16 @@ def compare(
                                            "matched after converting to the canonical layout", severity="info"))  # fmt: skip
         elif pair.problem:
             op_findings.append(Finding("shape_mismatch", pair.name, 1.0, f"{pair.name}: {pair.problem}"))
+            op_failures[pair.name] = [("shape", math.nan, pair.problem)]
             first = first or pair.name
         elif pair.b_shape is None:
             if _untapped(ta.manifest, tb.manifest):  # B chose not to record it: a note, not a bug
                 not_traced.append(pair.name)
-                row.update(diverged=False, status="not_traced")
+                row.update(diverged=False, status="not_traced", failures="")
             else:
                 first = first or pair.name
                 op_findings.append(Finding("missing_op", pair.name, 0.9, f"{pair.name} is in A but not in B"))
+                op_failures[pair.name] = [("missing", math.nan, "present in B")]
         else:
             warnings.append(f"{pair.b_name} is only in B (no canonical op of A has that name; see --rename)")
         rows.append(row)
@@ -182,16 +178,18 @@ def compare(
     all_findings = order(findings + merge_repeats(op_findings), order_names)
     table = pd.DataFrame(rows, columns=COLUMNS)
     return Comparison(ta.path, tb.path, ta.manifest, tb.manifest, table, first, all_findings, comparable, warnings,
-                      tol, profiles, (ta, tb), {n: (b_names[n], views[n]) for n in b_names})  # fmt: skip
+                      tolerances.default, profiles, tolerances, op_failures, (ta, tb), {n: (b_names[n], views[n]) for n in b_names})  # fmt: skip
 
 
 def _row(pair: Pair) -> dict:
     row = dict.fromkeys(COLUMNS, math.nan)
     row.update(name=pair.name, a_shape=pair.a_shape, b_shape=pair.b_shape, b_name=pair.b_name, layout=pair.layout,
-               max_abs_index=None, diverged=False, nan_a=0, inf_a=0, nan_b=0, inf_b=0)  # fmt: skip
+               max_abs_index=None, diverged=False, failures="", nan_a=0, inf_a=0, nan_b=0, inf_b=0)  # fmt: skip
     row["status"] = ("shape_mismatch" if pair.problem else "missing_in_b" if pair.b_shape is None
                      else "missing_in_a" if pair.a_shape is None else "ok")  # fmt: skip
     row["diverged"] = pair.problem is not None or pair.b_shape is None
+    if row["diverged"]:
+        row["failures"] = pair.problem or "missing in B"
     return row
 
 
@@ -234,26 +232,11 @@ def _replay(replayer, name: str, matched: dict, b_value):
 
 def _replayer(model, ta: Trace, tb: Trace, warnings: list[str]):
     """A Replayer with weights whose sha256 matches B's manifest (or A's), else None and a warning."""
-    from .models import LoadedModel, load_model
+    from .models import model_of
     from .replay import Replayer
 
-    want = tb.manifest.get("model", {}).get("weights_sha256") or ta.manifest.get("model", {}).get("weights_sha256")
-    candidates = [model] if model is not None else []
-    for m in (tb.manifest, ta.manifest):
-        info = m.get("model", {})
-        candidates += [info.get("id"), (info.get("source") or "").split(":", 1)[-1] or None]
-    reasons = []
-    for spec in candidates:
-        if spec is None:
-            continue
-        try:
-            loaded = spec if isinstance(spec, LoadedModel) else load_model(spec)
-        except WhisperdiffError as e:
-            reasons.append(str(e))
-            continue
-        if want is None or loaded.weights_sha256 == want:
-            return Replayer(loaded)
-        reasons.append(f"{spec}: weights sha256 {loaded.weights_sha256[:12]} is not the trace's {want[:12]}")
-    warnings.append("introduced error not computed (no loadable model with the trace's weights; pass --model): "
-                    + (reasons[-1] if reasons else "no model named"))  # fmt: skip
+    loaded, reasons = model_of([tb.manifest, ta.manifest], prefer=model)
+    if loaded is not None:
+        return Replayer(loaded)
+    warnings.append(f"introduced error not computed (no loadable model with the trace's weights; pass --model): {reasons[-1]}")
     return None

@@ -365,3 +365,27 @@ def random_model_from_spec(spec: str) -> LoadedModel:
     if dims["n_mels"] not in (80, 128):
         raise WhisperdiffError(f"{spec!r}: Whisper's frontend makes 80 or 128 mel bins, not {dims['n_mels']}")
     return random_model(ModelDimensions(**dims), seed=seed, model_id=spec)
+
+
+def model_of(manifests: list[dict], prefer=None) -> tuple[LoadedModel | None, list[str]]:
+    """The model a trace was made with: `prefer` (a spec or LoadedModel), then each manifest's model id
+    and source, the first whose weights sha256 matches the first manifest that records one.
+    Returns (model or None, the reasons each candidate was refused)."""
+    want = next((m.get("model", {}).get("weights_sha256") for m in manifests if m.get("model", {}).get("weights_sha256")), None)
+    candidates = [prefer] if prefer is not None else []
+    for m in manifests:
+        info = m.get("model", {})
+        candidates += [info.get("id"), (info.get("source") or "").split(":", 1)[-1] or None]
+    reasons = []
+    for spec in candidates:
+        if spec is None:
+            continue
+        try:
+            loaded = spec if isinstance(spec, LoadedModel) else load_model(spec)
+        except WhisperdiffError as e:
+            reasons.append(str(e))
+            continue
+        if want is None or loaded.weights_sha256 == want:
+            return loaded, reasons
+        reasons.append(f"{spec}: weights sha256 {loaded.weights_sha256[:12]} is not the trace's {want[:12]}")
+    return None, reasons or ["no model named"]

@@ -47,7 +47,7 @@ def _op_axis(ax, names: list[str], mark: str | None) -> None:
         ax.axvline(names.index(mark), color=BAD, lw=1.2, ls="--")
 
 
-def divergence(table: pd.DataFrame, first: str | None, min_cosine: float, max_rel_l2: float) -> tuple[str, bytes]:
+def divergence(table: pd.DataFrame, first: str | None, min_cosine: float | None, max_rel_l2: float | None) -> tuple[str, bytes]:
     """Relative L2 error and 1 - cosine per op (log scale), with the error each op introduces as bars."""
     names = table["name"].tolist()
     x = np.arange(len(names))
@@ -64,8 +64,10 @@ def divergence(table: pd.DataFrame, first: str | None, min_cosine: float, max_re
         missing = np.isnan(rel)
         if missing.any():
             ax.plot(x[missing], np.full(missing.sum(), 1.0), "x", color=BAD, ms=8, mew=2, label="missing or unmatched")
-        ax.axhline(max_rel_l2, color=A_COLOR, ls=":", lw=1, label=f"tolerance rel L2 {max_rel_l2:g}")
-        ax.axhline(1 - min_cosine, color=B_COLOR, ls=":", lw=1, label=f"tolerance 1 - cosine {1 - min_cosine:.0e}")
+        if max_rel_l2 is not None:
+            ax.axhline(max_rel_l2, color=A_COLOR, ls=":", lw=1, label=f"tolerance rel L2 {max_rel_l2:g}")
+        if min_cosine is not None:
+            ax.axhline(1 - min_cosine, color=B_COLOR, ls=":", lw=1, label=f"tolerance 1 - cosine {1 - min_cosine:.0e}")
         ax.set_yscale("log")
         top = np.nanmax(np.concatenate([rel, [1.0]]))
         ax.set_ylim(FLOOR / 2, 10 ** math.ceil(math.log10(max(top, 1.0)) + 1))

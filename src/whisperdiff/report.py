@@ -123,7 +123,10 @@ def _verdict(c: Comparison) -> str:
         facts.append(f"largest error: rel L2 {worst['rel_l2']:.3g} at <code>{esc(worst['name'])}</code>")
         facts.append(f"final op <code>{esc(last['name'])}</code>: cosine {last['cosine']:.6f}, rel L2 {last['rel_l2']:.3g}")
     t = c.tolerance
-    facts.append(f"tolerance: cosine ≥ {t.min_cosine:g}, rel L2 ≤ {t.max_rel_l2:g}")
+    limits = [f"cosine ≥ {t.min_cosine:g}" if t.min_cosine is not None else "",
+              f"rel L2 ≤ {t.max_rel_l2:g}" if t.max_rel_l2 is not None else ""]
+    facts.append(f"tolerance ({esc(c.tolerances.source)}): {', '.join(x for x in limits if x) or 'none'}"
+                 + (f", {len(c.tolerances.rules)} per-op rules" if c.tolerances.rules else ""))
     findings = "".join(
         f"<li class='finding {esc(f.severity)}'><span class=kind title='{esc(KINDS.get(f.kind, ''))}'>{esc(f.kind)}</span>"
         f" at <code>{esc(f.op or '(whole run)')}</code> <span class=conf>confidence {f.confidence:.2f}</span>"
@@ -205,15 +208,16 @@ def _table(c: Comparison) -> str:
     t = c.tolerance
     head = ("<tr><th>#</th><th>op</th><th>status</th><th>cosine</th><th>worst step cos (step)</th><th>rel L2</th>"
             "<th>introduced</th><th>inherited</th><th>max |B-A| (at)</th><th>mean A</th><th>mean B</th><th>std A</th>"
-            "<th>std B</th><th>std B/A</th><th>SNR dB</th><th>mismatch</th><th>NaN/Inf B</th><th>shape</th></tr>")  # fmt: skip
+            "<th>std B</th><th>std B/A</th><th>SNR dB</th><th>mismatch</th><th>NaN/Inf B</th><th>shape</th><th>fails</th></tr>")  # fmt: skip
     body = []
     for i, r in enumerate(c.table.to_dict("records")):
-        introduces = r["diverged"] and not (r["introduced_rel_l2"] <= t.max_rel_l2)  # NaN (no replay) counts
+        introduces = r["diverged"] and not (r["introduced_rel_l2"] <= (t.max_rel_l2 or 0))  # NaN (no replay) counts
         cls = ("first" if r["name"] == c.first_divergence else "introduces" if introduces and r["status"] == "diverged"
                else r["status"].replace("_", "-"))  # fmt: skip
-        bad_cos = "bad" if r["cosine"] < t.min_cosine else ""
-        bad_rel = "bad" if r["rel_l2"] > t.max_rel_l2 else ""
-        bad_intro = "bad" if r["introduced_rel_l2"] > t.max_rel_l2 else ""
+        failed = {part.split()[0] for part in (r["failures"] or "").split("; ") if part}
+        bad_cos = "bad" if "cosine" in failed else ""
+        bad_rel = "bad" if "rel_l2" in failed else ""
+        bad_intro = "bad" if r["introduced_rel_l2"] > (t.max_rel_l2 or 0) else ""
         shape = r["a_shape"] if r["a_shape"] is not None and not _isnan(r["a_shape"]) else r["b_shape"]
         if r["status"] == "shape_mismatch":
             shape = f"A {r['a_shape']} / B {r['b_shape']}"
@@ -225,7 +229,7 @@ def _table(c: Comparison) -> str:
                  _num(r["max_abs"]) + (f" ({esc(r['max_abs_index'])})" if isinstance(r["max_abs_index"], (list, tuple)) else ""),
                  _num(r["mean_a"], ".4g"), _num(r["mean_b"], ".4g"), _num(r["std_a"], ".4g"), _num(r["std_b"], ".4g"),
                  _num(r["std_ratio"], ".4f"), _num(r["snr_db"], ".1f"), _num(r["mismatch_share"] * 100, ".2g") + ("%" if not _isnan(r["mismatch_share"]) else ""),
-                 f"{_int(r['nan_b'])}/{_int(r['inf_b'])}", esc(shape)]  # fmt: skip
+                 f"{_int(r['nan_b'])}/{_int(r['inf_b'])}", esc(shape), esc(r["failures"] or "")]  # fmt: skip
         body.append(f"<tr class='{cls}'>" + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in cells) + "</tr>")
     legend = ("<p class=legend><span class='swatch first'></span> first divergence <span class='swatch introduces'>"
               "</span> diverges and introduces error <span class='swatch diverged'></span> diverges, error inherited "

@@ -32,7 +32,7 @@ from ..errors import WhisperdiffError
 from ..names import block_op
 from .base import Record
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("float32", "float64", "float16", "bfloat16")  # float64: the noise-floor reference (`whisperdiff tolerances`)
 
 
 def resolve_torch_device(device: str) -> str:

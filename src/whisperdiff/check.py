@@ -1,0 +1,127 @@
+"""`check`: pass or fail a candidate trace against a reference (a trace or a golden set) on per-op
+tolerances, for CI. Pure verdicts over `compare`'s table; JUnit XML for CI systems.
+
+    r = check("traces/torch-tiny.en-speech", "traces/max-tiny.en-speech", load_tolerances("float32"))
+    r.passed, r.first_failure, r.failures        # [OpFailure(op, metric, value, limit), ...] in encoder order
+    Path("check.xml").write_text(junit_xml(r))
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .compare import compare
+from .diagnose import Finding, manifest_findings
+from .errors import WhisperdiffError
+from .store import Trace, load_trace
+from .tolerances import ToleranceSet
+
+
+@dataclass(frozen=True)
+class OpFailure:
+    op: str
+    metric: str  # cosine, rel_l2, max_abs, mismatch_share, std_ratio_dev, nonfinite, missing, shape
+    value: float
+    limit: str  # e.g. "<= 0.0001"
+
+    def __str__(self) -> str:
+        value = "" if math.isnan(self.value) else f"{self.value:.4g} "
+        return f"{self.op}: {self.metric} {value}(limit {self.limit})"
+
+
+@dataclass
+class CheckResult:
+    reference: Path  # a trace or a golden set
+    candidate: Path
+    ops: list[dict]  # per op: name, status (ok, diverged, missing_in_b, shape_mismatch, not_traced), failures
+    tolerances: ToleranceSet
+    warnings: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)  # what compare thinks is wrong (empty for golden)
+
+    @property
+    def failures(self) -> list[OpFailure]:
+        return [OpFailure(r["name"], *f) for r in self.ops for f in r["failures"]]
+
+    @property
+    def failed_ops(self) -> list[str]:
+        return [r["name"] for r in self.ops if r["failures"]]
+
+    @property
+    def first_failure(self) -> str | None:
+        return next(iter(self.failed_ops), None)
+
+    @property
+    def checked(self) -> int:
+        return sum(r["status"] != "not_traced" for r in self.ops)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed_ops
+
+    def summary(self) -> str:
+        if self.passed:
+            return f"PASS: {self.checked} ops within tolerances ({self.tolerances.source})"
+        return (f"FAIL: {len(self.failed_ops)} of {self.checked} ops out of tolerance ({self.tolerances.source}); "
+                f"first failure: {self.first_failure}")  # fmt: skip
+
+
+def check(a: str | Path | Trace, b: str | Path | Trace, tolerances: ToleranceSet | None = None, *, rename=None,
+          model=None, replay: bool = True) -> CheckResult:  # fmt: skip
+    """Check candidate `b` against reference trace `a`. Traces that are not comparable (other
+    weights, input or dims) are an error, not a failure: fix the set-up, not the port."""
+    tolerances = tolerances or ToleranceSet()
+    c = compare(a, b, tolerance=tolerances, rename=rename, model=model, replay=replay)
+    if not c.comparable:
+        reasons = "; ".join(w.removeprefix("NOT COMPARABLE: ") for w in c.warnings if w.startswith("NOT COMPARABLE"))
+        raise WhisperdiffError(f"cannot check: the traces are not comparable ({reasons}); trace both with the same model and input")
+    ops = [{"name": r["name"], "status": r["status"], "failures": c.op_failures.get(r["name"], [])}
+           for r in c.table.to_dict("records") if r["status"] != "missing_in_a"]  # fmt: skip
+    return CheckResult(c.a, c.b, ops, tolerances, c.warnings, [f for f in c.findings if f.severity == "error"])
+
+
+def check_golden(golden: str | Path, b: str | Path | Trace, tolerances: ToleranceSet | None = None) -> CheckResult:
+    """Check candidate `b` against a golden set (golden.py)."""
+    from .golden import golden_rows, load_golden
+
+    g = load_golden(golden)
+    tb = b if isinstance(b, Trace) else load_trace(b)
+    tolerances = tolerances or ToleranceSet()
+    _, warnings, comparable = manifest_findings(g.manifest, tb.manifest)
+    if not comparable:
+        reasons = "; ".join(w.removeprefix("NOT COMPARABLE: ") for w in warnings if w.startswith("NOT COMPARABLE"))
+        raise WhisperdiffError(f"cannot check: {tb.path} is not comparable with the golden set {g.path} ({reasons})")
+    rows = golden_rows(g, tb, tolerances)
+    not_traced = [r["name"] for r in rows if r["status"] == "not_traced"]
+    if not_traced:
+        warnings.append(f"{len(not_traced)} ops of the golden set were not traced in B (taps={tb.manifest.get('taps')!r})")
+    extra = [name for name in tb.ops if name not in g.samples]
+    if extra:
+        warnings.append(f"{len(extra)} ops of B are not in the golden set and were not checked: {', '.join(extra[:4])}")
+    return CheckResult(g.path, tb.path, rows, tolerances, warnings)
+
+
+def junit_xml(result: CheckResult) -> str:
+    """JUnit XML: one test case per op, a <failure> per op out of tolerance, <skipped> when not traced."""
+    suite = ET.Element("testsuite", name="whisperdiff.check", tests=str(len(result.ops)),
+                       failures=str(len(result.failed_ops)), errors="0",
+                       skipped=str(sum(r["status"] == "not_traced" for r in result.ops)))  # fmt: skip
+    props = ET.SubElement(suite, "properties")
+    for key, value in (("reference", result.reference), ("candidate", result.candidate),
+                       ("tolerances", result.tolerances.source)):  # fmt: skip
+        ET.SubElement(props, "property", name=key, value=str(value))
+    classname = f"whisperdiff.{result.candidate.name}"
+    for r in result.ops:
+        case = ET.SubElement(suite, "testcase", classname=classname, name=r["name"], time="0")
+        if r["status"] == "not_traced":
+            ET.SubElement(case, "skipped", message="not traced in the candidate")
+        elif r["failures"]:
+            failures = [OpFailure(r["name"], *f) for f in r["failures"]]
+            failure = ET.SubElement(case, "failure", type=failures[0].metric, message=str(failures[0]))
+            failure.text = "\n".join(str(f) for f in failures)
+    root = ET.Element("testsuites", name="whisperdiff", tests=suite.get("tests"), failures=suite.get("failures"))
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
