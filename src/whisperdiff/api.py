@@ -7,6 +7,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from .audio import prepare_input
 from .errors import WhisperdiffError
 from .faults import get_faults
@@ -38,68 +40,121 @@ def trace(
     taps: str = "default",
     inject: list[str] | None = None,
     on_op: Callable[[str], None] | None = None,
+    window: int = 0,
+    transcribe: bool = False,
 ) -> Trace:
     """Run `impl` on one input window and write every tapped canonical op to a trace directory.
 
     model: a spec for load_model (None = embedded tiny.en) or an already LoadedModel.
-    audio / mel: the input (default: the shipped speech clip). out: the trace directory
-    (default traces/IMPL-MODEL-INPUT). inject: porting bugs to plant (see faults.py; recorded in the
-    manifest). on_op is called after each op is written (progress).
+    audio / mel: the input (default: the shipped speech clip); window: which 30 s window of a longer
+    clip. out: the trace directory (default traces/IMPL-MODEL-INPUT). inject: porting bugs to plant
+    (see faults.py; recorded in the manifest). transcribe: also decode the output with openai-whisper's
+    decoder and store the text in the manifest. on_op is called after each op is written (progress).
     """
-    started = datetime.now(UTC)
-    t0 = time.perf_counter()
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    load_seconds = time.perf_counter() - t0
-    faults = get_faults(inject)
-    encoder_input = prepare_input(loaded.dims.n_mels, audio=audio, mel=mel)
-    for fault in faults:
-        if fault.mel is not None:  # input-side bug: the encoder is fed a differently computed log-mel
-            encoder_input.mel = fault.mel(encoder_input.mel)
-            encoder_input.provenance["frontend"] += f" + injected {fault.name}"
-            encoder_input.provenance["mel_sha256"] = sha256_array(encoder_input.mel)
-    tap_names = select_taps(loaded.dims, taps)
-    runner = make_runner(impl, loaded, device=device, dtype=dtype, taps=tap_names, faults=faults)
-    out = (
-        Path(out)
-        if out is not None
-        else default_trace_path(impl, loaded.model_id, encoder_input.provenance["path"], dtype, inject or ())
-    )
+    session = Session(impl, model=model, device=device, dtype=dtype, taps=taps, inject=inject)
+    return session.trace(audio=audio, mel=mel, out=out, window=window, transcribe=transcribe, on_op=on_op)
 
-    manifest = {
-        "impl": impl,
-        **{k: v for k, v in runner.facts().items() if k in ("device", "dtype")},
-        "runner": runner.facts(),
-        "model": loaded.manifest(),
-        "input": encoder_input.provenance,
-        "taps": taps,
-        "injected": [
-            {"name": f.name, "first_op": f.first_op_for(loaded.dims.n_audio_layer), "description": f.description}
-            for f in faults
-        ],
-        "versions": versions(),
-    }
-    with TraceWriter(out, manifest) as writer:
 
-        def record(name: str, array) -> None:
-            writer.record(name, array)
-            if on_op is not None:
-                on_op(name)
+class Session:
+    """One implementation, model and set of injected bugs, ready to trace any number of windows
+    (the model is loaded and the MAX graph compiled or loaded once)."""
 
-        record("mel", encoder_input.mel)
-        timings = runner.run(encoder_input.mel, record)
-        recorded = [op["name"] for op in writer.ops]
-        if recorded != tap_names:  # a runner that skips or reorders an op must not produce a "complete" trace
-            missing = [n for n in tap_names if n not in recorded]
-            raise WhisperdiffError(
-                f"{impl} runner did not record ops as asked (missing: {missing[:5]}, got {len(recorded)} of {len(tap_names)})"
-            )
-        writer.manifest["run"] = {
-            "started": started.isoformat(timespec="seconds"),
-            "model_load_seconds": round(load_seconds, 3),
-            "total_seconds": round(time.perf_counter() - t0, 3),
-            **{k: round(v, 4) if isinstance(v, float) else v for k, v in timings.items()},
+    def __init__(self, impl: str = "torch", *, model=None, device: str = "auto", dtype: str = "float32",
+                 taps: str = "default", inject: list[str] | None = None, patchable: bool = False):  # fmt: skip
+        t0 = time.perf_counter()
+        self.impl, self.dtype, self.taps, self.inject = impl, dtype, taps, list(inject or ())
+        self.loaded = model if isinstance(model, LoadedModel) else load_model(model)
+        self.load_seconds = time.perf_counter() - t0
+        self.faults = get_faults(inject)
+        self.tap_names = select_taps(self.loaded.dims, taps)
+        self.runner = make_runner(impl, self.loaded, device=device, dtype=dtype, taps=self.tap_names, faults=self.faults,
+                                  patchable=patchable)  # fmt: skip
+        self._decoder = None
+
+    def decode(self, features, max_tokens: int | None = None) -> str:
+        from .transcript import Decoder
+
+        self._decoder = self._decoder or Decoder(self.loaded)
+        return self._decoder(features, max_tokens)
+
+    def input(self, audio=None, mel=None, window: int = 0):
+        encoder_input = prepare_input(self.loaded.dims.n_mels, audio=audio, mel=mel, window=window)
+        for fault in self.faults:
+            if fault.mel is not None:  # input-side bug: the encoder is fed a differently computed log-mel
+                encoder_input.mel = fault.mel(encoder_input.mel)
+                encoder_input.provenance["frontend"] += f" + injected {fault.name}"
+                encoder_input.provenance["mel_sha256"] = sha256_array(encoder_input.mel)
+        return encoder_input
+
+    def trace(self, *, audio=None, mel=None, out=None, window: int = 0, transcribe: bool = False,
+              on_op: Callable[[str], None] | None = None) -> Trace:  # fmt: skip
+        started = datetime.now(UTC)
+        t0 = time.perf_counter()
+        loaded, runner, tap_names = self.loaded, self.runner, self.tap_names
+        encoder_input = self.input(audio, mel, window)
+        if transcribe and "ln_post" not in tap_names:
+            raise WhisperdiffError("transcribing needs the encoder output: trace with taps that include ln_post")
+        if out is None:
+            out = default_trace_path(self.impl, loaded.model_id, encoder_input.provenance["path"], self.dtype, self.inject)
+            if encoder_input.provenance.get("n_windows", 1) > 1:
+                out = out.with_name(f"{out.name}.w{window}")
+        out = Path(out)
+        manifest = {
+            "impl": self.impl,
+            **{k: v for k, v in runner.facts().items() if k in ("device", "dtype")},
+            "runner": runner.facts(),
+            "model": loaded.manifest(),
+            "input": encoder_input.provenance,
+            "taps": self.taps,
+            "injected": [
+                {"name": f.name, "first_op": f.first_op_for(loaded.dims.n_audio_layer), "description": f.description}
+                for f in self.faults
+            ],
+            "versions": versions(),
         }
-    return load_trace(out)
+        with TraceWriter(out, manifest) as writer:
+            outputs = {}
+
+            def record(name: str, array) -> None:
+                writer.record(name, array)
+                if name == "ln_post" and transcribe:
+                    outputs[name] = np.array(array, dtype=np.float32)
+                if on_op is not None:
+                    on_op(name)
+
+            record("mel", encoder_input.mel)
+            timings = runner.run(encoder_input.mel, record)
+            recorded = [op["name"] for op in writer.ops]
+            if recorded != tap_names:  # a runner that skips or reorders an op must not produce a "complete" trace
+                missing = [n for n in tap_names if n not in recorded]
+                raise WhisperdiffError(
+                    f"{self.impl} runner did not record ops as asked (missing: {missing[:5]}, got {len(recorded)} of {len(tap_names)})"
+                )
+            if transcribe:
+                from .transcript import DECODER
+
+                t1 = time.perf_counter()
+                writer.manifest["transcript"] = {"text": self.decode(outputs["ln_post"]), "decoder": DECODER,
+                                                 "window": window, "decode_seconds": round(time.perf_counter() - t1, 3)}  # fmt: skip
+            writer.manifest["run"] = {
+                "started": started.isoformat(timespec="seconds"),
+                "model_load_seconds": round(self.load_seconds, 3),
+                "total_seconds": round(time.perf_counter() - t0 + self.load_seconds, 3),
+                **{k: round(v, 4) if isinstance(v, float) else v for k, v in timings.items()},
+            }
+        return load_trace(out)
+
+    def trace_windows(self, *, audio=None, out=None, transcribe: bool = True,
+                      on_window: Callable[[int, int], None] | None = None) -> list[Trace]:  # fmt: skip
+        """Every 30 s window of a clip, one trace each (`OUT.w0`, `OUT.w1`, ...; just OUT for a short clip)."""
+        count = self.input(audio).provenance.get("n_windows", 1)
+        traces = []
+        for w in range(count):
+            if on_window is not None:
+                on_window(w, count)
+            path = None if out is None else (Path(out) if count == 1 else Path(out).with_name(f"{Path(out).name}.w{w}"))
+            traces.append(self.trace(audio=audio, out=path, window=w, transcribe=transcribe))
+        return traces
 
 
 def float64_twin(ref: Trace, out: str | Path | None = None) -> Trace:

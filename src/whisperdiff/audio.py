@@ -152,13 +152,20 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, dict]:
     return samples, info
 
 
-def log_mel(samples: np.ndarray, n_mels: int) -> np.ndarray:
-    """The first 30 s window of log-mel, [n_mels, 3000], exactly as whisper.transcribe computes it."""
+def log_mel(samples: np.ndarray, n_mels: int, window: int = 0) -> np.ndarray:
+    """30 s window `window` of log-mel, [n_mels, 3000], exactly as whisper.transcribe computes it:
+    the whole clip's log-mel (padded by 30 s of silence), sliced at seek = 3000 * window."""
     import torch
     from whisper.audio import log_mel_spectrogram, pad_or_trim
 
     mel = log_mel_spectrogram(torch.from_numpy(samples), n_mels=n_mels, padding=N_SAMPLES)
-    return pad_or_trim(mel[:, :N_FRAMES], N_FRAMES).numpy().astype(np.float32)
+    seek = window * N_FRAMES
+    return pad_or_trim(mel[:, seek : seek + N_FRAMES], N_FRAMES).numpy().astype(np.float32)
+
+
+def n_windows(n_samples: int) -> int:
+    """How many 30 s windows whisper.transcribe encodes for a clip of this length (at least one)."""
+    return max(1, int(np.ceil(n_samples / N_SAMPLES)))
 
 
 def load_mel_file(path: str | Path, n_mels: int) -> np.ndarray:
@@ -188,10 +195,13 @@ def load_mel_file(path: str | Path, n_mels: int) -> np.ndarray:
     return mel.astype(np.float32)
 
 
-def prepare_input(n_mels: int, audio: str | Path | None = None, mel: str | Path | None = None) -> EncoderInput:
-    """The encoder's input window plus provenance. With neither audio nor mel: the shipped clip."""
+def prepare_input(n_mels: int, audio: str | Path | None = None, mel: str | Path | None = None,
+                  window: int = 0) -> EncoderInput:  # fmt: skip
+    """The encoder's input window `window` plus provenance. With neither audio nor mel: the shipped clip."""
     if audio is not None and mel is not None:
         raise WhisperdiffError("give either --audio or --mel, not both")
+    if mel is not None and window != 0:
+        raise WhisperdiffError("a --mel file is one 30 s window; --window applies to --audio only")
     if mel is not None:
         array = load_mel_file(mel, n_mels)
         prov = {"kind": "mel", "path": str(Path(mel).resolve()), "sha256": sha256_file(mel), "frontend": "precomputed"}
@@ -199,16 +209,19 @@ def prepare_input(n_mels: int, audio: str | Path | None = None, mel: str | Path 
         path = Path(audio) if audio is not None else default_audio_path()
         samples, info = load_audio(path)
         duration = len(samples) / SAMPLE_RATE
-        array = log_mel(samples, n_mels)
+        count = n_windows(len(samples))
+        if not 0 <= window < count:
+            raise WhisperdiffError(f"--window {window} is out of range: {path} ({duration:.1f} s) has windows 0..{count - 1}")
+        array = log_mel(samples, n_mels, window)
         prov = {
             "kind": "audio",
             "path": str(path.resolve()),
             "sha256": sha256_file(path),
             "default_clip": audio is None,
             "duration_s": round(duration, 3),
-            # Traced here: the first window only; windows beyond it are not encoded by this trace.
-            "window": 0,
-            "n_windows": max(1, int(np.ceil(duration * SAMPLE_RATE / N_SAMPLES))),
+            # One trace is one 30 s window; `trace --window all` / `transcribe` trace every window.
+            "window": window,
+            "n_windows": count,
             "frontend": "whisper.audio.log_mel_spectrogram",
             **info,
         }

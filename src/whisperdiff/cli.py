@@ -81,6 +81,12 @@ def trace(
     inject: Annotated[
         list[str] | None, typer.Option(help="Plant a porting bug (repeatable); `whisperdiff faults` lists them.")
     ] = None,
+    window: Annotated[
+        str, typer.Option(help="Which 30 s window of a longer clip: a number, or all (one trace per window, OUT.wN).")
+    ] = "0",
+    transcribe: Annotated[
+        bool, typer.Option(help="Also decode the output with openai-whisper's decoder; the text goes in the manifest.")
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the trace's path and manifest summary as JSON.")
     ] = False,
@@ -88,7 +94,7 @@ def trace(
     """Run an encoder on one input and save every intermediate activation under canonical names."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .api import trace as run_trace
+    from .api import Session
 
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -101,20 +107,33 @@ def trace(
         disable=as_json or not err.is_terminal,
     ) as progress:
         task = progress.add_task(f"tracing {impl}", total=None, op="loading model")
-        result = run_trace(
-            impl,
-            model=model,
-            audio=audio,
-            mel=mel,
-            out=out_dir,
-            device=device,
-            dtype=dtype,
-            taps=taps,
-            inject=inject,
-            on_op=lambda name: progress.update(task, advance=1, op=name),
+        session = Session(impl, model=model, device=device, dtype=dtype, taps=taps, inject=inject)
+        on_op = lambda name: progress.update(task, advance=1, op=name)  # noqa: E731
+        if window == "all" and mel is None:
+            results = session.trace_windows(audio=audio, out=out_dir, transcribe=transcribe)
+        else:
+            window = "0" if window == "all" else window  # a --mel file is one window
+            if not window.isdigit():
+                raise WhisperdiffError(f"--window {window!r}: give a window number (0, 1, ...) or all")
+            results = [session.trace(audio=audio, mel=mel, out=out_dir, window=int(window), transcribe=transcribe,
+                                     on_op=on_op)]  # fmt: skip
+    if as_json:
+        summaries = [_trace_summary(r) for r in results]
+        print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=1))
+        return
+    for result in results:
+        _print_trace(result)
+    inp = results[-1].manifest["input"]
+    if window != "all" and inp.get("n_windows", 1) > 1:
+        err.print(
+            f"[yellow]warning:[/] the input is {inp['duration_s']:.1f} s: only its 30 s window {window} was traced "
+            f"({inp['n_windows']} windows in all; --window all traces each)"
         )
+
+
+def _trace_summary(result) -> dict:
     m = result.manifest
-    summary = {
+    return {
         "trace": str(result.path),
         "impl": m["impl"],
         "device": m["device"],
@@ -124,14 +143,17 @@ def trace(
         "weights_sha256": m["model"]["weights_sha256"],
         "input": m["input"]["path"],
         "input_sha256": m["input"]["sha256"],
+        "window": m["input"].get("window", 0),
         "ops": len(result),
         "bytes": result.nbytes,
         "seconds": m["run"]["total_seconds"],
         "injected": [f["name"] for f in m["injected"]],
+        "transcript": m.get("transcript", {}).get("text"),
     }
-    if as_json:
-        print(json.dumps(summary, indent=1))
-        return
+
+
+def _print_trace(result) -> None:
+    m = result.manifest
     out.print(
         f"[green]wrote[/] {result.path}  ({len(result)} ops, {_size(result.nbytes)}, {m['run']['total_seconds']:.1f} s)"
     )
@@ -140,8 +162,9 @@ def trace(
         highlight=False,
     )
     inp = m["input"]
+    window = f"  window {inp['window']} of {inp['n_windows']}" if inp.get("n_windows", 1) > 1 else ""
     out.print(
-        f"  input   {inp['path']}  [dim]sha256 {inp['sha256'][:16]}  frontend {inp['frontend']}[/]", highlight=False
+        f"  input   {inp['path']}  [dim]sha256 {inp['sha256'][:16]}  frontend {inp['frontend']}[/]{window}", highlight=False
     )
     runner = m["runner"]
     compiled = ""
@@ -153,11 +176,36 @@ def trace(
             f"  [yellow]injected[/] {fault['name']}: {fault['description']} (first shows at {fault['first_op']})",
             highlight=False,
         )
-    if inp.get("n_windows", 1) > 1:
-        err.print(
-            f"[yellow]warning:[/] the input is {inp['duration_s']:.1f} s: only its first 30 s window was traced "
-            f"({inp['n_windows']} windows in all)"
-        )
+    if "transcript" in m:
+        out.print(f"  text    {escape_markup(m['transcript']['text'])}", highlight=False)
+
+
+@app.command()
+def transcribe(
+    impl: Annotated[str, typer.Option(help="Encoder: torch (openai-whisper) or max (MAX Graph).")] = "torch",
+    model: ModelOpt = None,
+    audio: Annotated[Path | None, typer.Option(help="Audio file; every 30 s window is encoded. Default: the shipped clip.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Trace directory (OUT.wN per window for long audio).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (gpu).")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+    taps: Annotated[str, typer.Option(help="As for trace (output: ln_post only, the fastest).")] = "default",
+    inject: Annotated[list[str] | None, typer.Option(help="Plant a porting bug (repeatable).")] = None,
+):
+    """Encode every window with the chosen encoder, decode with openai-whisper's decoder, print the text.
+
+    Each window is traced like `trace` and its transcript stored in the trace's manifest."""
+    from .api import Session
+
+    session = Session(impl, model=model, device=device, dtype=dtype, taps=taps, inject=inject)
+    results = session.trace_windows(audio=audio, out=out_dir, transcribe=True,
+                                    on_window=lambda w, n: err.print(f"window {w + 1} of {n}", highlight=False)
+                                    if n > 1 and err.is_terminal else None)  # fmt: skip
+    for r in results:
+        inp = r.manifest["input"]
+        out.print(f"[dim]{r.path}  window {inp.get('window', 0)} ({inp.get('window', 0) * 30}-"
+                  f"{min((inp.get('window', 0) + 1) * 30, inp.get('duration_s') or 30):.0f} s)[/]", highlight=False)  # fmt: skip
+    text = " ".join(r.manifest["transcript"]["text"] for r in results).strip()
+    out.print(escape_markup(text), highlight=False)
 
 
 def _listing_table(listings) -> Table:
@@ -249,6 +297,9 @@ MinCosineOpt = Annotated[float, typer.Option(help="An op diverges below this cos
 MaxRelL2Opt = Annotated[float, typer.Option(help="An op diverges above this relative L2 error.")]
 AtolOpt = Annotated[float, typer.Option(help="Absolute part of the element-wise mismatch test.")]
 RtolOpt = Annotated[float, typer.Option(help="Relative part of the element-wise mismatch test.")]
+TranscribeOpt = Annotated[
+    bool, typer.Option(help="Decode both outputs with openai-whisper's decoder (when the traces carry no transcript) and compare the texts.")
+]
 TolerancesOpt = Annotated[
     str | None,
     typer.Option("--tolerances", "-t", help="TOML tolerance file, or a shipped one: float32 (default), half."),
@@ -259,7 +310,8 @@ CompareTolerancesOpt = Annotated[
 ]
 
 
-def _run_compare(trace_a, trace_b, *, rename, model, replay, min_cosine, max_rel_l2, atol, rtol, tolerances=None):
+def _run_compare(trace_a, trace_b, *, rename, model, replay, min_cosine, max_rel_l2, atol, rtol, tolerances=None,
+                 transcribe=False):  # fmt: skip
     """compare() with a progress bar on a terminal (shared by `compare` and `report`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -272,7 +324,7 @@ def _run_compare(trace_a, trace_b, *, rename, model, replay, min_cosine, max_rel
                   console=err, transient=True, disable=not err.is_terminal) as progress:  # fmt: skip
         task = progress.add_task("compare", total=None, op="")
         return run_compare(trace_a, trace_b, tolerance=tolerance, rename=rename, model=model, replay=replay,
-                           on_op=lambda name: progress.update(task, advance=1, op=name))  # fmt: skip
+                           transcribe=transcribe, on_op=lambda name: progress.update(task, advance=1, op=name))  # fmt: skip
 
 
 @app.command()
@@ -290,10 +342,12 @@ def compare(
     atol: AtolOpt = 1e-4,
     rtol: RtolOpt = 1e-3,
     tolerances: CompareTolerancesOpt = None,
+    transcribe: TranscribeOpt = False,
 ):
     """Where B first departs from A, how much error each op introduces, and the likely bug."""
     result = _run_compare(trace_a, trace_b, rename=rename, model=model, replay=replay, min_cosine=min_cosine,
-                          max_rel_l2=max_rel_l2, atol=atol, rtol=rtol, tolerances=tolerances)  # fmt: skip
+                          max_rel_l2=max_rel_l2, atol=atol, rtol=rtol, tolerances=tolerances,
+                          transcribe=transcribe)  # fmt: skip
     if csv is not None:
         _write_atomic(csv, result.table.to_csv(index=False))
     if html is not None:
@@ -324,17 +378,30 @@ def report(
     atol: AtolOpt = 1e-4,
     rtol: RtolOpt = 1e-3,
     tolerances: CompareTolerancesOpt = None,
+    transcribe: TranscribeOpt = False,
+    patch: Annotated[bool, typer.Option(help="Also run activation patching (`whisperdiff patch`) and chart it.")] = False,
 ):
     """One self-contained HTML page: verdict, divergence plots, the first divergent op up close, every op, both runs."""
     from .report import verdict, write_report
 
     result = _run_compare(trace_a, trace_b, rename=rename, model=model, replay=replay, min_cosine=min_cosine,
-                          max_rel_l2=max_rel_l2, atol=atol, rtol=rtol, tolerances=tolerances)  # fmt: skip
-    path = write_report(result, output, ops=op or [], head=head)
+                          max_rel_l2=max_rel_l2, atol=atol, rtol=rtol, tolerances=tolerances,
+                          transcribe=transcribe)  # fmt: skip
+    patching = None
+    if patch:
+        from .patch import patch as run_patch
+
+        patching = run_patch(trace_a, trace_b, transcribe=transcribe or result.transcripts is not None, model=model)
+    path = write_report(result, output, ops=op or [], head=head, patching=patching)
     style, headline = verdict(result)
     colour = {"good": "green", "bad": "bold red", "incomparable": "bold magenta"}[style]
     out.print(f"wrote {path}  ({_size(path.stat().st_size)})", highlight=False)
     out.print(f"[{colour}]{escape_markup(headline)}[/]", highlight=False)
+    if result.transcripts:
+        t = result.transcripts
+        out.print(f"  transcripts {'identical' if t['same'] else 'differ'}: WER {t['wer']:.1%}", highlight=False)
+    if patching is not None:
+        out.print(f"  patching: cause {patching.cause}", highlight=False)
     for f in result.findings[:3]:
         out.print(f"  {f.kind} at {escape_markup(str(f.op or 'manifest'))} (confidence {f.confidence:.2f})", highlight=False)
     if screenshot is not None:
@@ -452,6 +519,57 @@ def golden_save(
     out.print(f"wrote {path}  ({_size(size)}, {samples} samples per op)", highlight=False)
 
 
+@app.command("patch")
+def patch_command(
+    trace_a: ReferenceArg,
+    trace_b: CandidateArg,
+    ops: Annotated[str | None, typer.Option(help="Glob of ops to patch (default: block boundaries and every op of the first divergent block).")] = None,
+    transcribe: Annotated[bool, typer.Option(help="Decode each patched output and compare its transcript with A's.")] = True,
+    model: ModelOpt = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (gpu).")] = "auto",
+    html: Annotated[Path | None, typer.Option(help="Also write the HTML report with the patching chart here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Re-run B with A's activation substituted at one op at a time: the op whose patch restores B's output is the cause."""
+    from contextlib import nullcontext
+
+    from .patch import patch as run_patch
+
+    with err.status("patching", spinner="dots") if err.is_terminal else nullcontext() as status:
+        result = run_patch(trace_a, trace_b, ops=ops, transcribe=transcribe, model=model, device=device,
+                           on_point=lambda op: status.update(f"patching {op}") if status else None)  # fmt: skip
+    if html is not None:
+        from .report import write_report
+
+        write_report(_run_compare(trace_a, trace_b, rename=None, model=model, replay=True, min_cosine=0.99999,
+                                  max_rel_l2=1e-4, atol=1e-4, rtol=1e-3, transcribe=transcribe), html, patching=result)  # fmt: skip
+    if as_json:
+        print(json.dumps(result.to_json(), indent=1))
+        return
+    table = Table()
+    for col in ("patched op", "final rel L2", "restored", "WER", "transcript"):
+        table.add_column(col, justify="left" if col in ("patched op", "transcript") else "right")
+    for r in result.results:
+        style = "bold red" if r.op == result.cause else None
+        table.add_row(escape_markup(r.op), f"{r.final_rel_l2:.3g}", f"{r.restored:.1%}",
+                      "" if r.wer is None else f"{r.wer:.0%}", escape_markup((r.text or "")[:70]), style=style)  # fmt: skip
+    out.print(table)
+    out.print(f"unpatched: final rel L2 {result.unpatched_rel_l2:.3g}" + (
+        f", WER {result.unpatched_wer:.0%}: {escape_markup(result.unpatched_text or '')[:80]!s}" if transcribe else ""),
+        highlight=False)  # fmt: skip
+    if result.unpatched_wer == 0:
+        out.print("[green]B's transcript is already A's (WER 0): the divergence does not matter for this input[/]")
+    if result.cause:
+        out.print(f"[bold red]cause: {escape_markup(result.cause)}[/]: patching it restores "
+                  f"{result.result(result.cause).restored:.0%} of the output; no earlier patch does", highlight=False)  # fmt: skip
+    elif result.unpatched_rel_l2 <= 1e-4:
+        out.print("[green]B's output already matches A's: nothing to restore[/]")
+    else:
+        out.print("[yellow]no single patch restores the output[/]: the error enters at several ops, or at one not patched")
+    if html is not None:
+        out.print(f"wrote {html}", highlight=False)
+
+
 def escape_markup(text: str) -> str:
     from rich.markup import escape
 
@@ -507,6 +625,12 @@ def _print_comparison(c) -> None:
                   f"{escape(f.message)}{also}", highlight=False)  # fmt: skip
     if not c.findings:
         out.print("[green]no findings[/]")
+    if c.transcripts:
+        t = c.transcripts
+        colour = "green" if t["same"] else "bold red"
+        out.print(f"transcript A: {escape(t['a'])}\ntranscript B: {escape(t['b'])}", highlight=False)
+        out.print(f"[{colour}]transcripts {'identical' if t['same'] else 'differ'}: WER {t['wer']:.1%}, CER {t['cer']:.1%}[/]",
+                  highlight=False)  # fmt: skip
 
 
 @app.command()

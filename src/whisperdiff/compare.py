@@ -41,6 +41,7 @@ class Comparison:
     profiles: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # per-time-step cosine/error
     tolerances: ToleranceSet = field(default_factory=ToleranceSet)
     op_failures: dict[str, list[tuple[str, float, str]]] = field(default_factory=dict)  # op -> (metric, value, limit)
+    transcripts: dict | None = None  # {"a", "b", "wer", "cer"} when both traces were transcribed
     traces: tuple[Trace, Trace] | None = field(default=None, repr=False)
     views: dict = field(default_factory=dict, repr=False)  # op -> B's array in A's layout
 
@@ -64,6 +65,7 @@ class Comparison:
             "warnings": self.warnings,
             "first_divergence": self.first_divergence,
             "findings": [f.to_dict() for f in self.findings],
+            "transcripts": self.transcripts,
             "tolerance": self.tolerance.__dict__,
             "tolerances": self.tolerances.source,
             "ops": ops,
@@ -97,6 +99,7 @@ def compare(
     rename: str | Path | None = None,
     model=None,
     replay: bool = True,
+    transcribe: bool = False,
     on_op: Callable[[str], None] | None = None,
 ) -> Comparison:
     """Compare reference trace `a` with candidate `b`.
@@ -104,7 +107,8 @@ def compare(
     tolerance: one Tolerance for every op, or a ToleranceSet (per-op rules, `load_tolerances`).
     model: weights for the replay (a LoadedModel or a load_model spec); by default the model named in
     B's (then A's) manifest, used only when its weights hash matches. replay=False skips the
-    introduced-error replay (then findings come from the metrics alone)."""
+    introduced-error replay (then findings come from the metrics alone). Transcripts come from the
+    manifests; transcribe=True decodes the ones missing (openai-whisper's decoder on ln_post)."""
     ta = a if isinstance(a, Trace) else load_trace(a)
     tb = b if isinstance(b, Trace) else load_trace(b)
     tolerances = ToleranceSet.of(tolerance)
@@ -177,8 +181,33 @@ def compare(
     order_names = [p.name for p in pairs]
     all_findings = order(findings + merge_repeats(op_findings), order_names)
     table = pd.DataFrame(rows, columns=COLUMNS)
+    transcripts = transcript_comparison(ta, tb, decode=transcribe, model=model)
     return Comparison(ta.path, tb.path, ta.manifest, tb.manifest, table, first, all_findings, comparable, warnings,
-                      tolerances.default, profiles, tolerances, op_failures, (ta, tb), {n: (b_names[n], views[n]) for n in b_names})  # fmt: skip
+                      tolerances.default, profiles, tolerances, op_failures, transcripts, (ta, tb),
+                      {n: (b_names[n], views[n]) for n in b_names})  # fmt: skip
+
+
+def transcript_comparison(a: Trace, b: Trace, decode: bool = False, model=None) -> dict | None:
+    """Both transcripts and B's word and character error rates against A's: from the manifests
+    (`trace --transcribe`), or decoded now with openai-whisper's decoder when `decode`."""
+    from .transcript import Decoder, cer, wer
+
+    texts = [t.manifest.get("transcript", {}).get("text") for t in (a, b)]
+    if decode and None in texts and "ln_post" in a and "ln_post" in b:
+        from .models import model_of
+
+        loaded, reasons = model_of([b.manifest, a.manifest], prefer=model)
+        if loaded is None:
+            raise WhisperdiffError(f"cannot decode the transcripts: no loadable model with the traces' weights ({reasons[-1]})")
+        decoder = Decoder(loaded)
+        if texts[0] is None:
+            texts[0] = decoder(np.asarray(a["ln_post"]))
+        if texts[1] is None:  # capped: a broken encoder can make the decoder loop to its 224-token limit
+            texts[1] = decoder(np.asarray(b["ln_post"]), max_tokens=2 * len(texts[0].split()) + 16)
+    ta, tb = texts
+    if ta is None or tb is None:
+        return None
+    return {"a": ta, "b": tb, "wer": wer(ta, tb), "cer": cer(ta, tb), "same": ta == tb}
 
 
 def _row(pair: Pair) -> dict:

@@ -77,17 +77,33 @@ def control_types(n_layer: int, device: DeviceRef) -> list[TensorType]:
 class Context:
     """What every module needs while the graph is built: dtype, device, the controls and the tap sink."""
 
-    def __init__(self, dtype: DType, device: DeviceRef, controls: list[TensorValue], taps: set[str]):
+    def __init__(self, dtype: DType, device: DeviceRef, controls: list[TensorValue], taps: set[str],
+                 patch: tuple[list[str], TensorValue, list[TensorValue]] | None = None):  # fmt: skip
         self.dtype, self.device, self.taps = dtype, device, taps
         controls = [c if c.dtype == dtype else ops.cast(c, dtype) for c in controls]
         (self.pos_scale, self.conv1_taps, self.qk_scale, self.ln_eps, self.gelu_tanh, self.ln_post_skip,
          self.ln_post_rescale, self.kv_swap, self.mlp_residual, self.half_block) = controls  # fmt: skip
         self.outputs: list[tuple[str, TensorValue]] = []
+        self.patch_index, self.patch_flags, self.overrides = {}, None, {}
+        if patch is not None:  # activation patching: see build_graph
+            points, flags, overrides = patch
+            self.patch_index = {name: i for i, name in enumerate(points)}
+            self.patch_flags = self.compute(flags)
+            self.overrides = {tuple(int(d) for d in o.shape[1:]): o for o in overrides}
 
     def tap(self, name: str, x: TensorValue) -> TensorValue:
+        """Every canonical op passes through here: patched (if asked at run time), then recorded."""
+        x = self.patch(name, x)
         if name in self.taps:  # traces hold float32 (exact for float16/bfloat16 values)
             self.outputs.append((name, x if x.dtype == DType.float32 else ops.cast(x, DType.float32)))
         return x
+
+    def patch(self, name: str, x: TensorValue) -> TensorValue:
+        """x, or the override of its shape where the run-time flag of this patch point is 1."""
+        if name not in self.patch_index:
+            return x
+        override = self.compute(self.overrides[tuple(int(d) for d in x.shape[1:])])
+        return mix(self.patch_flags[self.patch_index[name]], x, override)
 
     def weight(self, name: str, shape: list[int], dtype: DType | None = None) -> TensorValue:
         return Weight(name, dtype or self.dtype, shape, self.device)
@@ -184,7 +200,7 @@ class MultiHeadAttention:
         v = ops.permute(ops.reshape(v, [b, t, h, c // h]), [0, 2, 1, 3])
         f32 = self.cx.float32  # scores, softmax and sums in float32, as whisper's attention in half precision
         w = ops.softmax(f32(q * scale) @ f32(k * scale))
-        self.cx.tap(block_op(i, "attn.weights"), self.cx.compute(w))
+        self.cx.tap(block_op(i, "attn.weights"), self.cx.compute(w))  # never a patch point (see PATCH_EXCLUDED)
         return self.cx.compute(ops.reshape(ops.permute(w @ f32(v), [0, 2, 1, 3]), [b, t, c]))
 
 
@@ -248,17 +264,44 @@ class AudioEncoder:
 CHANNELS_FIRST_TAPS = ("conv1", "conv1.gelu", "conv2", "conv2.gelu")
 
 
+# Not patchable: the input (patch it by feeding the reference's mel) and the attention probabilities
+# (n_head x T x T each: too large to feed as a dummy override on every run).
+PATCH_EXCLUDED = ("mel", "attn.weights")
+
+
+def patch_points(dims) -> list[str]:
+    from .names import op_names
+
+    return [n for n in op_names(dims) if n != "mel" and not n.endswith("attn.weights")]
+
+
+def patch_types(dims, device: DeviceRef) -> list[TensorType]:
+    """Flags (one per patch point) and one float32 override per activation shape, time-major."""
+    d, f = dims, DType.float32
+    t, c = d.n_audio_ctx, d.n_audio_state
+    return [TensorType(f, [len(patch_points(d))], device=device), TensorType(f, [1, 2 * t, c], device=device),
+            TensorType(f, [1, t, c], device=device), TensorType(f, [1, t, 4 * c], device=device)]  # fmt: skip
+
+
 def build_graph(
-    dims, taps: list[str], dtype: DType = DType.float32, device: DeviceRef | None = None
+    dims, taps: list[str], dtype: DType = DType.float32, device: DeviceRef | None = None, patchable: bool = False
 ) -> tuple[Graph, list[str]]:
-    """The encoder graph for these dims with `taps` (canonical names) as outputs; returns (graph, output names)."""
+    """The encoder graph for these dims with `taps` (canonical names) as outputs; returns (graph, output names).
+
+    patchable: a second variant for activation patching (`whisperdiff patch`) with extra inputs, a
+    flag per patch point and an override per shape: at run time any one op's value is replaced by the
+    reference's, so every patch point shares one compiled graph."""
     device = device or DeviceRef.CPU()
     d = dims
     mel_type = TensorType(DType.float32, [1, d.n_mels, 2 * d.n_audio_ctx], device=device)
     key = f"whisper_encoder_{d.n_mels}_{d.n_audio_ctx}_{d.n_audio_state}_{d.n_audio_head}_{d.n_audio_layer}"
-    with Graph(key, input_types=[mel_type, *control_types(d.n_audio_layer, device)]) as graph:
-        mel, *controls = (v.tensor for v in graph.inputs)
-        cx = Context(dtype, device, controls, set(taps))
+    extra = patch_types(d, device) if patchable else []
+    with Graph(key + ("_patchable" if patchable else ""),
+               input_types=[mel_type, *control_types(d.n_audio_layer, device), *extra]) as graph:  # fmt: skip
+        values = [v.tensor for v in graph.inputs]
+        mel, controls, patch = values[0], values[1 : len(values) - len(extra)], values[len(values) - len(extra) :]
+        cx = Context(dtype, device, controls, set(taps),
+                     (patch_points(d), patch[0], patch[1:]) if patchable else None)  # fmt: skip
         encoder = AudioEncoder(cx, d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer)
         encoder(ops.cast(mel, dtype) if dtype != DType.float32 else mel)
         graph.output(*(value for _, value in cx.outputs))

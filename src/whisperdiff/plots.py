@@ -191,3 +191,21 @@ def _sample(x: np.ndarray, limit: int = 2_000_000) -> np.ndarray:
     flat = np.asarray(x).reshape(-1)
     step = max(1, flat.size // limit)
     return flat[::step].astype(np.float64)
+
+
+def patching(ops: list[str], final_rel_l2: list[float], unpatched: float, cause: str | None) -> tuple[str, bytes]:
+    """Final error after patching each op (log scale), the unpatched error as a line, the cause marked."""
+    x = np.arange(len(ops))
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(13, 3.8))
+        colours = [BAD if op == cause else A_COLOR for op in ops]
+        ax.bar(x, np.maximum(final_rel_l2, FLOOR), color=colours, width=0.7)
+        ax.axhline(max(unpatched, FLOOR), color="k", ls="--", lw=1, label=f"unpatched: {unpatched:.3g}")
+        ax.set_yscale("log")
+        ax.set_ylabel("final rel L2 after the patch")
+        ax.set_xticks(x)
+        ax.set_xticklabels([label(op) for op in ops], rotation=90, fontsize=7)
+        ax.legend(loc="upper right", fontsize=8)
+        if cause in ops:
+            ax.set_title(label(f"patching {cause} restores the output: the cause"), fontsize=9, color=BAD)
+        return _render(fig, "svg")

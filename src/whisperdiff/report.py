@@ -41,12 +41,13 @@ def default_path(c: Comparison, directory: str | Path = "reports") -> Path:
     return Path(directory) / f"{c.a.name}--vs--{c.b.name}.html"
 
 
-def write_report(c: Comparison, path: str | Path | None = None, *, ops: list[str] = (), head: int | None = None) -> Path:
+def write_report(c: Comparison, path: str | Path | None = None, *, ops: list[str] = (), head: int | None = None,
+                 patching=None) -> Path:  # fmt: skip
     """Render `c` and write it atomically (a half-written report never replaces a good one)."""
     path = Path(path) if path is not None else default_path(c)
     if path.suffix.lower() not in (".html", ".htm"):
         raise WhisperdiffError(f"report path {path} should end in .html")
-    page = render(c, ops=ops, head=head)
+    page = render(c, ops=ops, head=head, patching=patching)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
@@ -58,8 +59,9 @@ def write_report(c: Comparison, path: str | Path | None = None, *, ops: list[str
     return path
 
 
-def render(c: Comparison, *, ops: list[str] = (), head: int | None = None) -> str:
-    """The whole report as one HTML string."""
+def render(c: Comparison, *, ops: list[str] = (), head: int | None = None, patching=None) -> str:
+    """The whole report as one HTML string. patching: a patch.Patching to chart (optional)."""
+    extra_sections = [_section("patching", "Which op causes it: activation patching", _patching(patching))] if patching else []
     unknown = [op for op in ops if op not in c.views]
     if unknown:
         raise WhisperdiffError(f"--op {unknown[0]!r} is not an op of both traces; see `whisperdiff ops`")
@@ -67,6 +69,8 @@ def render(c: Comparison, *, ops: list[str] = (), head: int | None = None) -> st
     body = [
         _header(c),
         _verdict(c),
+        _section("transcripts", "Transcripts", _transcripts(c)) if c.transcripts else "",
+        *extra_sections,
         _section("divergence", "Divergence along the network", _network(c)),
         *[_section(f"op-{i}", f"Up close: {esc(op)}", _up_close(c, op, head), raw_title=True) for i, op in enumerate(focus)],
         _section("table", "Every op", _table(c)),
@@ -134,13 +138,62 @@ def _verdict(c: Comparison) -> str:
         + (f"; same kind also at {esc(', '.join(f.also_at))}" if f.also_at else "") + "</div></li>"
         for f in c.findings[:MAX_FINDINGS]
     )  # fmt: skip
+    matters = ""
+    if c.transcripts:
+        t = c.transcripts
+        if t["same"]:
+            matters = ("<p class='matters same'>Transcripts identical (WER 0): "
+                       + ("for this input the divergence does not change the text." if c.first_divergence
+                          else "B decodes to the same text as A.") + "</p>")  # fmt: skip
+        else:
+            matters = (f"<p class='matters differ'>It matters: B's transcript differs from A's (WER {t['wer']:.1%}, "
+                       f"CER {t['cer']:.1%}); see <a href='#transcripts'>the transcripts</a>.</p>")  # fmt: skip
     more = len(c.findings) - MAX_FINDINGS
     warnings = "".join(f"<li>{esc(w)}</li>" for w in c.warnings)
     return (f"<section id=verdict class='verdict {cls}'><h2>{esc(headline)}</h2>"
-            f"<p class=facts>{' · '.join(facts)}</p>"
+            f"<p class=facts>{' · '.join(facts)}</p>" + matters
             + (f"<ol class=findings>{findings}</ol>" if findings else "<p>No findings.</p>")
             + (f"<p>{more} more findings in the table below.</p>" if more > 0 else "")
             + (f"<ul class=warnings>{warnings}</ul>" if warnings else "") + "</section>")  # fmt: skip
+
+
+def _transcripts(c: Comparison) -> str:
+    from .transcript import word_diff
+
+    t = c.transcripts
+    runs = "".join(esc(text) + " " if tag == "=" else f"<del>{esc(text)}</del> " if tag == "-" else f"<ins>{esc(text)}</ins> "
+                   for tag, text in word_diff(t["a"], t["b"]))  # fmt: skip
+    return (f"<table class=manifest><tr><th>A (reference)</th><td>{esc(t['a'])}</td></tr>"
+            f"<tr><th>B (candidate)</th><td>{esc(t['b'])}</td></tr>"
+            f"<tr><th>difference</th><td class=diff>{runs}</td></tr></table>"
+            f"<p>WER {t['wer']:.1%}, CER {t['cer']:.1%} (B against A, after Whisper's English normaliser). Both decoded by "
+            "openai-whisper's own decoder from each encoder's output, so any difference comes from the encoders.</p>")  # fmt: skip
+
+
+def _patching(p) -> str:
+    rows = "".join(
+        f"<tr class='{'cause' if r.op == p.cause else ''}'><td><code>{esc(r.op)}</code></td><td>{r.final_rel_l2:.3g}</td>"
+        f"<td>{r.restored:.1%}</td><td>{'' if r.wer is None else f'{r.wer:.1%}'}</td><td>{esc(r.text or '')}</td></tr>"
+        for r in p.results)  # fmt: skip
+    matters = ("<p class='matters same'>B's transcript is already A's (WER 0): the divergence does not matter for "
+               "this input.</p>" if p.unpatched_wer == 0 else
+               f"<p class='matters differ'>Unpatched, B's transcript has WER {p.unpatched_wer:.0%} against A's.</p>"
+               if p.unpatched_wer is not None else "")  # fmt: skip
+    verdict = matters + (f"<p class=facts><b>Cause: <code>{esc(p.cause)}</code></b>: substituting A's value there restores "
+               f"{p.result(p.cause).restored:.0%} of B's output{_restores_text(p)}; no earlier patch does.</p>"
+               if p.cause else "<p class=facts>No single patched op restores B's output: the error enters at several "
+               "ops, or before the first patch point.</p>")  # fmt: skip
+    return (verdict + _figure(plots.patching([r.op for r in p.results], [r.final_rel_l2 for r in p.results],
+                                             p.unpatched_rel_l2, p.cause),
+                              "Final error after patching each op", "Each bar: B re-run with A's activation substituted at "
+                              "that op; the final op's relative L2 error against A. The dashed line is B unpatched.")
+            + f"<table class=ops><thead><tr><th>patched op</th><th>final rel L2</th><th>restored</th><th>WER</th>"
+            f"<th>transcript</th></tr></thead><tbody>{rows}</tbody></table>")  # fmt: skip
+
+
+def _restores_text(p) -> str:
+    r = p.result(p.cause)
+    return "" if r.wer is None else f" and its transcript (WER {r.wer:.0%})"
 
 
 def _network(c: Comparison) -> str:
@@ -366,5 +419,7 @@ tr.missing-in-b,tr.missing-in-a,tr.shape-mismatch{background:#eee !important;col
 .legend{font-size:12.5px} .swatch{display:inline-block;width:12px;height:12px;border:1px solid #aaa;vertical-align:middle;margin:0 3px 0 10px}
 .swatch.first{background:#ffd6d6} .swatch.introduces{background:#ffe9e0} .swatch.diverged{background:#fff6e0} .swatch.missing-in-b{background:#eee}
 table.manifest{border-collapse:collapse;font-size:13px;width:100%} table.manifest th,table.manifest td{border-bottom:1px solid #eee;padding:3px 8px;text-align:left;vertical-align:top;word-break:break-all}
-table.manifest th{white-space:nowrap;word-break:normal} table.manifest tr.differs{background:#fff1c9} pre{font-size:11.5px;background:#f7f7f7;padding:8px;overflow:auto;max-height:400px}
+table.manifest th{white-space:nowrap;word-break:normal} del{background:#ffd6d6;color:#900} ins{background:#d6f5dc;color:#064;text-decoration:none}
+.matters{font-weight:600} .matters.differ{color:#a31516} .matters.same{color:#1f6f35} tr.cause{background:#ffd6d6 !important}
+table.manifest tr.differs{background:#fff1c9} pre{font-size:11.5px;background:#f7f7f7;padding:8px;overflow:auto;max-height:400px}
 """

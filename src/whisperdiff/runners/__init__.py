@@ -8,9 +8,11 @@ IMPLS = ("torch", "max")
 
 
 def make_runner(
-    impl: str, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None, faults=()
+    impl: str, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None, faults=(),
+    patchable: bool = False,
 ):
-    """A runner for `impl`; `faults` are encoder-side porting bugs (faults.py) to switch on."""
+    """A runner for `impl`; `faults` are encoder-side porting bugs (faults.py) to switch on.
+    patchable: the runner's `run` also takes patch=(op, value) (activation patching, patch.py)."""
     encoder_faults = [f for f in faults if f.controls is not None]
     if encoder_faults and impl != "max":
         raise WhisperdiffError(
@@ -20,9 +22,9 @@ def make_runner(
     if impl == "torch":
         from .torch_runner import TorchRunner
 
-        return TorchRunner(model, device=device, dtype=dtype, taps=taps)
+        return TorchRunner(model, device=device, dtype=dtype, taps=taps)  # torch hooks can always patch
     if impl == "max":
         from .max_runner import MaxRunner
 
-        return MaxRunner(model, device=device, dtype=dtype, taps=taps, faults=encoder_faults)
+        return MaxRunner(model, device=device, dtype=dtype, taps=taps, faults=encoder_faults, patchable=patchable)
     raise WhisperdiffError(f"unknown implementation {impl!r}; available: {', '.join(IMPLS)}")

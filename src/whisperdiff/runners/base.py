@@ -5,6 +5,9 @@ A runner is built from a LoadedModel plus device, dtype and the list of canonica
     run(mel, record) -> dict             runs the encoder on mel [1, n_mels, 3000] float32, calling
                                          record(op_name, array) for each tapped op in encoder order, as
                                          soon as the value exists; returns timings for the manifest
+    run(mel, record, patch=(op, value))  the same with that op's value replaced by `value` (canonical
+                                         layout) for everything downstream: activation patching
+    patch_points -> list[str]            the ops `patch` can name
 `mel` itself is recorded by the caller: it is the input, not something a runner computes.
 """
 
@@ -23,4 +26,6 @@ class Runner(Protocol):
 
     def facts(self) -> dict: ...
 
-    def run(self, mel: np.ndarray, record: Record) -> dict: ...
+    patch_points: list[str]
+
+    def run(self, mel: np.ndarray, record: Record, patch: tuple[str, np.ndarray] | None = None) -> dict: ...

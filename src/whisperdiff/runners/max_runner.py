@@ -62,11 +62,12 @@ class MaxRunner:
 
     impl = "max"
 
-    def __init__(self, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None, faults=()):
+    def __init__(self, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None, faults=(),
+                 patchable: bool = False):  # fmt: skip
         from max import engine
         from max.dtype import DType
 
-        from ..max_encoder import Controls, build_graph
+        from ..max_encoder import Controls, build_graph, patch_points, patch_types
         from ..names import op_names
 
         if dtype not in DTYPES:
@@ -80,7 +81,10 @@ class MaxRunner:
         self.controls = Controls(d.n_audio_layer, d.n_audio_state, d.n_audio_head)
         for fault in faults:  # porting bugs are run-time inputs of the same compiled graph
             fault.controls(self.controls)
-        graph, self.outputs = build_graph(d, wanted, getattr(DType, dtype), graph_device)
+        graph, self.outputs = build_graph(d, wanted, getattr(DType, dtype), graph_device, patchable=patchable)
+        # Patching inputs, all zero (no patch) until run(patch=...) fills one override and raises one flag.
+        self.patch_points = patch_points(d) if patchable else []
+        self._patch_inputs = [np.zeros([int(x) for x in t.shape], np.float32) for t in patch_types(d, graph_device)] if patchable else []
         before = _cache_entries()
         start = time.perf_counter()
         session = engine.InferenceSession(devices=[self.driver_device])
@@ -92,12 +96,25 @@ class MaxRunner:
         return {"device": self.device, "dtype": self.dtype, "encoder": "whisperdiff.max_encoder (MAX Graph)",
                 "compile_seconds": round(self.compile_seconds, 3), "compile_cache_hit": self.cache_hit}  # fmt: skip
 
-    def run(self, mel: np.ndarray, record: Record) -> dict:
+    def run(self, mel: np.ndarray, record: Record, patch: tuple[str, np.ndarray] | None = None) -> dict:
+        """patch: (canonical op, value in canonical layout) to substitute for that op's value (patchable runners)."""
         from max.driver import Buffer
 
         from ..max_encoder import CHANNELS_FIRST_TAPS
 
-        inputs = [np.ascontiguousarray(mel, dtype=np.float32), *self.controls.arrays()]
+        inputs = [np.ascontiguousarray(mel, dtype=np.float32), *self.controls.arrays(), *self._patch_inputs]
+        if patch is not None:
+            name, value = patch
+            if name not in self.patch_points:
+                raise WhisperdiffError(f"the MAX encoder cannot patch {name!r}; patch points: {', '.join(self.patch_points[:6])}, ...")
+            value = np.asarray(value, np.float32)
+            if name in CHANNELS_FIRST_TAPS:
+                value = value.transpose(0, 2, 1)
+            flags = np.zeros(len(self.patch_points), np.float32)
+            flags[self.patch_points.index(name)] = 1.0
+            n = len(inputs) - len(self._patch_inputs)
+            overrides = [np.ascontiguousarray(value) if o.shape == value.shape else o for o in self._patch_inputs[1:]]
+            inputs = inputs[:n] + [flags, *overrides]
         if self.device != "cpu":
             inputs = [Buffer.from_numpy(a).to(self.driver_device) for a in inputs]
         start = time.perf_counter()

@@ -99,11 +99,23 @@ class TorchRunner:
             "layer_norm_weights_float32": self.float32_layer_norm,
         }
 
-    def run(self, mel: np.ndarray, record: Record) -> dict:
+    @property
+    def patch_points(self) -> list[str]:
+        """Ops whose value a hook can replace without editing openai-whisper's forward: not conv2.gelu
+        (computed inside AudioEncoder.forward), attn.weights (SDPA never materialises it) or
+        attn_residual (the residual sum feeds mlp_ln and the block's second residual)."""
+        from ..names import op_names
+
+        excluded = ("mel", "conv2.gelu")
+        return [n for n in op_names(self.loaded.dims) if n not in excluded and not n.endswith(("attn.weights", "attn_residual"))]
+
+    def run(self, mel: np.ndarray, record: Record, patch: tuple[str, np.ndarray] | None = None) -> dict:
         import torch
 
+        if patch is not None and patch[0] not in self.patch_points:
+            raise WhisperdiffError(f"the torch runner cannot patch {patch[0]!r} (see TorchRunner.patch_points)")
         x = torch.from_numpy(np.ascontiguousarray(mel)).to(self.device, self.torch_dtype)
-        handles = self._install_hooks(record)
+        handles = self._install_hooks(record, patch)
         try:
             with torch.inference_mode():
                 start = time.perf_counter()
@@ -116,27 +128,35 @@ class TorchRunner:
                 h.remove()
         return {"encoder_seconds": seconds}
 
-    def _install_hooks(self, record: Record) -> list:
+    def _install_hooks(self, record: Record, patch: tuple[str, np.ndarray] | None = None) -> list:
+        import torch
         import torch.nn.functional as F
 
         enc, handles = self.encoder, []
 
         def tap(module, name, *, pre=False, fn=None):
-            """Record `name` from a module's input (pre) or output, optionally through fn."""
-            if not self.wants(name):
+            """Record `name` from a module's input (pre) or output, optionally through fn; replace it
+            with the patch value when `name` is the patched op."""
+            replace = patch is not None and patch[0] == name
+            if not self.wants(name) and not replace:
                 return
-            if pre:
-                handles.append(
-                    module.register_forward_pre_hook(
-                        lambda m, args: record(name, _to_numpy((fn or (lambda t: t))(args[0])))
-                    )
-                )
-            else:
-                handles.append(
-                    module.register_forward_hook(
-                        lambda m, args, out: record(name, _to_numpy((fn or (lambda t: t))(out)))
-                    )
-                )
+
+            def seen(t):
+                if replace:
+                    t = torch.from_numpy(np.array(patch[1])).to(t.device, t.dtype)  # a writable copy
+                if self.wants(name):
+                    record(name, _to_numpy((fn or (lambda v: v))(t)))
+                return t
+
+            def pre_hook(m, args):  # returning None keeps the module's input as it is
+                t = seen(args[0])
+                return (t, *args[1:]) if replace else None
+
+            def post_hook(m, args, out):  # returning None keeps the module's output as it is
+                t = seen(out)
+                return t if replace else None
+
+            handles.append(module.register_forward_pre_hook(pre_hook) if pre else module.register_forward_hook(post_hook))
 
         tap(enc.conv1, "conv1")
         tap(enc.conv2, "conv1.gelu", pre=True)

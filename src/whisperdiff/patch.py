@@ -1,0 +1,152 @@
+"""Activation patching: which op's error actually causes the changed output?
+
+Re-run the candidate (B's implementation, model, input and injected bugs, from its manifest) once
+per patch point with the reference's activation (from trace A) substituted at that op, and measure
+how much of the final divergence and of the transcript error disappears. The earliest op whose patch
+restores the output is the cause: everything after it is right once its input is.
+
+    p = patch("traces/torch-tiny.en-speech", "traces/max-tiny.en-speech+no-pos-embed")
+    p.cause                 # 'pos_embed'
+    p.results[0]            # PatchResult(op='mel', final_rel_l2=..., restored=..., text=..., wer=...)
+
+On MAX all patch points share one compiled graph (max_encoder.build_graph(patchable=True)); on torch
+the patch is a forward hook's return value.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import WhisperdiffError
+from .metrics import rel_l2
+from .store import Trace, load_trace
+
+RESTORED = 0.9  # a patch "restores" the output when it removes at least this share of the final error
+NOTHING_TO_RESTORE = 1e-4  # below this final rel L2 (float32 agreement) B has no error to explain
+
+
+@dataclass
+class PatchResult:
+    op: str
+    final_rel_l2: float  # B's final output against A's, with this op patched
+    restored: float  # share of the unpatched final error that disappeared (1: all of it)
+    text: str | None = None
+    wer: float | None = None  # of the patched transcript against A's
+
+
+@dataclass
+class Patching:
+    a: Path
+    b: Path
+    impl: str
+    unpatched_rel_l2: float
+    reference_text: str | None
+    unpatched_text: str | None
+    unpatched_wer: float | None
+    results: list[PatchResult] = field(default_factory=list)
+    cause: str | None = None
+
+    def result(self, op: str) -> PatchResult:
+        return next(r for r in self.results if r.op == op)
+
+    def to_json(self) -> dict:
+        return {"a": str(self.a), "b": str(self.b), "impl": self.impl, "cause": self.cause,
+                "unpatched_rel_l2": self.unpatched_rel_l2, "reference_text": self.reference_text,
+                "unpatched_text": self.unpatched_text, "unpatched_wer": self.unpatched_wer,
+                "results": [r.__dict__ for r in self.results]}  # fmt: skip
+
+
+def default_points(ops: list[str], first_divergence: str | None, n_layer: int) -> list[str]:
+    """Every block boundary, the frontend and stem, ln_post, and every op inside the first divergent block."""
+    keep = {"mel", "conv1", "conv1.gelu", "conv2", "conv2.gelu", "pos_embed", "ln_post"}
+    keep |= {f"blocks.{i}.out" for i in range(n_layer)}
+    m = re.match(r"blocks\.(\d+)\.", first_divergence or "")
+    prefix = f"blocks.{m.group(1)}." if m else None
+    return [op for op in ops if op in keep or (prefix and op.startswith(prefix))]
+
+
+def patch(a: str | Path | Trace, b: str | Path | Trace, *, ops: str | None = None, transcribe: bool = True,
+          model=None, device: str = "auto", on_point: Callable[[str], None] | None = None) -> Patching:  # fmt: skip
+    """Patch B's implementation with A's activations, one op at a time (ops: a glob, default: see default_points)."""
+    from .api import Session
+    from .compare import compare
+    from .models import model_of
+    from .transcript import wer
+
+    ta = a if isinstance(a, Trace) else load_trace(a)
+    tb = b if isinstance(b, Trace) else load_trace(b)
+    if "ln_post" not in ta:
+        raise WhisperdiffError(f"{ta.path} has no ln_post (the encoder output); trace A with the default taps")
+    c = compare(ta, tb, replay=False)
+    if not c.comparable:
+        raise WhisperdiffError(f"cannot patch: {c.warnings[0]}")
+    mb = tb.manifest
+    loaded, reasons = model_of([mb, ta.manifest], prefer=model)
+    if loaded is None:
+        raise WhisperdiffError(f"cannot re-run B: no loadable model with its weights ({reasons[-1]}); pass --model")
+    injected = [f["name"] for f in mb.get("injected") or []]
+    session = Session(mb["impl"], model=loaded, device=device, dtype=mb.get("dtype", "float32"), taps="output",
+                      inject=injected, patchable=True)  # fmt: skip
+    inp = mb.get("input", {})
+    if inp.get("kind") == "mel":
+        encoder_input = session.input(mel=inp["path"])
+    elif inp.get("kind") == "audio":
+        encoder_input = session.input(audio=inp["path"], window=inp.get("window", 0))
+    else:
+        raise WhisperdiffError(f"cannot re-run B: its input {inp.get('path')!r} is not a file whisperdiff can read")
+    if encoder_input.provenance.get("mel_sha256") != inp.get("mel_sha256"):
+        raise WhisperdiffError(f"cannot re-run B: its input {inp.get('path')} has changed since B was traced")
+
+    reference = np.asarray(ta["ln_post"], np.float64)
+    available = set(session.runner.patch_points) | {"mel"}
+    if ops:
+        points = [op for op in ta.ops if fnmatch.fnmatchcase(op, ops)]
+        if not points:
+            raise WhisperdiffError(f"--ops {ops!r} matches no op of {ta.path}; see `whisperdiff ops`")
+        unsupported = [op for op in points if op not in available]
+        points = [op for op in points if op in available]
+        if not points:
+            raise WhisperdiffError(f"{mb['impl']} cannot patch {', '.join(unsupported[:3])}; pick other ops")
+    else:
+        points = [op for op in default_points(ta.ops, c.first_divergence, loaded.dims.n_audio_layer) if op in available]
+
+    def run(patch_value=None, mel=None) -> np.ndarray:
+        out = {}
+        session.runner.run(mel if mel is not None else encoder_input.mel, lambda n, x: out.__setitem__(n, np.array(x)),
+                           patch=patch_value)  # fmt: skip
+        return out["ln_post"]
+
+    ref_text = (ta.manifest.get("transcript", {}).get("text") or session.decode(ta["ln_post"])) if transcribe else None
+    max_tokens = 2 * len(ref_text.split()) + 16 if ref_text else None  # a broken encoder can loop to 224 tokens
+
+    def text_of(output):
+        if not transcribe:
+            return None, None
+        text = session.decode(output, max_tokens)
+        return text, wer(ref_text, text)
+
+    base = run()
+    base_err = rel_l2(reference, base)
+    base_text, base_wer = text_of(base)
+    result = Patching(ta.path, tb.path, mb["impl"], base_err, ref_text, base_text, base_wer)
+    for op in points:
+        if on_point is not None:
+            on_point(op)
+        value = np.asarray(ta[op], np.float32)
+        output = run(mel=value) if op == "mel" else run(patch_value=(op, value))
+        err = rel_l2(reference, output)
+        text, w = text_of(output)
+        restored = 1.0 - err / base_err if base_err > 0 else 1.0
+        result.results.append(PatchResult(op, err, restored, text, w))
+    if base_err > NOTHING_TO_RESTORE:
+        for r in result.results:  # the earliest op whose patch restores the output (and the text)
+            if r.restored >= RESTORED and (r.wer is None or r.wer == 0):
+                result.cause = r.op
+                break
+    return result
