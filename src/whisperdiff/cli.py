@@ -177,7 +177,8 @@ def _print_trace(result) -> None:
             highlight=False,
         )
     if "transcript" in m:
-        out.print(f"  text    {escape_markup(m['transcript']['text'])}", highlight=False)
+        text = m["transcript"]["text"]
+        out.print(f"  text    {escape_markup(text[:200])}{' ...' if len(text) > 200 else ''}", highlight=False)
 
 
 @app.command()
