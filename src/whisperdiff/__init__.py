@@ -17,11 +17,13 @@ stats, provenance, metrics, align, replay, diagnose, compare, plots + report (HT
 from .api import trace
 from .compare import Comparison, compare
 from .errors import WhisperdiffError
+from .instrument import instrument
 from .models import LoadedModel, load_model, random_model
 from .names import block_op, op_names, op_specs, select_taps
 from .report import write_report
 from .store import Trace, TraceWriter, list_traces, load_trace
 from .tolerances import Tolerance, ToleranceSet, load_tolerances
+from .tracer import Tracer
 
 __all__ = [
     "trace",
@@ -35,6 +37,8 @@ __all__ = [
     "list_traces",
     "Trace",
     "TraceWriter",
+    "Tracer",
+    "instrument",
     "load_model",
     "random_model",
     "LoadedModel",

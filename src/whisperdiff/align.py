@@ -50,6 +50,11 @@ def load_rename_rules(path: str | Path | None) -> list[tuple[re.Pattern, str]]:
     rules = data.get("rename", data) if isinstance(data, dict) else None
     if not isinstance(rules, dict) or not all(isinstance(v, str) for v in rules.values()):
         raise WhisperdiffError(f'rename rules {path}: expected a table "rename" of pattern = "canonical.name"')
+    return compile_rename_rules(rules)
+
+
+def compile_rename_rules(rules: dict[str, str]) -> list[tuple[re.Pattern, str]]:
+    """{"layers.*.q": "blocks.*.attn.q"} -> matchers; each * matches within and across dots."""
     compiled = []
     for pattern, target in rules.items():
         if pattern.count("*") != target.count("*"):

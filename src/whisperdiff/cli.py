@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -569,6 +570,37 @@ def patch_command(
         out.print("[yellow]no single patch restores the output[/]: the error enters at several ops, or at one not patched")
     if html is not None:
         out.print(f"wrote {html}", highlight=False)
+
+
+@app.command("weights")
+def weights_command(
+    reference: Annotated[str, typer.Argument(metavar="A", help="Reference weights: a --model spec (default, tiny, a .pt, a CTranslate2 dir).")],
+    candidate: Annotated[str, typer.Argument(metavar="B", help="The weights your implementation used: an .npz of named arrays, a .pt, or a --model spec.")],
+    rename: RenameOpt = None,
+    all_tensors: Annotated[bool, typer.Option("--all", help="Also the decoder's tensors (default: encoder only).")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Per tensor: did B load A's weights? Missing, transposed, scaled or substituted tensors are named.
+    Exit 0 when every tensor matches, 1 when any does not."""
+    from .align import load_rename_rules
+    from .weights import compare_weights, load_weights
+
+    a, source_a = load_weights(reference)
+    b, source_b = load_weights(candidate)
+    checks = compare_weights(a, b, rules=load_rename_rules(rename), encoder_only=not all_tensors)
+    bad = [c for c in checks if c.status != "ok"]
+    if as_json:
+        print(json.dumps({"a": source_a, "b": source_b, "tensors": [c.__dict__ for c in checks]}, indent=1))
+    else:
+        out.print(f"A {escape_markup(source_a)}\nB {escape_markup(source_b)}", highlight=False)
+        for c in bad:
+            out.print(f"[red]{c.status:11}[/] {escape_markup(c.name)}: {escape_markup(c.detail)}", highlight=False)
+        layouts = Counter(c.layout for c in checks if c.status == "ok" and c.layout not in ("", "as is"))
+        for layout, n in layouts.items():
+            out.print(f"[dim]{n} tensors matched after undoing a known layout change: {layout}[/]", highlight=False)
+        colour = "green" if not bad else "bold red"
+        out.print(f"[{colour}]{len(checks) - len(bad)} of {len(checks)} tensors match; {len(bad)} do not[/]", highlight=False)
+    raise typer.Exit(1 if bad else 0)
 
 
 def escape_markup(text: str) -> str:

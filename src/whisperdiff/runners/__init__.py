@@ -27,4 +27,6 @@ def make_runner(
         from .max_runner import MaxRunner
 
         return MaxRunner(model, device=device, dtype=dtype, taps=taps, faults=encoder_faults, patchable=patchable)
-    raise WhisperdiffError(f"unknown implementation {impl!r}; available: {', '.join(IMPLS)}")
+    from .plugin import PluginRunner  # module.path:factory, file.py:factory, or an installed plugin
+
+    return PluginRunner(impl, model, device=device, dtype=dtype, taps=taps)

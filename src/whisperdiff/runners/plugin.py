@@ -1,0 +1,94 @@
+"""Your own implementation as a runner: `whisperdiff trace --impl module.path:factory`,
+`--impl path/to/file.py:factory`, or an installed plugin's name (entry point group `whisperdiff.impls`).
+
+The interface, small on purpose:
+
+    def factory(model, device: str, dtype: str):    # model: whisperdiff.LoadedModel (dims, state_dict)
+        return MyEncoder(...)
+
+    class MyEncoder:
+        def run(self, mel):                          # mel: float32 [1, n_mels, 3000], Whisper's frontend
+            yield "conv1", conv1_output              # canonical names (`whisperdiff ops`), canonical layouts
+            ...
+
+Ops it does not yield are simply not in the trace (compare lists them as not traced).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import time
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import WhisperdiffError
+from .base import Record
+
+GROUP = "whisperdiff.impls"
+
+
+def load_factory(spec: str):
+    """The factory named by `module:attr`, `file.py:attr`, or an installed plugin name."""
+    if ":" not in spec:
+        found = [ep for ep in entry_points(group=GROUP) if ep.name == spec]
+        if not found:
+            installed = sorted(ep.name for ep in entry_points(group=GROUP))
+            raise WhisperdiffError(f"unknown implementation {spec!r}; use torch, max, module.path:factory, "
+                                   f"file.py:factory or an installed plugin ({', '.join(installed) or 'none installed'})")  # fmt: skip
+        return found[0].load()
+    where, attr = spec.rsplit(":", 1)
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.is_file():
+                raise WhisperdiffError(f"--impl {spec}: {path} does not exist")
+            module_spec = importlib.util.spec_from_file_location(f"whisperdiff_plugin_{path.stem}", path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except WhisperdiffError:
+        raise
+    except Exception as e:  # the user's module failed to import: say which and why, in one line
+        raise WhisperdiffError(f"--impl {spec}: importing {where} failed ({type(e).__name__}: {e})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise WhisperdiffError(f"--impl {spec}: {where} has no callable {attr!r}")
+    return factory
+
+
+class PluginRunner:
+    """Runs a user's encoder through the plugin interface and records what it yields."""
+
+    patch_points: list[str] = []
+    records_what_it_yields = True  # no fixed tap list: the trace holds the ops the plugin yields
+
+    def __init__(self, spec: str, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None):
+        self.impl, self.taps = spec, set(taps) if taps is not None else None
+        self.device, self.dtype = ("cpu" if device == "auto" else device), dtype
+        factory = load_factory(spec)
+        try:
+            self.encoder = factory(model, device=self.device, dtype=dtype)
+        except Exception as e:
+            raise WhisperdiffError(f"--impl {spec}: the factory failed ({type(e).__name__}: {e})") from None
+        if not callable(getattr(self.encoder, "run", None)):
+            raise WhisperdiffError(f"--impl {spec}: the factory's result has no run(mel) method")
+
+    def facts(self) -> dict:
+        return {"device": self.device, "dtype": self.dtype, "encoder": f"{self.impl} (plugin)"}
+
+    def run(self, mel: np.ndarray, record: Record, patch=None) -> dict:
+        if patch is not None:
+            raise WhisperdiffError("plugins cannot be patched (no patch points)")
+        start = time.perf_counter()
+        seen = set()
+        for name, value in self.encoder.run(np.ascontiguousarray(mel, dtype=np.float32)):
+            if name in seen:
+                raise WhisperdiffError(f"--impl {self.impl} yielded {name!r} twice")
+            seen.add(name)
+            if self.taps is None or name in self.taps:
+                record(name, np.asarray(value))
+        return {"encoder_seconds": time.perf_counter() - start}

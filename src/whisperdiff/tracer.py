@@ -1,0 +1,81 @@
+"""Trace any implementation: NumPy, JAX, ONNX Runtime, C++ through bindings, a port of your own.
+
+    import whisperdiff as wd
+
+    with wd.Tracer("traces/mine-tiny.en-speech", impl="mine", model="default") as t:
+        mel = t.mel                                  # Whisper's own log-mel of the input, [1, 80, 3000]
+        for name, value in my_encoder(mel):          # canonical names: `whisperdiff ops`
+            t.record(name, value)
+
+The trace has the same format and provenance as `whisperdiff trace`: model id and weights sha256
+(from `model`), input path, sha256 and log-mel digest (from `audio`, default the shipped clip),
+library versions, the implementation's name. `compare` and `check` then treat it like any other.
+Shapes of canonical ops are checked as they are recorded (another layout of the same axes is fine:
+compare converts it); a wrong size is an error at once, not a confusing comparison later.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from .errors import WhisperdiffError
+from .store import TraceWriter, load_trace
+
+
+class Tracer:
+    def __init__(self, path: str | Path, *, impl: str, model=None, audio: str | Path | None = None,
+                 window: int = 0, device: str = "cpu", dtype: str = "float32", info: dict | None = None):  # fmt: skip
+        """model: a load_model spec or LoadedModel (its weights digest goes into the trace).
+        audio: the input clip (default: the shipped one); its Whisper log-mel is `self.mel` and is
+        recorded as op `mel`. info: anything else to keep in the manifest (your version, flags...)."""
+        from .audio import prepare_input
+        from .models import LoadedModel, load_model
+        from .names import op_specs
+        from .provenance import versions
+
+        if not impl or not isinstance(impl, str):
+            raise WhisperdiffError("Tracer needs impl=NAME: what implementation this trace comes from")
+        self.model = model if isinstance(model, LoadedModel) else load_model(model)
+        encoder_input = prepare_input(self.model.dims.n_mels, audio=audio, window=window)
+        self.mel = encoder_input.mel
+        self._shapes = {s.name: tuple(s.shape) for s in op_specs(self.model.dims)}
+        self._started, self._t0 = datetime.now(UTC), time.perf_counter()
+        manifest = {"impl": impl, "device": device, "dtype": dtype,
+                    "runner": {"device": device, "dtype": dtype, "encoder": f"{impl} (whisperdiff.Tracer)", **(info or {})},
+                    "model": self.model.manifest(), "input": encoder_input.provenance, "taps": "tracer",
+                    "injected": [], "versions": versions()}  # fmt: skip
+        self._writer = TraceWriter(path, manifest)
+        self.path = Path(path)
+
+    def __enter__(self) -> Tracer:
+        self._writer.__enter__()
+        self._writer.record("mel", self.mel)
+        return self
+
+    def record(self, name: str, value) -> None:
+        """Write one op now. Canonical ops must have their canonical shape (`whisperdiff ops`)."""
+        array = np.asarray(value)
+        if not np.issubdtype(array.dtype, np.floating):
+            raise WhisperdiffError(f"{name}: record floating-point activations, not {array.dtype}")
+        want = self._shapes.get(name)
+        # Another layout of the same axes is fine (compare converts it, see align.py); other sizes are not.
+        if want is not None and sorted(array.shape) != sorted(want):
+            raise WhisperdiffError(f"{name}: shape {list(array.shape)}, but this model's {name} is {list(want)} "
+                                   "(canonical shapes and layouts: `whisperdiff ops`)")  # fmt: skip
+        if name == "mel":
+            raise WhisperdiffError("mel is recorded by the Tracer itself (it is the input, self.mel)")
+        self._writer.record(name, array)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._writer.manifest["run"] = {"started": self._started.isoformat(timespec="seconds"),
+                                            "total_seconds": round(time.perf_counter() - self._t0, 3)}  # fmt: skip
+        self._writer.__exit__(exc_type, exc, tb)
+
+    def trace(self):
+        """The finished trace (after the with-block)."""
+        return load_trace(self.path)
