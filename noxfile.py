@@ -15,7 +15,7 @@ def tests(session):
 @nox.session
 def lint(session):
     session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "noxfile.py", "benchmarks")
+    session.run("ruff", "check", "src", "tests", "noxfile.py", "benchmarks", "examples")
 
 
 @nox.session

@@ -3,6 +3,7 @@ max.nn instrumentation (a max.nn encoder, unedited) and the weight-load check.""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,10 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 def run_example(script: str, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=900)
+    # env given explicitly: once MAX is imported in this process, the C-level environment it leaves
+    # makes a child python lose its virtual environment; os.environ still holds the original one.
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

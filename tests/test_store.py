@@ -107,3 +107,14 @@ def test_op_names_must_be_safe_file_names(tmp_path):
         with TraceWriter(tmp_path / "t", {}) as w:
             w.record("../escape", np.zeros(1))
     assert not (tmp_path / "t").exists()
+
+
+def test_a_manifest_cannot_point_outside_its_trace(tmp_path):
+    with TraceWriter(tmp_path / "t", {"impl": "x"}) as w:
+        w.record("conv1", np.ones((2, 3), np.float32))
+    np.save(tmp_path / "outside.npy", np.zeros((2, 3), np.float32))
+    manifest = json.loads((tmp_path / "t" / MANIFEST).read_text())
+    manifest["ops"][0]["file"] = "../outside.npy"
+    (tmp_path / "t" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(wd.WhisperdiffError, match="points outside the trace"):
+        load_trace(tmp_path / "t")["conv1"]

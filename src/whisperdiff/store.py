@@ -139,6 +139,8 @@ class Trace:
     def __getitem__(self, name: str) -> np.memmap:
         op = self.info(name)
         file = self.path / op["file"]
+        if not file.resolve().is_relative_to(self.path.resolve()):  # a manifest from elsewhere must not point outside
+            raise WhisperdiffError(f"{self.path} is damaged: op {name!r} points outside the trace ({op['file']})")
         if not file.is_file():
             raise WhisperdiffError(
                 f"{self.path} is damaged: tensor file {op['file']} is missing; re-run `whisperdiff trace`"
