@@ -51,6 +51,7 @@ class Patching:
     unpatched_wer: float | None
     results: list[PatchResult] = field(default_factory=list)
     cause: str | None = None
+    max_tokens: int | None = None  # each run's transcript is decoded up to this many tokens
 
     def result(self, op: str) -> PatchResult:
         return next(r for r in self.results if r.op == op)
@@ -134,7 +135,7 @@ def patch(a: str | Path | Trace, b: str | Path | Trace, *, ops: str | None = Non
     base = run()
     base_err = rel_l2(reference, base)
     base_text, base_wer = text_of(base)
-    result = Patching(ta.path, tb.path, mb["impl"], base_err, ref_text, base_text, base_wer)
+    result = Patching(ta.path, tb.path, mb["impl"], base_err, ref_text, base_text, base_wer, max_tokens=max_tokens)
     for op in points:
         if on_point is not None:
             on_point(op)

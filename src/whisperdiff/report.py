@@ -177,7 +177,9 @@ def _patching(p) -> str:
         for r in p.results)  # fmt: skip
     matters = ("<p class='matters same'>B's transcript is already A's (WER 0): the divergence does not matter for "
                "this input.</p>" if p.unpatched_wer == 0 else
-               f"<p class='matters differ'>Unpatched, B's transcript has WER {p.unpatched_wer:.0%} against A's.</p>"
+               f"<p class='matters differ'>Unpatched, B's transcript has WER {p.unpatched_wer:.0%} against A's (every "
+               f"run here is decoded up to {p.max_tokens} tokens, so a decoder stuck in a loop scores lower than in "
+               "the full transcript above).</p>"
                if p.unpatched_wer is not None else "")  # fmt: skip
     verdict = matters + (f"<p class=facts><b>Cause: <code>{esc(p.cause)}</code></b>: substituting A's value there restores "
                f"{p.result(p.cause).restored:.0%} of B's output{_restores_text(p)}; no earlier patch does.</p>"
