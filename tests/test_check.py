@@ -49,6 +49,7 @@ def test_shipped_tolerance_files_and_glob_rules():
         ("[default]\nmax_rel_l2 = 1e-4\n\n[ops.\"ln_post\"]\nmax_abs = \"big\"\n", "line 5: max_abs = 'big'"),
         ("[default]\nmax_rel_l2 = 1e-4\nmin_cosine = = 1\n", "line 3"),
         ("[defaults]\nmax_rel_l2 = 1e-4\n", "line 1: unknown section 'defaults'"),
+        ("[default]\nmin_cosine = 0.9\n[[rule]]\nops = \"ln_post\"\n", "line 3: unknown section 'rule'"),
         ("[default]\nmin_cosine = 1.5\n", "line 2: min_cosine = 1.5 must be between 0 and 1"),
         ("[default]\nmax_rel_l2 = -1\n", "line 2"),
     ],

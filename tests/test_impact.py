@@ -63,6 +63,8 @@ def test_half_precision_diverges_without_changing_the_transcript(tiny, tmp_path)
     assert "for this input the divergence does not change the text" in page
     proc = run_cli("patch", str(ref.path), str(runs["half-precision-block"].path), "--ops", "blocks.1.out")
     assert proc.returncode == 0 and "the divergence does not matter for this input" in proc.stdout, proc.stdout
+    # the block stores float16 values: A's value at its output (what it stores) restores everything after it
+    assert "cause: blocks.1.out" in proc.stdout, proc.stdout
 
 
 def test_patching_torch_with_hooks(tiny, tiny_en):

@@ -149,7 +149,9 @@ class Session:
     def trace_windows(self, *, audio=None, out=None, transcribe: bool = True,
                       on_window: Callable[[int, int], None] | None = None) -> list[Trace]:  # fmt: skip
         """Every 30 s window of a clip, one trace each (`OUT.w0`, `OUT.w1`, ...; just OUT for a short clip)."""
-        count = self.input(audio).provenance.get("n_windows", 1)
+        from .audio import default_audio_path, load_audio, n_windows
+
+        count = n_windows(len(load_audio(audio if audio is not None else default_audio_path())[0]))
         traces = []
         for w in range(count):
             if on_window is not None:
@@ -169,9 +171,14 @@ def float64_twin(ref: Trace, out: str | Path | None = None) -> Trace:
     model, reasons = model_of([ref.manifest])
     if model is None:
         raise WhisperdiffError(f"cannot re-run {ref.path} in float64 ({reasons[-1]}); pass --from OTHER_TRACE instead")
-    inp = ref.manifest.get("input", {})
-    if inp.get("kind") not in ("audio", "mel") or not Path(str(inp.get("path"))).is_file():
-        raise WhisperdiffError(f"the input of {ref.path} ({inp.get('path')}) is not on this machine; pass --from OTHER_TRACE instead")
-    source = {"audio": inp["path"]} if inp["kind"] == "audio" else {"mel": inp["path"]}
+    source = input_of(ref.manifest, f"the input of {ref.path}", "pass --from OTHER_TRACE instead")
     taps = ref.manifest.get("taps") or "default"
     return trace("torch", model=model, **source, dtype="float64", taps=taps, out=out)
+
+
+def input_of(manifest: dict, what: str, hint: str) -> dict:
+    """The trace() / Session.input() arguments that re-read a trace's input window: {audio, window} or {mel}."""
+    inp = manifest.get("input", {})
+    if inp.get("kind") not in ("audio", "mel") or not Path(str(inp.get("path"))).is_file():
+        raise WhisperdiffError(f"{what} ({inp.get('path')}) is not a file on this machine; {hint}")
+    return {"audio": inp["path"], "window": inp.get("window", 0)} if inp["kind"] == "audio" else {"mel": inp["path"]}

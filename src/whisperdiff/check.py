@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .compare import compare
-from .diagnose import Finding, manifest_findings
+from .diagnose import Finding, manifest_findings, not_comparable_reasons
 from .errors import WhisperdiffError
 from .store import Trace, load_trace
 from .tolerances import ToleranceSet
@@ -75,8 +75,7 @@ def check(a: str | Path | Trace, b: str | Path | Trace, tolerances: ToleranceSet
     tolerances = tolerances or ToleranceSet()
     c = compare(a, b, tolerance=tolerances, rename=rename, model=model, replay=replay)
     if not c.comparable:
-        reasons = "; ".join(w.removeprefix("NOT COMPARABLE: ") for w in c.warnings if w.startswith("NOT COMPARABLE"))
-        raise WhisperdiffError(f"cannot check: the traces are not comparable ({reasons}); trace both with the same model and input")
+        raise WhisperdiffError(f"cannot check: the traces are not comparable ({not_comparable_reasons(c.warnings)}); trace both with the same model and input")
     ops = [{"name": r["name"], "status": r["status"], "failures": c.op_failures.get(r["name"], [])}
            for r in c.table.to_dict("records") if r["status"] != "missing_in_a"]  # fmt: skip
     return CheckResult(c.a, c.b, ops, tolerances, c.warnings, [f for f in c.findings if f.severity == "error"])
@@ -91,8 +90,8 @@ def check_golden(golden: str | Path, b: str | Path | Trace, tolerances: Toleranc
     tolerances = tolerances or ToleranceSet()
     _, warnings, comparable = manifest_findings(g.manifest, tb.manifest)
     if not comparable:
-        reasons = "; ".join(w.removeprefix("NOT COMPARABLE: ") for w in warnings if w.startswith("NOT COMPARABLE"))
-        raise WhisperdiffError(f"cannot check: {tb.path} is not comparable with the golden set {g.path} ({reasons})")
+        raise WhisperdiffError(f"cannot check: {tb.path} is not comparable with the golden set {g.path} "
+                               f"({not_comparable_reasons(warnings)})")  # fmt: skip
     rows = golden_rows(g, tb, tolerances)
     not_traced = [r["name"] for r in rows if r["status"] == "not_traced"]
     if not_traced:

@@ -489,7 +489,9 @@ def tolerances(
         measured = run_compare(ref, other, replay=False)
         against = str(other)
     if not measured.comparable:
-        raise WhisperdiffError(f"cannot measure a spread: {measured.warnings[0]}")
+        from .diagnose import not_comparable_reasons
+
+        raise WhisperdiffError(f"cannot measure a spread: the traces are not comparable ({not_comparable_reasons(measured.warnings)})")
     proposed = propose(measured.table.to_dict("records"), factor=factor)
     when = datetime.now(UTC).strftime("%Y-%m-%d")
     text = proposed.to_toml(f"whisperdiff tolerances, proposed {when}: the spread of {reference}\nagainst {against},"

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .align import Pair, align, load_rename_rules
-from .diagnose import Finding, manifest_findings, merge_repeats, op_finding, order
+from .diagnose import Finding, manifest_findings, merge_repeats, op_finding, order, untapped
 from .errors import WhisperdiffError
 from .metrics import op_metrics, rounding_error
 from .store import Trace, load_trace
@@ -162,7 +162,7 @@ def compare(
             op_failures[pair.name] = [("shape", math.nan, pair.problem)]
             first = first or pair.name
         elif pair.b_shape is None:
-            if _untapped(ta.manifest, tb.manifest):  # B chose not to record it: a note, not a bug
+            if untapped(ta.manifest, tb.manifest):  # B chose not to record it: a note, not a bug
                 not_traced.append(pair.name)
                 row.update(diverged=False, status="not_traced", failures="")
             else:
@@ -190,7 +190,7 @@ def compare(
 def transcript_comparison(a: Trace, b: Trace, decode: bool = False, model=None) -> dict | None:
     """Both transcripts and B's word and character error rates against A's: from the manifests
     (`trace --transcribe`), or decoded now with openai-whisper's decoder when `decode`."""
-    from .transcript import Decoder, cer, wer
+    from .transcript import Decoder, cer, token_cap, wer
 
     texts = [t.manifest.get("transcript", {}).get("text") for t in (a, b)]
     if decode and None in texts and "ln_post" in a and "ln_post" in b:
@@ -202,8 +202,8 @@ def transcript_comparison(a: Trace, b: Trace, decode: bool = False, model=None) 
         decoder = Decoder(loaded)
         if texts[0] is None:
             texts[0] = decoder(np.asarray(a["ln_post"]))
-        if texts[1] is None:  # capped: a broken encoder can make the decoder loop to its 224-token limit
-            texts[1] = decoder(np.asarray(b["ln_post"]), max_tokens=2 * len(texts[0].split()) + 16)
+        if texts[1] is None:
+            texts[1] = decoder(np.asarray(b["ln_post"]), max_tokens=token_cap(texts[0]))
     ta, tb = texts
     if ta is None or tb is None:
         return None
@@ -221,10 +221,6 @@ def _row(pair: Pair) -> dict:
         row["failures"] = pair.problem or "missing in B"
     return row
 
-
-def _untapped(ma: dict, mb: dict) -> bool:
-    """B recorded a subset of ops on purpose (`--taps default`, ...), so ops absent from it are not bugs."""
-    return mb.get("taps") not in (None, "all") and ma.get("taps") != mb.get("taps")
 
 
 def _jumps(row: dict, previous: list[dict]) -> bool:

@@ -74,6 +74,16 @@ def manifest_findings(ma: dict, mb: dict) -> tuple[list[Finding], list[str], boo
     return findings, warnings, comparable
 
 
+def not_comparable_reasons(warnings: list[str]) -> str:
+    """The NOT COMPARABLE warnings of manifest_findings, as one clause ("different weights (...); ...")."""
+    return "; ".join(w.removeprefix("NOT COMPARABLE: ") for w in warnings if w.startswith("NOT COMPARABLE"))
+
+
+def untapped(ma: dict, mb: dict) -> bool:
+    """B recorded a subset of A's ops on purpose (`--taps default`, a plugin...): ops absent from it are not bugs."""
+    return mb.get("taps") not in (None, "all") and ma.get("taps") != mb.get("taps")
+
+
 def new_nonfinite(row: dict) -> bool:
     """B has NaN/Inf that A does not."""
     return row["nan_b"] + row["inf_b"] > row["nan_a"] + row["inf_a"]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .diagnose import untapped
 from .errors import WhisperdiffError
 from .metrics import op_metrics
 from .stats import tensor_stats
@@ -112,9 +113,9 @@ def golden_rows(golden: Golden, trace: Trace, tolerances: ToleranceSet) -> list[
         name = op["name"]
         row = {"name": name, "status": "ok", "failures": []}
         if name not in trace:
-            untapped = trace.manifest.get("taps") not in (None, "all") and trace.manifest.get("taps") != golden.manifest.get("taps")
-            row["status"] = "not_traced" if untapped else "missing_in_b"
-            if not untapped:
+            skipped = untapped(golden.manifest, trace.manifest)
+            row["status"] = "not_traced" if skipped else "missing_in_b"
+            if not skipped:
                 row["failures"] = [("missing", float("nan"), "present in B")]
             rows.append(row)
             continue

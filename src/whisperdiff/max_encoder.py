@@ -182,14 +182,14 @@ class MultiHeadAttention:
 
     def __call__(self, x: TensorValue, i: int, half) -> TensorValue:
         cx = self.cx
-        q = half(cx.tap(block_op(i, "attn.q"), self.query(x)))
+        q = cx.tap(block_op(i, "attn.q"), half(self.query(x)))
         k, v = self.key(x), self.value(x)
         swap = cx.kv_swap[i]
         k, v = mix(swap, k, v), mix(swap, v, k)
-        k = half(cx.tap(block_op(i, "attn.k"), k))
-        v = half(cx.tap(block_op(i, "attn.v"), v))
-        wv = half(cx.tap(block_op(i, "attn.wv"), self.qkv_attention(q, k, v, i)))
-        return half(cx.tap(block_op(i, "attn.out"), self.out(wv)))
+        k = cx.tap(block_op(i, "attn.k"), half(k))
+        v = cx.tap(block_op(i, "attn.v"), half(v))
+        wv = cx.tap(block_op(i, "attn.wv"), half(self.qkv_attention(q, k, v, i)))
+        return cx.tap(block_op(i, "attn.out"), half(self.out(wv)))
 
     def qkv_attention(self, q: TensorValue, k: TensorValue, v: TensorValue, i: int) -> TensorValue:
         b, t, c = q.shape
@@ -221,15 +221,16 @@ class ResidualAttentionBlock:
         def half(y: TensorValue) -> TensorValue:  # the half-precision-block bug: float16 storage of activations
             return mix(flag, y, ops.cast(ops.cast(y, DType.float16), cx.dtype))
 
+        # Rounded before the tap: a trace records (and a patch replaces) the value the block stores.
         x = half(x)
         x = cx.tap(
-            block_op(i, "attn_residual"), x + self.attn(half(cx.tap(block_op(i, "attn_ln"), self.attn_ln(x))), i, half)
+            block_op(i, "attn_residual"), half(x + self.attn(cx.tap(block_op(i, "attn_ln"), half(self.attn_ln(x))), i, half))
         )
-        h = half(cx.tap(block_op(i, "mlp_ln"), self.mlp_ln(x)))
-        h = half(cx.tap(block_op(i, "mlp.fc1"), self.mlp_fc1(h)))
-        h = half(cx.tap(block_op(i, "mlp.gelu"), mix(cx.gelu_tanh, ops.gelu(h), ops.gelu(h, approximate="tanh"))))
-        h = half(cx.tap(block_op(i, "mlp.fc2"), self.mlp_fc2(h)))
-        return half(cx.tap(block_op(i, "out"), h + cx.mlp_residual[i] * x))
+        h = cx.tap(block_op(i, "mlp_ln"), half(self.mlp_ln(x)))
+        h = cx.tap(block_op(i, "mlp.fc1"), half(self.mlp_fc1(h)))
+        h = cx.tap(block_op(i, "mlp.gelu"), half(mix(cx.gelu_tanh, ops.gelu(h), ops.gelu(h, approximate="tanh"))))
+        h = cx.tap(block_op(i, "mlp.fc2"), half(self.mlp_fc2(h)))
+        return cx.tap(block_op(i, "out"), half(h + cx.mlp_residual[i] * x))
 
 
 class AudioEncoder:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .diagnose import not_comparable_reasons
 from .errors import WhisperdiffError
 from .metrics import rel_l2
 from .store import Trace, load_trace
@@ -75,10 +76,10 @@ def default_points(ops: list[str], first_divergence: str | None, n_layer: int) -
 def patch(a: str | Path | Trace, b: str | Path | Trace, *, ops: str | None = None, transcribe: bool = True,
           model=None, device: str = "auto", on_point: Callable[[str], None] | None = None) -> Patching:  # fmt: skip
     """Patch B's implementation with A's activations, one op at a time (ops: a glob, default: see default_points)."""
-    from .api import Session
+    from .api import Session, input_of
     from .compare import compare
     from .models import model_of
-    from .transcript import wer
+    from .transcript import token_cap, wer
 
     ta = a if isinstance(a, Trace) else load_trace(a)
     tb = b if isinstance(b, Trace) else load_trace(b)
@@ -86,7 +87,7 @@ def patch(a: str | Path | Trace, b: str | Path | Trace, *, ops: str | None = Non
         raise WhisperdiffError(f"{ta.path} has no ln_post (the encoder output); trace A with the default taps")
     c = compare(ta, tb, replay=False)
     if not c.comparable:
-        raise WhisperdiffError(f"cannot patch: {c.warnings[0]}")
+        raise WhisperdiffError(f"cannot patch: the traces are not comparable ({not_comparable_reasons(c.warnings)})")
     mb = tb.manifest
     loaded, reasons = model_of([mb, ta.manifest], prefer=model)
     if loaded is None:
@@ -95,12 +96,7 @@ def patch(a: str | Path | Trace, b: str | Path | Trace, *, ops: str | None = Non
     session = Session(mb["impl"], model=loaded, device=device, dtype=mb.get("dtype", "float32"), taps="output",
                       inject=injected, patchable=True)  # fmt: skip
     inp = mb.get("input", {})
-    if inp.get("kind") == "mel":
-        encoder_input = session.input(mel=inp["path"])
-    elif inp.get("kind") == "audio":
-        encoder_input = session.input(audio=inp["path"], window=inp.get("window", 0))
-    else:
-        raise WhisperdiffError(f"cannot re-run B: its input {inp.get('path')!r} is not a file whisperdiff can read")
+    encoder_input = session.input(**input_of(mb, "cannot re-run B: its input", "patch on the machine that traced B"))
     if encoder_input.provenance.get("mel_sha256") != inp.get("mel_sha256"):
         raise WhisperdiffError(f"cannot re-run B: its input {inp.get('path')} has changed since B was traced")
 
@@ -124,7 +120,7 @@ def patch(a: str | Path | Trace, b: str | Path | Trace, *, ops: str | None = Non
         return out["ln_post"]
 
     ref_text = (ta.manifest.get("transcript", {}).get("text") or session.decode(ta["ln_post"])) if transcribe else None
-    max_tokens = 2 * len(ref_text.split()) + 16 if ref_text else None  # a broken encoder can loop to 224 tokens
+    max_tokens = token_cap(ref_text) if ref_text else None
 
     def text_of(output):
         if not transcribe:

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import plots
 from .compare import Comparison
-from .diagnose import KINDS
+from .diagnose import KINDS, not_comparable_reasons
 from .errors import WhisperdiffError
 from .provenance import versions
 
@@ -108,8 +108,7 @@ def verdict(c: Comparison) -> tuple[str, str]:
     rows = c.table
     matched = rows[rows["rel_l2"].notna()]
     if not c.comparable:
-        return "incomparable", "NOT COMPARABLE: " + "; ".join(w.removeprefix("NOT COMPARABLE: ") for w in c.warnings
-                                                               if w.startswith("NOT COMPARABLE"))  # fmt: skip
+        return "incomparable", "NOT COMPARABLE: " + not_comparable_reasons(c.warnings)
     if c.first_divergence is None:
         return "good", f"No divergence: B matches A on all {len(matched)} ops within tolerance"
     n_div = int(rows["diverged"].sum())

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 
+from .diagnose import new_nonfinite
 from .errors import WhisperdiffError
 from .metrics import DEFAULT_ATOL, DEFAULT_RTOL
 
@@ -55,7 +56,7 @@ class Tolerance:
     def failures(self, row: dict) -> list[tuple[str, float, str]]:
         """(metric, value, limit as text) for every limit the row breaks; [] when the op holds."""
         out = []
-        if row["nan_b"] + row["inf_b"] > row["nan_a"] + row["inf_a"]:
+        if new_nonfinite(row):
             out.append(("nonfinite", float(row["nan_b"] + row["inf_b"]), f"<= {row['nan_a'] + row['inf_a']} NaN/Inf"))
         checks = [
             ("cosine", row.get("cosine"), self.min_cosine, lambda v, lim: v >= lim, ">="),
@@ -167,7 +168,7 @@ def _line_of(text: str, key: str, after: str | None = None) -> int:
     if after is not None:
         header = re.compile(r"^\s*\[\s*(ops\s*\.\s*)?[\"']?" + re.escape(after) + r"[\"']?\s*\]")
         start = next((i for i, line in enumerate(lines) if header.match(line)), 0)
-    pattern = re.compile(r"^\s*(\[\s*)?[\"']?" + re.escape(key) + r"[\"']?\s*[=.\]]")
+    pattern = re.compile(r"^\s*(\[+\s*)?[\"']?" + re.escape(key) + r"[\"']?\s*[=.\]]")
     for i in range(start, len(lines)):
         if pattern.match(lines[i]):
             return i + 1

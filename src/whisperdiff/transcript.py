@@ -33,6 +33,12 @@ class Decoder:
             return whisper.decode(self.model, x, options).text.strip()
 
 
+def token_cap(reference_text: str) -> int:
+    """How many tokens to decode for a candidate: enough for the reference's text twice over, so a
+    broken encoder that makes the decoder loop does not cost its full 224-token limit."""
+    return 2 * len(reference_text.split()) + 16
+
+
 def normalise(text: str) -> str:
     """Whisper's English normaliser: lower case, no punctuation, spelled-out forms unified."""
     from whisper.normalizers import EnglishTextNormalizer
