@@ -222,7 +222,6 @@ def _row(pair: Pair) -> dict:
     return row
 
 
-
 def _jumps(row: dict, previous: list[dict]) -> bool:
     """Without replay: an op introduces error when its error is 10x the previous op's."""
     before = [r["rel_l2"] for r in previous if not math.isnan(r["rel_l2"])]
