@@ -25,7 +25,7 @@ def write_pair(root: Path, layers: int) -> tuple[Path, Path, int]:
     from whisper.model import ModelDimensions
 
     import whisperdiff as wd
-    from whisperdiff.models import preset_dims
+    from whisperdiff.inputs.models import preset_dims
     from whisperdiff.names import op_specs
 
     dims = ModelDimensions(**{**preset_dims("large-v3"), "n_audio_layer": layers})
@@ -50,7 +50,7 @@ def write_pair(root: Path, layers: int) -> tuple[Path, Path, int]:
 def child(a: str, b: str) -> None:
     import resource
 
-    from whisperdiff.compare import compare
+    from whisperdiff.analysis.compare import compare
 
     start = time.perf_counter()
     result = compare(a, b)

@@ -43,7 +43,7 @@ def child(config: str, model_spec: str, repeats: int) -> dict:
     import numpy as np
 
     import whisperdiff as wd
-    from whisperdiff.audio import prepare_input
+    from whisperdiff.inputs.audio import prepare_input
 
     model = wd.load_model(model_spec)
     mel = prepare_input(model.dims.n_mels).mel
@@ -60,8 +60,8 @@ def child(config: str, model_spec: str, repeats: int) -> dict:
 
         result["threads"] = torch.get_num_threads()
     else:
+        from whisperdiff.capture.max_runner import MaxRunner
         from whisperdiff.names import select_taps
-        from whisperdiff.runners.max_runner import MaxRunner
 
         taps = select_taps(model.dims, "output" if config in ("max-untapped", "max-cold") else "default")
         runner = MaxRunner(model, device="cpu", taps=taps)
@@ -116,7 +116,7 @@ def trace_wall_seconds(model: str, runs: int = 3) -> list[float]:
         for i in range(runs):
             start = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "whisperdiff.cli", "trace", "--impl", "max", "-m", model, "-o", f"{tmp}/t{i}"],
+                [sys.executable, "-m", "whisperdiff.present.cli", "trace", "--impl", "max", "-m", model, "-o", f"{tmp}/t{i}"],
                 check=True,
                 capture_output=True,
             )

@@ -24,8 +24,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import whisperdiff as wd
-    from whisperdiff.browser import Browser
-    from whisperdiff.report import render
+    from whisperdiff.present.browser import Browser
+    from whisperdiff.present.report import render
 
     root = args.dir or Path(tempfile.mkdtemp(prefix="whisperdiff-bench-"))
     model = wd.load_model()

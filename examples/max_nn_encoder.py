@@ -5,7 +5,7 @@ traced by whisperdiff without a single change to it, then compared with openai-w
     python examples/max_nn_encoder.py --bug ln-eps     # the port's layer norms use eps=1e-3
     whisperdiff compare traces/torch-tiny.en-speech traces/maxnn-tiny.en-speech+ln-eps
 
-Everything above `# --- whisperdiff ---` is "the user's code"; below it, whisperdiff.instrument
+Everything above `# --- whisperdiff ---` is "the user's code"; below it, whisperdiff.capture.instrument
 turns the submodule outputs into graph outputs and whisperdiff.Tracer writes the trace.
 """
 

@@ -39,7 +39,7 @@ def run_cli(
     """Run the installed `whisperdiff` entry point for real, as a user would."""
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run(
-        [sys.executable, "-m", "whisperdiff.cli", *args],
+        [sys.executable, "-m", "whisperdiff.present.cli", *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,

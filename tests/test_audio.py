@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import whisperdiff as wd
-from whisperdiff.audio import default_audio_path, load_audio, log_mel, prepare_input, read_wav
+from whisperdiff.inputs.audio import default_audio_path, load_audio, log_mel, prepare_input, read_wav
 
 
 def write_wav(path, samples: np.ndarray, rate: int, *, bits: int = 16, float_format: bool = False, channels: int = 1):

@@ -10,11 +10,11 @@ import pytest
 from conftest import SMALL_RANDOM, assert_one_line_error, run_cli
 
 import whisperdiff as wd
-from whisperdiff.check import check, check_golden, junit_xml
-from whisperdiff.faults import FAULTS
-from whisperdiff.golden import load_golden, save_golden
-from whisperdiff.testing import assert_traces_close
-from whisperdiff.tolerances import Tolerance, load_tolerances, parse_tolerances, propose
+from whisperdiff.capture.faults import FAULTS
+from whisperdiff.gate.check import check, check_golden, junit_xml
+from whisperdiff.gate.golden import load_golden, save_golden
+from whisperdiff.gate.testing import assert_traces_close
+from whisperdiff.gate.tolerances import Tolerance, load_tolerances, parse_tolerances, propose
 
 
 @pytest.fixture(scope="module")

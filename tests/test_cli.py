@@ -119,7 +119,7 @@ def test_bad_input_is_one_line_error(bad_inputs, args, fragment):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_killed_trace_never_looks_complete(tmp_path, sig):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "whisperdiff.cli", "trace", "--taps", "all"],
+        [sys.executable, "-m", "whisperdiff.present.cli", "trace", "--taps", "all"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -11,8 +11,8 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 
 import whisperdiff as wd
-from whisperdiff.compare import compare
-from whisperdiff.metrics import op_metrics
+from whisperdiff.analysis.compare import compare
+from whisperdiff.analysis.metrics import op_metrics
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import re
 import torch
 import whisper
 
-from whisperdiff.audio import default_audio_text, prepare_input
+from whisperdiff.inputs.audio import default_audio_text, prepare_input
 
 
 def test_tiny_en_transcribes_the_shipped_clip(tiny_en):

@@ -10,10 +10,10 @@ import pytest
 from conftest import run_cli
 
 import whisperdiff as wd
+from whisperdiff.analysis.patch import patch
+from whisperdiff.analysis.transcript import cer, wer, word_diff
 from whisperdiff.api import Session
-from whisperdiff.audio import default_audio_path
-from whisperdiff.patch import patch
-from whisperdiff.transcript import cer, wer, word_diff
+from whisperdiff.inputs.audio import default_audio_path
 
 
 def test_error_rates_and_word_diff():

@@ -11,10 +11,10 @@ import torch
 import whisper
 
 import whisperdiff as wd
-from whisperdiff.compare import compare
-from whisperdiff.faults import FAULTS
-from whisperdiff.runners.max_runner import MaxRunner
-from whisperdiff.tolerances import Tolerance
+from whisperdiff.analysis.compare import compare
+from whisperdiff.capture.faults import FAULTS
+from whisperdiff.capture.max_runner import MaxRunner
+from whisperdiff.gate.tolerances import Tolerance
 
 
 def agreement(a, b) -> tuple[float, float]:

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import whisperdiff as wd
-from whisperdiff.ct2 import read_model_bin
-from whisperdiff.models import embedded_model_dir, expected_shapes, preset_dims
+from whisperdiff.inputs.ct2 import read_model_bin
+from whisperdiff.inputs.models import embedded_model_dir, expected_shapes, preset_dims
 
 
 def test_embedded_default_is_tiny_en(tiny_en):

@@ -3,7 +3,7 @@ import fnmatch
 import pytest
 
 import whisperdiff as wd
-from whisperdiff.models import PRESETS, preset_dims
+from whisperdiff.inputs.models import PRESETS, preset_dims
 from whisperdiff.names import BLOCK_OPS
 
 

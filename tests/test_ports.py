@@ -13,8 +13,8 @@ import pytest
 from conftest import SMALL_RANDOM, assert_one_line_error, run_cli
 
 import whisperdiff as wd
-from whisperdiff.check import check
-from whisperdiff.tolerances import load_tolerances
+from whisperdiff.gate.check import check
+from whisperdiff.gate.tolerances import load_tolerances
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

@@ -11,8 +11,8 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 
 import whisperdiff as wd
-from whisperdiff.browser import Browser, find_chromium
-from whisperdiff.report import render, verdict
+from whisperdiff.present.browser import Browser, find_chromium
+from whisperdiff.present.report import render, verdict
 
 # CI installs Chromium (.ci/run); elsewhere the browser tests skip rather than fail on a missing package.
 needs_browser = pytest.mark.skipif(find_chromium() is None and not os.environ.get("CI"), reason="no chromium")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import whisperdiff as wd
-from whisperdiff.store import MANIFEST, TraceWriter, list_traces, load_trace
+from whisperdiff.store.trace import MANIFEST, TraceWriter, list_traces, load_trace
 
 
 def write(path, ops=("mel", "ln_post"), **manifest):

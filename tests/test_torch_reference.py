@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import whisperdiff as wd
-from whisperdiff.audio import prepare_input
+from whisperdiff.inputs.audio import prepare_input
 
 
 def test_hooked_ln_post_equals_model_encoder_exactly(default_trace, tiny_en):

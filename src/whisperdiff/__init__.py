@@ -1,50 +1,73 @@
-"""whisperdiff: find where a Whisper encoder port's numbers first go wrong, why, and whether it matters.
+"""whisperdiff: find where a Whisper port's numbers first go wrong, why, and whether it matters.
 
 Python API (the CLI is a thin layer over it):
 
     import whisperdiff as wd
     t = wd.trace("torch")                        # embedded tiny.en on the shipped clip -> traces/...
     t = wd.load_trace("traces/torch-tiny.en-speech")
-    t.manifest["model"]["weights_sha256"], t.ops[:3], t["ln_post"]   # lazy, memory-mapped
-    wd.load_model("random:tiny,n_audio_layer=2")  # dims + openai-whisper state dict
+    c = wd.compare(t, "traces/max-tiny.en-speech")
+    r = wd.check(t, "traces/max-tiny.en-speech", wd.load_tolerances("float32"))
 
-Modules, one concept each: names (canonical op names), models (weights loader), ct2 (CTranslate2
-reader), audio (input + Whisper's frontend), runners/ (one per backend), store (trace format),
-stats, provenance, metrics, align, replay, diagnose, compare, plots + report (HTML), browser
-(headless Chromium, to look at reports), api, cli.
+The package follows the flow of the work:
+
+    inputs/    models (any weights format -> openai-whisper names), audio + Whisper's frontend
+    capture/   runners (torch hooks, our MAX encoder, plugins), faults, Tracer, instrument
+    store/     the trace format: atomic writer, verified lazy reader
+    analysis/  metrics, alignment, replay, diagnosis, compare; transcripts, patching, weights
+    gate/      tolerances, check, golden sets, the pytest helper
+    present/   report + plots (HTML), browser (headless Chromium), cli
+    names.py   the canonical op names every part speaks
+
+Names are imported lazily, so `import whisperdiff` (and `whisperdiff --help`) stays fast.
 """
 
-from .api import trace
-from .compare import Comparison, compare
-from .errors import WhisperdiffError
-from .instrument import instrument
-from .models import LoadedModel, load_model, random_model
-from .names import block_op, op_names, op_specs, select_taps
-from .report import write_report
-from .store import Trace, TraceWriter, list_traces, load_trace
-from .tolerances import Tolerance, ToleranceSet, load_tolerances
-from .tracer import Tracer
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 
-__all__ = [
-    "trace",
-    "compare",
-    "Comparison",
-    "Tolerance",
-    "ToleranceSet",
-    "load_tolerances",
-    "write_report",
-    "load_trace",
-    "list_traces",
-    "Trace",
-    "TraceWriter",
-    "Tracer",
-    "instrument",
-    "load_model",
-    "random_model",
-    "LoadedModel",
-    "op_names",
-    "op_specs",
-    "block_op",
-    "select_taps",
-    "WhisperdiffError",
-]
+try:
+    __version__ = version("whisperdiff")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+# public name -> module that defines it
+_API = {
+    "trace": "whisperdiff.api",
+    "Session": "whisperdiff.api",
+    "compare": "whisperdiff.analysis.compare",
+    "Comparison": "whisperdiff.analysis.compare",
+    "check": "whisperdiff.gate.check",
+    "CheckResult": "whisperdiff.gate.check",
+    "assert_traces_close": "whisperdiff.gate.testing",
+    "WhisperdiffError": "whisperdiff.errors",
+    "instrument": "whisperdiff.capture.instrument",
+    "Tracer": "whisperdiff.capture.tracer",
+    "LoadedModel": "whisperdiff.inputs.models",
+    "load_model": "whisperdiff.inputs.models",
+    "random_model": "whisperdiff.inputs.models",
+    "block_op": "whisperdiff.names",
+    "op_names": "whisperdiff.names",
+    "op_specs": "whisperdiff.names",
+    "select_taps": "whisperdiff.names",
+    "write_report": "whisperdiff.present.report",
+    "Trace": "whisperdiff.store.trace",
+    "TraceWriter": "whisperdiff.store.trace",
+    "list_traces": "whisperdiff.store.trace",
+    "load_trace": "whisperdiff.store.trace",
+    "Tolerance": "whisperdiff.gate.tolerances",
+    "ToleranceSet": "whisperdiff.gate.tolerances",
+    "load_tolerances": "whisperdiff.gate.tolerances",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'whisperdiff' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import prepare_input
-from .errors import WhisperdiffError
-from .faults import get_faults
-from .models import LoadedModel, load_model
-from .names import select_taps
-from .provenance import sha256_array, versions
-from .runners import make_runner
-from .store import Trace, TraceWriter, load_trace
+from whisperdiff.capture import make_runner
+from whisperdiff.capture.faults import get_faults
+from whisperdiff.errors import WhisperdiffError
+from whisperdiff.inputs.audio import prepare_input
+from whisperdiff.inputs.models import LoadedModel, load_model
+from whisperdiff.names import select_taps
+from whisperdiff.provenance import sha256_array, versions
+from whisperdiff.store.trace import Trace, TraceWriter, load_trace
 
 DEFAULT_TRACE_DIR = Path("traces")
 
@@ -72,7 +72,7 @@ class Session:
         self._decoder = None
 
     def decode(self, features, max_tokens: int | None = None) -> str:
-        from .transcript import Decoder
+        from whisperdiff.analysis.transcript import Decoder
 
         self._decoder = self._decoder or Decoder(self.loaded)
         return self._decoder(features, max_tokens)
@@ -133,7 +133,7 @@ class Session:
                     f"{self.impl} runner did not record ops as asked (missing: {missing[:5]}, got {len(recorded)} of {len(tap_names)})"
                 )
             if transcribe:
-                from .transcript import DECODER
+                from whisperdiff.analysis.transcript import DECODER
 
                 t1 = time.perf_counter()
                 writer.manifest["transcript"] = {"text": self.decode(outputs["ln_post"]), "decoder": DECODER,
@@ -149,7 +149,7 @@ class Session:
     def trace_windows(self, *, audio=None, out=None, transcribe: bool = True,
                       on_window: Callable[[int, int], None] | None = None) -> list[Trace]:  # fmt: skip
         """Every 30 s window of a clip, one trace each (`OUT.w0`, `OUT.w1`, ...; just OUT for a short clip)."""
-        from .audio import default_audio_path, load_audio, n_windows
+        from whisperdiff.inputs.audio import default_audio_path, load_audio, n_windows
 
         count = n_windows(len(load_audio(audio if audio is not None else default_audio_path())[0]))
         traces = []
@@ -164,7 +164,7 @@ class Session:
 def float64_twin(ref: Trace, out: str | Path | None = None) -> Trace:
     """openai-whisper's encoder in float64 on the model and input `ref` was made with: the noise-floor
     reference `whisperdiff tolerances` measures a float32 run against."""
-    from .models import model_of
+    from whisperdiff.inputs.models import model_of
 
     if ref.manifest.get("injected"):
         raise WhisperdiffError(f"{ref.path} has injected bugs; measure the noise floor on a clean reference")

@@ -96,7 +96,7 @@ def select_taps(dims, taps: str | None = "default") -> list[str]:
     "output": only ln_post (the untapped mode); otherwise a comma-separated list of
     names or globs ("blocks.0.*,ln_post"). `mel` is always recorded: it is the input.
     """
-    from .errors import WhisperdiffError
+    from whisperdiff.errors import WhisperdiffError
 
     specs = op_specs(dims)
     taps = (taps or "default").strip()

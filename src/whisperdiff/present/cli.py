@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import WhisperdiffError
+from whisperdiff.errors import WhisperdiffError
 
 app = typer.Typer(
     add_completion=False,
@@ -95,7 +95,7 @@ def trace(
     """Run an encoder on one input and save every intermediate activation under canonical names."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .api import Session
+    from whisperdiff.api import Session
 
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -196,7 +196,7 @@ def transcribe(
     """Encode every window with the chosen encoder, decode with openai-whisper's decoder, print the text.
 
     Each window is traced like `trace` and its transcript stored in the trace's manifest."""
-    from .api import Session
+    from whisperdiff.api import Session
 
     session = Session(impl, model=model, device=device, dtype=dtype, taps=taps, inject=inject)
     results = session.trace_windows(audio=audio, out=out_dir, transcribe=True,
@@ -237,7 +237,7 @@ def ls(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON list of traces.")] = False,
 ):
     """List traces with impl, model, input, op count, size; incomplete or damaged ones are marked."""
-    from .store import list_traces
+    from whisperdiff.store.trace import list_traces
 
     listings = list_traces(directory)
     if not listings:
@@ -254,7 +254,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Manifest and per-op statistics as JSON.")] = False,
 ):
     """Per-op statistics of one trace: shape, dtype, mean, std, min, max, NaN/Inf counts."""
-    from .store import load_trace
+    from whisperdiff.store.trace import load_trace
 
     t = load_trace(trace_dir)
     df = t.summary()
@@ -317,8 +317,8 @@ def _run_compare(trace_a, trace_b, *, rename, model, replay, min_cosine, max_rel
     """compare() with a progress bar on a terminal (shared by `compare` and `report`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from .compare import compare as run_compare
-    from .tolerances import Tolerance, load_tolerances
+    from whisperdiff.analysis.compare import compare as run_compare
+    from whisperdiff.gate.tolerances import Tolerance, load_tolerances
 
     tolerance = (load_tolerances(tolerances) if tolerances is not None
                  else Tolerance(min_cosine=min_cosine, max_rel_l2=max_rel_l2, atol=atol, rtol=rtol))  # fmt: skip
@@ -353,7 +353,7 @@ def compare(
     if csv is not None:
         _write_atomic(csv, result.table.to_csv(index=False))
     if html is not None:
-        from .report import write_report
+        from whisperdiff.present.report import write_report
 
         write_report(result, html)
     if as_json:
@@ -384,14 +384,14 @@ def report(
     patch: Annotated[bool, typer.Option(help="Also run activation patching (`whisperdiff patch`) and chart it.")] = False,
 ):
     """One self-contained HTML page: verdict, divergence plots, the first divergent op up close, every op, both runs."""
-    from .report import verdict, write_report
+    from whisperdiff.present.report import verdict, write_report
 
     result = _run_compare(trace_a, trace_b, rename=rename, model=model, replay=replay, min_cosine=min_cosine,
                           max_rel_l2=max_rel_l2, atol=atol, rtol=rtol, tolerances=tolerances,
                           transcribe=transcribe)  # fmt: skip
     patching = None
     if patch:
-        from .patch import patch as run_patch
+        from whisperdiff.analysis.patch import patch as run_patch
 
         patching = run_patch(trace_a, trace_b, transcribe=transcribe or result.transcripts is not None, model=model)
     path = write_report(result, output, ops=op or [], head=head, patching=patching)
@@ -407,7 +407,7 @@ def report(
     for f in result.findings[:3]:
         out.print(f"  {f.kind} at {escape_markup(str(f.op or 'manifest'))} (confidence {f.confidence:.2f})", highlight=False)
     if screenshot is not None:
-        from .browser import Browser
+        from whisperdiff.present.browser import Browser
 
         with Browser() as browser:
             page = browser.open(path, screenshot=screenshot)
@@ -427,9 +427,9 @@ def check(
     replay: ReplayOpt = True,
 ):
     """Pass (exit 0) when every op of B is within tolerance of A, fail (exit 1) naming each op that is not."""
-    from .check import check as run_check
-    from .check import check_golden, junit_xml
-    from .tolerances import load_tolerances
+    from whisperdiff.gate.check import check as run_check
+    from whisperdiff.gate.check import check_golden, junit_xml
+    from whisperdiff.gate.tolerances import load_tolerances
 
     want = 1 if golden is not None else 2
     if len(traces) != want:
@@ -472,10 +472,10 @@ def tolerances(
     """Propose a tolerance file from a measured noise floor: REF against float64 (or --from OTHER), times a factor."""
     from datetime import UTC, datetime
 
-    from .api import float64_twin
-    from .compare import compare as run_compare
-    from .store import load_trace
-    from .tolerances import propose
+    from whisperdiff.analysis.compare import compare as run_compare
+    from whisperdiff.api import float64_twin
+    from whisperdiff.gate.tolerances import propose
+    from whisperdiff.store.trace import load_trace
 
     ref = load_trace(reference)
     if other is None:
@@ -489,7 +489,7 @@ def tolerances(
         measured = run_compare(ref, other, replay=False)
         against = str(other)
     if not measured.comparable:
-        from .diagnose import not_comparable_reasons
+        from whisperdiff.analysis.diagnose import not_comparable_reasons
 
         raise WhisperdiffError(f"cannot measure a spread: the traces are not comparable ({not_comparable_reasons(measured.warnings)})")
     proposed = propose(measured.table.to_dict("records"), factor=factor)
@@ -516,7 +516,7 @@ def golden_save(
     samples: Annotated[int, typer.Option(help="Elements sampled per op.")] = 2048,
 ):
     """Save a golden set of TRACE: small enough for git; check runs with `whisperdiff check B --golden DIR`."""
-    from .golden import save_golden
+    from whisperdiff.gate.golden import save_golden
 
     path = save_golden(trace_path, output, samples=samples)
     size = sum(f.stat().st_size for f in path.iterdir())
@@ -537,13 +537,13 @@ def patch_command(
     """Re-run B with A's activation substituted at one op at a time: the op whose patch restores B's output is the cause."""
     from contextlib import nullcontext
 
-    from .patch import patch as run_patch
+    from whisperdiff.analysis.patch import patch as run_patch
 
     with err.status("patching", spinner="dots") if err.is_terminal else nullcontext() as status:
         result = run_patch(trace_a, trace_b, ops=ops, transcribe=transcribe, model=model, device=device,
                            on_point=lambda op: status.update(f"patching {op}") if status else None)  # fmt: skip
     if html is not None:
-        from .report import write_report
+        from whisperdiff.present.report import write_report
 
         write_report(_run_compare(trace_a, trace_b, rename=None, model=model, replay=True, min_cosine=0.99999,
                                   max_rel_l2=1e-4, atol=1e-4, rtol=1e-3, transcribe=transcribe), html, patching=result)  # fmt: skip
@@ -584,8 +584,8 @@ def weights_command(
 ):
     """Per tensor: did B load A's weights? Missing, transposed, scaled or substituted tensors are named.
     Exit 0 when every tensor matches, 1 when any does not."""
-    from .align import load_rename_rules
-    from .weights import compare_weights, load_weights
+    from whisperdiff.analysis.align import load_rename_rules
+    from whisperdiff.analysis.weights import compare_weights, load_weights
 
     a, source_a = load_weights(reference)
     b, source_b = load_weights(candidate)
@@ -671,7 +671,7 @@ def _print_comparison(c) -> None:
 @app.command()
 def faults():
     """The injectable porting bugs (`trace --inject NAME`) and the op where each first shows."""
-    from .faults import FAULTS
+    from whisperdiff.capture.faults import FAULTS
 
     table = Table()
     for col in ("fault", "first shows at", "what it does", "acts"):
@@ -689,7 +689,7 @@ def faults():
 @app.command()
 def models():
     """Models that load offline right now (whisperdiff never downloads)."""
-    from .models import available_models
+    from whisperdiff.inputs.models import available_models
 
     table = Table()
     table.add_column("model spec")
@@ -705,8 +705,8 @@ def ops(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ):
     """The canonical op names for a model, in encoder order, with shape and layout."""
-    from .models import load_model
-    from .names import op_specs
+    from whisperdiff.inputs.models import load_model
+    from whisperdiff.names import op_specs
 
     specs = op_specs(load_model(model).dims)
     if as_json:

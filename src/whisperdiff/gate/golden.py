@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .diagnose import untapped
-from .errors import WhisperdiffError
-from .metrics import op_metrics
-from .stats import tensor_stats
-from .store import Trace, load_trace
-from .tolerances import ToleranceSet
+from whisperdiff.analysis.diagnose import untapped
+from whisperdiff.analysis.metrics import op_metrics
+from whisperdiff.errors import WhisperdiffError
+from whisperdiff.gate.tolerances import ToleranceSet
+from whisperdiff.store.stats import tensor_stats
+from whisperdiff.store.trace import Trace, load_trace
 
-SCHEMA = "whisperdiff.golden"
+SCHEMA = "whisperdiff.gate.golden"
 SCHEMA_VERSION = 1
 DEFAULT_SAMPLES = 2048
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WhisperdiffError
+from whisperdiff.errors import WhisperdiffError
 
 # CTranslate2's DataType enum, in order.
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}

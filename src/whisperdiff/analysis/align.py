@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WhisperdiffError
+from whisperdiff.errors import WhisperdiffError
 
 
 @dataclass

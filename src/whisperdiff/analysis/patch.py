@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .diagnose import not_comparable_reasons
-from .errors import WhisperdiffError
-from .metrics import rel_l2
-from .store import Trace, load_trace
+from whisperdiff.analysis.diagnose import not_comparable_reasons
+from whisperdiff.analysis.metrics import rel_l2
+from whisperdiff.errors import WhisperdiffError
+from whisperdiff.store.trace import Trace, load_trace
 
 RESTORED = 0.9  # a patch "restores" the output when it removes at least this share of the final error
 NOTHING_TO_RESTORE = 1e-4  # below this final rel L2 (float32 agreement) B has no error to explain
@@ -76,10 +76,10 @@ def default_points(ops: list[str], first_divergence: str | None, n_layer: int) -
 def patch(a: str | Path | Trace, b: str | Path | Trace, *, ops: str | None = None, transcribe: bool = True,
           model=None, device: str = "auto", on_point: Callable[[str], None] | None = None) -> Patching:  # fmt: skip
     """Patch B's implementation with A's activations, one op at a time (ops: a glob, default: see default_points)."""
-    from .api import Session, input_of
-    from .compare import compare
-    from .models import model_of
-    from .transcript import token_cap, wer
+    from whisperdiff.analysis.compare import compare
+    from whisperdiff.analysis.transcript import token_cap, wer
+    from whisperdiff.api import Session, input_of
+    from whisperdiff.inputs.models import model_of
 
     ta = a if isinstance(a, Trace) else load_trace(a)
     tb = b if isinstance(b, Trace) else load_trace(b)

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import plots
-from .compare import Comparison
-from .diagnose import KINDS, not_comparable_reasons
-from .errors import WhisperdiffError
-from .provenance import versions
+from whisperdiff.analysis.compare import Comparison
+from whisperdiff.analysis.diagnose import KINDS, not_comparable_reasons
+from whisperdiff.errors import WhisperdiffError
+from whisperdiff.present import plots
+from whisperdiff.provenance import versions
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 MAX_FINDINGS = 6
@@ -157,7 +157,7 @@ def _verdict(c: Comparison) -> str:
 
 
 def _transcripts(c: Comparison) -> str:
-    from .transcript import word_diff
+    from whisperdiff.analysis.transcript import word_diff
 
     t = c.transcripts
     runs = "".join(esc(text) + " " if tag == "=" else f"<del>{esc(text)}</del> " if tag == "-" else f"<ins>{esc(text)}</ins> "
@@ -361,7 +361,7 @@ def _int(v) -> str:
 
 
 def _layout(c: Comparison, op: str) -> str | None:
-    from .compare import _specs
+    from whisperdiff.analysis.compare import _specs
 
     return {s["name"]: s.get("layout") for s in _specs(c.manifest_a)}.get(op)
 

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import WhisperdiffError
+from whisperdiff.errors import WhisperdiffError
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 

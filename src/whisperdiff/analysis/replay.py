@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .names import BLOCK_OPS
+from whisperdiff.names import BLOCK_OPS
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ import time
 
 import numpy as np
 
-from ..errors import WhisperdiffError
-from ..names import block_op
-from .base import Record
+from whisperdiff.capture.runner import Record
+from whisperdiff.errors import WhisperdiffError
+from whisperdiff.names import block_op
 
 DTYPES = ("float32", "float64", "float16", "bfloat16")  # float64: the noise-floor reference (`whisperdiff tolerances`)
 
@@ -104,7 +104,7 @@ class TorchRunner:
         """Ops whose value a hook can replace without editing openai-whisper's forward: not conv2.gelu
         (computed inside AudioEncoder.forward), attn.weights (SDPA never materialises it) or
         attn_residual (the residual sum feeds mlp_ln and the block's second residual)."""
-        from ..names import op_names
+        from whisperdiff.names import op_names
 
         excluded = ("mel", "conv2.gelu")
         return [n for n in op_names(self.loaded.dims) if n not in excluded and not n.endswith(("attn.weights", "attn_residual"))]

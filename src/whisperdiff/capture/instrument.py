@@ -26,8 +26,8 @@ import re
 
 import numpy as np
 
-from .align import rename
-from .errors import WhisperdiffError
+from whisperdiff.analysis.align import rename
+from whisperdiff.errors import WhisperdiffError
 
 
 def module_paths(module, prefix: str = "") -> dict[int, str]:

@@ -1,6 +1,6 @@
 """For your own tests: assert that two traces agree op by op, with a message that lists the failing ops.
 
-    from whisperdiff.testing import assert_traces_close
+    from whisperdiff.gate.testing import assert_traces_close
 
     def test_my_port_matches_whisper():
         assert_traces_close("traces/torch-tiny.en-speech", "traces/my-port", "float32")
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .check import check, check_golden
-from .store import Trace
-from .tolerances import ToleranceSet, load_tolerances
+from whisperdiff.gate.check import check, check_golden
+from whisperdiff.gate.tolerances import ToleranceSet, load_tolerances
+from whisperdiff.store.trace import Trace
 
 
 def assert_traces_close(a: str | Path | Trace, b: str | Path | Trace, tolerances: str | Path | ToleranceSet | None = None,

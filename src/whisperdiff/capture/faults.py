@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import WhisperdiffError
+from whisperdiff.errors import WhisperdiffError
 
 
 def target_block(n_layer: int) -> int:

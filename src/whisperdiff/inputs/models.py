@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from .errors import WhisperdiffError
+from whisperdiff.errors import WhisperdiffError
 
 EMBEDDED_NAME = "tiny.en"
 
@@ -204,7 +204,7 @@ def _load_embedded() -> LoadedModel:
 
 
 def _load_ct2(path: Path, model_id: str) -> LoadedModel:
-    from .ct2 import load_ct2_dir
+    from whisperdiff.inputs.ct2 import load_ct2_dir
 
     model_bin = path / "model.bin" if path.is_dir() else path
     if not model_bin.exists():

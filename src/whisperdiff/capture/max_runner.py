@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import WhisperdiffError
-from .base import Record
+from whisperdiff.capture.runner import Record
+from whisperdiff.errors import WhisperdiffError
 
 DTYPES = ("float32", "float16", "bfloat16")
 MAX_CACHE = Path.home() / ".cache" / "modular" / ".max_cache"
@@ -67,8 +67,8 @@ class MaxRunner:
         from max import engine
         from max.dtype import DType
 
-        from ..max_encoder import Controls, build_graph, patch_points, patch_types
-        from ..names import op_names
+        from whisperdiff.capture.max_encoder import Controls, build_graph, patch_points, patch_types
+        from whisperdiff.names import op_names
 
         if dtype not in DTYPES:
             raise WhisperdiffError(
@@ -93,14 +93,14 @@ class MaxRunner:
         self.cache_hit = _cache_entries() == before
 
     def facts(self) -> dict:
-        return {"device": self.device, "dtype": self.dtype, "encoder": "whisperdiff.max_encoder (MAX Graph)",
+        return {"device": self.device, "dtype": self.dtype, "encoder": "whisperdiff.capture.max_encoder (MAX Graph)",
                 "compile_seconds": round(self.compile_seconds, 3), "compile_cache_hit": self.cache_hit}  # fmt: skip
 
     def run(self, mel: np.ndarray, record: Record, patch: tuple[str, np.ndarray] | None = None) -> dict:
         """patch: (canonical op, value in canonical layout) to substitute for that op's value (patchable runners)."""
         from max.driver import Buffer
 
-        from ..max_encoder import CHANNELS_FIRST_TAPS
+        from whisperdiff.capture.max_encoder import CHANNELS_FIRST_TAPS
 
         inputs = [np.ascontiguousarray(mel, dtype=np.float32), *self.controls.arrays(), *self._patch_inputs]
         if patch is not None:

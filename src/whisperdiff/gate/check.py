@@ -13,11 +13,11 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .compare import compare
-from .diagnose import Finding, manifest_findings, not_comparable_reasons
-from .errors import WhisperdiffError
-from .store import Trace, load_trace
-from .tolerances import ToleranceSet
+from whisperdiff.analysis.compare import compare
+from whisperdiff.analysis.diagnose import Finding, manifest_findings, not_comparable_reasons
+from whisperdiff.errors import WhisperdiffError
+from whisperdiff.gate.tolerances import ToleranceSet
+from whisperdiff.store.trace import Trace, load_trace
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def check(a: str | Path | Trace, b: str | Path | Trace, tolerances: ToleranceSet
 
 def check_golden(golden: str | Path, b: str | Path | Trace, tolerances: ToleranceSet | None = None) -> CheckResult:
     """Check candidate `b` against a golden set (golden.py)."""
-    from .golden import golden_rows, load_golden
+    from whisperdiff.gate.golden import golden_rows, load_golden
 
     g = load_golden(golden)
     tb = b if isinstance(b, Trace) else load_trace(b)
@@ -104,7 +104,7 @@ def check_golden(golden: str | Path, b: str | Path | Trace, tolerances: Toleranc
 
 def junit_xml(result: CheckResult) -> str:
     """JUnit XML: one test case per op, a <failure> per op out of tolerance, <skipped> when not traced."""
-    suite = ET.Element("testsuite", name="whisperdiff.check", tests=str(len(result.ops)),
+    suite = ET.Element("testsuite", name="whisperdiff.gate.check", tests=str(len(result.ops)),
                        failures=str(len(result.failed_ops)), errors="0",
                        skipped=str(sum(r["status"] == "not_traced" for r in result.ops)))  # fmt: skip
     props = ET.SubElement(suite, "properties")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WhisperdiffError
-from .store import TraceWriter, load_trace
+from whisperdiff.errors import WhisperdiffError
+from whisperdiff.store.trace import TraceWriter, load_trace
 
 
 class Tracer:
@@ -32,10 +32,10 @@ class Tracer:
         """model: a load_model spec or LoadedModel (its weights digest goes into the trace).
         audio: the input clip (default: the shipped one); its Whisper log-mel is `self.mel` and is
         recorded as op `mel`. info: anything else to keep in the manifest (your version, flags...)."""
-        from .audio import prepare_input
-        from .models import LoadedModel, load_model
-        from .names import op_specs
-        from .provenance import versions
+        from whisperdiff.inputs.audio import prepare_input
+        from whisperdiff.inputs.models import LoadedModel, load_model
+        from whisperdiff.names import op_specs
+        from whisperdiff.provenance import versions
 
         if not impl or not isinstance(impl, str):
             raise WhisperdiffError("Tracer needs impl=NAME: what implementation this trace comes from")

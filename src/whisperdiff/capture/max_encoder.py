@@ -20,7 +20,7 @@ from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorType, TensorValue, Weight, ops
 from max.graph.type import FilterLayout
 
-from .names import block_op
+from whisperdiff.names import block_op
 
 
 @dataclass
@@ -271,7 +271,7 @@ PATCH_EXCLUDED = ("mel", "attn.weights")
 
 
 def patch_points(dims) -> list[str]:
-    from .names import op_names
+    from whisperdiff.names import op_names
 
     return [n for n in op_names(dims) if n != "mel" and not n.endswith("attn.weights")]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WhisperdiffError
-from .provenance import sha256_array, sha256_file
+from whisperdiff.errors import WhisperdiffError
+from whisperdiff.provenance import sha256_array, sha256_file
 
 SAMPLE_RATE = 16000  # whisper.audio.SAMPLE_RATE
 N_FRAMES = 3000  # whisper.audio.N_FRAMES: one 30 s window of 10 ms hops

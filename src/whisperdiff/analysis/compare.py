@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .align import Pair, align, load_rename_rules
-from .diagnose import Finding, manifest_findings, merge_repeats, op_finding, order, untapped
-from .errors import WhisperdiffError
-from .metrics import op_metrics, rounding_error
-from .store import Trace, load_trace
-from .tolerances import Tolerance, ToleranceSet
+from whisperdiff.analysis.align import Pair, align, load_rename_rules
+from whisperdiff.analysis.diagnose import Finding, manifest_findings, merge_repeats, op_finding, order, untapped
+from whisperdiff.analysis.metrics import op_metrics, rounding_error
+from whisperdiff.errors import WhisperdiffError
+from whisperdiff.gate.tolerances import Tolerance, ToleranceSet
+from whisperdiff.store.trace import Trace, load_trace
 
 
 @dataclass
@@ -190,11 +190,11 @@ def compare(
 def transcript_comparison(a: Trace, b: Trace, decode: bool = False, model=None) -> dict | None:
     """Both transcripts and B's word and character error rates against A's: from the manifests
     (`trace --transcribe`), or decoded now with openai-whisper's decoder when `decode`."""
-    from .transcript import Decoder, cer, token_cap, wer
+    from whisperdiff.analysis.transcript import Decoder, cer, token_cap, wer
 
     texts = [t.manifest.get("transcript", {}).get("text") for t in (a, b)]
     if decode and None in texts and "ln_post" in a and "ln_post" in b:
-        from .models import model_of
+        from whisperdiff.inputs.models import model_of
 
         loaded, reasons = model_of([b.manifest, a.manifest], prefer=model)
         if loaded is None:
@@ -231,7 +231,7 @@ def _jumps(row: dict, previous: list[dict]) -> bool:
 def _specs(manifest: dict) -> list[dict]:
     from whisper.model import ModelDimensions
 
-    from .names import op_specs
+    from whisperdiff.names import op_specs
 
     dims = manifest.get("model", {}).get("dims")
     try:
@@ -256,8 +256,8 @@ def _replay(replayer, name: str, matched: dict, b_value):
 
 def _replayer(model, ta: Trace, tb: Trace, warnings: list[str]):
     """A Replayer with weights whose sha256 matches B's manifest (or A's), else None and a warning."""
-    from .models import model_of
-    from .replay import Replayer
+    from whisperdiff.analysis.replay import Replayer
+    from whisperdiff.inputs.models import model_of
 
     loaded, reasons = model_of([tb.manifest, ta.manifest], prefer=model)
     if loaded is not None:

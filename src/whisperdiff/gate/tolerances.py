@@ -23,9 +23,9 @@ from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 
-from .diagnose import new_nonfinite
-from .errors import WhisperdiffError
-from .metrics import DEFAULT_ATOL, DEFAULT_RTOL
+from whisperdiff.analysis.diagnose import new_nonfinite
+from whisperdiff.analysis.metrics import DEFAULT_ATOL, DEFAULT_RTOL
+from whisperdiff.errors import WhisperdiffError
 
 FIELDS = {
     "min_cosine": "an op fails below this cosine",

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import WhisperdiffError
-from .base import Record
+from whisperdiff.capture.runner import Record
+from whisperdiff.errors import WhisperdiffError
 
 GROUP = "whisperdiff.impls"
 

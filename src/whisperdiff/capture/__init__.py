@@ -1,8 +1,10 @@
-"""Backend runners behind one interface (see base.py). `make_runner` picks one by --impl name."""
+"""Capture: run an encoder with every canonical op tapped. Backend runners behind one interface (runner.py);
+`make_runner` picks one by --impl name. Also the fault catalogue, `Tracer` for any implementation and
+`instrument` for `max.nn` models."""
 
 from __future__ import annotations
 
-from ..errors import WhisperdiffError
+from whisperdiff.errors import WhisperdiffError
 
 IMPLS = ("torch", "max")
 
@@ -20,13 +22,13 @@ def make_runner(
             "(only input-side faults such as mel-frontend work with every implementation)"
         )
     if impl == "torch":
-        from .torch_runner import TorchRunner
+        from whisperdiff.capture.torch_runner import TorchRunner
 
         return TorchRunner(model, device=device, dtype=dtype, taps=taps)  # torch hooks can always patch
     if impl == "max":
-        from .max_runner import MaxRunner
+        from whisperdiff.capture.max_runner import MaxRunner
 
         return MaxRunner(model, device=device, dtype=dtype, taps=taps, faults=encoder_faults, patchable=patchable)
-    from .plugin import PluginRunner  # module.path:factory, file.py:factory, or an installed plugin
+    from whisperdiff.capture.plugin import PluginRunner  # module.path:factory, file.py:factory, or an installed plugin
 
     return PluginRunner(impl, model, device=device, dtype=dtype, taps=taps)

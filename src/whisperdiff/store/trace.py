@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WhisperdiffError
-from .provenance import sha256_bytes
+from whisperdiff.errors import WhisperdiffError
+from whisperdiff.provenance import sha256_bytes
 
 SCHEMA = "whisperdiff.trace"
 SCHEMA_VERSION = 1
@@ -174,7 +174,7 @@ class Trace:
         """pandas DataFrame: one row per op with shape, dtype, mean, std, min, max, NaN and Inf counts."""
         import pandas as pd
 
-        from .stats import tensor_stats
+        from whisperdiff.store.stats import tensor_stats
 
         rows = []
         for name in self.ops:

@@ -1,0 +1,1 @@
+"""Pass or fail: per-op tolerances, `check`, golden sets, the pytest helper."""
