@@ -120,7 +120,7 @@ def test_max_nn_encoder_instrumented_unedited_localises_its_bug(tmp_path):
     assert c.comparable and c.first_divergence == "blocks.0.attn_ln", c.first_divergence
     assert {"conv1", "blocks.1.mlp.fc1", "ln_post"} <= set(wd.load_trace(tmp_path / "maxnn").ops)
     assert any(f.kind == "layer_norm_eps" for f in c.findings), c.findings
-    assert c.table.set_index("name").loc["conv1", "rel_l2"] < 1e-5  # before the bug, the port agrees
+    assert c.table.loc["conv1", "rel_l2"] < 1e-5  # before the bug, the port agrees
 
 
 # -- weights -----------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def test_report_shows_the_verdict_and_its_figures_in_a_browser(tiny_runs, tiny_e
         first_finding = banner.split("confidence")[0]
         assert kind in first_finding and op in first_finding, banner
         assert words in banner
-    focus = op or comparison.table.set_index("name")["rel_l2"].idxmax()
+    focus = op or comparison.table["rel_l2"].idxmax()
     assert f"Up close: {focus}" in page.text
     # Every figure decoded with a real size: divergence, statistics, histogram, heat map, per time step.
     alts = [img["alt"] for img in page.images]

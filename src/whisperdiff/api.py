@@ -59,14 +59,24 @@ class Session:
     """One implementation, model and set of injected bugs, ready to trace any number of windows
     (the model is loaded and the MAX graph compiled or loaded once)."""
 
+    decoder_impl = "torch"  # what decode() runs: openai-whisper's decoder, or "max" (the MAX decoder graph)
+
     def __init__(self, impl: str = "torch", *, model=None, device: str = "auto", dtype: str = "float32",
-                 taps: str = "default", inject: list[str] | None = None, patchable: bool = False):  # fmt: skip
+                 taps: str = "default", inject: list[str] | None = None, patchable: bool = False,
+                 on_status: Callable[[str], None] | None = None):  # fmt: skip
+        """on_status(text) says what is being done while it takes time (loading, compiling)."""
         t0 = time.perf_counter()
+        if taps is not None and (not isinstance(taps, str) or not any(part.strip() for part in taps.split(","))):
+            raise WhisperdiffError(f"--taps {taps!r} names no op; use default, all, output or comma-separated names/globs")
         self.impl, self.dtype, self.taps, self.inject = impl, dtype, taps, list(inject or ())
+        status = on_status or (lambda text: None)
+        status("loading model")
         self.loaded = model if isinstance(model, LoadedModel) else load_model(model)
         self.load_seconds = time.perf_counter() - t0
         self.faults = get_faults(inject)
         self.tap_names = select_taps(self.loaded.dims, taps)
+        if impl == "max":
+            status("compiling the MAX graph for these dims (first run only; cached after)")
         self.runner = make_runner(impl, self.loaded, device=device, dtype=dtype, taps=self.tap_names, faults=self.faults,
                                   patchable=patchable)  # fmt: skip
         self._decoder = None
@@ -74,6 +84,12 @@ class Session:
     def decode(self, features, max_tokens: int | None = None) -> str:
         from whisperdiff.analysis.transcript import Decoder
 
+        if self.decoder_impl == "max":  # openai-whisper's greedy search with the MAX decoder's logits
+            from whisperdiff.capture.decoder import greedy
+            from whisperdiff.capture.max_decoder import MaxDecoderRunner
+
+            self._decoder = self._decoder or MaxDecoderRunner(self.loaded)
+            return greedy(self._decoder, self.loaded, features, max_tokens)[0]
         self._decoder = self._decoder or Decoder(self.loaded)
         return self._decoder(features, max_tokens)
 
@@ -136,7 +152,8 @@ class Session:
                 from whisperdiff.analysis.transcript import DECODER
 
                 t1 = time.perf_counter()
-                writer.manifest["transcript"] = {"text": self.decode(outputs["ln_post"]), "decoder": DECODER,
+                decoder = DECODER if self.decoder_impl == "torch" else DECODER.replace("openai-whisper decode", "MAX decoder graph")
+                writer.manifest["transcript"] = {"text": self.decode(outputs["ln_post"]), "decoder": decoder,
                                                  "window": window, "decode_seconds": round(time.perf_counter() - t1, 3)}  # fmt: skip
             writer.manifest["run"] = {
                 "started": started.isoformat(timespec="seconds"),
@@ -161,7 +178,7 @@ class Session:
         return traces
 
 
-def float64_twin(ref: Trace, out: str | Path | None = None) -> Trace:
+def float64_twin(ref: Trace, out: str | Path | None = None, on_op: Callable[[str], None] | None = None) -> Trace:
     """openai-whisper's encoder in float64 on the model and input `ref` was made with: the noise-floor
     reference `whisperdiff tolerances` measures a float32 run against."""
     from whisperdiff.inputs.models import model_of
@@ -173,7 +190,7 @@ def float64_twin(ref: Trace, out: str | Path | None = None) -> Trace:
         raise WhisperdiffError(f"cannot re-run {ref.path} in float64 ({reasons[-1]}); pass --from OTHER_TRACE instead")
     source = input_of(ref.manifest, f"the input of {ref.path}", "pass --from OTHER_TRACE instead")
     taps = ref.manifest.get("taps") or "default"
-    return trace("torch", model=model, **source, dtype="float64", taps=taps, out=out)
+    return trace("torch", model=model, **source, dtype="float64", taps=taps, out=out, on_op=on_op)
 
 
 def input_of(manifest: dict, what: str, hint: str) -> dict:

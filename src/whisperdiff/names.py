@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # Ops inside each residual block, in execution order.
 BLOCK_OPS = (
@@ -56,13 +57,26 @@ class OpSpec:
     optional: bool = False
 
 
+class _Dims(NamedTuple):  # the encoder fields of openai-whisper's ModelDimensions
+    n_mels: int
+    n_audio_ctx: int
+    n_audio_state: int
+    n_audio_head: int
+    n_audio_layer: int
+
+
 def block_op(i: int, op: str) -> str:
     """The canonical name of op `op` in residual block `i`: block_op(0, "attn.q") == "blocks.0.attn.q"."""
     return f"blocks.{i}.{op}"
 
 
 def op_specs(dims, batch: int = 1) -> list[OpSpec]:
-    """Every canonical op for a model of these dims (openai-whisper ModelDimensions), in encoder order."""
+    """Every canonical op for a model of these dims, in encoder order.
+
+    dims: openai-whisper's ModelDimensions, or any object or mapping with its n_mels, n_audio_* fields
+    (a manifest's "dims"): computed from the numbers alone, so naming ops never imports whisper or torch."""
+    if isinstance(dims, dict):
+        dims = _Dims(**{k: dims[k] for k in _Dims._fields})
     b, c, t, h = batch, dims.n_audio_state, dims.n_audio_ctx, dims.n_audio_head
     specs = [
         OpSpec("mel", (b, dims.n_mels, 2 * t), "B,n_mels,T_in"),
@@ -117,3 +131,112 @@ def select_taps(dims, taps: str | None = "default") -> list[str]:
                 )
         chosen = [n for n in names if n == "mel" or any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     return chosen
+
+
+# ---------------------------------------------------------------------------------------------------
+# The decoder (openai-whisper's TextDecoder), teacher-forced on a token sequence of length P.
+#
+# Every decoder op has a token-position axis P: a run with a KV cache (one token per step after the
+# prompt) concatenates its steps along it, so an incremental run and a full-sequence run compare
+# directly and a cache bug shows at the position where it acts. The one exception is cross-attention's
+# K and V: computed once from the encoder output, their axis is the audio frame (T_audio).
+#
+#     ln_post                                [B, n_audio_ctx, n_audio_state]  the decoder's input (any encoder's)
+#     decoder.tok_embed                      [B, P, C]        token embedding
+#     decoder.pos_embed                      [B, P, C]        token + positional embedding
+#     decoder.blocks.{i}.attn_ln ... out     [B, P, C]        as the encoder's blocks, plus:
+#     decoder.blocks.{i}.attn.weights        [B, H, P, P]     causal softmax probabilities (zero past each row's position)
+#     decoder.blocks.{i}.cross_attn_ln|q|wv|out|_residual     [B, P, C]
+#     decoder.blocks.{i}.cross_attn.k|v      [B, T_audio, C]  from the encoder output, computed once
+#     decoder.blocks.{i}.cross_attn.weights  [B, H, P, T_audio] (optional: large)
+#     decoder.ln                             [B, P, C]        the final layer norm
+#     decoder.logits                         [B, P, n_vocab]  tied to the token embedding
+# ---------------------------------------------------------------------------------------------------
+
+DECODER_BLOCK_OPS = (
+    "attn_ln",
+    "attn.q",
+    "attn.k",
+    "attn.v",
+    "attn.weights",
+    "attn.wv",
+    "attn.out",
+    "attn_residual",
+    "cross_attn_ln",
+    "cross_attn.q",
+    "cross_attn.k",
+    "cross_attn.v",
+    "cross_attn.weights",
+    "cross_attn.wv",
+    "cross_attn.out",
+    "cross_attn_residual",
+    "mlp_ln",
+    "mlp.fc1",
+    "mlp.gelu",
+    "mlp.fc2",
+    "out",
+)
+OPTIONAL_DECODER_BLOCK_OPS = frozenset({"cross_attn.weights"})  # n_head * P * 1500 values per block
+DECODER_INPUT = "ln_post"  # a decoder trace records its input (the encoder output) under the encoder's name
+
+
+def decoder_block_op(i: int, op: str) -> str:
+    """decoder_block_op(0, "cross_attn.k") == "decoder.blocks.0.cross_attn.k"."""
+    return f"decoder.blocks.{i}.{op}"
+
+
+def is_decoder_op(name: str) -> bool:
+    return name.startswith("decoder.")
+
+
+def decoder_op_specs(dims, n_tokens: int, batch: int = 1) -> list[OpSpec]:
+    """Every canonical decoder op for a model of these dims, teacher-forced on n_tokens tokens, in order."""
+    b, p, c, h = batch, n_tokens, dims.n_text_state, dims.n_text_head
+    s = dims.n_audio_ctx
+    shapes = {
+        "attn.weights": ((b, h, p, p), "B,H,P,P_k"),
+        "cross_attn.k": ((b, s, c), "B,T_audio,C"),
+        "cross_attn.v": ((b, s, c), "B,T_audio,C"),
+        "cross_attn.weights": ((b, h, p, s), "B,H,P,T_audio"),
+        "mlp.fc1": ((b, p, 4 * c), "B,P,4C"),
+        "mlp.gelu": ((b, p, 4 * c), "B,P,4C"),
+    }
+    specs = [
+        OpSpec(DECODER_INPUT, (b, s, dims.n_audio_state), "B,T_audio,C"),
+        OpSpec("decoder.tok_embed", (b, p, c), "B,P,C"),
+        OpSpec("decoder.pos_embed", (b, p, c), "B,P,C"),
+    ]
+    for i in range(dims.n_text_layer):
+        for op in DECODER_BLOCK_OPS:
+            shape, layout = shapes.get(op, ((b, p, c), "B,P,C"))
+            specs.append(OpSpec(decoder_block_op(i, op), shape, layout, optional=op in OPTIONAL_DECODER_BLOCK_OPS))
+    specs.append(OpSpec("decoder.ln", (b, p, c), "B,P,C"))
+    specs.append(OpSpec("decoder.logits", (b, p, dims.n_vocab), "B,P,V"))
+    return specs
+
+
+def position_axis(layout: str | None) -> int | None:
+    """Index of the token-position axis P in a decoder layout ("B,H,P,P_k" -> 2); None when it has none."""
+    parts = (layout or "").split(",")
+    return parts.index("P") if "P" in parts else None
+
+
+def select_decoder_taps(dims, taps: str | None = "default", n_tokens: int = 1) -> list[str]:
+    """As select_taps, for the decoder: "default" (all but cross-attention probabilities), "all",
+    "output" (logits only) or names/globs. The input (ln_post) is always recorded."""
+    from whisperdiff.errors import WhisperdiffError
+
+    specs = decoder_op_specs(dims, n_tokens)
+    names = [s.name for s in specs]
+    taps = (taps or "default").strip()
+    if taps == "default":
+        return [s.name for s in specs if not s.optional]
+    if taps == "all":
+        return names
+    if taps == "output":
+        return [DECODER_INPUT, "decoder.logits"]
+    patterns = [p.strip() for p in taps.split(",") if p.strip()]
+    for p in patterns:
+        if not fnmatch.filter(names, p):
+            raise WhisperdiffError(f"tap pattern {p!r} matches no decoder op of this model; see `whisperdiff ops --decoder`")
+    return [n for n in names if n == DECODER_INPUT or any(fnmatch.fnmatchcase(n, p) for p in patterns)]

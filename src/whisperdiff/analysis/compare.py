@@ -19,7 +19,17 @@ import numpy as np
 import pandas as pd
 
 from whisperdiff.analysis.align import Pair, align, load_rename_rules
-from whisperdiff.analysis.diagnose import Finding, manifest_findings, merge_repeats, op_finding, order, untapped
+from whisperdiff.analysis.diagnose import (
+    Finding,
+    diagnosis_context,
+    manifest_findings,
+    merge_repeats,
+    op_finding,
+    order,
+    pair_swaps,
+    untapped,
+)
+from whisperdiff.analysis.logits import decoder_layouts, decoder_summary
 from whisperdiff.analysis.metrics import op_metrics, rounding_error
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.gate.tolerances import Tolerance, ToleranceSet
@@ -44,15 +54,64 @@ class Comparison:
     transcripts: dict | None = None  # {"a", "b", "wer", "cer"} when both traces were transcribed
     traces: tuple[Trace, Trace] | None = field(default=None, repr=False)
     views: dict = field(default_factory=dict, repr=False)  # op -> B's array in A's layout
+    decoder: dict | None = None  # decoder traces: first divergence as (op, position), logits measures (logits.py)
 
     def values(self, op: str) -> tuple[np.ndarray, np.ndarray]:
         """A's and B's arrays at a matched op, B converted to A's layout (memory-mapped where possible)."""
         if self.traces is None or op not in self.views:
-            matched = [r["name"] for r in self.table.to_dict("records") if r["name"] in self.views]
+            matched = [name for name in self.table["op"] if name in self.views]
             raise WhisperdiffError(f"op {op!r} is not in both traces; pick one of: {', '.join(matched[:8])}...")
         ta, tb = self.traces
         b_name, view = self.views[op]
         return np.asarray(ta[op]), view(np.asarray(tb[b_name]))
+
+    def limits(self) -> str:
+        """The limits applied, as numbers: "cosine >= 0.99999, rel L2 <= 0.0001 (float32, 3 per-op rules)"."""
+        t, rules = self.tolerance, len(self.tolerances.rules)
+        limits = [f"cosine ≥ {t.min_cosine:g}" if t.min_cosine is not None else "",
+                  f"rel L2 ≤ {t.max_rel_l2:g}" if t.max_rel_l2 is not None else "",
+                  f"max |B-A| ≤ {t.max_abs:g}" if t.max_abs is not None else "",
+                  f"|std B/A - 1| ≤ {t.max_std_ratio_dev:g}" if t.max_std_ratio_dev is not None else ""]  # fmt: skip
+        return (", ".join(x for x in limits if x) or "none") + f" ({self.tolerances.source}" + (
+            f"; {rules} per-op rules)" if rules else ")")
+
+    def _repr_html_(self) -> str:  # a notebook cell: the verdict, top findings, the diverged rows
+        from whisperdiff.present.report import comparison_html
+
+        return comparison_html(self)
+
+    def plot(self, kind: str = "divergence", op: str | None = None, head: int | None = None):
+        """A matplotlib Figure (matplotlib is imported only here): kind "divergence" (error per op),
+        "statistics" (std ratio and mean shift per op), or for one op (default: the first divergence)
+        "histogram", "heatmap", "steps", "attention"."""
+        from whisperdiff.present import plots
+
+        t = self.tolerance
+        if kind == "divergence":
+            return plots.divergence(self.table, self.first_divergence, t.min_cosine, t.max_rel_l2)
+        if kind == "statistics":
+            return plots.statistics(self.table, self.first_divergence, t.max_rel_l2, t.max_std_ratio_dev)
+        kinds = ("divergence", "statistics", "histogram", "heatmap", "steps", "attention")
+        if kind not in kinds:
+            raise WhisperdiffError(f"plot kind {kind!r}: use one of {', '.join(kinds)}")
+        op = op or self.first_divergence or str(self.table["rel_l2"].idxmax())
+        a, b = self.values(op)
+        if kind == "histogram":
+            return plots.histograms(a, b, op)
+        if kind == "attention":
+            if a.ndim != 4:
+                raise WhisperdiffError(f"{op} is not an attention-probability op (blocks.N.attn.weights)")
+            head = int(np.argmax(np.abs(b[0].astype(np.float64) - a[0]).sum(axis=(1, 2)))) if head is None else head
+            return plots.attention(np.asarray(a[0, head]), np.asarray(b[0, head]), op, head)
+        if kind == "steps":
+            profile = self.profiles[op]
+            return plots.step_error(profile["step_rel_error"], profile["step_cosine"], op, None,
+                                    not bool(self.table.loc[op, "diverged"]))  # fmt: skip
+        layout = {s["name"]: s.get("layout") for s in _specs(self.manifest_a)}.get(op) or ""
+        err = np.abs(b.astype(np.float64) - a)
+        if err.ndim != 3 or not (layout.startswith("B,T,") or layout.endswith((",T", ",T_in"))):
+            raise WhisperdiffError(f"{op} has no time x channel layout to draw as a heatmap")
+        return plots.error_heatmap(err[0] if layout.startswith("B,T,") else err[0].T, op, None)
 
     def to_json(self) -> dict:
         ops = []
@@ -66,6 +125,7 @@ class Comparison:
             "first_divergence": self.first_divergence,
             "findings": [f.to_dict() for f in self.findings],
             "transcripts": self.transcripts,
+            "decoder": self.decoder,
             "tolerance": self.tolerance.__dict__,
             "tolerances": self.tolerances.source,
             "ops": ops,
@@ -101,6 +161,7 @@ def compare(
     replay: bool = True,
     transcribe: bool = False,
     on_op: Callable[[str], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
 ) -> Comparison:
     """Compare reference trace `a` with candidate `b`.
 
@@ -111,12 +172,18 @@ def compare(
     manifests; transcribe=True decodes the ones missing (openai-whisper's decoder on ln_post)."""
     ta = a if isinstance(a, Trace) else load_trace(a)
     tb = b if isinstance(b, Trace) else load_trace(b)
+    if isinstance(model, str):  # the user's --model: an unknown one is an error, not silently no replay
+        from whisperdiff.inputs.models import load_model
+
+        model = load_model(model)
     tolerances = ToleranceSet.of(tolerance)
     rules = load_rename_rules(rename)
     findings, warnings, comparable = manifest_findings(ta.manifest, tb.manifest)
     pairs, views = align({o["name"]: tuple(o["shape"]) for o in ta.manifest["ops"]},
                          {o["name"]: tuple(o["shape"]) for o in tb.manifest["ops"]}, rules)  # fmt: skip
     layouts = {s["name"]: s.get("layout") for s in _specs(ta.manifest)}
+    layouts.update(decoder_layouts(ta.manifest))  # decoder ops: their token-position axis
+    canonical = set(layouts)
     replayer = _replayer(model, ta, tb, warnings) if replay and comparable else None
     if replay and not comparable:
         warnings.append("introduced error not computed: the traces are not comparable")
@@ -127,7 +194,10 @@ def compare(
         return views[name](np.asarray(tb[b_names[name]]))
 
     rows, profiles, op_findings, not_traced, op_failures = [], {}, [], [], {}
+    if on_total is not None:  # how many on_op calls to expect (progress bars with a total)
+        on_total(len(pairs))
     first = None
+    diag = diagnosis_context(ta, replayer)
     for pair in pairs:
         row = _row(pair)
         if pair.matched:
@@ -147,11 +217,19 @@ def compare(
                 row["inherited_rel_l2"] = max((done.get(i, math.nan) for i in inputs), default=math.nan)
             if row["diverged"] and first is None:
                 first = pair.name
+            if row["nan_a"] + row["inf_a"]:  # the metrics skip them: without this a NaN reference reads as rel L2 0
+                op_findings.append(Finding("nonfinite_reference", pair.name, 1.0,
+                                           f"A (the reference) holds {row['nan_a']} NaN and {row['inf_a']} Inf values at "
+                                           f"{pair.name}; the metrics there leave them out and cannot be trusted: "
+                                           "re-trace the reference"))  # fmt: skip
             bar = tol.max_rel_l2 if tol.max_rel_l2 is not None else Tolerance.max_rel_l2
             introduces = rep["introduced"] > bar if rep is not None else row["diverged"] and _jumps(row, rows)
             if (row["diverged"] and introduces) or (pair.name == "mel" and row["diverged"]):
                 rounding = {dt: rounding_error(ta[pair.name], dt) for dt in ("float16", "bfloat16")}
-                f = op_finding(row, rep, rounding)
+                if rep is not None:  # hypotheses by op type, only here where the op introduces error
+                    rep = replayer.explain(pair.name, [b_value(i) for i in inputs] + [b_value(pair.name)], diag)
+                f = op_finding(row, rep, rounding, a=np.asarray(ta[pair.name]), b=b_value(pair.name),
+                               context={**diag, "layout": layouts.get(pair.name)})  # fmt: skip
                 if f is not None:
                     op_findings.append(f)
             if pair.layout:
@@ -169,8 +247,11 @@ def compare(
                 first = first or pair.name
                 op_findings.append(Finding("missing_op", pair.name, 0.9, f"{pair.name} is in A but not in B"))
                 op_failures[pair.name] = [("missing", math.nan, "present in B")]
+        elif pair.b_name in canonical:  # an op A's model has, that A chose not to record
+            warnings.append(f"{pair.b_name} is only in B: it is a canonical op of A's model, but A did not record it "
+                            f"(A's taps={ta.manifest.get('taps')!r}; trace A with --taps all)")
         else:
-            warnings.append(f"{pair.b_name} is only in B (no canonical op of A has that name; see --rename)")
+            warnings.append(f"{pair.b_name} is only in B (no canonical op of A's model has that name; see --rename)")
         rows.append(row)
         if on_op is not None:
             on_op(pair.name)
@@ -179,18 +260,21 @@ def compare(
         warnings.append(f"{len(not_traced)} ops of A were not traced in B (taps={tb.manifest.get('taps')!r}): "
                         f"{', '.join(not_traced[:4])}{', ...' if len(not_traced) > 4 else ''}; trace B with --taps all")
     order_names = [p.name for p in pairs]
-    all_findings = order(findings + merge_repeats(op_findings), order_names)
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    all_findings = order(findings + merge_repeats(pair_swaps(op_findings)), order_names)
+    decoder, decoder_found = decoder_summary(ta, tb, first, tolerances, lambda n: views.get(n) if n in b_names else None)
+    all_findings = decoder_found + all_findings  # the decoder test that names the bug at (op, position) first
+    table = pd.DataFrame(rows, columns=COLUMNS).rename(columns={"name": "op"})
+    table.index = pd.Index(table["op"].tolist())  # c.table.loc["ln_post"]; "op" as in Trace.summary()
     transcripts = transcript_comparison(ta, tb, decode=transcribe, model=model)
     return Comparison(ta.path, tb.path, ta.manifest, tb.manifest, table, first, all_findings, comparable, warnings,
                       tolerances.default, profiles, tolerances, op_failures, transcripts, (ta, tb),
-                      {n: (b_names[n], views[n]) for n in b_names})  # fmt: skip
+                      {n: (b_names[n], views[n]) for n in b_names}, decoder)  # fmt: skip
 
 
 def transcript_comparison(a: Trace, b: Trace, decode: bool = False, model=None) -> dict | None:
     """Both transcripts and B's word and character error rates against A's: from the manifests
     (`trace --transcribe`), or decoded now with openai-whisper's decoder when `decode`."""
-    from whisperdiff.analysis.transcript import Decoder, cer, token_cap, wer
+    from whisperdiff.analysis.transcript import Decoder, capped, cer, token_cap, wer
 
     texts = [t.manifest.get("transcript", {}).get("text") for t in (a, b)]
     if decode and None in texts and "ln_post" in a and "ln_post" in b:
@@ -207,7 +291,9 @@ def transcript_comparison(a: Trace, b: Trace, decode: bool = False, model=None) 
     ta, tb = texts
     if ta is None or tb is None:
         return None
-    return {"a": ta, "b": tb, "wer": wer(ta, tb), "cer": cer(ta, tb), "same": ta == tb}
+    cap = token_cap(ta)  # one cap for every WER, also for B's text stored uncapped at trace time
+    tb = capped(tb, cap, multilingual=(b.manifest.get("model", {}).get("dims") or {}).get("n_vocab", 0) >= 51865)
+    return {"a": ta, "b": tb, "wer": wer(ta, tb), "cer": cer(ta, tb), "same": ta == tb, "max_tokens": cap}
 
 
 def _row(pair: Pair) -> dict:
@@ -229,14 +315,12 @@ def _jumps(row: dict, previous: list[dict]) -> bool:
 
 
 def _specs(manifest: dict) -> list[dict]:
-    from whisper.model import ModelDimensions
-
-    from whisperdiff.names import op_specs
+    from whisperdiff.names import op_specs  # dims alone: no whisper (or torch) import to name ops
 
     dims = manifest.get("model", {}).get("dims")
     try:
-        return [s.__dict__ for s in op_specs(ModelDimensions(**dims))] if dims else []
-    except TypeError:
+        return [s.__dict__ for s in op_specs(dims)] if isinstance(dims, dict) and dims else []
+    except (TypeError, KeyError):
         return []
 
 

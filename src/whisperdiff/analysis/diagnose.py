@@ -5,28 +5,47 @@ Pure functions over the rows `compare` produced; nothing here reads a trace or r
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 KINDS = {
     "input_mismatch": "the encoders were fed different inputs (audio or log-mel frontend)",
     "weights_mismatch": "the two runs used different weights",
+    "weight_layout": "a linear or conv weight used transposed, permuted or in the wrong filter layout",
+    "wrong_weight": "an op uses another layer's (or another projection's) weight",
+    "swapped_projections": "two projections exchanged (key and value, query and key)",
+    "bias_error": "a bias missing, doubled or wrong",
+    "activation_approx": "an approximate GELU (tanh, quick GELU) instead of the exact erf GELU",
+    "wrong_activation": "another function instead of GELU (ReLU, SiLU, identity...)",
+    "layer_norm_eps": "layer-norm epsilon differs (solved from the data)",
+    "layer_norm_variance": "layer norm uses the unbiased (n-1) variance",
+    "layer_norm_affine": "layer norm without gamma and/or beta",
+    "rms_norm": "RMSNorm instead of LayerNorm",
+    "norm_axis": "normalised over the wrong axis",
+    "softmax_axis": "attention softmax over the wrong axis",
+    "attention_mask": "a mask in the (unmasked) encoder attention: causal, padding",
+    "attention_scale": "attention scores scaled wrongly (factor solved from the data)",
+    "head_split": "heads split or merged in the wrong order",
+    "conv_padding": "conv padding wrong: one side only, none, too much",
+    "conv_stride": "conv stride wrong",
+    "conv_kernel": "a convolution uses the wrong kernel taps (centre only, flipped, missing)",
+    "positional": "positional embedding missing, shifted, scaled or recomputed",
+    "precision": "error at the level of reduced-precision rounding (float16, bfloat16, tf32)",
     "missing_op": "an op is absent, or computes the identity where it should transform",
+    "missing_residual": "a residual connection dropped",
+    "scale_mismatch": "a global factor; or the trap: statistics match, content does not",
+    "bias_shift": "a constant global offset that is not a model bias",
+    "sign_flip": "values negated",
+    "nonfinite": "NaN or Inf appear",
     "shape_mismatch": "an op's shapes differ under every known layout",
     "layout": "values match after a transpose or reshape",
-    "scale_mismatch": "right direction, wrong scale; or the trap: statistics match, content does not",
-    "bias_shift": "a constant offset",
-    "sign_flip": "values negated",
-    "activation_approx": "an approximate activation (tanh GELU)",
-    "precision": "error at the level of float16/bfloat16 rounding",
-    "nonfinite": "NaN or Inf appear",
-    "positional": "positional embedding missing or wrong",
-    "conv_kernel": "a convolution uses the wrong kernel taps",
-    "layer_norm_eps": "layer-norm epsilon differs (a variance mismatch)",
-    "attention_scale": "attention scores scaled wrongly",
-    "swapped_projections": "two projections' weights swapped",
-    "missing_residual": "a residual connection dropped",
-    "divergence": "the op introduces error no known bug explains",
+    "divergence": "the op introduces error no hypothesis reproduces",
+    "causal_mask": "decoder self-attention sees later positions (no causal mask)",
+    "kv_cache": "a decoding step attends to the wrong cached positions (KV cache off by one)",
 }
+REPRODUCES = 0.2  # a hypothesis names the bug when it reproduces B to this share of the plain replay's error
 SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
 
 
@@ -89,59 +108,162 @@ def new_nonfinite(row: dict) -> bool:
     return row["nan_b"] + row["inf_b"] > row["nan_a"] + row["inf_a"]
 
 
-def op_finding(row: dict, replay: dict | None, rounding: dict[str, float]) -> Finding | None:
-    """The finding for one op that introduces (or, without replay, shows) error; None when it does not."""
+def op_finding(row: dict, replay: dict | None, rounding: dict[str, float], *, a=None, b=None,
+               context: dict | None = None) -> Finding | None:  # fmt: skip
+    """The finding for one op that introduces (or, without replay, shows) error; None when it does not.
+
+    replay: Replayer.explain's result (hypotheses by op type, replayed on B's inputs) or None. a, b: the
+    op's arrays (B in A's layout), for the tests on B itself (which values it can represent) and for
+    the structure of B - A. context: layout, audio_frames, n_head, vectors (the model's 1-D parameters)."""
     name = row["name"]
+    ctx = context or {}
     if new_nonfinite(row):
         return Finding("nonfinite", name, 1.0,
                        f"NaN/Inf first appear at {name}: {row['nan_b']} NaN, {row['inf_b']} Inf in B "
                        f"(A has {row['nan_a']}, {row['inf_a']})")  # fmt: skip
     if name == "mel":
-        return _mel_finding(row)
+        return _mel_finding(row, a, b)
     introduced = replay["introduced"] if replay else row["rel_l2"]
-    if replay and replay["hypotheses"]:
-        kind, explain, err = min(replay["hypotheses"], key=lambda h: h[2])
-        if err < 0.3 * introduced:
-            confidence = round(max(0.5, min(0.99, 1 - err / introduced)), 2)
-            return Finding(kind, name, confidence,
-                           f"{explain}: replaying {name} that way on B's own inputs reproduces B to rel L2 {err:.1e}, "
-                           f"against {introduced:.2e} for the correct op (cosine {row['cosine']:.5f}, "
-                           f"std B/A {row['std_ratio']:.3f})")  # fmt: skip
-    return _statistical_finding(row, introduced, rounding, replayed=replay is not None)
+    where = "introduced here" if replay else "first visible here"
+    hyps = list(replay["hypotheses"]) if replay else []
+    if not replay and a is not None and b is not None:
+        hyps = _hypotheses_against_a(a, b)
+    best = _reproducing(hyps, introduced)
+    if best is not None:
+        kind, explain, err, extra = best
+        confidence = round(max(0.5, min(0.99, 1 - err / introduced)), 2) if introduced > 0 else 0.5
+        f = Finding(kind, name, confidence,
+                    f"{explain}: replaying {name} that way on B's own inputs reproduces B to rel L2 {err:.1e}, "
+                    f"against {introduced:.2e} for the correct op (cosine {row['cosine']:.5f}, "
+                    f"std B/A {row['std_ratio']:.3f})" if replay else
+                    f"{explain}: B is A that way to rel L2 {err:.1e}, against {introduced:.2e} as recorded "
+                    f"(cosine {row['cosine']:.5f}, std B/A {row['std_ratio']:.3f}); first visible here")  # fmt: skip
+        f._uses = extra.get("uses")  # for pair_swaps
+        return f
+    if b is not None:
+        f = _precision_finding(name, b, a, introduced, rounding, where)
+        if f is not None:
+            return f
+    facts = ""
+    e = replay.get("expected") if replay else a
+    if e is not None and b is not None:
+        from whisperdiff.analysis.residual import describe
+
+        facts = describe(b, e, ctx.get("layout"), audio_frames=ctx.get("audio_frames"), n_head=ctx.get("n_head"),
+                         vectors=ctx.get("vectors"))  # fmt: skip
+    closest = ""
+    if hyps:
+        k, explain, err, _ = min(hyps, key=lambda h: h[2])
+        closest = f"; the closest hypothesis ({explain}) leaves rel L2 {err:.2g}"
+    size = ", ".join(f"{dt} rounding {v:.1e}" for dt, v in rounding.items() if v)
+    return Finding("divergence", name, 0.5,
+                   f"{name}: error {where} (rel L2 {introduced:.3g}, cosine {row['cosine']:.5f}, std B/A "
+                   f"{row['std_ratio']:.3f}{'; for scale: ' + size if size else ''}); no hypothesis reproduces it"
+                   f"{closest}{'. B - A: ' + facts if facts else ''}")  # fmt: skip
 
 
-def _mel_finding(row: dict) -> Finding:
+def _reproducing(hyps: list[tuple], introduced: float):
+    """The hypothesis that reproduces B, or None when none does or two different ones do about equally."""
+    if not hyps or not introduced > 0:
+        return None
+    ranked = sorted(hyps, key=lambda h: h[2])
+    best = ranked[0]
+    if not best[2] < REPRODUCES * introduced:
+        return None
+    label = lambda h: (h[0], h[3].get("dtype"), h[3].get("uses"))  # noqa: E731
+    rival = next((h for h in ranked[1:] if label(h) != label(best)), None)
+    if rival is not None and rival[2] < 2 * best[2] and best[2] > 0.01 * introduced:
+        return None  # two different explanations fit about as well: evidence for neither
+    return best
+
+
+def _hypotheses_against_a(a, b) -> list[tuple]:
+    """Without a replay, the generic relations of B to A itself: negated, a global factor, an offset."""
+    a64 = np.asarray(a, np.float64)
+    b64 = np.asarray(b, np.float64)
+    ok = np.isfinite(a64) & np.isfinite(b64)
+    a64, b64 = np.where(ok, a64, 0.0), np.where(ok, b64, 0.0)
+
+    def err(c):
+        n = np.linalg.norm(c)
+        return float(np.linalg.norm(b64 - c) / n) if n > 0 else math.inf
+
+    out = [("sign_flip", "values negated", err(-a64), {})]
+    aa = float((a64 * a64).sum())
+    if aa > 0:
+        c = float((a64 * b64).sum()) / aa
+        if c > 0 and abs(c - 1) > 0.01:
+            out.append(("scale_mismatch", f"a global factor {c:.4g} (solved from the data)", err(c * a64), {}))
+    m = float((b64 - a64).mean())
+    out.append(("bias_shift", f"a constant offset {m:+.4g} on every element", err(a64 + m), {}))
+    sd = a64.std()
+    if sd > 0:
+        out.append(("scale_mismatch", "statistics match, content does not: a whole-tensor rescale (x - mean) / std",
+                    err((a64 - a64.mean()) / sd), {}))  # fmt: skip
+    return out
+
+
+def _precision_finding(name, b, a, introduced, rounding, where) -> Finding | None:
+    """B holds only values a lower precision can represent, and its error is the size of that rounding."""
+    from whisperdiff.analysis.residual import representable_share
+
+    for dtype in ("bfloat16", "float16"):
+        share = representable_share(b, dtype)
+        floor = rounding.get(dtype)
+        if share < 0.999 or not floor or introduced > 30 * floor:
+            continue
+        if a is not None and representable_share(a, dtype) > 0.5:
+            continue  # A is stored at that precision too: not evidence
+        return Finding("precision", name, 0.8,
+                       f"{name}: {share:.2%} of B's values are exactly representable in {dtype}, and the error "
+                       f"{introduced:.2e} ({where}) is the size of {dtype} rounding of this op ({floor:.2e}): "
+                       f"this op runs or is stored in {dtype}")  # fmt: skip
+    return None
+
+
+def _mel_finding(row: dict, a=None, b=None) -> Finding:
+    which = ""
+    if a is not None and b is not None:
+        from whisperdiff.analysis.hypotheses import mel_hypotheses
+
+        found = sorted(mel_hypotheses(a, b), key=lambda h: h[1])
+        if found and found[0][1] < REPRODUCES * row["rel_l2"]:
+            which = f"; B is {found[0][0]} (reproduces B to rel L2 {found[0][1]:.1e})"
     return Finding("input_mismatch", "mel", 0.95,
                    f"the log-mel inputs differ before any encoder op (rel L2 {row['rel_l2']:.3g}, cosine "
                    f"{row['cosine']:.4f}; mean {row['mean_a']:.3f} vs {row['mean_b']:.3f}, std {row['std_a']:.3f} vs "
-                   f"{row['std_b']:.3f}): a different frontend or normalisation, not an encoder bug; "
+                   f"{row['std_b']:.3f}){which}: a different frontend or normalisation, not an encoder bug; "
                    "compute B's features with whisper.log_mel_spectrogram")  # fmt: skip
 
 
-def _statistical_finding(row: dict, introduced: float, rounding: dict[str, float], replayed: bool) -> Finding:
-    name, cos, ratio = row["name"], row["cosine"], row["std_ratio"]
-    where = "introduced here" if replayed else "first visible here"
-    if cos < -0.99:
-        return Finding("sign_flip", name, 0.9, f"{name}: B is A negated (cosine {cos:.4f}); {where}")
-    for dtype in ("float16", "bfloat16"):
-        floor = rounding.get(dtype)
-        if floor and 0.1 * floor <= introduced <= 10 * floor and cos > 0.999:
-            return Finding("precision", name, 0.7,
-                           f"{name}: error {introduced:.2e} ({where}) is the size of {dtype} rounding of this op "
-                           f"({floor:.2e}): part of the computation runs in {dtype}")  # fmt: skip
-    if cos > 0.999 and abs(ratio - 1) > 0.01:
-        return Finding("scale_mismatch", name, 0.8,
-                       f"{name}: direction right (cosine {cos:.5f}) but scale off: std B/A {ratio:.3f}; {where}")
-    if abs(row["mean_diff"]) > 0.1 * max(row["std_a"], 1e-12) and abs(ratio - 1) < 0.05:
-        return Finding("bias_shift", name, 0.7,
-                       f"{name}: shifted by {row['mean_diff']:+.4g} (std A {row['std_a']:.4g}); {where}")
-    if abs(ratio - 1) < 0.05 and abs(row["mean_diff"]) < 0.05 * max(row["std_a"], 1e-12) and cos < 0.99:
-        return Finding("scale_mismatch", name, 0.75,
-                       f"statistics match, content does not: at {name} mean and std agree (std B/A {ratio:.3f}) "
-                       f"but cosine is {cos:.4f}; a rescale made the numbers look right; {where}")  # fmt: skip
-    return Finding("divergence", name, 0.5,
-                   f"{name}: error {where} (rel L2 {introduced:.3g}, cosine {cos:.5f}, std B/A {ratio:.3f}), "
-                   "no known bug reproduces it")  # fmt: skip
+def diagnosis_context(ta, replayer=None) -> dict:
+    """What op_finding needs beyond one op's arrays: the audio length (padding), heads, the model's vectors."""
+    from whisperdiff.analysis.residual import valid_steps
+
+    dims = ta.manifest.get("model", {}).get("dims") or {}
+    mel = np.asarray(ta["mel"]) if "mel" in ta else None
+    frames = valid_steps(ta.manifest, mel)
+    ctx = {"audio_frames": frames, "n_head": dims.get("n_audio_head"), "vectors": None, "valid_steps": {}}
+    if frames:
+        from whisperdiff.analysis.residual import steps_with_audio
+
+        n_ctx = dims.get("n_audio_ctx", 1500)
+        ctx["valid_steps"] = {t: steps_with_audio(frames, t) for t in (n_ctx, 2 * n_ctx)}
+    if replayer is not None:
+        ctx["vectors"] = {k: v.numpy() for k, v in replayer.w.items() if v.ndim == 1}
+    return ctx
+
+
+def pair_swaps(findings: list[Finding]) -> list[Finding]:
+    """Two `wrong_weight` findings where op X uses Y's weight and Y uses X's: the pair is swapped."""
+    by_op = {f.op: f for f in findings if f.kind == "wrong_weight"}
+    for f in list(by_op.values()):
+        other = by_op.get(getattr(f, "_uses", None))
+        if other is not None and getattr(other, "_uses", None) == f.op:
+            for g, h in ((f, other), (other, f)):
+                g.kind = "swapped_projections"
+                g.message = f"{g.op} and {h.op} are swapped: " + g.message
+    return findings
 
 
 def merge_repeats(findings: list[Finding]) -> list[Finding]:

@@ -20,7 +20,7 @@ def time_axis(layout: str | None, ndim: int) -> int:
     """Index of the time axis in a canonical layout string ("B,C,T" -> 2); the last axis if unknown."""
     if layout:
         for i, part in enumerate(layout.split(",")):
-            if part.startswith("T"):
+            if part.startswith(("T", "P")):  # P: the decoder's token position
                 return i
     return max(ndim - 1, 0)
 

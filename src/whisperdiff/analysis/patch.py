@@ -1,13 +1,17 @@
 """Activation patching: which op's error actually causes the changed output?
 
-Re-run the candidate (B's implementation, model, input and injected bugs, from its manifest) once
-per patch point with the reference's activation (from trace A) substituted at that op, and measure
+Re-run the candidate (B's implementation, model, input and injected bugs) once per patch point with the reference's activation (from trace A) substituted at that op, and measure
 how much of the final divergence and of the transcript error disappears. The earliest op whose patch
 restores the output is the cause: everything after it is right once its input is.
 
     p = patch("traces/torch-tiny.en-speech", "traces/max-tiny.en-speech+no-pos-embed")
     p.cause                 # 'pos_embed'
     p.results[0]            # PatchResult(op='mel', final_rel_l2=..., restored=..., text=..., wer=...)
+
+Reading a trace never runs code: B is re-run only by the built-in torch or max encoder, or by the
+implementation the caller names (`impl=`, `--impl` on the command line), never by one B's manifest
+names. Its input is B's own recorded `mel` (verified by its digest), not a file the manifest points
+at, and its model is found among known models only (models.model_of) or given with --model.
 
 On MAX all patch points share one compiled graph (max_encoder.build_graph(patchable=True)); on torch
 the patch is a forward hook's return value.
@@ -53,6 +57,7 @@ class Patching:
     results: list[PatchResult] = field(default_factory=list)
     cause: str | None = None
     max_tokens: int | None = None  # each run's transcript is decoded up to this many tokens
+    notes: list[str] = field(default_factory=list)  # e.g. B's manifest names another impl than the one re-run
 
     def result(self, op: str) -> PatchResult:
         return next(r for r in self.results if r.op == op)
@@ -61,7 +66,7 @@ class Patching:
         return {"a": str(self.a), "b": str(self.b), "impl": self.impl, "cause": self.cause,
                 "unpatched_rel_l2": self.unpatched_rel_l2, "reference_text": self.reference_text,
                 "unpatched_text": self.unpatched_text, "unpatched_wer": self.unpatched_wer,
-                "results": [r.__dict__ for r in self.results]}  # fmt: skip
+                "notes": self.notes, "results": [r.__dict__ for r in self.results]}  # fmt: skip
 
 
 def default_points(ops: list[str], first_divergence: str | None, n_layer: int) -> list[str]:
@@ -73,13 +78,34 @@ def default_points(ops: list[str], first_divergence: str | None, n_layer: int) -
     return [op for op in ops if op in keep or (prefix and op.startswith(prefix))]
 
 
+def rerun_impl(manifest_impl, impl: str | None) -> tuple[str, list[str]]:
+    """The implementation that re-runs B, and notes: `impl` when the caller names one, else B's own
+    only when it is built in (torch, max). A plugin named by a trace is never imported from it."""
+    from whisperdiff.capture import IMPLS
+
+    named = manifest_impl if isinstance(manifest_impl, str) else None
+    if impl is not None:
+        notes = []
+        if named is not None and named != impl:
+            notes.append(f"B's manifest names impl {named!r}; B was re-run with {impl!r}, as given on the command line")
+        return impl, notes
+    if named in IMPLS:
+        return named, []
+    raise WhisperdiffError(f"cannot re-run B: its manifest names impl {named!r}, and whisperdiff never runs code a trace "
+                           "names; if you trust it, name it yourself with --impl (or use torch or max)")  # fmt: skip
+
+
 def patch(a: str | Path | Trace, b: str | Path | Trace, *, ops: str | None = None, transcribe: bool = True,
-          model=None, device: str = "auto", on_point: Callable[[str], None] | None = None) -> Patching:  # fmt: skip
-    """Patch B's implementation with A's activations, one op at a time (ops: a glob, default: see default_points)."""
+          model=None, device: str = "auto", impl: str | None = None, on_point: Callable[[str], None] | None = None,
+          on_progress: Callable[[int, int, str], None] | None = None) -> Patching:  # fmt: skip
+    """Patch B's implementation with A's activations, one op at a time (ops: a glob, default: see default_points).
+
+    impl: what re-runs B (default: B's impl when it is torch or max; any other must be named here)."""
     from whisperdiff.analysis.compare import compare
     from whisperdiff.analysis.transcript import token_cap, wer
-    from whisperdiff.api import Session, input_of
+    from whisperdiff.api import Session
     from whisperdiff.inputs.models import model_of
+    from whisperdiff.provenance import sha256_array
 
     ta = a if isinstance(a, Trace) else load_trace(a)
     tb = b if isinstance(b, Trace) else load_trace(b)
@@ -89,16 +115,19 @@ def patch(a: str | Path | Trace, b: str | Path | Trace, *, ops: str | None = Non
     if not c.comparable:
         raise WhisperdiffError(f"cannot patch: the traces are not comparable ({not_comparable_reasons(c.warnings)})")
     mb = tb.manifest
+    impl, notes = rerun_impl(mb.get("impl"), impl)
+    if "mel" not in tb:
+        raise WhisperdiffError(f"cannot re-run B: {tb.path} has no mel op (its encoder input); re-trace B")
+    b_mel = np.array(tb["mel"], np.float32)  # B's own input, read from the trace and checked against its digest
+    inp = mb.get("input", {})
+    if inp.get("mel_sha256") and sha256_array(np.asarray(tb["mel"])) != inp["mel_sha256"]:
+        raise WhisperdiffError(f"cannot re-run B: its mel op does not match the input digest in its manifest ({tb.path})")
     loaded, reasons = model_of([mb, ta.manifest], prefer=model)
     if loaded is None:
         raise WhisperdiffError(f"cannot re-run B: no loadable model with its weights ({reasons[-1]}); pass --model")
     injected = [f["name"] for f in mb.get("injected") or []]
-    session = Session(mb["impl"], model=loaded, device=device, dtype=mb.get("dtype", "float32"), taps="output",
-                      inject=injected, patchable=True)  # fmt: skip
-    inp = mb.get("input", {})
-    encoder_input = session.input(**input_of(mb, "cannot re-run B: its input", "patch on the machine that traced B"))
-    if encoder_input.provenance.get("mel_sha256") != inp.get("mel_sha256"):
-        raise WhisperdiffError(f"cannot re-run B: its input {inp.get('path')} has changed since B was traced")
+    session = Session(impl, model=loaded, device=device, dtype=mb.get("dtype", "float32"), taps="output",
+                      inject=[name for name in injected if _encoder_side(name)], patchable=True)  # fmt: skip
 
     reference = np.asarray(ta["ln_post"], np.float64)
     available = set(session.runner.patch_points) | {"mel"}
@@ -109,13 +138,13 @@ def patch(a: str | Path | Trace, b: str | Path | Trace, *, ops: str | None = Non
         unsupported = [op for op in points if op not in available]
         points = [op for op in points if op in available]
         if not points:
-            raise WhisperdiffError(f"{mb['impl']} cannot patch {', '.join(unsupported[:3])}; pick other ops")
+            raise WhisperdiffError(f"{impl} cannot patch {', '.join(unsupported[:3])}; pick other ops")
     else:
         points = [op for op in default_points(ta.ops, c.first_divergence, loaded.dims.n_audio_layer) if op in available]
 
     def run(patch_value=None, mel=None) -> np.ndarray:
         out = {}
-        session.runner.run(mel if mel is not None else encoder_input.mel, lambda n, x: out.__setitem__(n, np.array(x)),
+        session.runner.run(mel if mel is not None else b_mel, lambda n, x: out.__setitem__(n, np.array(x)),
                            patch=patch_value)  # fmt: skip
         return out["ln_post"]
 
@@ -131,10 +160,13 @@ def patch(a: str | Path | Trace, b: str | Path | Trace, *, ops: str | None = Non
     base = run()
     base_err = rel_l2(reference, base)
     base_text, base_wer = text_of(base)
-    result = Patching(ta.path, tb.path, mb["impl"], base_err, ref_text, base_text, base_wer, max_tokens=max_tokens)
-    for op in points:
+    result = Patching(ta.path, tb.path, impl, base_err, ref_text, base_text, base_wer, max_tokens=max_tokens,
+                      notes=notes)  # fmt: skip
+    for k, op in enumerate(points):
         if on_point is not None:
             on_point(op)
+        if on_progress is not None:  # k of n patch points done, the next one named
+            on_progress(k, len(points), op)
         value = np.asarray(ta[op], np.float32)
         output = run(mel=value) if op == "mel" else run(patch_value=(op, value))
         err = rel_l2(reference, output)
@@ -147,3 +179,11 @@ def patch(a: str | Path | Trace, b: str | Path | Trace, *, ops: str | None = Non
                 result.cause = r.op
                 break
     return result
+
+
+def _encoder_side(name: str) -> bool:
+    """A fault that acts inside the encoder (re-applied on the re-run); an input-side fault is already
+    in B's recorded mel, so applying it again would apply it twice."""
+    from whisperdiff.capture.faults import get_faults
+
+    return all(f.controls is not None for f in get_faults([name]))

@@ -1,10 +1,14 @@
 """Replay one canonical op in torch on the candidate's own inputs: the error an op *introduces*.
 
 `compare` feeds each op the candidate trace's recorded inputs and recomputes it with the model's
-weights (float64, openai-whisper's formulas). An op whose candidate output matches its replay is
-locally right and only inherits error; one that does not introduces it. For a wrong op, each
-*hypothesis* (a known porting bug: tanh GELU, only the centre conv tap, epsilon 1e-3, ...) is
-replayed too, and the one that reproduces the candidate names the bug.
+weights (openai-whisper's formulas). An op whose candidate output matches its replay is locally right
+and only inherits error; one that does not introduces it. Only there does `explain` replay the
+hypotheses of that op's *type* (hypotheses.py: a linear op with its weight transposed, a layer norm
+without beta, a softmax over the wrong axis...): the one that reproduces the candidate names the bug.
+
+Speed: the replay runs in float32 (torch's sgemm), with float64 only where a float32 reduction could
+hide a bug (layer-norm statistics). Its own error is ~1e-7 relative: far below the 1e-4 bar at which
+an op introduces error, so 1e-6 float32 noise and a bug stay apart. Attention runs head by head.
 """
 
 from __future__ import annotations
@@ -12,93 +16,115 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from whisperdiff.names import BLOCK_OPS
 
-
-@dataclass(frozen=True)
-class Hypothesis:
-    kind: str  # a finding kind (diagnose.KINDS)
-    explain: str  # one line: what the port does
-    fn: Callable  # (weights, *inputs) -> output, like the op's own replay
+# Which weight each linear op uses (openai-whisper's state-dict names, inside encoder.blocks.{i}).
+LINEAR_PARAMS = {"attn.q": "attn.query", "attn.k": "attn.key", "attn.v": "attn.value", "attn.out": "attn.out",
+                 "mlp.fc1": "mlp.0", "mlp.fc2": "mlp.2"}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class OpRecipe:
+    op: str
+    type: str  # conv, activation, positional, norm, linear, attention_weights, attention, residual
     inputs: tuple[str, ...]
-    fn: Callable  # (*inputs as float64 torch tensors) -> output
-    hypotheses: tuple[Hypothesis, ...] = ()
+    fn: Callable  # (*inputs as torch tensors) -> output
+    params: dict = field(default_factory=dict)  # weight / bias names, stride, ...
 
 
 class Replayer:
-    """Recipes for every canonical op of a model; `weights` is the encoder's openai-whisper state dict."""
+    """Recipes for every canonical op of a model; weights from the encoder's openai-whisper state dict."""
 
-    def __init__(self, loaded):
+    def __init__(self, loaded, weights: dict | None = None):
         import torch
 
         self.torch = torch
+        self.loaded = loaded
         self.dims = loaded.dims
-        self.w = {k: v.detach().to(torch.float64) for k, v in loaded.state_dict.items() if k.startswith("encoder.")}
-        self.d_head = self.dims.n_audio_state // self.dims.n_audio_head
+        if weights is None:
+            weights = {k: v.detach().to(torch.float32).contiguous() for k, v in loaded.state_dict.items()
+                       if k.startswith("encoder.")}  # fmt: skip
+        self.w = weights
+        self.n_head = self.dims.n_audio_head
+        self.d_head = self.dims.n_audio_state // self.n_head
+        self._rounded: dict[str, Replayer] = {}
 
-    # -- openai-whisper's formulas, float64 ---------------------------------------------------------
-    def conv(self, name, x, stride, centre_only=False):
+    def with_weights_rounded(self, dtype: str) -> Replayer:
+        """The same recipes with every weight rounded to `dtype` (float16, bfloat16, tf32)."""
+        if dtype not in self._rounded:
+            self._rounded[dtype] = Replayer(self.loaded, {k: round_to(v, dtype) for k, v in self.w.items()})
+        return self._rounded[dtype]
+
+    # -- openai-whisper's formulas ---------------------------------------------------------------------
+    def conv(self, name, x, stride, weight=None, bias=True, pad=(1, 1)):
         F = self.torch.nn.functional
-        weight = self.w[f"encoder.{name}.weight"]
-        if centre_only:
-            weight = weight * self.torch.tensor([0.0, 1.0, 0.0], dtype=weight.dtype)
-        return F.conv1d(x, weight, self.w[f"encoder.{name}.bias"], stride=stride, padding=1)
+        weight = self.w[f"encoder.{name}.weight"] if weight is None else weight
+        b = self.w[f"encoder.{name}.bias"] if bias is True else (None if bias is False else bias)
+        return F.conv1d(F.pad(x, pad), weight, b, stride=stride)
 
     def layer_norm(self, name, x, eps=1e-5):
-        F = self.torch.nn.functional
-        return F.layer_norm(x, x.shape[-1:], self.w[f"{name}.weight"], self.w[f"{name}.bias"], eps)
+        x64 = x.double()
+        mu = x64.mean(-1, keepdim=True)
+        var = ((x64 - mu) ** 2).mean(-1, keepdim=True)
+        n = (x64 - mu) / (var + eps).sqrt()
+        return (n * self.w[f"{name}.weight"].double() + self.w[f"{name}.bias"].double()).float()
 
     def linear(self, name, x, bias=True):
-        return x @ self.w[f"{name}.weight"].T + (self.w[f"{name}.bias"] if bias else 0)
+        y = x @ self.w[f"{name}.weight"].T
+        return y + self.w[f"{name}.bias"] if bias and f"{name}.bias" in self.w else y
 
-    def attention_weights(self, q, k, scale_power=0.5):
-        b, t, c = q.shape
-        h = self.dims.n_audio_head
-        q = q.view(b, t, h, -1).permute(0, 2, 1, 3)
-        k = k.view(b, t, h, -1).permute(0, 2, 3, 1)
-        return ((q @ k) * self.d_head**-scale_power).softmax(-1)
+    def heads(self, x, order="hd"):
+        """[B, T, C] -> [B, H, T, D]; order "dh" is the wrong split ([T, D, H])."""
+        b, t, _ = x.shape
+        if order == "dh":
+            return x.view(b, t, self.d_head, self.n_head).permute(0, 3, 1, 2)
+        return x.view(b, t, self.n_head, self.d_head).permute(0, 2, 1, 3)
 
-    def attention(self, q, k, v, scale_power=0.5):
-        b, t, c = q.shape
-        w = self.attention_weights(q, k, scale_power)
-        v = v.view(b, t, self.dims.n_audio_head, -1).permute(0, 2, 1, 3)
-        return (w @ v).permute(0, 2, 1, 3).reshape(b, t, c)
+    def merge(self, x, order="hd"):
+        b, h, t, d = x.shape
+        if order == "dh":
+            return x.permute(0, 2, 3, 1).reshape(b, t, h * d)
+        return x.permute(0, 2, 1, 3).reshape(b, t, h * d)
+
+    def attention_weights(self, q, k, scale=None, split="hd", axis=-1, mask=None, swap_qk=False):
+        """Softmax probabilities [B, H, T_q, T_k], one head at a time (float32)."""
+        scale = self.d_head**-0.5 if scale is None else scale
+        qh, kh = self.heads(q, split), self.heads(k, split)
+        if swap_qk:
+            qh, kh = kh, qh
+        out = []
+        for h in range(qh.shape[1]):
+            s = (qh[:, h] @ kh[:, h].transpose(-1, -2)) * scale
+            if mask is not None:
+                s = s + mask
+            out.append(s.softmax(axis))
+        return self.torch.stack(out, 1)
+
+    def attention(self, q, k, v, split="hd", merge=None, weights=None, **kw):
+        w = self.attention_weights(q, k, split=split, **kw) if weights is None else weights
+        return self.merge(w @ self.heads(v, split), merge or split)
 
     def gelu(self, x, approximate="none"):
         return self.torch.nn.functional.gelu(x, approximate=approximate)
 
     # -- the recipe of each canonical op --------------------------------------------------------------
     def recipe(self, op: str) -> OpRecipe | None:
-        tanh = Hypothesis("activation_approx", "GELU is the tanh approximation, not Whisper's exact erf GELU",
-                          lambda x: self.gelu(x, "tanh"))  # fmt: skip
         if op == "conv1":
-            return OpRecipe(("mel",), lambda x: self.conv("conv1", x, 1), (self._centre("conv1", 1),))
+            return OpRecipe(op, "conv", ("mel",), lambda x: self.conv("conv1", x, 1), {"name": "conv1", "stride": 1})
         if op == "conv2":
-            return OpRecipe(("conv1.gelu",), lambda x: self.conv("conv2", x, 2), (self._centre("conv2", 2),))
+            return OpRecipe(op, "conv", ("conv1.gelu",), lambda x: self.conv("conv2", x, 2), {"name": "conv2", "stride": 2})
         if op in ("conv1.gelu", "conv2.gelu"):
-            return OpRecipe((op.split(".")[0],), self.gelu, (tanh,))
+            return OpRecipe(op, "activation", (op.split(".")[0],), self.gelu)
         if op == "pos_embed":
             pe = self.w["encoder.positional_embedding"]
-            return OpRecipe(("conv2.gelu",), lambda x: x.permute(0, 2, 1) + pe, (
-                Hypothesis("positional", "the positional embedding is not added", lambda x: x.permute(0, 2, 1)),
-            ))  # fmt: skip
+            return OpRecipe(op, "positional", ("conv2.gelu",), lambda x: x.permute(0, 2, 1) + pe[: x.shape[-1]])
         if op == "ln_post":
             last = f"blocks.{self.dims.n_audio_layer - 1}.out"
-            return OpRecipe((last,), lambda x: self.layer_norm("encoder.ln_post", x), (
-                Hypothesis("missing_op", "ln_post is the identity: the final layer norm is missing", lambda x: x),
-                Hypothesis("scale_mismatch", "statistics match, content does not: ln_post is replaced by one "
-                           "whole-tensor rescale (x - mean) / std, the cosmetic fix that makes mean and std look right",
-                           lambda x: (x - x.mean()) / x.std(correction=0)),
-                self._eps("encoder.ln_post"),
-            ))  # fmt: skip
+            return OpRecipe(op, "norm", (last,), lambda x: self.layer_norm("encoder.ln_post", x), {"name": "encoder.ln_post"})
         m = re.fullmatch(r"blocks\.(\d+)\.(.+)", op)
         if not m or m.group(2) not in BLOCK_OPS:
             return None
@@ -106,81 +132,74 @@ class Replayer:
         p = f"encoder.blocks.{i}"
         x_in = "pos_embed" if i == 0 else f"blocks.{i - 1}.out"
         b = lambda s: f"blocks.{i}.{s}"  # noqa: E731
-        scale = Hypothesis("attention_scale", "attention scores are scaled by 1/d_head instead of 1/sqrt(d_head)",
-                           lambda q, k, v=None: self.attention(q, k, v, 1.0) if v is not None
-                           else self.attention_weights(q, k, 1.0))  # fmt: skip
-        no_residual = Hypothesis("missing_residual", "the residual connection is dropped (only the branch is kept)",
-                                 lambda x, y: y)  # fmt: skip
-        recipes = {
-            "attn_ln": OpRecipe((x_in,), lambda x: self.layer_norm(f"{p}.attn_ln", x), self._ln_bugs(f"{p}.attn_ln")),
-            "attn.q": OpRecipe((b("attn_ln"),), lambda x: self.linear(f"{p}.attn.query", x)),
-            "attn.k": OpRecipe((b("attn_ln"),), lambda x: self.linear(f"{p}.attn.key", x, bias=False), (
-                Hypothesis("swapped_projections", "key and value projections are swapped (k is computed with the value weights)",
-                           lambda x: self.linear(f"{p}.attn.value", x)),
-            )),
-            "attn.v": OpRecipe((b("attn_ln"),), lambda x: self.linear(f"{p}.attn.value", x), (
-                Hypothesis("swapped_projections", "key and value projections are swapped (v is computed with the key weights)",
-                           lambda x: self.linear(f"{p}.attn.key", x, bias=False)),
-            )),
-            "attn.weights": OpRecipe((b("attn.q"), b("attn.k")), self.attention_weights, (
-                scale,
-                Hypothesis("layout", "attention probabilities are transposed (query and key axes swapped)",
-                           lambda q, k: self.attention_weights(q, k).transpose(-1, -2)),
-            )),
-            "attn.wv": OpRecipe((b("attn.q"), b("attn.k"), b("attn.v")), self.attention, (scale,)),
-            "attn.out": OpRecipe((b("attn.wv"),), lambda x: self.linear(f"{p}.attn.out", x)),
-            "attn_residual": OpRecipe((x_in, b("attn.out")), lambda x, y: x + y, (no_residual,)),
-            "mlp_ln": OpRecipe((b("attn_residual"),), lambda x: self.layer_norm(f"{p}.mlp_ln", x), self._ln_bugs(f"{p}.mlp_ln")),
-            "mlp.fc1": OpRecipe((b("mlp_ln"),), lambda x: self.linear(f"{p}.mlp.0", x)),
-            "mlp.gelu": OpRecipe((b("mlp.fc1"),), self.gelu, (tanh,)),
-            "mlp.fc2": OpRecipe((b("mlp.gelu"),), lambda x: self.linear(f"{p}.mlp.2", x)),
-            "out": OpRecipe((b("attn_residual"), b("mlp.fc2")), lambda x, y: x + y, (no_residual,)),
-        }  # fmt: skip
-        return recipes[part]
-
-    def _centre(self, name, stride):
-        return Hypothesis("conv_kernel", f"{name} uses only the centre kernel tap (k=1 of 3)",
-                          lambda x: self.conv(name, x, stride, centre_only=True))  # fmt: skip
-
-    def _eps(self, name):
-        return Hypothesis("layer_norm_eps", f"{name.removeprefix('encoder.')} uses epsilon 1e-3 instead of 1e-5 (a variance mismatch)",
-                          lambda x: self.layer_norm(name, x, 1e-3))  # fmt: skip
-
-    def _ln_bugs(self, name):
-        short = name.removeprefix("encoder.")
-        return (self._eps(name), Hypothesis("missing_op", f"{short} is the identity: the layer norm is missing", lambda x: x))
+        if part in ("attn_ln", "mlp_ln"):
+            x = x_in if part == "attn_ln" else b("attn_residual")
+            return OpRecipe(op, "norm", (x,), lambda x: self.layer_norm(f"{p}.{part}", x), {"name": f"{p}.{part}"})
+        if part in LINEAR_PARAMS:
+            name = f"{p}.{LINEAR_PARAMS[part]}"
+            x = {"attn.out": b("attn.wv"), "mlp.fc1": b("mlp_ln"), "mlp.fc2": b("mlp.gelu")}.get(part, b("attn_ln"))
+            return OpRecipe(op, "linear", (x,), lambda x: self.linear(name, x), {"name": name, "block": i})
+        if part == "attn.weights":
+            return OpRecipe(op, "attention_weights", (b("attn.q"), b("attn.k")), self.attention_weights)
+        if part == "attn.wv":
+            return OpRecipe(op, "attention", (b("attn.q"), b("attn.k"), b("attn.v")), self.attention)
+        if part == "mlp.gelu":
+            return OpRecipe(op, "activation", (b("mlp.fc1"),), self.gelu)
+        if part == "attn_residual":
+            return OpRecipe(op, "residual", (x_in, b("attn.out")), lambda x, y: x + y)
+        return OpRecipe(op, "residual", (b("attn_residual"), b("mlp.fc2")), lambda x, y: x + y)  # out
 
     # -- running ------------------------------------------------------------------------------------
-    def replay(self, op: str, inputs: list[np.ndarray]) -> dict | None:
-        """{"introduced": rel error of the candidate vs its own replay, "hypotheses": [(kind, explain, rel err)]}.
+    def tensors(self, arrays: list[np.ndarray]):
+        """Writable float32 torch copies of recorded arrays (non-finite values kept)."""
+        return [self.torch.from_numpy(np.array(a, np.float32)) for a in arrays]
 
-        `inputs[-1]` is the candidate's output for `op`, the others its recorded inputs."""
+    def replay(self, op: str, inputs: list[np.ndarray]) -> dict | None:
+        """{"introduced": rel error of the candidate vs its own replay, "replay_scale", "hypotheses": []}.
+
+        `inputs[-1]` is the candidate's output for `op`, the others its recorded inputs. The hypotheses
+        are filled by `explain`, which compare calls only where the op introduces error."""
         recipe = self.recipe(op)
         if recipe is None:
             return None
-        torch = self.torch
-        *xs, out = (torch.from_numpy(np.array(a, np.float64)) for a in inputs)  # writable float64 copies
-        with torch.no_grad():
+        *xs, out = self.tensors(inputs)
+        with self.torch.no_grad():
             expected = recipe.fn(*xs)
-            result = {"introduced": _rel(expected, out), "replay_scale": float(expected.norm()), "hypotheses": []}
-            if result["introduced"] > 1e-6:
-                for h in recipe.hypotheses:
-                    result["hypotheses"].append((h.kind, h.explain, _rel(h.fn(*xs), out)))
-                for dtype in ("float16", "bfloat16"):  # storage precision: inputs (and output) rounded
-                    dt = getattr(torch, dtype)
-                    rounded = recipe.fn(*(x.to(dt).double() for x in xs))
-                    err = min(_rel(rounded, out), _rel(rounded.to(dt).double(), out))
-                    result["hypotheses"].append(("precision", f"activations rounded to {dtype}", err))
-        return result
+        return {"introduced": rel(expected, out), "replay_scale": float(expected.norm()), "hypotheses": []}
+
+    def explain(self, op: str, inputs: list[np.ndarray], context: dict | None = None) -> dict:
+        """The replay plus every hypothesis of the op's type, each scored against the candidate:
+        {"introduced", "expected" (the replay, numpy), "hypotheses": [(kind, explain, rel err, extra)]}."""
+        from whisperdiff.analysis.hypotheses import hypotheses_for
+
+        recipe = self.recipe(op)
+        *xs, out = self.tensors(inputs)
+        with self.torch.no_grad():
+            expected = recipe.fn(*xs)
+            found = list(hypotheses_for(self, recipe, xs, out, expected, context or {}))
+        return {"introduced": rel(expected, out), "expected": expected.numpy(), "hypotheses": found}
 
     def inputs_of(self, op: str) -> tuple[str, ...] | None:
         recipe = self.recipe(op)
         return recipe.inputs if recipe else None
 
 
-def _rel(expected, got) -> float:
-    n = float(expected.norm())
-    d = float((got - expected).norm())
+def round_to(t, dtype: str):
+    """`t` (float32 torch) rounded to float16, bfloat16 or tf32 (10-bit mantissa, round to nearest even)."""
+    import torch
+
+    if dtype == "tf32":
+        bits = t.float().contiguous().view(torch.int32)
+        lsb = (bits >> 13) & 1
+        return ((bits + 0xFFF + lsb) & ~0x1FFF).view(torch.float32)
+    return t.to(getattr(torch, dtype)).float()
+
+
+def rel(expected, got) -> float:
+    """||got - expected|| / ||expected|| in float64 (inf when it is NaN)."""
+    e = expected.double()
+    n = float(e.norm())
+    d = float((got.double() - e).norm())
     if math.isnan(d):
         return math.inf
     return d / n if n > 0 else (0.0 if d == 0 else math.inf)

@@ -35,8 +35,29 @@ class Decoder:
 
 def token_cap(reference_text: str) -> int:
     """How many tokens to decode for a candidate: enough for the reference's text twice over, so a
-    broken encoder that makes the decoder loop does not cost its full 224-token limit."""
+    broken encoder that makes the decoder loop does not cost its full 224-token limit. The one cap
+    every WER uses (compare, report, patch), whether B was decoded now or its text stored earlier."""
     return 2 * len(reference_text.split()) + 16
+
+
+CAP_RULE = "B decoded up to 2 x A's words + 16 tokens"
+
+
+def cap_note(max_tokens: int | None) -> str:
+    """How a WER's candidate text was limited, for every place that prints one."""
+    return f"B decoded up to {max_tokens} tokens (2 x A's words + 16)" if max_tokens else "uncapped"
+
+
+def capped(text: str, max_tokens: int, multilingual: bool = False) -> str:
+    """`text` cut to its first `max_tokens` tokens: what decoding with that cap gives (greedy decoding
+    is deterministic, so a capped run is a prefix of the uncapped one). Used on transcripts stored
+    uncapped by `trace --transcribe`."""
+    from whisper.tokenizer import get_tokenizer
+
+    tokens = get_tokenizer(multilingual).encoding.encode(" " + text.strip())
+    if len(tokens) <= max_tokens:
+        return text
+    return get_tokenizer(multilingual).encoding.decode(tokens[:max_tokens]).strip()
 
 
 def normalise(text: str) -> str:

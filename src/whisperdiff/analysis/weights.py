@@ -43,9 +43,17 @@ def load_weights(spec: str | Path) -> tuple[dict[str, np.ndarray], str]:
             raise WhisperdiffError(f"weights file {path} does not exist")
         try:
             with np.load(path, allow_pickle=False) as z:
-                return {k: np.asarray(z[k]) for k in z.files}, f"npz:{path}"
-        except (OSError, ValueError) as e:
-            raise WhisperdiffError(f"cannot read {path} as .npz ({e}); save with numpy.savez(path, **weights)") from None
+                if not hasattr(z, "files"):
+                    raise ValueError("it holds one array, not named arrays")
+                weights = {k: np.asarray(z[k]) for k in z.files}
+        except Exception as e:  # truncated, empty, not a zip, pickled objects, bad CRC: all one clean error
+            why = " ".join(str(e).split())[:200] or type(e).__name__
+            raise WhisperdiffError(f"cannot read {path} as .npz ({type(e).__name__}: {why}); "
+                                   "save with numpy.savez(path, **weights)") from None  # fmt: skip
+        bad = [k for k, v in weights.items() if v.dtype.kind not in "fiub"]
+        if bad:
+            raise WhisperdiffError(f"{path}: {bad[0]} holds {weights[bad[0]].dtype}, not numbers")
+        return weights, f"npz:{path}"
     if path.suffix == ".pt" and path.is_file():
         import torch
 

@@ -42,9 +42,14 @@ class Fault:
     controls: Callable | None = None  # (Controls) -> None, sets run-time switches
     mel: Callable[[np.ndarray], np.ndarray] | None = None  # input-side bug
     diagnosis: str = ""  # the finding kind `compare` names it by (tests/test_max_encoder.py checks)
+    decoder: Callable | None = None  # (max_decoder.DecoderControls) -> None: a decoder bug
+    first_position: int | str | None = None  # decoder bugs: the first token position it acts at ("prompt": the first cached step)
 
     def first_op_for(self, n_layer: int) -> str:
         return self.first_op.format(b=target_block(n_layer))
+
+    def first_position_for(self, prompt_length: int) -> int | None:
+        return prompt_length if self.first_position == "prompt" else self.first_position
 
 
 def _set(**values):
@@ -73,11 +78,28 @@ FAULTS: dict[str, Fault] = {
     ]
 }  # fmt: skip
 
+# Decoder bugs: run-time switches of the one compiled MAX decoder graph (max_decoder.DecoderControls);
+# `trace-decoder --inject NAME`. Kept apart from FAULTS (the encoder's), which `trace --inject` takes.
+DECODER_FAULTS: dict[str, Fault] = {
+    f.name: f
+    for f in [
+        Fault("kv-cache-off-by-one", "decoder.blocks.0.attn.weights", "each cached step attends to the KV cache without its newest entry (the cache read one short)", decoder=_set(kv_off_by_one=1.0), diagnosis="kv_cache", first_position="prompt"),
+        Fault("pos-restart", "decoder.pos_embed", "positions restart at 0 at every decoding step", decoder=_set(pos_restart=1.0), diagnosis="positional", first_position="prompt"),
+        Fault("no-causal-mask", "decoder.blocks.0.attn.weights", "self-attention without the causal mask: a position sees the tokens after it", decoder=_set(no_causal_mask=1.0), diagnosis="causal_mask", first_position=0),
+        Fault("cross-kv-block0", "decoder.blocks.{b}.cross_attn.k", "every block's cross-attention uses block 0's K/V projections of the encoder output", decoder=_set(cross_kv_block0=1.0), diagnosis="wrong_weight", first_position=0),
+        Fault("skip-decoder-ln", "decoder.ln", "the decoder's final layer norm is skipped", decoder=_set(ln_skip=1.0), diagnosis="missing_op", first_position=0),
+    ]
+}  # fmt: skip
 
-def get_faults(names: list[str] | None) -> list[Fault]:
-    faults = []
+
+def get_faults(names: list[str] | None, part: str = "encoder") -> list[Fault]:
+    """The named faults; part "encoder" refuses decoder faults (and "decoder" encoder ones)."""
+    faults, every = [], {**FAULTS, **DECODER_FAULTS}
     for name in names or []:
-        if name not in FAULTS:
-            raise WhisperdiffError(f"unknown fault {name!r}; `whisperdiff faults` lists them: {', '.join(FAULTS)}")
-        faults.append(FAULTS[name])
+        if name not in every:
+            raise WhisperdiffError(f"unknown fault {name!r}; `whisperdiff faults` lists them: {', '.join(every)}")
+        if (every[name].decoder is not None) != (part == "decoder"):
+            other = "trace-decoder --inject" if part == "encoder" else "trace --inject (or trace-decoder --encoder-inject)"
+            raise WhisperdiffError(f"{name!r} is not an {part} fault; use it with `whisperdiff {other}`")
+        faults.append(every[name])
     return faults

@@ -3,12 +3,17 @@
 Read it side by side with whisper/model.py: the same classes (Linear, Conv1d, LayerNorm,
 MultiHeadAttention, ResidualAttentionBlock, AudioEncoder) and the same forward order.
 
-Two design rules:
+Three design rules:
 - Weights are `max.graph.Weight`s named exactly as openai-whisper's state dict and fed at load time
   through `weights_registry`, so the compiled graph depends only on (dims, dtype, device, taps):
   a second checkpoint of the same size reuses the compiled graph.
-- Porting bugs are switched at run time by small control inputs (see `Controls`), not by building
-  another graph: the correct encoder and every injectable bug share one compiled graph.
+- The clean graph is the encoder at MAX's best: attention is written as MAX's fused-attention
+  pattern `softmax(scores * scale) @ v` and no fault machinery sits in its path.
+- Porting bugs are switched at run time by small control inputs (see `Controls`) of one second
+  graph, the debug graph (`build_graph(debug=True)`), which also takes the activation-patching
+  inputs: every injectable bug and every patch point share that one compiled graph. Its clean path
+  is the clean graph's ops; each bug is mixed in as `normal + flag * (buggy - normal)`, exactly
+  `normal` when the flag is 0.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from max.graph.type import FilterLayout
 
 from whisperdiff.names import block_op
 
+LN_EPS = 1e-5  # openai-whisper's (torch's) LayerNorm epsilon
+
 
 @dataclass
 class Controls:
-    """Run-time switches fed as graph inputs; the defaults compute the correct encoder."""
+    """Run-time switches fed as inputs of the debug graph; the defaults compute the correct encoder."""
 
     n_layer: int
     n_state: int
@@ -33,7 +40,7 @@ class Controls:
     pos_scale: float = 1.0  # 0: positional embedding not added
     conv1_taps: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (0, 1, 0): only the centre tap
     qk_scale: float | None = None  # per side: d_head^-0.25 (so scores get d_head^-0.5)
-    ln_eps: float = 1e-5
+    ln_eps: float = LN_EPS
     gelu_tanh: float = 0.0  # 1: tanh-approximate GELU in the MLP
     ln_post_skip: float = 0.0  # 1: ln_post skipped
     ln_post_rescale: float = 0.0  # 1: ln_post replaced by one whole-tensor standardisation
@@ -49,14 +56,21 @@ class Controls:
         if self.qk_scale is None:
             self.qk_scale = (self.n_state // self.n_head) ** -0.25
 
+    def q_scale(self) -> float:
+        """What q is multiplied by ahead of the fused attention (whose scores get d_head^-0.5): exactly 1
+        for the correct scale, so that the clean path is untouched."""
+        ratio = self.qk_scale**2 * (self.n_state // self.n_head) ** 0.5
+        return 1.0 if abs(ratio - 1.0) < 1e-9 else ratio
+
     def arrays(self) -> list[np.ndarray]:
         """Graph inputs after the mel, in the order `control_types` declares them."""
         f = np.float32
         return [
             np.array(self.pos_scale, f),
             np.array(self.conv1_taps, f).reshape(1, 3, 1, 1),
-            np.array(self.qk_scale, f),
+            np.array(self.q_scale(), f),
             np.array(self.ln_eps, f),
+            np.array(0.0 if self.ln_eps == LN_EPS else 1.0, f),
             np.array(self.gelu_tanh, f),
             np.array(self.ln_post_skip, f),
             np.array(self.ln_post_rescale, f),
@@ -65,26 +79,40 @@ class Controls:
             np.array(self.half_block, f),
         ]
 
+    def is_clean(self) -> bool:
+        """True when these controls compute the correct encoder (the clean graph can run them)."""
+        d = Controls(self.n_layer, self.n_state, self.n_head)
+        return all(np.array_equal(a, b) for a, b in zip(self.arrays(), d.arrays(), strict=True))
+
+
+CONTROL_NAMES = ("pos_scale", "conv1_taps", "q_scale", "ln_eps_bug", "ln_eps_on", "gelu_tanh", "ln_post_skip",
+                 "ln_post_rescale", "kv_swap", "mlp_residual", "half_block")  # fmt: skip
+
 
 def control_types(n_layer: int, device: DeviceRef) -> list[TensorType]:
     f = DType.float32
     scalar = TensorType(f, [], device=device)
     per_block = TensorType(f, [n_layer], device=device)
-    return [scalar, TensorType(f, [1, 3, 1, 1], device=device), scalar, scalar, scalar, scalar, scalar,
+    return [scalar, TensorType(f, [1, 3, 1, 1], device=device), scalar, scalar, scalar, scalar, scalar, scalar,
             per_block, per_block, per_block]  # fmt: skip
 
 
 class Context:
-    """What every module needs while the graph is built: dtype, device, the controls and the tap sink."""
+    """What every module needs while the graph is built: dtype, device, the tap sink and, in the debug
+    graph only, the run-time controls (`self.debug`)."""
 
-    def __init__(self, dtype: DType, device: DeviceRef, controls: list[TensorValue], taps: set[str],
+    def __init__(self, dtype: DType, device: DeviceRef, taps: set[str], controls: list[TensorValue] | None = None,
                  patch: tuple[list[str], TensorValue, list[TensorValue]] | None = None):  # fmt: skip
         self.dtype, self.device, self.taps = dtype, device, taps
-        controls = [c if c.dtype == dtype else ops.cast(c, dtype) for c in controls]
-        (self.pos_scale, self.conv1_taps, self.qk_scale, self.ln_eps, self.gelu_tanh, self.ln_post_skip,
-         self.ln_post_rescale, self.kv_swap, self.mlp_residual, self.half_block) = controls  # fmt: skip
+        self.ln_eps = ops.constant(LN_EPS, DType.float32, device)
+        self.debug = controls is not None
         self.outputs: list[tuple[str, TensorValue]] = []
         self.patch_index, self.patch_flags, self.overrides = {}, None, {}
+        if controls is not None:  # float32 as fed (the LayerNorm and attention switches act in float32)
+            self.raw = dict(zip(CONTROL_NAMES, controls, strict=True))
+            for name, value in self.raw.items():
+                setattr(self, name, self.compute(value))
+            self.ln_eps_bug, self.ln_eps_on = self.raw["ln_eps_bug"], self.raw["ln_eps_on"]
         if patch is not None:  # activation patching: see build_graph
             points, flags, overrides = patch
             self.patch_index = {name: i for i, name in enumerate(points)}
@@ -105,6 +133,12 @@ class Context:
         override = self.compute(self.overrides[tuple(int(d) for d in x.shape[1:])])
         return mix(self.patch_flags[self.patch_index[name]], x, override)
 
+    def bug(self, flag: str | TensorValue, normal: TensorValue, buggy) -> TensorValue:
+        """normal in the clean graph; in the debug graph, buggy() where the run-time flag is 1."""
+        if not self.debug:
+            return normal
+        return mix(getattr(self, flag) if isinstance(flag, str) else flag, normal, buggy())
+
     def weight(self, name: str, shape: list[int], dtype: DType | None = None) -> TensorValue:
         return Weight(name, dtype or self.dtype, shape, self.device)
 
@@ -116,7 +150,7 @@ class Context:
 
 
 def mix(flag: TensorValue, normal: TensorValue, buggy: TensorValue) -> TensorValue:
-    """normal where flag is 0, buggy where it is 1: how a run-time control selects a porting bug."""
+    """normal where flag is 0 (exactly), buggy where it is 1: how a run-time control selects a porting bug."""
     return normal + flag * (buggy - normal)
 
 
@@ -130,14 +164,19 @@ class LayerNorm:
             cx.weight(f"{name}.bias", [n_state], DType.float32),
         )
 
-    def __call__(self, x: TensorValue) -> TensorValue:
-        # Written out (not ops.layer_norm) so that epsilon is a run-time input (the ln-eps bug).
-        cx = self.cx
-        x = cx.float32(x)
+    def normalise(self, x: TensorValue, eps: TensorValue) -> TensorValue:
         mean = ops.mean(x, axis=-1)
         centred = x - mean
         var = ops.mean(centred * centred, axis=-1)
-        return cx.compute(centred * ops.rsqrt(var + cx.float32(cx.ln_eps)) * self.weight + self.bias)
+        return centred * ops.rsqrt(var + eps) * self.weight + self.bias
+
+    def __call__(self, x: TensorValue) -> TensorValue:
+        cx = self.cx
+        x = cx.float32(x)
+        y = self.normalise(x, cx.ln_eps)
+        if getattr(cx, "ln_eps_on", None) is not None:  # the ln-eps bug: epsilon a run-time input (debug graph)
+            y = mix(cx.ln_eps_on, y, self.normalise(x, cx.ln_eps_bug))
+        return cx.compute(y)
 
 
 class Linear:
@@ -175,6 +214,7 @@ class Conv1d:
 class MultiHeadAttention:
     def __init__(self, cx: Context, name: str, n_state: int, n_head: int):
         self.cx, self.name, self.n_head = cx, name, n_head
+        self.scale = (n_state // n_head) ** -0.5
         self.query = Linear(cx, f"{name}.query", n_state, n_state)
         self.key = Linear(cx, f"{name}.key", n_state, n_state, bias=False)
         self.value = Linear(cx, f"{name}.value", n_state, n_state)
@@ -184,24 +224,28 @@ class MultiHeadAttention:
         cx = self.cx
         q = cx.tap(block_op(i, "attn.q"), half(self.query(x)))
         k, v = self.key(x), self.value(x)
-        swap = cx.kv_swap[i]
-        k, v = mix(swap, k, v), mix(swap, v, k)
+        if cx.debug:  # the kv-swap bug
+            swap = cx.kv_swap[i]
+            k, v = mix(swap, k, v), mix(swap, v, k)
         k = cx.tap(block_op(i, "attn.k"), half(k))
         v = cx.tap(block_op(i, "attn.v"), half(v))
         wv = cx.tap(block_op(i, "attn.wv"), half(self.qkv_attention(q, k, v, i)))
         return cx.tap(block_op(i, "attn.out"), half(self.out(wv)))
 
     def qkv_attention(self, q: TensorValue, k: TensorValue, v: TensorValue, i: int) -> TensorValue:
+        cx = self.cx
         b, t, c = q.shape
         h = self.n_head
-        scale = self.cx.qk_scale
-        q = ops.permute(ops.reshape(q, [b, t, h, c // h]), [0, 2, 1, 3])
-        k = ops.permute(ops.reshape(k, [b, t, h, c // h]), [0, 2, 3, 1])
-        v = ops.permute(ops.reshape(v, [b, t, h, c // h]), [0, 2, 1, 3])
-        f32 = self.cx.float32  # scores, softmax and sums in float32, as whisper's attention in half precision
-        w = ops.softmax(f32(q * scale) @ f32(k * scale))
-        self.cx.tap(block_op(i, "attn.weights"), self.cx.compute(w))  # never a patch point (see PATCH_EXCLUDED)
-        return self.cx.compute(ops.reshape(ops.permute(w @ f32(v), [0, 2, 1, 3]), [b, t, c]))
+        f32 = cx.float32  # scores, softmax and sums in float32, as whisper's attention in half precision
+        q = f32(ops.reshape(q, [b, t, h, c // h]).transpose(1, 2))
+        k = f32(ops.reshape(k, [b, t, h, c // h]).transpose(1, 2))
+        v = f32(ops.reshape(v, [b, t, h, c // h]).transpose(1, 2))
+        if cx.debug:  # the attn-scale bug; q * 1.0 (exact) on the clean path
+            q = q * cx.raw["q_scale"]
+        # MAX's fused-attention pattern: exactly `softmax(scores * scale) @ v` (operands in this order).
+        w = ops.softmax((q @ ops.transpose(k, 2, 3)) * self.scale)
+        cx.tap(block_op(i, "attn.weights"), cx.compute(w))  # never a patch point (see PATCH_EXCLUDED)
+        return cx.compute(ops.reshape((w @ v).transpose(1, 2), [b, t, c]))
 
 
 class ResidualAttentionBlock:
@@ -216,10 +260,10 @@ class ResidualAttentionBlock:
 
     def __call__(self, x: TensorValue) -> TensorValue:
         cx, i = self.cx, self.i
-        flag = cx.half_block[i]
 
         def half(y: TensorValue) -> TensorValue:  # the half-precision-block bug: float16 storage of activations
-            return mix(flag, y, ops.cast(ops.cast(y, DType.float16), cx.dtype))
+            return cx.bug(cx.half_block[i] if cx.debug else None, y,
+                          lambda: ops.cast(ops.cast(y, DType.float16), cx.dtype))  # fmt: skip
 
         # Rounded before the tap: a trace records (and a patch replaces) the value the block stores.
         x = half(x)
@@ -228,9 +272,10 @@ class ResidualAttentionBlock:
         )
         h = cx.tap(block_op(i, "mlp_ln"), half(self.mlp_ln(x)))
         h = cx.tap(block_op(i, "mlp.fc1"), half(self.mlp_fc1(h)))
-        h = cx.tap(block_op(i, "mlp.gelu"), half(mix(cx.gelu_tanh, ops.gelu(h), ops.gelu(h, approximate="tanh"))))
+        h = cx.tap(block_op(i, "mlp.gelu"), half(cx.bug("gelu_tanh", ops.gelu(h), lambda: ops.gelu(h, approximate="tanh"))))
         h = cx.tap(block_op(i, "mlp.fc2"), half(self.mlp_fc2(h)))
-        return cx.tap(block_op(i, "out"), half(h + cx.mlp_residual[i] * x))
+        residual = cx.mlp_residual[i] * x if cx.debug else x  # the drop-residual bug; 1.0 * x (exact) when clean
+        return cx.tap(block_op(i, "out"), half(h + residual))
 
 
 class AudioEncoder:
@@ -246,18 +291,19 @@ class AudioEncoder:
         """mel: [B, n_mels, 3000] (openai-whisper's layout); the convs run time-major, NHWC."""
         cx = self.cx
         x = ops.permute(mel, [0, 2, 1])
-        x = ops.gelu(cx.tap("conv1", self.conv1(x, taps=cx.conv1_taps)))
+        x = ops.gelu(cx.tap("conv1", self.conv1(x, taps=cx.conv1_taps if cx.debug else None)))
         x = ops.gelu(cx.tap("conv2", self.conv2(cx.tap("conv1.gelu", x))))
         x = cx.tap("conv2.gelu", x)
-        x = cx.tap("pos_embed", x + cx.pos_scale * self.positional_embedding)
+        pos = cx.pos_scale * self.positional_embedding if cx.debug else self.positional_embedding
+        x = cx.tap("pos_embed", x + pos)
         for block in self.blocks:
             x = block(x)
-        normed = self.ln_post(x)
-        flat = ops.reshape(x, [-1])
-        mean = ops.mean(flat, axis=-1)
-        std = ops.sqrt(ops.mean((flat - mean) * (flat - mean), axis=-1))
-        rescaled = (x - mean) / std  # variance-rescale: whole-tensor statistics made to look normalised
-        out = mix(cx.ln_post_rescale, mix(cx.ln_post_skip, normed, x), rescaled)
+        out = self.ln_post(x)
+        if cx.debug:  # missing-ln-post and variance-rescale (whole-tensor statistics made to look normalised)
+            flat = ops.reshape(x, [-1])
+            mean = ops.mean(flat, axis=-1)
+            std = ops.sqrt(ops.mean((flat - mean) * (flat - mean), axis=-1))
+            out = mix(cx.ln_post_rescale, mix(cx.ln_post_skip, out, x), (x - mean) / std)
         return cx.tap("ln_post", out)
 
 
@@ -285,24 +331,24 @@ def patch_types(dims, device: DeviceRef) -> list[TensorType]:
 
 
 def build_graph(
-    dims, taps: list[str], dtype: DType = DType.float32, device: DeviceRef | None = None, patchable: bool = False
+    dims, taps: list[str], dtype: DType = DType.float32, device: DeviceRef | None = None, debug: bool = False
 ) -> tuple[Graph, list[str]]:
     """The encoder graph for these dims with `taps` (canonical names) as outputs; returns (graph, output names).
 
-    patchable: a second variant for activation patching (`whisperdiff patch`) with extra inputs, a
-    flag per patch point and an override per shape: at run time any one op's value is replaced by the
-    reference's, so every patch point shares one compiled graph."""
+    debug=False: the clean encoder, whose only input is the mel. debug=True: the one graph for injected
+    bugs and activation patching (`whisperdiff patch`), with the `Controls` as inputs and, for patching,
+    a flag per patch point and an override per shape: at run time any one op's value is replaced by
+    the reference's, so every bug and every patch point share one compiled graph."""
     device = device or DeviceRef.CPU()
     d = dims
     mel_type = TensorType(DType.float32, [1, d.n_mels, 2 * d.n_audio_ctx], device=device)
     key = f"whisper_encoder_{d.n_mels}_{d.n_audio_ctx}_{d.n_audio_state}_{d.n_audio_head}_{d.n_audio_layer}"
-    extra = patch_types(d, device) if patchable else []
-    with Graph(key + ("_patchable" if patchable else ""),
-               input_types=[mel_type, *control_types(d.n_audio_layer, device), *extra]) as graph:  # fmt: skip
+    extra = [*control_types(d.n_audio_layer, device), *patch_types(d, device)] if debug else []
+    with Graph(key + ("_debug" if debug else ""), input_types=[mel_type, *extra]) as graph:
         values = [v.tensor for v in graph.inputs]
-        mel, controls, patch = values[0], values[1 : len(values) - len(extra)], values[len(values) - len(extra) :]
-        cx = Context(dtype, device, controls, set(taps),
-                     (patch_points(d), patch[0], patch[1:]) if patchable else None)  # fmt: skip
+        mel, n = values[0], len(CONTROL_NAMES)
+        controls, patch = (values[1 : 1 + n], values[1 + n :]) if debug else (None, None)
+        cx = Context(dtype, device, set(taps), controls, (patch_points(d), patch[0], patch[1:]) if debug else None)
         encoder = AudioEncoder(cx, d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer)
         encoder(ops.cast(mel, dtype) if dtype != DType.float32 else mel)
         graph.output(*(value for _, value in cx.outputs))

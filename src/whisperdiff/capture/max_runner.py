@@ -58,17 +58,22 @@ def encoder_weights(model, dtype: str = "float32") -> dict:
 
 
 class MaxRunner:
-    """Compiles (or loads from MAX's cache) the encoder graph for these dims and taps, then runs it."""
+    """Compiles (or loads from MAX's cache) the encoder graph for these dims and taps, then runs it.
+
+    Clean runs use the clean graph (max_encoder.build_graph); injected bugs and patching use the one
+    debug graph, whose outputs are always the default taps (plus any optional ones asked for) so that
+    every fault and patch run of a model shares it, whatever taps each asks for."""
 
     impl = "max"
 
     def __init__(self, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None, faults=(),
-                 patchable: bool = False):  # fmt: skip
+                 patchable: bool = False, debug: bool | None = None):  # fmt: skip
+        """debug: None picks the graph (debug when a fault sets a control or patching is asked); True forces it."""
         from max import engine
         from max.dtype import DType
 
         from whisperdiff.capture.max_encoder import Controls, build_graph, patch_points, patch_types
-        from whisperdiff.names import op_names
+        from whisperdiff.names import op_specs
 
         if dtype not in DTYPES:
             raise WhisperdiffError(
@@ -77,14 +82,18 @@ class MaxRunner:
         self.loaded, self.dtype = model, dtype
         self.driver_device, graph_device, self.device = resolve_max_device(device)
         d = model.dims
-        wanted = [n for n in (taps if taps is not None else op_names(d)) if n != "mel"]
+        specs = [s for s in op_specs(d) if s.name != "mel"]
+        self.wanted = [s.name for s in specs if taps is None or s.name in taps]
         self.controls = Controls(d.n_audio_layer, d.n_audio_state, d.n_audio_head)
-        for fault in faults:  # porting bugs are run-time inputs of the same compiled graph
-            fault.controls(self.controls)
-        graph, self.outputs = build_graph(d, wanted, getattr(DType, dtype), graph_device, patchable=patchable)
+        for fault in faults:  # porting bugs are run-time inputs of the debug graph
+            if fault.controls is not None:
+                fault.controls(self.controls)
+        self.debug = bool(patchable or not self.controls.is_clean()) if debug is None else debug
+        graph_taps = [s.name for s in specs if s.name in self.wanted or (self.debug and not s.optional)]
+        graph, self.outputs = build_graph(d, graph_taps, getattr(DType, dtype), graph_device, debug=self.debug)
         # Patching inputs, all zero (no patch) until run(patch=...) fills one override and raises one flag.
         self.patch_points = patch_points(d) if patchable else []
-        self._patch_inputs = [np.zeros([int(x) for x in t.shape], np.float32) for t in patch_types(d, graph_device)] if patchable else []
+        self._patch_inputs = [np.zeros([int(x) for x in t.shape], np.float32) for t in patch_types(d, graph_device)] if self.debug else []
         before = _cache_entries()
         start = time.perf_counter()
         session = engine.InferenceSession(devices=[self.driver_device])
@@ -94,6 +103,7 @@ class MaxRunner:
 
     def facts(self) -> dict:
         return {"device": self.device, "dtype": self.dtype, "encoder": "whisperdiff.capture.max_encoder (MAX Graph)",
+                "graph": "debug" if self.debug else "clean",
                 "compile_seconds": round(self.compile_seconds, 3), "compile_cache_hit": self.cache_hit}  # fmt: skip
 
     def run(self, mel: np.ndarray, record: Record, patch: tuple[str, np.ndarray] | None = None) -> dict:
@@ -102,7 +112,8 @@ class MaxRunner:
 
         from whisperdiff.capture.max_encoder import CHANNELS_FIRST_TAPS
 
-        inputs = [np.ascontiguousarray(mel, dtype=np.float32), *self.controls.arrays(), *self._patch_inputs]
+        controls = [*self.controls.arrays(), *self._patch_inputs] if self.debug else []
+        inputs = [np.ascontiguousarray(mel, dtype=np.float32), *controls]
         if patch is not None:
             name, value = patch
             if name not in self.patch_points:
@@ -120,7 +131,10 @@ class MaxRunner:
         start = time.perf_counter()
         results = self.model.execute(*inputs)
         seconds = time.perf_counter() - start
+        wanted = set(self.wanted)
         for name, value in zip(self.outputs, results, strict=True):
+            if name not in wanted:  # the debug graph computes the default taps whatever was asked
+                continue
             array = value.to_numpy()
             if name in CHANNELS_FIRST_TAPS:  # MAX runs the convs time-major; canonical is [B, C, T]
                 array = array.transpose(0, 2, 1)

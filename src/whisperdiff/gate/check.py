@@ -61,6 +61,11 @@ class CheckResult:
     def passed(self) -> bool:
         return not self.failed_ops
 
+    def _repr_html_(self) -> str:  # a notebook cell: PASS/FAIL, the failing ops, the likely cause
+        from whisperdiff.present.report import check_html
+
+        return check_html(self)
+
     def summary(self) -> str:
         if self.passed:
             return f"PASS: {self.checked} ops within tolerances ({self.tolerances.source})"
@@ -69,14 +74,15 @@ class CheckResult:
 
 
 def check(a: str | Path | Trace, b: str | Path | Trace, tolerances: ToleranceSet | None = None, *, rename=None,
-          model=None, replay: bool = True) -> CheckResult:  # fmt: skip
+          model=None, replay: bool = True, force: bool = False) -> CheckResult:  # fmt: skip
     """Check candidate `b` against reference trace `a`. Traces that are not comparable (other
-    weights, input or dims) are an error, not a failure: fix the set-up, not the port."""
+    weights, input or dims) are an error, not a failure: fix the set-up, not the port (force=True
+    checks them anyway)."""
     tolerances = tolerances or ToleranceSet()
     c = compare(a, b, tolerance=tolerances, rename=rename, model=model, replay=replay)
-    if not c.comparable:
-        raise WhisperdiffError(f"cannot check: the traces are not comparable ({not_comparable_reasons(c.warnings)}); trace both with the same model and input")
-    ops = [{"name": r["name"], "status": r["status"], "failures": c.op_failures.get(r["name"], [])}
+    if not c.comparable and not force:
+        raise WhisperdiffError(f"cannot check: the traces are not comparable ({not_comparable_reasons(c.warnings)}); trace both with the same model and input (--force checks them anyway)")
+    ops = [{"name": r["op"], "status": r["status"], "failures": c.op_failures.get(r["op"], [])}
            for r in c.table.to_dict("records") if r["status"] != "missing_in_a"]  # fmt: skip
     return CheckResult(c.a, c.b, ops, tolerances, c.warnings, [f for f in c.findings if f.severity == "error"])
 

@@ -12,7 +12,11 @@ full-tensor std against the reference's, so both a wrong value and a variance mi
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import json
+import math
 import os
 import shutil
 import zlib
@@ -25,8 +29,9 @@ from whisperdiff.analysis.diagnose import untapped
 from whisperdiff.analysis.metrics import op_metrics
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.gate.tolerances import ToleranceSet
+from whisperdiff.provenance import sha256_file
 from whisperdiff.store.stats import tensor_stats
-from whisperdiff.store.trace import Trace, load_trace
+from whisperdiff.store.trace import Trace, load_trace, open_inside
 
 SCHEMA = "whisperdiff.gate.golden"
 SCHEMA_VERSION = 1
@@ -74,7 +79,8 @@ def save_golden(trace: str | Path | Trace, out: str | Path, samples: int = DEFAU
     try:
         tmp.mkdir(parents=True)
         np.savez_compressed(tmp / "samples.npz", **arrays)
-        (tmp / "golden.json").write_text(json.dumps(manifest, indent=1, default=_plain))
+        manifest["samples_sha256"] = sha256_file(tmp / "samples.npz")  # checked on load: bit rot is an error
+        (tmp / "golden.json").write_text(json.dumps(manifest, indent=1, default=_plain, allow_nan=False))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -84,26 +90,98 @@ def save_golden(trace: str | Path | Trace, out: str | Path, samples: int = DEFAU
     return out
 
 
+def _read_regular(path: Path, name: str, limit: int = 1 << 30) -> bytes:
+    """The bytes of regular file `name` inside `path` (no symlinks, FIFOs or devices)."""
+    try:
+        fd = open_inside(path, name)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise FileNotFoundError(name) from None
+        raise WhisperdiffError(f"{path}/{name} is not a regular file inside the golden set ({e.strerror or e})") from None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise WhisperdiffError(f"{path}/{name} is too large for a golden set")
+    return data
+
+
 def load_golden(path: str | Path) -> Golden:
+    """A golden set, verified: its JSON against the schema, samples.npz against its sha256 and the JSON."""
     path = Path(path)
     file = path / "golden.json"
-    if not file.is_file():
-        raise WhisperdiffError(f"{path} is not a golden set (no golden.json); make one with `whisperdiff golden save TRACE -o {path}`")
+    if not path.is_dir():
+        raise WhisperdiffError(f"{path} is not a golden set (not a directory); make one with `whisperdiff golden save TRACE -o {path}`")
     try:
-        manifest = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WhisperdiffError(f"{file} is not valid JSON ({e}); re-make it with `whisperdiff golden save`") from None
+        raw = _read_regular(path, "golden.json", 64 << 20)
+    except FileNotFoundError:
+        raise WhisperdiffError(f"{path} is not a golden set (no golden.json); make one with `whisperdiff golden save TRACE -o {path}`") from None
+
+    def no_constant(name):
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        manifest = json.loads(raw.decode("utf-8"), parse_constant=no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise WhisperdiffError(f"{file} is not valid JSON ({' '.join(str(e).split())[:200]}); re-make it with `whisperdiff golden save`") from None
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise WhisperdiffError(f"{file} is not a whisperdiff golden set")
-    if not isinstance(manifest.get("schema_version"), int) or manifest["schema_version"] > SCHEMA_VERSION:
-        raise WhisperdiffError(f"{path} was written by a newer whisperdiff (golden schema {manifest.get('schema_version')}); "
-                               "upgrade whisperdiff")  # fmt: skip
+    version = manifest.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise WhisperdiffError(f"{file} has no valid schema_version; re-make it with `whisperdiff golden save`")
+    if version > SCHEMA_VERSION:
+        raise WhisperdiffError(f"{path} was written by a newer whisperdiff (golden schema {version}); upgrade whisperdiff")
+    if (problem := _golden_problem(manifest)) is not None:
+        raise WhisperdiffError(f"{file} is damaged: {problem}; re-make it with `whisperdiff golden save`")
+    damaged = f"{path}/samples.npz is missing or damaged"
     try:
-        with np.load(path / "samples.npz", allow_pickle=False) as z:
+        data = _read_regular(path, "samples.npz")
+    except FileNotFoundError:
+        raise WhisperdiffError(f"{damaged} (missing); re-make it with `whisperdiff golden save`") from None
+    want = manifest.get("samples_sha256")
+    if want is not None and hashlib.sha256(data).hexdigest() != want:
+        raise WhisperdiffError(f"{damaged} (it does not match its sha256 in golden.json); re-make it with `whisperdiff golden save`")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             samples = {op["name"]: (z[f"idx_{i}"], z[f"val_{i}"]) for i, op in enumerate(manifest["ops"])}
-    except (OSError, KeyError, ValueError, zlib.error) as e:
-        raise WhisperdiffError(f"{path}/samples.npz is missing or damaged ({e}); re-make it with `whisperdiff golden save`") from None
+    except Exception as e:  # truncated, not a zip, bad CRC, a missing array, pickled objects: all one clean error
+        raise WhisperdiffError(f"{damaged} ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
+                               "re-make it with `whisperdiff golden save`") from None  # fmt: skip
+    for op in manifest["ops"]:
+        idx, val = samples[op["name"]]
+        size = math.prod(op["shape"])
+        if (idx.ndim != 1 or val.shape != idx.shape or idx.dtype.kind not in "iu" or val.dtype.kind != "f"
+                or (idx.size and (int(idx.min()) < 0 or int(idx.max()) >= size))):  # fmt: skip
+            raise WhisperdiffError(f"{damaged}: the samples of op {op['name']!r} do not fit its shape {op['shape']}")
+        if not np.isfinite(val).all() and not (op["nan"] or op["inf"]):
+            raise WhisperdiffError(f"{damaged}: op {op['name']!r} has NaN/Inf samples its statistics do not count")
     return Golden(path, manifest, samples)
+
+
+def _golden_problem(m: dict) -> str | None:
+    ops = m.get("ops")
+    if not isinstance(ops, list) or not ops:
+        return "no ops (a golden set holds at least one)"
+    names = set()
+    for i, op in enumerate(ops):
+        if not isinstance(op, dict) or not isinstance(op.get("name"), str) or not op["name"]:
+            return f"ops[{i}] is not an op entry with a name"
+        if op["name"] in names:
+            return f"op {op['name']!r} is listed twice"
+        names.add(op["name"])
+        shape = op.get("shape")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(isinstance(d, int) and not isinstance(d, bool)
+                                                                    and 0 <= d < 1 << 40 for d in shape):  # fmt: skip
+            return f"op {op['name']!r} has shape {shape!r:.60}, not a list of sizes"
+        for key in ("mean", "std", "nan", "inf"):
+            value = op.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 and key != "mean":
+                return f"op {op['name']!r} has {key} {value!r:.60}, not a finite number"
+    for key in ("model", "input"):
+        if key in m and not isinstance(m[key], dict):
+            return f"{key!r} is not a mapping"
+    if "samples_sha256" in m and not isinstance(m["samples_sha256"], str):
+        return "samples_sha256 is not a digest"
+    return None
 
 
 def golden_rows(golden: Golden, trace: Trace, tolerances: ToleranceSet) -> list[dict]:
@@ -131,7 +209,8 @@ def golden_rows(golden: Golden, trace: Trace, tolerances: ToleranceSet) -> list[
         full = tensor_stats(b)
         row.update({k: m[k] for k in ("cosine", "rel_l2", "max_abs", "mismatch_share")})
         row.update(mean_a=op["mean"], std_a=op["std"], mean_b=full["mean"], std_b=full["std"],
-                   nan_a=op["nan"], inf_a=op["inf"], nan_b=full["nan"], inf_b=full["inf"])  # fmt: skip
+                   nan_a=max(op["nan"], m["nan_a"]), inf_a=max(op["inf"], m["inf_a"]), nan_b=full["nan"],
+                   inf_b=full["inf"])  # fmt: skip
         row["std_ratio"] = full["std"] / op["std"] if op["std"] else float("nan")
         row["failures"] = tol.failures(row)
         row["status"] = "diverged" if row["failures"] else "ok"

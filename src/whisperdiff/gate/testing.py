@@ -19,6 +19,7 @@ def assert_traces_close(a: str | Path | Trace, b: str | Path | Trace, tolerances
                         *, golden: bool = False, replay: bool = False) -> None:  # fmt: skip
     """Raise AssertionError naming every op of `b` out of tolerance against `a` (a trace, or a golden
     set with golden=True). tolerances: a ToleranceSet, a TOML path, a shipped name, or None (float32)."""
+    __tracebackhide__ = True  # pytest shows the failure at the caller's assert, not in here
     tol = tolerances if isinstance(tolerances, ToleranceSet) else load_tolerances(tolerances)
     result = check_golden(a, b, tol) if golden else check(a, b, tol, replay=replay)
     if result.passed:

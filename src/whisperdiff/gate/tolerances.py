@@ -53,9 +53,23 @@ class Tolerance:
     max_mismatch: float | None = None
     max_std_ratio_dev: float | None = None
 
+    def __post_init__(self):
+        """Every limit finite and in range: a NaN limit would switch its test off without a word."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name not in ("atol", "rtol"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise WhisperdiffError(f"{f.name} = {value!r} must be a finite number >= 0 (--{f.name.replace('_', '-')})")
+            if f.name in ("min_cosine", "max_mismatch") and value > 1:
+                raise WhisperdiffError(f"{f.name} = {value!r} must be between 0 and 1")
+
     def failures(self, row: dict) -> list[tuple[str, float, str]]:
         """(metric, value, limit as text) for every limit the row breaks; [] when the op holds."""
         out = []
+        ref_bad = row.get("nan_a", 0) + row.get("inf_a", 0)
+        if ref_bad:  # the metrics leave non-finite elements out: a broken reference must not pass as "rel L2 0"
+            out.append(("nonfinite_reference", float(ref_bad), "0 NaN/Inf in the reference A"))
         if new_nonfinite(row):
             out.append(("nonfinite", float(row["nan_b"] + row["inf_b"]), f"<= {row['nan_a'] + row['inf_a']} NaN/Inf"))
         checks = [
@@ -188,13 +202,13 @@ def propose(rows: list[dict], factor: float = 10.0, floor_rel_l2: float = 1e-6, 
     """Tolerances from a measured spread: per op kind (blocks.* folded together), the largest rel L2,
     1 - cosine and max |B - A| seen, times `factor`, never below the floors; the default is the
     loosest of them. `rows` are compare's table records of two runs that should agree."""
-    if factor < 1:
+    if not math.isfinite(factor) or factor < 1:
         raise WhisperdiffError(f"--factor {factor} would make the tolerances tighter than the measured spread; use >= 1")
     groups: dict[str, dict] = {}
     for r in rows:
         if r.get("rel_l2") is None or math.isnan(r["rel_l2"]):
             continue
-        g = groups.setdefault(re.sub(r"^blocks\.\d+\.", "blocks.*.", r["name"]), {"rel": 0.0, "cos": 0.0, "abs": 0.0})
+        g = groups.setdefault(re.sub(r"^blocks\.\d+\.", "blocks.*.", r.get("op") or r["name"]), {"rel": 0.0, "cos": 0.0, "abs": 0.0})
         g["rel"] = max(g["rel"], r["rel_l2"])
         g["cos"] = max(g["cos"], 1 - r["cosine"])
         g["abs"] = max(g["abs"], r["max_abs"])

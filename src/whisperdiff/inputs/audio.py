@@ -59,7 +59,12 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
             if fmt[0] == _WAVE_FORMAT_EXTENSIBLE and len(body) >= 26:  # real format is in the sub-format GUID
                 fmt = (struct.unpack("<H", body[24:26])[0],) + fmt[1:]
         elif chunk_id == b"data":
-            pcm = body  # a streamed WAV may declare a wrong size: take what is there
+            if len(body) != size:  # a header that disagrees with the file: truncated, or a made-up size
+                raise WhisperdiffError(
+                    f"{path}: the WAV header says {size} bytes of audio, the file holds {len(body)}; it is truncated "
+                    "or its header is wrong (re-save it, e.g. ffmpeg -i IN -c:a pcm_s16le OUT.wav)"
+                )
+            pcm = body
         off += 8 + size + (size & 1)
     if fmt is None or pcm is None:
         raise WhisperdiffError(f"{path}: corrupt WAV (missing {'fmt' if fmt is None else 'data'} chunk)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -72,6 +73,33 @@ PRESETS = (
     "large-v3-turbo",
     "turbo",
 )
+
+
+# Sane bounds for model dims from a spec, a checkpoint or a manifest: positive, and small enough
+# that a typo (or a hostile file) cannot ask for terabytes. Whisper large is 1280 wide, 32 blocks.
+DIM_LIMITS = {"n_mels": (80, 128), "n_audio_ctx": (1, 1500), "n_audio_state": (1, 8192), "n_audio_head": (1, 256),
+              "n_audio_layer": (1, 128), "n_vocab": (1, 1 << 18), "n_text_ctx": (1, 4096),
+              "n_text_state": (1, 8192), "n_text_head": (1, 256), "n_text_layer": (1, 128)}  # fmt: skip
+
+
+def dims_problem(dims: dict) -> str | None:
+    """What is wrong with a dims dict (missing or unknown keys, non-integers, out of range), or None."""
+    if not isinstance(dims, dict):
+        return "dims must be a mapping of the ModelDimensions fields"
+    missing, extra = sorted(set(DIM_LIMITS) - set(dims)), sorted(set(dims) - set(DIM_LIMITS))
+    if missing or extra:
+        return f"dims {'lack ' + ', '.join(missing) if missing else 'have unknown ' + ', '.join(map(str, extra))}"
+    for key, (low, high) in DIM_LIMITS.items():
+        value = dims[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"{key}={value!r} is not an integer"
+        if key == "n_mels" and value not in (80, 128):
+            return f"n_mels={value}: Whisper's frontend makes 80 or 128 mel bins"
+        if not low <= value <= high:
+            return f"{key}={value} is out of range ({low}..{high})"
+    if dims["n_audio_state"] % dims["n_audio_head"] or dims["n_text_state"] % dims["n_text_head"]:
+        return "the state width must be a multiple of the head count"
+    return None
 
 
 @dataclass
@@ -168,7 +196,13 @@ def _available_hint() -> str:
 
 def load_model(spec: str | None = None) -> LoadedModel:
     """Resolve a model spec (see module docstring) to weights, or raise WhisperdiffError saying why not."""
+    if spec is not None and not isinstance(spec, str):
+        raise WhisperdiffError(f"model spec {spec!r} is not a string")
+    if spec is not None and not spec.strip():
+        raise WhisperdiffError("--model is empty; name a model (default, tiny, a .pt file, a CTranslate2 dir, random:tiny)")
     spec = (spec or "default").strip()
+    if "\x00" in spec:
+        raise WhisperdiffError(f"model spec {spec!r} holds a NUL character")
     if spec.startswith("random:") or spec == "random":
         return random_model_from_spec(spec)
     if spec in ("default", "embedded"):
@@ -240,6 +274,8 @@ def load_checkpoint(path: str | Path, model_id: str | None = None) -> LoadedMode
         raise WhisperdiffError(
             f"{path} is not an openai-whisper checkpoint (expected keys 'dims' and 'model_state_dict')"
         )
+    if (why := dims_problem(ckpt["dims"])) is not None:
+        raise WhisperdiffError(f"{path}: bad 'dims' entry ({why})")
     try:
         dims = ModelDimensions(**ckpt["dims"])
     except TypeError as e:
@@ -360,11 +396,42 @@ def random_model_from_spec(spec: str) -> LoadedModel:
                 dims[key] = number
         else:
             raise WhisperdiffError(f"unknown key {key!r} in {spec!r}; use seed= or one of {', '.join(sorted(fields))}")
-    if dims["n_audio_state"] % dims["n_audio_head"] or dims["n_text_state"] % dims["n_text_head"]:
+    if dims["n_audio_state"] % max(dims["n_audio_head"], 1) or dims["n_text_state"] % max(dims["n_text_head"], 1):
         raise WhisperdiffError(f"{spec!r}: the state width must be a multiple of the head count")
     if dims["n_mels"] not in (80, 128):
         raise WhisperdiffError(f"{spec!r}: Whisper's frontend makes 80 or 128 mel bins, not {dims['n_mels']}")
+    if (why := dims_problem(dims)) is not None:
+        raise WhisperdiffError(f"{spec!r}: {why}")
+    n_params = sum(math.prod(shape) for shape in expected_shapes(ModelDimensions(**dims)).values())
+    if n_params > 2_000_000_000:  # large-v3 has 1.55e9
+        raise WhisperdiffError(f"{spec!r} asks for {n_params:.3g} random weights; Whisper large has 1.55e9")
     return random_model(ModelDimensions(**dims), seed=seed, model_id=spec)
+
+
+def known_spec(model_id, source) -> tuple[str | None, str | None]:
+    """The load_model spec a manifest's model may name, found only among known models: the embedded
+    default, Whisper names (loaded from whisper's cache, never downloaded) and random: specs. A trace
+    never makes whisperdiff open a path of its choosing: a model from any other file needs --model.
+    Returns (spec or None, why not)."""
+    model_id = model_id if isinstance(model_id, str) else None
+    source = source if isinstance(source, str) else ""
+    if model_id in ("default", "embedded", EMBEDDED_NAME):
+        return model_id, None
+    if model_id is not None and (model_id == "random" or model_id.startswith("random:")):
+        return model_id, None
+    from whisper import _MODELS
+
+    if model_id in _MODELS:
+        return model_id, None
+    kind, _, where = source.partition(":")
+    embedded = embedded_model_dir()
+    if kind == "ctranslate2" and embedded is not None and where == str((embedded / "model.bin").resolve()):
+        return "default", None
+    for name in _MODELS:
+        if kind == "openai-whisper" and (f := _checkpoint_file(name)) is not None and where == str(f.resolve()):
+            return name, None
+    return None, (f"the trace's model {model_id!r} ({source or 'no source'}) is not a known model (traces only name "
+                  "the embedded default, Whisper names in whisper's cache and random: specs); pass --model")
 
 
 def model_of(manifests: list[dict], prefer=None) -> tuple[LoadedModel | None, list[str]]:
@@ -373,12 +440,15 @@ def model_of(manifests: list[dict], prefer=None) -> tuple[LoadedModel | None, li
     Returns (model or None, the reasons each candidate was refused)."""
     want = next((m.get("model", {}).get("weights_sha256") for m in manifests if m.get("model", {}).get("weights_sha256")), None)
     candidates = [prefer] if prefer is not None else []
+    reasons = []
     for m in manifests:
         info = m.get("model", {})
-        candidates += [info.get("id"), (info.get("source") or "").split(":", 1)[-1] or None]
-    reasons = []
-    for spec in candidates:
-        if spec is None:
+        spec, why = known_spec(info.get("id"), info.get("source"))
+        candidates.append(spec)
+        if why:
+            reasons.append(why)
+    for i, spec in enumerate(candidates):
+        if spec is None or spec in candidates[:i]:
             continue
         try:
             loaded = spec if isinstance(spec, LoadedModel) else load_model(spec)

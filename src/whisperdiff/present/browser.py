@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import json
+import math
 import os
 import select
 import shutil
@@ -46,6 +47,8 @@ class Page:
     console: list[str] = field(default_factory=list)  # CSP violations and other console errors
     load_seconds: float = 0.0  # navigation start to the load event, as the browser measured it
     scripts_ran: bool = False  # did any inline script execute (the CSP should forbid it)
+    scroll_width: int = 0  # the page's full width in CSS px: more than the window means a sideways scrollbar
+    height: int = 0  # the page's full height in CSS px (a screenshot shows all of it)
 
     @property
     def broken_images(self) -> list[str]:
@@ -148,7 +151,7 @@ class Browser:
             console = [e["params"]["entry"].get("text", "") for e in self._events
                        if e.get("method") == "Log.entryAdded" and e.get("sessionId") == session]  # fmt: skip
             return Page(url, state["title"], state["text"], state["images"], dialogs, console,
-                        state["load_ms"] / 1000, state["scripts_ran"])  # fmt: skip
+                        state["load_ms"] / 1000, state["scripts_ran"], state["scroll_width"], state["height"])  # fmt: skip
         finally:
             self._events = [e for e in self._events if e.get("sessionId") != session]
             self._send("Target.closeTarget", {"targetId": target})
@@ -161,9 +164,16 @@ class Browser:
         return result["result"]["value"]
 
     def _screenshot(self, session: str, path: Path) -> None:
-        """The whole page, not only the viewport (capped at 16000 px tall)."""
+        """The whole page, top to bottom, not only the window (capped at 16000 px tall): the window is
+        grown to the page's height first, so nothing sized to the window cuts content off."""
         size = self._send("Page.getLayoutMetrics", session=session)["cssContentSize"]
-        clip = {"x": 0, "y": 0, "width": self.width, "height": min(size["height"], 16000), "scale": 1}
+        height = int(min(math.ceil(size["height"]), 16000))
+        self._send("Emulation.setDeviceMetricsOverride",
+                   {"width": self.width, "height": max(height, self.height), "deviceScaleFactor": 1, "mobile": False},
+                   session)  # fmt: skip
+        size = self._send("Page.getLayoutMetrics", session=session)["cssContentSize"]
+        height = int(min(math.ceil(size["height"]), 16000))
+        clip = {"x": 0, "y": 0, "width": self.width, "height": height, "scale": 1}
         shot = self._send("Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True}, session)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(shot["data"]))
@@ -203,6 +213,8 @@ _READ_PAGE = """
                             width: i.naturalWidth, height: i.naturalHeight})),
     load_ms: nav ? nav.loadEventEnd - nav.startTime : -1,
     scripts_ran: window.__whisperdiff_script_ran === true,
+    scroll_width: document.documentElement.scrollWidth,
+    height: document.documentElement.scrollHeight,
   };
 })()
 """

@@ -1,7 +1,9 @@
-"""The report's figures: matplotlib, rendered off-screen to SVG (line charts) or PNG (images) bytes.
+"""The report's figures, as matplotlib Figures (the notebook shows them; the report embeds them).
 
-Every function takes plain arrays or the comparison table and returns (mime type, bytes), so the
-report only has to embed them. Nothing here reads a trace.
+Every function takes plain arrays or the comparison table and returns a `matplotlib.figure.Figure`
+built without pyplot, so nothing here touches a global backend (a notebook's inline backend stays
+as it was). `render(fig, fmt)` turns one into (mime type, bytes) for the HTML report: SVG for line
+charts, PNG for images. Nothing here reads a trace.
 """
 
 from __future__ import annotations
@@ -9,18 +11,17 @@ from __future__ import annotations
 import io
 import math
 
-import matplotlib
-
-matplotlib.use("Agg")  # off-screen; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib import rc_context
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 
 STYLE = {"svg.fonttype": "none", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
          "axes.spines.top": False, "axes.spines.right": False, "svg.hashsalt": "whisperdiff"}  # fmt: skip
-A_COLOR, B_COLOR, BAD, INTRO = "#1f77b4", "#ff7f0e", "#d62728", "#2ca02c"
-FLOOR = 1e-12  # log scales cannot show 0
+A_COLOR, B_COLOR, BAD, INTRO, GOOD = "#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#2e9e49"
+FLOOR = 1e-12  # log scales cannot show 0: exact zeros are drawn as their own marker at the floor
+WIDTH = 12.6  # inches at 100 dpi: fits the report's 1400 px page with its margins
 
 
 def label(text) -> str:
@@ -28,11 +29,10 @@ def label(text) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _render(fig, fmt: str) -> tuple[str, bytes]:
+def render(fig: Figure, fmt: str = "svg") -> tuple[str, bytes]:
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=100 if fmt == "png" else None, bbox_inches="tight", metadata={"Date": None}
-                if fmt == "svg" else None)  # fmt: skip
-    plt.close(fig)
+    fig.savefig(buf, format=fmt, dpi=100 if fmt == "png" else None, bbox_inches="tight",
+                metadata={"Date": None} if fmt == "svg" else None)  # fmt: skip
     return ("image/svg+xml" if fmt == "svg" else "image/png"), buf.getvalue()
 
 
@@ -47,21 +47,31 @@ def _op_axis(ax, names: list[str], mark: str | None) -> None:
         ax.axvline(names.index(mark), color=BAD, lw=1.2, ls="--")
 
 
-def divergence(table: pd.DataFrame, first: str | None, min_cosine: float | None, max_rel_l2: float | None) -> tuple[str, bytes]:
+def _log_series(ax, x, values, style: str, color: str, name: str, **kw) -> None:
+    """A log-scale series whose exact zeros show as hollow markers on the floor, labelled as such."""
+    values = np.asarray(values, float)
+    zero = values == 0
+    ax.plot(x, np.where(zero, np.nan, values), style, color=color, label=name, **kw)
+    if zero.any():
+        ax.plot(x[zero], np.full(zero.sum(), FLOOR), "o", mfc="none", color=color, ms=5,
+                label=f"{name}: exactly 0")  # fmt: skip
+
+
+def divergence(table: pd.DataFrame, first: str | None, min_cosine: float | None, max_rel_l2: float | None) -> Figure:
     """Relative L2 error and 1 - cosine per op (log scale), with the error each op introduces as bars."""
-    names = table["name"].tolist()
+    names = table["op"].tolist()
     x = np.arange(len(names))
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(13, 4.6))
+    with rc_context(STYLE):
+        fig = Figure(figsize=(WIDTH, 4.4))
+        ax = fig.subplots()
         intro = table["introduced_rel_l2"].to_numpy(float)
         if np.isfinite(intro).any():
-            ax.bar(x, np.where(np.isfinite(intro), np.maximum(intro, FLOOR), np.nan), color=INTRO, alpha=0.45,
-                   width=0.8, label="introduced by the op (replayed on B's inputs)")  # fmt: skip
+            shown = np.where(np.isfinite(intro) & (intro > 0), intro, np.nan)
+            ax.bar(x, shown, color=INTRO, alpha=0.45, width=0.8, label="introduced by the op (replayed on B's inputs)")
         rel = table["rel_l2"].to_numpy(float)
-        one_minus_cos = 1 - table["cosine"].to_numpy(float)
-        ax.plot(x, np.maximum(rel, FLOOR), "o-", ms=3, color=A_COLOR, label="relative L2 error (total)")
-        ax.plot(x, np.clip(one_minus_cos, FLOOR, 2), "s-", ms=2.5, color=B_COLOR, lw=1, label="1 - cosine")
-        missing = np.isnan(rel)
+        _log_series(ax, x, rel, "o-", A_COLOR, "relative L2 error (total)", ms=3)
+        _log_series(ax, x, np.clip(1 - table["cosine"].to_numpy(float), 0, 2), "s-", B_COLOR, "1 - cosine", ms=2.5, lw=1)
+        missing = np.isnan(rel) & table["status"].isin(["missing_in_b", "missing_in_a", "shape_mismatch"]).to_numpy()
         if missing.any():
             ax.plot(x[missing], np.full(missing.sum(), 1.0), "x", color=BAD, ms=8, mew=2, label="missing or unmatched")
         if max_rel_l2 is not None:
@@ -74,86 +84,131 @@ def divergence(table: pd.DataFrame, first: str | None, min_cosine: float | None,
         ax.set_ylabel("error (log scale)")
         _op_axis(ax, names, first)
         if first in names:
-            ax.annotate(label(f"first divergence: {first}"), (names.index(first), ax.get_ylim()[1] / 3), color=BAD, fontsize=9,
-                        ha="right" if names.index(first) > len(names) / 2 else "left", xytext=(4, 0),
+            ax.annotate(label(f"first divergence: {first}"), (names.index(first), ax.get_ylim()[1] / 3), color=BAD,
+                        fontsize=9, ha="right" if names.index(first) > len(names) / 2 else "left", xytext=(4, 0),
                         textcoords="offset points")  # fmt: skip
-        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.01), fontsize=7.5, ncol=6, frameon=False)
-        return _render(fig, "svg")
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.01), fontsize=7.5, ncol=4, frameon=False)
+        return fig
 
 
-def statistics(table: pd.DataFrame, first: str | None) -> tuple[str, bytes]:
-    """Mean and std of both sides per op: a variance mismatch or a missing normalisation jumps out."""
-    names = table["name"].tolist()
+def _band_limits(ax, deviation: np.ndarray, centre: float, band: float | None) -> None:
+    """y limits that show the tolerance band and every point, never zoomed into float noise."""
+    dev = np.abs(deviation[np.isfinite(deviation)])
+    span = max(3 * (band or 0), 1.15 * (dev.max() if dev.size else 0), 1e-3)
+    ax.set_ylim(centre - span, centre + span)
+
+
+def statistics(table: pd.DataFrame, first: str | None, max_rel_l2: float | None = None,
+               max_std_ratio_dev: float | None = None) -> Figure:  # fmt: skip
+    """Per op, B's std as a ratio of A's and B's mean shift in units of A's std, against the tolerance.
+
+    A shift of the mean or of the spread alone already gives a relative L2 error of at least
+    |shift| x std A / RMS A, so the band drawn is the rel L2 limit in those units (or the std-ratio
+    limit when the tolerances set one). Outside the band: a normalisation or scale is wrong."""
+    names = table["op"].tolist()
     x = np.arange(len(names))
-    with plt.rc_context(STYLE):
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(13, 5.2), sharex=True, height_ratios=[1, 1])
-        top.plot(x, table["std_a"], "o-", ms=3, color=A_COLOR, label="std A (reference)")
-        top.plot(x, table["std_b"], "x--", ms=4, color=B_COLOR, label="std B (candidate)")
-        top.set_yscale("log")
-        top.set_ylabel("std (log)")
-        bottom.plot(x, table["mean_a"], "o-", ms=3, color=A_COLOR, label="mean A (reference)")
-        bottom.plot(x, table["mean_b"], "x--", ms=4, color=B_COLOR, label="mean B (candidate)")
-        bottom.set_yscale("symlog", linthresh=1e-2)
-        bottom.set_ylabel("mean (symlog)")
-        for ax in (top, bottom):
+    std_a, std_b = table["std_a"].to_numpy(float), table["std_b"].to_numpy(float)
+    mean_a, mean_b = table["mean_a"].to_numpy(float), table["mean_b"].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = std_b / std_a
+        shift = (mean_b - mean_a) / std_a
+        rms_over_std = np.sqrt(std_a**2 + mean_a**2) / std_a
+    band = max_rel_l2 * np.nanmedian(rms_over_std) if max_rel_l2 is not None and np.isfinite(rms_over_std).any() else None
+    with rc_context(STYLE):
+        fig = Figure(figsize=(WIDTH, 5.0))
+        top, bottom = fig.subplots(2, 1, sharex=True)
+        for ax, values, centre, limit, ylabel in (
+            (top, ratio, 1.0, max_std_ratio_dev or band, "std B / std A"),
+            (bottom, shift, 0.0, band, "(mean B - mean A) / std A"),
+        ):
+            if limit is not None:
+                ax.axhspan(centre - limit, centre + limit, color=GOOD, alpha=0.15, lw=0, label=f"tolerance ±{limit:.2g}")
+            ax.axhline(centre, color="#888", lw=0.8)
+            outside = np.abs(values - centre) > (limit if limit is not None else np.inf)
+            ax.plot(x, values, "o-", ms=3, color=A_COLOR, lw=1)
+            if outside.any():
+                ax.plot(x[outside], values[outside], "o", ms=5, color=BAD, label="outside the tolerance")
+            _band_limits(ax, values - centre, centre, limit)
+            ax.set_ylabel(ylabel)
             ax.legend(loc="upper left", fontsize=7.5, ncol=2)
             _op_axis(ax, names, first)
-        return _render(fig, "svg")
+        return fig
 
 
-def histograms(a: np.ndarray, b: np.ndarray, op: str) -> tuple[str, bytes]:
+def histograms(a: np.ndarray, b: np.ndarray, op: str) -> Figure:
     """Overlaid value histograms (log counts) over a range both sides share."""
     fa, fb = _sample(a), _sample(b)
     both = np.concatenate([fa[np.isfinite(fa)], fb[np.isfinite(fb)]])
-    lo, hi = (np.percentile(both, [0.02, 99.98]) if both.size else (0.0, 1.0))
+    lo, hi = np.percentile(both, [0.02, 99.98]) if both.size else (0.0, 1.0)
     if hi <= lo:
         lo, hi = lo - 1, hi + 1
     bins = np.linspace(lo, hi, 121)
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(6.2, 3.6))
+    with rc_context(STYLE):
+        fig = Figure(figsize=(6.2, 3.6))
+        ax = fig.subplots()
         ax.hist(np.clip(fa, lo, hi), bins=bins, histtype="stepfilled", alpha=0.35, color=A_COLOR, label="A")
         ax.hist(np.clip(fb, lo, hi), bins=bins, histtype="step", lw=1.4, color=B_COLOR, label="B")
         ax.set_yscale("log")
         ax.set_xlabel(label(f"value of {op} (tails clipped to the shared 0.02-99.98 percentile range)"))
         ax.set_ylabel("count")
         ax.legend(fontsize=8)
-        return _render(fig, "svg")
+        return fig
 
 
-def error_heatmap(err_tc: np.ndarray, op: str, audio_steps: int | None) -> tuple[str, bytes]:
-    """|B - A| over time step x channel (log colour), `err_tc` shaped [T, C]."""
+def error_heatmap(err_tc: np.ndarray, op: str, audio_steps: int | None) -> Figure:
+    """|B - A| over time step x channel (log colour), `err_tc` shaped [T, C]; exact zeros in grey."""
     t, c = err_tc.shape
     pool = max(1, math.ceil(t / 1500))  # at most 1500 columns: max-pool so no spike is lost
     if pool > 1:
         err_tc = err_tc[: t // pool * pool].reshape(t // pool, pool, c).max(axis=1)
-    finite = err_tc[np.isfinite(err_tc)]
+    finite = err_tc[np.isfinite(err_tc) & (err_tc > 0)]
     top = float(finite.max()) if finite.size else 1.0
     norm = LogNorm(vmin=max(top * 1e-6, FLOOR), vmax=max(top, 2 * FLOOR))
-    with plt.rc_context({**STYLE, "axes.grid": False}):
-        fig, ax = plt.subplots(figsize=(13, 3.6))
-        im = ax.imshow(np.maximum(err_tc.T, norm.vmin), aspect="auto", origin="lower", norm=norm, cmap="magma",
-                       interpolation="nearest", extent=(0, t, 0, c))  # fmt: skip
+    with rc_context({**STYLE, "axes.grid": False}):
+        fig = Figure(figsize=(WIDTH, 3.6))
+        ax = fig.subplots()
+        shown = np.ma.masked_where(err_tc.T == 0, np.maximum(err_tc.T, norm.vmin))
+        cmap = _cmap("magma")
+        im = ax.imshow(shown, aspect="auto", origin="lower", norm=norm, cmap=cmap, interpolation="nearest",
+                       extent=(0, t, 0, c))  # fmt: skip
         if audio_steps and audio_steps < t:
             ax.axvline(audio_steps, color="#00e5ff", lw=1, ls="--")
             ax.text(audio_steps, c * 0.97, " audio ends, padding after", color="#00e5ff", va="top", fontsize=8)
         ax.set_xlabel("time step")
         ax.set_ylabel("channel")
-        ax.set_title(label(f"|B - A| at {op}"), fontsize=9)
+        zeros = int((err_tc == 0).sum())
+        ax.set_title(label(f"|B - A| at {op}" + (f" (grey: exactly 0, {zeros / err_tc.size:.0%} of cells)" if zeros else "")),
+                     fontsize=9)  # fmt: skip
         fig.colorbar(im, ax=ax, pad=0.01, label="absolute error")
-        return _render(fig, "png")
+        return fig
 
 
-def step_error(step_rel_error: np.ndarray, step_cosine: np.ndarray, op: str, audio_steps: int | None) -> tuple[str, bytes]:
-    """Relative error and cosine per time step: padding and positional bugs show as a slope or a step."""
+def _cmap(name: str):
+    from matplotlib import colormaps
+
+    cmap = colormaps[name].copy()
+    cmap.set_bad("#bbbbbb")  # masked cells: exact zeros
+    return cmap
+
+
+def step_error(step_rel_error: np.ndarray, step_cosine: np.ndarray, op: str, audio_steps: int | None,
+               within: bool | None = None) -> Figure:  # fmt: skip
+    """Relative error and cosine per time step: padding and positional bugs show as a slope or a step.
+
+    The cosine axis never zooms in past 0.99..1, so a flat cosine of 1.0 stays a flat line at the top."""
     x = np.arange(len(step_rel_error))
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(13, 3.0))
-        ax.plot(x, np.maximum(step_rel_error, FLOOR), lw=0.8, color=BAD, label="relative error of the time step")
+    with rc_context(STYLE):
+        fig = Figure(figsize=(WIDTH, 3.0))
+        ax = fig.subplots()
+        _log_series(ax, x, step_rel_error, "-", BAD, "relative error of the time step", lw=0.8)
         ax.set_yscale("log")
         ax.set_ylabel("relative error (log)")
         ax.set_xlabel("time step")
         ax2 = ax.twinx()
         ax2.plot(x, step_cosine, lw=0.8, color=A_COLOR, alpha=0.7, label="cosine of the time step")
+        finite = np.asarray(step_cosine, float)[np.isfinite(step_cosine)]
+        low = min(float(finite.min()) if finite.size else 1.0, 0.99)
+        ax2.set_ylim(low - 0.02 * (1.0 - low), 1.0 + 0.05 * (1.0 - low))
         ax2.set_ylabel("cosine")
         ax2.grid(False)
         if audio_steps and audio_steps < len(x):
@@ -161,15 +216,17 @@ def step_error(step_rel_error: np.ndarray, step_cosine: np.ndarray, op: str, aud
             ax.text(audio_steps, ax.get_ylim()[1], " audio ends", va="top", fontsize=8)
         lines = ax.get_lines()[:1] + ax2.get_lines()[:1]
         ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right", fontsize=7.5)
-        ax.set_title(label(f"error per time step at {op}"), fontsize=9)
-        return _render(fig, "svg")
+        verdict = "" if within is None else " (within tolerance)" if within else " (out of tolerance)"
+        ax.set_title(label(f"error per time step at {op}{verdict}"), fontsize=9, color=GOOD if within else None)
+        return fig
 
 
-def attention(pa: np.ndarray, pb: np.ndarray, op: str, head: int) -> tuple[str, bytes]:
+def attention(pa: np.ndarray, pb: np.ndarray, op: str, head: int) -> Figure:
     """One head's softmax probabilities [T_q, T_k]: A, B and |B - A| side by side."""
     diff = np.abs(pb.astype(np.float64) - pa)
-    with plt.rc_context({**STYLE, "axes.grid": False}):
-        fig, axes = plt.subplots(1, 3, figsize=(13, 4.3))
+    with rc_context({**STYLE, "axes.grid": False}):
+        fig = Figure(figsize=(WIDTH, 4.2))
+        axes = fig.subplots(1, 3)
         vmax = float(max(np.nanmax(pa), np.nanmax(pb), 1e-12))
         norm = LogNorm(vmin=vmax * 1e-5, vmax=vmax)
         for ax, data, title in ((axes[0], pa, "A"), (axes[1], pb, "B")):
@@ -178,13 +235,15 @@ def attention(pa: np.ndarray, pb: np.ndarray, op: str, head: int) -> tuple[str, 
             ax.set_xlabel("key step")
             ax.set_ylabel("query step")
         fig.colorbar(im, ax=axes[:2], pad=0.01, shrink=0.85, label="probability (log)")
-        top = float(np.nanmax(diff)) if np.isfinite(diff).any() else 1.0
+        positive = diff[np.isfinite(diff) & (diff > 0)]
+        top = float(positive.max()) if positive.size else 1.0
         dn = LogNorm(vmin=max(top * 1e-5, FLOOR), vmax=max(top, 2 * FLOOR))
-        im = axes[2].imshow(np.maximum(diff, dn.vmin), norm=dn, cmap="magma", interpolation="nearest")
-        axes[2].set_title(f"|B - A|, head {head}", fontsize=9)
+        im = axes[2].imshow(np.ma.masked_where(diff == 0, np.maximum(diff, dn.vmin)), norm=dn, cmap=_cmap("magma"),
+                            interpolation="nearest")  # fmt: skip
+        axes[2].set_title(f"|B - A|, head {head}" + (" (grey: exactly 0)" if (diff == 0).any() else ""), fontsize=9)
         axes[2].set_xlabel("key step")
         fig.colorbar(im, ax=axes[2], pad=0.01, shrink=0.85, label="absolute difference")
-        return _render(fig, "png")
+        return fig
 
 
 def _sample(x: np.ndarray, limit: int = 2_000_000) -> np.ndarray:
@@ -193,19 +252,22 @@ def _sample(x: np.ndarray, limit: int = 2_000_000) -> np.ndarray:
     return flat[::step].astype(np.float64)
 
 
-def patching(ops: list[str], final_rel_l2: list[float], unpatched: float, cause: str | None) -> tuple[str, bytes]:
-    """Final error after patching each op (log scale), the unpatched error as a line, the cause marked."""
+def patching(ops: list[str], restored: list[float], cause: str | None, threshold: float = 0.9) -> Figure:
+    """Per patched op, the share of B's final error that substituting A's value there removes: the
+    cause is the earliest tallest bar, at or above `threshold` (the line)."""
     x = np.arange(len(ops))
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(13, 3.8))
+    shares = np.clip(np.asarray(restored, float), -0.5, 1.0) * 100
+    with rc_context(STYLE):
+        fig = Figure(figsize=(WIDTH, 3.8))
+        ax = fig.subplots()
         colours = [BAD if op == cause else A_COLOR for op in ops]
-        ax.bar(x, np.maximum(final_rel_l2, FLOOR), color=colours, width=0.7)
-        ax.axhline(max(unpatched, FLOOR), color="k", ls="--", lw=1, label=f"unpatched: {unpatched:.3g}")
-        ax.set_yscale("log")
-        ax.set_ylabel("final rel L2 after the patch")
+        ax.bar(x, shares, color=colours, width=0.7)
+        ax.axhline(threshold * 100, color="k", ls="--", lw=1, label=f"restored: {threshold:.0%} of the error gone")
+        ax.set_ylim(min(0, shares.min() - 5) if shares.size else 0, 105)
+        ax.set_ylabel("% of B's final error restored")
         ax.set_xticks(x)
         ax.set_xticklabels([label(op) for op in ops], rotation=90, fontsize=7)
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="upper left", fontsize=8)
         if cause in ops:
             ax.set_title(label(f"patching {cause} restores the output: the cause"), fontsize=9, color=BAD)
-        return _render(fig, "svg")
+        return fig

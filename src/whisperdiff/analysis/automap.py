@@ -1,0 +1,214 @@
+"""Which captured value is which canonical op, decided by whisperdiff, with how sure it is.
+
+    amap = automap(cap.values, values, reference=torch_trace, dims=model.dims)   # values: {key: array}
+    amap.write("my-port.map.toml")          # [ops] of the one map file (maps.py): read it, edit it, reuse it
+    amap = automap(..., saved=read_map("my-port.map.toml")["ops"])              # a now-broken port still aligns
+
+Each canonical op (in encoder order) is looked for among the captured values made after the previous
+op's match (q, k and v in any order), whose shape is the op's under a known layout ([B,T,C] for
+[B,C,T], heads split: align.layout_view). Three kinds of evidence, strongest first:
+- a saved map names the value;
+- value agreement: the value, viewed in the canonical layout, equals the reference's op (rel L2);
+  among values that agree equally (a projection and its reshape into heads) the one at a module's
+  boundary (a module's output, or what a module is called with) is the op;
+- structure, where values do not agree (a bug, or no reference): the value that block i's op had in
+  an earlier block (same key, block index replaced), else the first value after the previous op that
+  the op's kind could be (a layer norm, a gelu, an add with a weight for the positional add...).
+The confidence says which one decided. Canonical ops nothing fits are listed as unmatched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from whisperdiff.analysis.align import layout_view
+from whisperdiff.analysis.maps import expand, generalise, write_map
+
+AGREE = 1e-3  # rel L2 under which a value is taken to be the reference's op (float32 ports: ~1e-6)
+WINDOW = 60  # candidates looked at after the previous op's match
+
+
+@dataclass
+class OpMatch:
+    name: str  # canonical op
+    key: str  # the captured value's key
+    shape: tuple
+    layout: str | None  # how it was viewed in the canonical layout
+    basis: str  # "map", "value", "pattern", "structure"
+    confidence: float
+    rel_l2: float | None = None
+    where: str = ""
+
+
+@dataclass
+class AutoMap:
+    matches: list[OpMatch]
+    unmatched: list[str]
+    n_captured: int
+    views: dict = field(default_factory=dict, repr=False)  # name -> function viewing the value canonically
+
+    @property
+    def by_name(self) -> dict[str, OpMatch]:
+        return {m.name: m for m in self.matches}
+
+    def rules(self) -> dict[str, str]:
+        return generalise({m.name: m.key for m in self.matches}, _block)
+
+    def write(self, path, weights: dict | None = None):
+        notes = {f"ops.{m.name}": f"{m.basis}, confidence {m.confidence:.2f}" for m in self.matches
+                 if m.basis != "value" and "*" not in m.name}  # fmt: skip
+        sections = {"ops": self.rules(), **({"weights": weights} if weights else {})}
+        return write_map(path, sections, notes)
+
+    def canonical_values(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """{canonical op: the captured value in the canonical layout}, in encoder order."""
+        return {m.name: np.ascontiguousarray(self.views[m.name](np.asarray(values[m.key]))) for m in self.matches}
+
+    def lines(self) -> list[str]:
+        out = [f"{m.name:24s} <- {m.key}  {list(m.shape)}{' (' + m.layout + ')' if m.layout else ''}  "
+               f"{m.basis} {m.confidence:.2f}" + (f"  rel L2 {m.rel_l2:.1e}" if m.rel_l2 is not None else "")
+               for m in self.matches]  # fmt: skip
+        if self.unmatched:
+            out.append(f"not aligned ({len(self.unmatched)}): {', '.join(self.unmatched)}")
+        return out
+
+    def summary(self) -> str:
+        total = len(self.matches) + len(self.unmatched)
+        bases = {}
+        for m in self.matches:
+            bases[m.basis] = bases.get(m.basis, 0) + 1
+        how = ", ".join(f"{n} by {b}" for b, n in bases.items())
+        return f"aligned {len(self.matches)}/{total} canonical ops from {self.n_captured} captured values ({how})"
+
+
+def _block(name: str) -> int | None:
+    m = re.match(r"blocks\.(\d+)\.", name)
+    return int(m.group(1)) if m else None
+
+
+def _kind_fits(op: str, c) -> bool:
+    """Could captured value `c` be canonical op `op` by what made it? (structure-only evidence)"""
+    suffix = re.sub(r"^blocks\.\d+\.", "", op)
+    key = c.key.lower()
+    if suffix in ("conv1", "conv2"):
+        return c.op == "conv" or ("conv" in key and bool(c.outputs_of))
+    if suffix.endswith("gelu"):
+        return "gelu" in c.op
+    if suffix == "pos_embed":
+        return c.op == "add" and c.from_weight
+    if suffix in ("attn_ln", "mlp_ln", "ln_post"):
+        return "norm" in c.op or any("norm" in p or "ln" in p.rsplit(".", 1)[-1] for p in c.outputs_of)
+    if suffix in ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.fc1", "mlp.fc2"):
+        return bool(c.outputs_of) or c.op in ("matmul", "add") and c.from_weight
+    if suffix == "attn.wv":
+        return c.op in ("reshape", "transpose", "permute") and bool(c.inputs_of)
+    if suffix in ("attn_residual", "out"):
+        return c.op == "add" and not c.from_weight
+    return True
+
+
+def _boundary(c) -> bool:
+    return bool(c.outputs_of or c.inputs_of)
+
+
+def _rel(ref: np.ndarray, got: np.ndarray) -> float:
+    ref, got = ref.astype(np.float64, copy=False), got.astype(np.float64, copy=False)
+    return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def automap(captured, values: dict[str, np.ndarray] | None = None, *, reference=None, dims=None,
+            saved: dict | None = None, ops: list[str] | None = None) -> AutoMap:  # fmt: skip
+    """Align captured values (graph_capture.Captured, in graph order) to canonical ops (module docstring).
+
+    values: the captured values' numbers by key (None: shapes and structure only). reference: a Trace or
+    {op: array} with the canonical values. dims: the model's dims (default: the reference's)."""
+    from whisperdiff.names import op_specs
+
+    if dims is None:
+        dims = reference.model_dims if hasattr(reference, "model_dims") else None
+    if dims is None:
+        raise ValueError("automap needs the model dims (or a reference trace that has them)")
+    specs = [s for s in op_specs(dims) if s.name != "mel" and not s.optional and (ops is None or s.name in ops)]
+    cands = [c for c in captured if c.static and c.dtype.startswith(("float", "bfloat")) and not c.op.startswith("constant")
+             and (values is None or c.key in values)]  # fmt: skip
+    by_key = {c.key: c for c in cands}
+    saved_keys = expand(saved or {}, [s.name for s in specs])
+    matches, unmatched, views, anchor, used = [], [], {}, -1, set()
+    qkv_anchor = None
+
+    def ref_value(name):
+        if reference is None:
+            return None
+        return np.asarray(reference[name]) if name in reference else None  # an op it lacks: structure only
+
+    for spec in specs:
+        suffix = re.sub(r"^blocks\.\d+\.", "", spec.name)
+        start = anchor
+        if suffix in ("attn.q", "attn.k", "attn.v"):
+            qkv_anchor = anchor if suffix == "attn.q" or qkv_anchor is None else qkv_anchor
+            start = qkv_anchor
+        pool = [c for c in cands if c.index > start and c.key not in used
+                and layout_view(spec.shape, c.shape) is not None][:WINDOW]  # fmt: skip
+        match = None
+        key = saved_keys.get(spec.name)
+        if key is not None and key in by_key and layout_view(spec.shape, by_key[key].shape) is not None:
+            match = (by_key[key], "map", 1.0, None)
+        ref = ref_value(spec.name) if match is None and values is not None else None
+        if match is None and ref is not None and pool:
+            scored = []
+            for c in pool:
+                view = layout_view(spec.shape, c.shape)[0]
+                try:
+                    scored.append((_rel(ref, view(np.asarray(values[c.key]))), c))
+                except ValueError:
+                    continue
+            if scored:
+                best = min(r for r, _ in scored)
+                if best < AGREE:
+                    tied = [c for r, c in scored if r <= max(best * 4, 1e-5)]
+                    c = next((c for c in tied if _boundary(c)), tied[0])
+                    r = next(r for r, cc in scored if cc is c)
+                    match = (c, "value", 0.99 if r < 1e-4 else 0.9, r)
+        if match is None and _block(spec.name) is not None:  # the same op in an earlier block, index replaced
+            i = _block(spec.name)
+            for m in reversed(matches):
+                j = _block(m.name)
+                if j is not None and j != i and re.sub(r"^blocks\.\d+\.", "", m.name) == suffix:
+                    guess = _reindex(m.key, j, i)
+                    c = by_key.get(guess)
+                    if c is not None and c in pool:
+                        match = (c, "pattern", 0.8, None)
+                    break
+        if match is None:
+            fits = [c for c in pool if _kind_fits(spec.name, c)]
+            if fits:
+                c = next((c for c in fits[:3] if _boundary(c)), fits[0])
+                match = (c, "structure", 0.5, None)
+        if match is None:
+            unmatched.append(spec.name)
+            continue
+        c, basis, conf, rel = match
+        if rel is None and ref is not None and values is not None:
+            rel = _rel(ref, layout_view(spec.shape, c.shape)[0](np.asarray(values[c.key])))
+        view, layout = layout_view(spec.shape, c.shape)
+        views[spec.name] = view
+        used.add(c.key)
+        matches.append(OpMatch(spec.name, c.key, c.shape, layout, basis, conf, rel, c.where))
+        if suffix in ("attn.q", "attn.k", "attn.v"):
+            anchor = max(anchor, c.index)
+        else:
+            anchor = c.index
+    return AutoMap(matches, unmatched, len(cands), views)
+
+
+def _reindex(key: str, j: int, i: int) -> str:
+    """`layers.0.attention:reshape#3` in block 0 -> the same in block i (the first segment equal to j)."""
+    parts = re.split(r"([.:#])", key)
+    for n, p in enumerate(parts):
+        if p == str(j):
+            parts[n] = str(i)
+            return "".join(parts)
+    return key

@@ -1,0 +1,152 @@
+"""What B - A looks like where no hypothesis reproduces B: structural facts, with numbers.
+
+The facts go into the message of a `divergence` finding; none of them names a bug by itself. Pure
+NumPy over one op's arrays (E is the replay of the op on B's inputs, or A when there is no replay).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from whisperdiff.analysis.metrics import time_axis
+
+
+def valid_steps(manifest: dict, mel: np.ndarray | None = None) -> int | None:
+    """Mel frames that hold audio (Whisper pads every window to 3000 frames): from the input's recorded
+    duration and window, else from the constant floor the zero padding leaves at the end of the mel."""
+    inp = manifest.get("input", {}) or {}
+    duration, window = inp.get("duration_s"), inp.get("window", 0) or 0
+    if isinstance(duration, (int, float)) and duration > 0:
+        return int(min(3000, max(0, math.ceil((duration - 30 * window) * 100))))
+    if mel is not None and mel.ndim >= 2:
+        frames = np.asarray(mel).reshape(-1, mel.shape[-1])
+        floor = frames.min()
+        steps = np.nonzero((frames > floor + 1e-6).any(0))[0]
+        if steps.size:
+            return int(steps[-1] + 1)
+    return None
+
+
+def steps_with_audio(frames: int | None, steps: int) -> int | None:
+    """Of an op with `steps` time steps (3000 for conv1, 1500 after conv2), those that see audio."""
+    if not frames:
+        return None
+    return min(steps, math.ceil(frames * steps / 3000))
+
+
+def representable_share(b: np.ndarray, dtype: str) -> float:
+    """Share of B's finite non-zero values that float16 or bfloat16 represents exactly."""
+    x = np.asarray(b, np.float32).ravel()
+    x = x[np.isfinite(x) & (x != 0)]
+    if x.size > 2_000_000:
+        x = x[:: x.size // 2_000_000 + 1]
+    if x.size == 0:
+        return 0.0
+    if dtype == "bfloat16":
+        return float(((x.view(np.uint32) & 0xFFFF) == 0).mean())
+    with np.errstate(over="ignore"):
+        return float((x.astype(np.float16).astype(np.float32) == x).mean())
+
+
+def describe(b, e, layout: str | None, *, audio_frames: int | None = None, n_head: int | None = None,
+             vectors: dict | None = None) -> str:  # fmt: skip
+    """One clause per structural fact about R = B - E."""
+    b = np.asarray(b, np.float64)
+    e = np.asarray(e, np.float64)
+    if b.shape != e.shape:
+        return ""
+    ok = np.isfinite(b) & np.isfinite(e)
+    b, e = np.where(ok, b, 0.0), np.where(ok, e, 0.0)
+    r = b - e
+    rr = float((r * r).sum())
+    if rr == 0:
+        return ""
+    facts = []
+    ee = float((e * e).sum())
+    if ee > 0:
+        c = float((b * e).sum()) / ee
+        left = float(((b - c * e) ** 2).sum()) / rr
+        facts.append(f"best global factor {c:.4g} leaves {left:.0%} of the error" if abs(c - 1) > 1e-3
+                     else "no global factor explains it")  # fmt: skip
+    t_ax = time_axis(layout, r.ndim)
+    steps = r.shape[t_ax]
+    per_step = (np.moveaxis(r, t_ax, 0).reshape(steps, -1) ** 2).sum(1)
+    chan_ax = _channel_axis(layout, r.ndim)
+    if chan_ax is not None and steps > 1:
+        mean_t = r.mean(t_ax, keepdims=True)
+        const = steps * float((mean_t**2).sum()) / rr
+        if const > 0.3:
+            fact = f"{const:.0%} of it is constant over time per channel"
+            if vectors:
+                name, coef, cos = _closest(mean_t.ravel(), vectors)
+                if name:
+                    fact += f" (closest model vector: {coef:+.3g} x {name.removeprefix('encoder.')}, cosine {cos:.3f})"
+            facts.append(fact)
+    valid = steps_with_audio(audio_frames, steps)
+    if valid and valid < steps:
+        pad_share = float(per_step[valid:].sum()) / rr
+        facts.append(f"{pad_share:.0%} of it lies in the padding after the audio (steps >= {valid} of {steps})")
+    order = np.argsort(per_step)[::-1]
+    n90 = int(np.searchsorted(np.cumsum(per_step[order]) / rr, 0.9) + 1)
+    if n90 <= steps // 4:
+        top = sorted(order[:n90].tolist())
+        facts.append(f"90% of it in {n90} of {steps} time steps ({_ranges(top)})")
+    if chan_ax is not None:
+        chans = r.shape[chan_ax]
+        per_chan = (np.moveaxis(r, chan_ax, 0).reshape(chans, -1) ** 2).sum(1)
+        order_c = np.argsort(per_chan)[::-1]
+        c90 = int(np.searchsorted(np.cumsum(per_chan[order_c]) / rr, 0.9) + 1)
+        if n_head and chans % n_head == 0 and layout and layout.endswith("C"):
+            per_head = per_chan.reshape(n_head, -1).sum(1) / rr
+            h90 = int(np.searchsorted(np.cumsum(np.sort(per_head)[::-1]), 0.9) + 1)
+            if h90 < n_head:
+                facts.append(f"90% of it in {h90} of {n_head} heads' channels "
+                             f"({', '.join(str(h) for h in np.argsort(per_head)[::-1][:h90])})")  # fmt: skip
+        if c90 <= chans // 4:
+            facts.append(f"90% of it in {c90} of {chans} channels ({_ranges(sorted(order_c[:c90].tolist()))})")
+    if layout and layout.startswith("B,H") and r.ndim == 4:
+        per_head = (np.moveaxis(r, 1, 0).reshape(r.shape[1], -1) ** 2).sum(1) / rr
+        facts.append("share per head " + ", ".join(f"{s:.0%}" for s in per_head))
+    return "; ".join(facts)
+
+
+def _channel_axis(layout: str | None, ndim: int) -> int | None:
+    if not layout:
+        return None
+    parts = layout.split(",")
+    for i, p in enumerate(parts):
+        if p in ("C", "4C", "n_mels"):
+            return i
+    return None
+
+
+def _closest(d, vectors):
+    best = (None, 0.0, 0.0)
+    dn = float(np.linalg.norm(d))
+    if dn == 0:
+        return best
+    for name, v in vectors.items():
+        v = np.asarray(v, np.float64)
+        if v.ndim != 1 or v.shape[0] != d.shape[0]:
+            continue
+        vn = float(np.linalg.norm(v))
+        if vn == 0:
+            continue
+        cos = float(d @ v) / (dn * vn)
+        if abs(cos) > abs(best[2]):
+            best = (name, float(d @ v) / vn**2, cos)
+    return best if abs(best[2]) > 0.5 else (None, 0.0, 0.0)
+
+
+def _ranges(idx: list[int], limit: int = 4) -> str:
+    """[3,4,5,9] -> "3-5, 9"."""
+    runs, start = [], None
+    for i, v in enumerate(idx):
+        if start is None:
+            start = v
+        if i + 1 == len(idx) or idx[i + 1] != v + 1:
+            runs.append(f"{start}-{v}" if v > start else f"{v}")
+            start = None
+    return ", ".join(runs[:limit]) + (", ..." if len(runs) > limit else "")

@@ -1,0 +1,335 @@
+"""Mark all: record every value a MAX graph computes while your own code builds it, unedited.
+
+    import whisperdiff as wd
+
+    with Graph("enc", input_types=[mel_type]) as graph, wd.capture(encoder) as cap:   # or capture() for a function
+        out = encoder(graph.inputs[0].tensor)                 # your code, as it is
+        graph.output(out, *cap.outputs("canonical", dims))    # your outputs first, then the chosen values
+    results = compiled.execute(mel)
+    values = cap.named(results[1:])                           # {key: numpy array}
+
+Every op MAX creates goes through one of two methods of `max.graph.Graph` (`_add_op_generated`,
+`_add_op_get_op_with_results`); while the block runs both are wrapped, and each tensor result is
+recorded with the op that made it, the module path it was made in (`layers.0.attention`, as in the
+module's state dict) and your file:line. A value's key is `path:op#n` (the n-th `op` made directly in
+that module), or the module path itself for a module's output, so keys stay the same from run to run.
+`outputs(select)` picks what becomes graph outputs: "all", "canonical" (every value whose static
+shape could be a canonical op of the model, under a known layout) or patterns (`layers.*.mlp.fc1`,
+`*` = one dotted segment, the one syntax of whisperdiff's maps). `analysis/automap.py` then decides
+which value is which canonical op. When the build raises, what was recorded up to there is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from whisperdiff.errors import WhisperdiffError
+
+
+@dataclass
+class Captured:
+    """One value the graph computes (the numbers come later, from the compiled graph's outputs)."""
+
+    index: int  # graph order
+    key: str  # "layers.0.attention.wq" for a module's output, else "layers.0.attention:reshape#1"
+    op: str  # the MAX op that made it: "matmul", "add", "gelu", "layer_norm", ...
+    shape: tuple  # ints, or strings for symbolic dimensions
+    dtype: str
+    module: str  # module path ("" outside any module)
+    where: str  # the user's file:line that made it
+    outputs_of: list[str] = field(default_factory=list)  # modules that returned this value
+    inputs_of: list[str] = field(default_factory=list)  # modules that were called with it
+    from_weight: bool = False  # one operand is a weight (a bias add, the positional add)
+    value: object = field(default=None, repr=False)  # the graph's TensorValue
+
+    @property
+    def static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    def describe(self) -> dict:
+        return {"key": self.key, "op": self.op, "shape": list(self.shape), "module": self.module, "where": self.where}
+
+
+def module_paths(module, prefix: str = "") -> dict[int, str]:
+    """id(submodule) -> its dotted path, for `module` and everything under it."""
+    paths = {}
+    for name, child in getattr(module, "sublayers", {}).items():
+        path = f"{prefix}{name}"
+        paths[id(child)] = path
+        paths.update(module_paths(child, path + "."))
+    return paths
+
+
+def reset_weights(module) -> None:
+    """Let a module's weights enter another graph: a max.graph.Weight keeps (caches) its value in the first
+    graph that used it, so a module built once for a check could not be built again for real."""
+    for weight in getattr(module, "raw_state_dict", dict)().values():
+        weight.__dict__.pop("_mlir_value", None)
+
+
+def shape_of(value) -> tuple:
+    out = []
+    for d in value.shape:
+        try:
+            out.append(int(d))
+        except (TypeError, ValueError):
+            out.append(str(d))
+    return tuple(out)
+
+
+def _op_name(op) -> str:
+    """rmo.AddOp / mo.LayerNormOp -> "add" / "layer_norm"; a builder function -> its name."""
+    name = getattr(op, "__name__", None) or getattr(op, "__qualname__", None) or type(op).__name__
+    name = name.rsplit(".", 1)[-1].removesuffix("Op")
+    name = "".join("_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(name)).lstrip("_")
+    return name.removeprefix("rmo_").removeprefix("mo_")
+
+
+_SKIP = None
+
+
+def _library_dirs() -> tuple[str, ...]:
+    """Where frames are not the user's: MAX's internals (not its pipelines: a port), whisperdiff, the stdlib."""
+    global _SKIP
+    if _SKIP is None:
+
+        import max.graph
+
+        top = os.path.dirname(os.path.dirname(max.graph.__file__))
+        _SKIP = tuple(os.path.join(top, d) + os.sep for d in os.listdir(top) if d != "pipelines")
+        _SKIP += (os.path.dirname(os.path.dirname(__file__)) + os.sep,)
+    return _SKIP
+
+
+def _is_library(filename: str) -> bool:
+    import sysconfig
+
+    stdlib = sysconfig.get_paths()["stdlib"] + os.sep
+    return filename.startswith(_library_dirs()) or (filename.startswith(stdlib) and "site-packages" not in filename)
+
+
+def short_path(filename: str) -> str:
+    """A file as the user knows it: relative to the working directory, or to site-packages."""
+    if "site-packages" + os.sep in filename:
+        return filename.split("site-packages" + os.sep, 1)[1]
+    rel = os.path.relpath(filename)
+    return filename if rel.startswith(".." + os.sep) else rel
+
+
+class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as cap`
+    """Record every tensor value created while the block runs (see the module docstring).
+
+    module: the max.nn Module whose calls give module paths (None: only file:line).
+    select, dims: when given, the chosen values are appended to whatever the code passes to
+    `graph.output(...)` (for a build function that calls it itself); `n_outputs` is then its own count."""
+
+    def __init__(self, module=None, *, select: str | list[str] | None = None, dims=None):
+        self.module = module
+        self._select, self._dims = select, dims
+        self.n_outputs: int | None = None
+        self.paths = module_paths(module) if module is not None else {}
+        if module is not None:
+            self.paths[id(module)] = ""
+        self.values: list[Captured] = []
+        self._by_id: dict[int, Captured] = {}
+        self._counts: dict[tuple[str, str], int] = {}
+        self._recording = False
+        self._saved = None
+        self.error: BaseException | None = None  # what the build raised, if it did
+        self.calls: list[tuple[str, object, tuple, object]] = []  # (module path, layer, args, outputs)
+
+    # --- recording --------------------------------------------------------------------------------
+    def _where(self) -> tuple[str, str]:
+        """(module path of the innermost module call on the stack, the user's file:line)."""
+        frame, module, where = sys._getframe(2), None, ""
+        while frame is not None:
+            owner = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames[:1] else None
+            if module is None and owner is not None and id(owner) in self.paths:
+                module = self.paths[id(owner)]
+            if not where and not _is_library(frame.f_code.co_filename):
+                where = f"{short_path(frame.f_code.co_filename)}:{frame.f_lineno}"
+            if module is not None and where:
+                break
+            frame = frame.f_back
+        return module or "", where
+
+    def _record(self, op, args, kwargs, results):
+        if not self._recording:
+            return
+        from max.graph import TensorValue
+        from max.graph.weight import Weight
+
+        module, where = self._where()
+        name = _op_name(op)
+        operands = list(args) + list(kwargs.values())
+        weighty = any(isinstance(a, Weight) or getattr(self._by_id.get(id(a)), "op", "").startswith("constant")
+                      for a in operands)  # fmt: skip
+        for result in results:
+            if not isinstance(result, TensorValue):
+                continue
+            n = self._counts.get((module, name), 0)
+            self._counts[(module, name)] = n + 1
+            key = f"{module}:{name}#{n}" if module else f"{name}#{n}"
+            c = Captured(len(self.values), key, name, shape_of(result), str(result.dtype).removeprefix("DType."),
+                         module, where, from_weight=weighty or name in ("constant", "weight"), value=result)  # fmt: skip
+            self.values.append(c)
+            self._by_id[id(result)] = c
+
+    def _failed(self, op, args, kwargs) -> None:
+        """Keep (op, operand shapes, module path, file:line) of the op whose creation raised."""
+        from max.graph import TensorValue
+
+        if self._recording and getattr(self, "failed", None) is None:
+            module, where = self._where()
+            shapes = [shape_of(a) for a in list(args) + list(kwargs.values()) if isinstance(a, TensorValue)]
+            self.failed = (_op_name(op), shapes, module, where)
+
+    def _layer_hook(self, layer, args, kwargs, outputs):
+        path = self.paths.get(id(layer))
+        if path is None or not self._recording:
+            return None
+        self.calls.append((path, layer, tuple(args) + tuple(kwargs.values()), outputs))
+        for v in args:
+            c = self._by_id.get(id(v))
+            if c is not None:
+                c.inputs_of.append(path)
+        c = self._by_id.get(id(outputs))
+        if c is not None and path:
+            c.outputs_of.append(path)
+            if len(c.outputs_of) == 1:  # hooks run innermost first: the innermost module names it
+                c.key = path
+        return None
+
+    def __enter__(self) -> capture:
+        from max.graph import Graph
+        from max.nn.layer import add_layer_hook
+
+        generated, with_results = Graph._add_op_generated, Graph._add_op_get_op_with_results
+        me = self
+
+        def _add_op_generated(graph, op_type, *args, **kwargs):
+            try:
+                results = generated(graph, op_type, *args, **kwargs)
+            except Exception:
+                me._failed(op_type, args, kwargs)
+                raise
+            me._record(op_type, args, kwargs, results)
+            return results
+
+        def _add_op_get_op_with_results(graph, op, *args, **kwargs):
+            try:
+                results, staged = with_results(graph, op, *args, **kwargs)
+            except Exception:
+                me._failed(op, args, kwargs)
+                raise
+            me._record(op, args, kwargs, results)
+            return results, staged
+
+        output = Graph.output
+
+        def graph_output(graph, *values):
+            if me._select is not None and me._recording:
+                me.n_outputs = len(values)
+                values = (*values, *me.outputs(me._select, me._dims))
+            me._recording = False  # the graph is finished
+            return output(graph, *values)
+
+        self._saved = (generated, with_results, output)
+        Graph._add_op_generated, Graph._add_op_get_op_with_results = _add_op_generated, _add_op_get_op_with_results
+        Graph.output = graph_output
+        add_layer_hook(self._layer_hook)
+        self._recording = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        from max.graph import Graph
+        from max.nn.layer import layer as layer_module
+
+        self._recording = False
+        if self._saved is not None:
+            Graph._add_op_generated, Graph._add_op_get_op_with_results, Graph.output = self._saved
+            self._saved = None
+        if self._layer_hook in layer_module._LAYER_HOOKS:  # remove only ours
+            layer_module._LAYER_HOOKS.remove(self._layer_hook)
+        if exc is not None and not isinstance(exc, KeyboardInterrupt | WhisperdiffError):
+            self.error = exc
+            self.error_tb = tb
+        return False
+
+    # --- choosing outputs -------------------------------------------------------------------------
+    def select(self, what: str | list[str] = "canonical", dims=None) -> list[Captured]:
+        """The recorded values `what` picks: "all", "canonical" (needs dims) or patterns."""
+        floats = [c for c in self.values if c.dtype.startswith(("float", "bfloat")) and not c.op.startswith("constant")]
+        if what == "all":
+            return floats
+        if what == "canonical":
+            if dims is None:
+                raise WhisperdiffError('select="canonical" needs the model dims (e.g. load_model(...).dims)')
+            from whisperdiff.analysis.align import layout_view
+            from whisperdiff.names import op_specs
+
+            shapes = {tuple(s.shape) for s in op_specs(dims) if s.name != "mel"}
+            return [c for c in floats if c.static and any(layout_view(s, c.shape) for s in shapes)]
+        from whisperdiff.analysis.maps import pattern_regex
+
+        patterns = [what] if isinstance(what, str) else list(what)
+        regexes = [pattern_regex(p.strip()) for p in patterns for p in p.split(",") if p.strip()]
+        chosen = [c for c in floats if any(r.fullmatch(c.key) for r in regexes)]
+        if not chosen:
+            raise WhisperdiffError(f"{what!r} matches no captured value; keys look like "
+                                   f"{', '.join(c.key for c in floats[:3])}")  # fmt: skip
+        return chosen
+
+    def outputs(self, what: str | list[str] = "canonical", dims=None) -> list:
+        """The chosen values as float32 graph outputs, in graph order; remembered for `named`."""
+        from max.dtype import DType
+        from max.graph import ops
+
+        self.chosen = self.select(what, dims)
+        was, self._recording = self._recording, False  # the casts are ours, not the user's
+        try:
+            return [c.value if c.value.dtype == DType.float32 else ops.cast(c.value, DType.float32) for c in self.chosen]
+        finally:
+            self._recording = was
+
+    def named(self, results) -> dict[str, np.ndarray]:
+        """Pair the executed graph's outputs for the chosen values (in order) with their keys (all results
+        when `select` was given: the code's own outputs are skipped)."""
+        results = list(results)[self.n_outputs or 0 :] if self._select is not None else list(results)
+        chosen = getattr(self, "chosen", None)
+        if chosen is None or len(results) != len(chosen):
+            raise WhisperdiffError(f"got {len(results)} results for {len(chosen or [])} chosen values; pass the "
+                                   "outputs after your own")  # fmt: skip
+        return {c.key: (r.to_numpy() if hasattr(r, "to_numpy") else np.asarray(r)) for c, r in zip(chosen, results, strict=True)}
+
+    def table(self) -> list[dict]:
+        return [c.describe() for c in self.values]
+
+
+def trace_captured(out, cap: capture, execute, *, model, impl: str, reference=None, saved: dict | None = None,
+                   map_path=None, info: dict | None = None, weights: dict | None = None):  # fmt: skip
+    """Run the compiled graph on the Tracer's mel, line the captured values up with the canonical ops
+    (automap) and write them as a trace. execute(mel) -> the graph's results. Returns the AutoMap.
+
+    reference: a trace (or {op: array}) whose values decide which value is which op; saved: the [ops]
+    of a saved map, used first. map_path: where to write the map (with `weights`, a [weights] section)."""
+    from whisperdiff.analysis.automap import automap
+    from whisperdiff.capture.tracer import Tracer
+
+    with Tracer(out, impl=impl, model=model, info=info) as t:
+        values = cap.named(execute(t.mel))
+        amap = automap(cap.values, values, reference=reference, dims=t.model.dims, saved=saved)
+        for name, value in amap.canonical_values(values).items():
+            t.record(name, value)
+        t._writer.manifest["runner"]["capture"] = {
+            "captured": len(cap.values), "outputs": len(values), "summary": amap.summary(),
+            "unmatched": amap.unmatched,
+            "low_confidence": {m.name: f"{m.basis} {m.confidence:.2f}" for m in amap.matches if m.confidence < 0.9},
+        }  # fmt: skip
+    if map_path is not None:
+        amap.write(map_path, weights)
+    return amap

@@ -1,0 +1,170 @@
+"""The decoder, teacher-forced position by position: openai-whisper's TextDecoder (hooked, its own KV cache)
+against the MAX decoder graph, every decoder fault, the encoder/decoder cross-feed, the all-MAX pipeline.
+
+One MAX decoder graph is compiled here (tiny.en, every tap: the graph does not depend on the taps) and
+every fault is a run-time switch of it; the MAX encoder graph used is tiny.en's default-taps graph, the
+one tests/test_max_encoder.py compiles.
+"""
+
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+import whisper
+
+from tests.conftest import assert_one_line_error, run_cli
+from whisperdiff.analysis.compare import compare
+from whisperdiff.analysis.crossfeed import crossfeed
+from whisperdiff.analysis.metrics import op_metrics
+from whisperdiff.capture.decoder import encoder_features, greedy, prompt_tokens, trace_decoder
+from whisperdiff.capture.faults import DECODER_FAULTS, get_faults
+from whisperdiff.capture.torch_decoder import TorchDecoderRunner
+from whisperdiff.errors import WhisperdiffError
+from whisperdiff.inputs.audio import prepare_input
+from whisperdiff.names import decoder_op_specs, position_axis
+
+
+@pytest.fixture(scope="module")
+def mel(tiny_en):
+    return prepare_input(tiny_en.dims.n_mels).mel
+
+
+@pytest.fixture(scope="module")
+def features(tiny_en, mel):
+    return encoder_features(tiny_en, mel, "torch")
+
+
+@pytest.fixture(scope="module")
+def max_decoder(tiny_en):
+    from whisperdiff.capture.max_decoder import MaxDecoderRunner
+
+    return MaxDecoderRunner(tiny_en)
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory, tiny_en, features):
+    return trace_decoder("torch", model=tiny_en, features=features, taps="all", out=tmp_path_factory.mktemp("dec") / "torch")
+
+
+@pytest.fixture(scope="module")
+def cand(tmp_path_factory, tiny_en, features, ref, max_decoder):
+    max_decoder.set_faults()
+    return trace_decoder("max", model=tiny_en, features=features, taps="all", tokens=ref.manifest["decoder"]["tokens"],
+                         runner=max_decoder, out=tmp_path_factory.mktemp("dec") / "max")  # fmt: skip
+
+
+def test_every_decoder_op_has_a_token_position_axis(tiny_en):
+    specs = decoder_op_specs(tiny_en.dims, 7)
+    decoder_ops = [s for s in specs if s.name.startswith("decoder.")]
+    assert len(decoder_ops) == 2 + 21 * tiny_en.dims.n_text_layer + 2
+    for s in decoder_ops:
+        axis = position_axis(s.layout)
+        if s.name.endswith(("cross_attn.k", "cross_attn.v")):  # computed once from the encoder output
+            assert axis is None and s.shape[1] == tiny_en.dims.n_audio_ctx
+        else:
+            assert s.shape[axis] == 7, s
+
+
+def test_ops_command_lists_the_decoder_ops():
+    proc = run_cli("ops", "--decoder", "--json", check=True)
+    names = [o["name"] for o in json.loads(proc.stdout)]
+    assert names[1:3] == ["decoder.tok_embed", "decoder.pos_embed"] and names[-2:] == ["decoder.ln", "decoder.logits"]
+    assert "decoder.blocks.3.cross_attn.k" in names
+
+
+def test_torch_reference_is_openai_whisper_and_incremental_equals_full(tmp_path, tiny_en, features, ref):
+    d = ref.manifest["decoder"]
+    assert d["tokens"][: d["prompt_length"]] == prompt_tokens(tiny_en) and d["steps"] == len(d["tokens"]) - d["prompt_length"] + 1
+    # The hooks change nothing: the logits are those of the unhooked model on the whole sequence.
+    model = tiny_en.whisper_model()
+    with torch.inference_mode():
+        plain = model.logits(torch.tensor([d["tokens"]]), torch.from_numpy(np.array(features))).numpy()
+    assert np.abs(plain - np.asarray(ref["decoder.logits"])).max() < 1e-3
+    full = trace_decoder("torch", model=tiny_en, features=features, taps="all", tokens=d["tokens"], incremental=False,
+                         out=tmp_path / "full")  # fmt: skip
+    c = compare(ref, full, replay=False)
+    assert c.first_divergence is None and c.decoder["first_divergence"] is None, c.table[c.table.diverged]
+    # The greedy tokens are openai-whisper's own transcript of this encoder output.
+    text = tiny_en.whisper_model().decode(torch.from_numpy(np.array(features[0])),
+                                          whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True)).text  # fmt: skip
+    assert whisper.tokenizer.get_tokenizer(False).decode(d["tokens"][d["prompt_length"] :]).strip() == text.strip()
+
+
+def test_max_decoder_matches_torch_at_every_op_and_position(ref, cand):
+    assert cand.ops == ref.ops and cand.manifest["decoder"]["tokens"] == ref.manifest["decoder"]["tokens"]
+    c = compare(ref, cand, replay=False)
+    assert c.first_divergence is None, c.table[c.table.diverged]
+    assert c.decoder["first_divergence"] is None
+    logits = c.decoder["logits"]
+    assert logits["top1_agreement"] == 1.0 and logits["first_argmax_change"] is None and logits["max_kl"] < 1e-6
+    assert cand.manifest["decoder"]["argmax"] == ref.manifest["decoder"]["argmax"]
+    assert np.allclose(cand.manifest["decoder"]["margin"], ref.manifest["decoder"]["margin"], atol=1e-3)
+
+
+def test_all_max_greedy_pipeline_gives_openai_whispers_transcript(tiny_en, mel, max_decoder):
+    max_decoder.set_faults()
+    max_features = encoder_features(tiny_en, mel, "max")
+    text, _ = greedy(max_decoder, tiny_en, max_features)
+    reference = whisper.decode(tiny_en.whisper_model(), torch.from_numpy(mel[0]),
+                               whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True)).text  # fmt: skip
+    assert text == reference.strip() == "The quick brown fox jumps over the lazy dog."
+
+
+@pytest.mark.parametrize("name", list(DECODER_FAULTS))
+def test_each_decoder_fault_is_localised_at_its_op_and_first_position_and_named(tmp_path, tiny_en, features, ref,
+                                                                                max_decoder, name):  # fmt: skip
+    fault = DECODER_FAULTS[name]
+    max_decoder.set_faults(get_faults([name], part="decoder"))
+    try:
+        buggy = trace_decoder("max", model=tiny_en, features=features, taps="all", tokens=ref.manifest["decoder"]["tokens"],
+                              runner=max_decoder, out=tmp_path / name)  # fmt: skip
+    finally:
+        max_decoder.set_faults()
+    assert max_decoder.cache_hit or name == next(iter(DECODER_FAULTS))  # one compiled graph for every fault
+    c = compare(ref, buggy, replay=False)
+    first = c.decoder["first_divergence"]
+    assert (first["op"], first["position"]) == (
+        fault.first_op_for(tiny_en.dims.n_text_layer), fault.first_position_for(ref.manifest["decoder"]["prompt_length"])
+    ), c.table[c.table.diverged].head()
+    assert c.findings[0].kind == fault.diagnosis and c.findings[0].op == first["op"], c.findings[:2]
+
+
+def test_crossfeed_names_the_encoder_for_missing_ln_post(tiny_en, max_decoder):
+    result = crossfeed(tiny_en, encoder="max", encoder_inject=["missing-ln-post"], decoder_runner=max_decoder)
+    assert result.verdict == "encoder", result.table
+    assert result.texts[("reference", "candidate")] == result.texts[("reference", "reference")]
+
+
+def test_crossfeed_names_the_decoder_for_a_decoder_fault(tiny_en, max_decoder):
+    result = crossfeed(tiny_en, encoder="max", decoder_runner=max_decoder, decoder_inject=["skip-decoder-ln"])
+    max_decoder.set_faults()
+    assert result.verdict == "decoder", result.table
+    assert result.texts[("candidate", "reference")] == result.texts[("reference", "reference")]
+
+
+def test_comparing_decoder_traces_peaks_at_the_largest_op(tmp_path, tiny_en, features, ref, cand, max_decoder):
+    """Memory while comparing is bounded by the largest op: compare's peak stays within a small multiple of
+    the peak of measuring that one op alone, although the trace holds many times more."""
+    largest = max(ref.manifest["ops"], key=lambda o: o["nbytes"])
+    total = sum(o["nbytes"] for o in ref.manifest["ops"])
+    tracemalloc.start()
+    op_metrics(ref[largest["name"]], cand[largest["name"]])
+    _, one_op = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    compare(ref, cand, replay=False)
+    _, whole = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert total > 8 * largest["nbytes"]
+    assert whole < 2 * one_op + 4 * largest["nbytes"], (whole, one_op, largest, total)
+
+
+def test_decoder_faults_are_refused_by_the_encoder_and_bad_tokens_are_one_line_errors(tmp_path, tiny_en):
+    with pytest.raises(WhisperdiffError, match="not an encoder fault"):
+        get_faults(["no-causal-mask"])
+    proc = run_cli("trace-decoder", "--tokens", "12,abc", "--out", str(tmp_path / "x"))
+    assert_one_line_error(proc, "--tokens")
+    proc = run_cli("trace-decoder", "--impl", "torch", "--inject", "no-causal-mask", "--out", str(tmp_path / "y"))
+    assert_one_line_error(proc, "max")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
