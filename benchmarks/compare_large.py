@@ -6,6 +6,8 @@ perturbation from block 20 on, then runs `compare` in a child process and prints
 peak resident memory. Prints figures; asserts nothing.
 
     python benchmarks/compare_large.py [--dir /big/disk] [--keep] [--layers 32]
+
+benchmarks/speed.py runs the same compare among the other goals, interleaved over rounds.
 """
 
 from __future__ import annotations
@@ -22,16 +24,15 @@ from pathlib import Path
 
 def write_pair(root: Path, layers: int) -> tuple[Path, Path, int]:
     import numpy as np
-    from whisper.model import ModelDimensions
 
     import whisperdiff as wd
     from whisperdiff.inputs.models import preset_dims
     from whisperdiff.names import op_specs
 
-    dims = ModelDimensions(**{**preset_dims("large-v3"), "n_audio_layer": layers})
+    dims = {**preset_dims("large-v3"), "n_audio_layer": layers}
     specs = [s for s in op_specs(dims) if not s.optional]
     manifest = {"impl": "synthetic", "device": "cpu", "dtype": "float32", "taps": "default", "injected": [],
-                "model": {"id": "synthetic-large-v3", "source": "synthetic", "dims": dims.__dict__,
+                "model": {"id": "synthetic-large-v3", "source": "synthetic", "dims": dims,
                           "weights_sha256": "0" * 64},
                 "input": {"kind": "synthetic", "path": "synthetic", "sha256": "1" * 64, "mel_sha256": "2" * 64}}  # fmt: skip
     rng = np.random.default_rng(0)
@@ -79,10 +80,14 @@ def main() -> None:
         if done.returncode != 0:
             raise SystemExit(f"compare failed:\n{done.stderr[-2000:]}")
         figures = json.loads(done.stdout.strip().splitlines()[-1])
+        from speed import read_all
+
+        read_seconds = read_all([a, b])
         print(f"two traces of {nbytes / 1e9:.2f} GB each ({figures['ops']} ops, large-v3 shapes, {args.layers} blocks), "
               f"written in {write_seconds:.0f} s")  # fmt: skip
-        print(f"compare: {figures['seconds']:.1f} s, peak RSS {figures['peak_rss_mb']:.0f} MB, "
+        print(f"compare: {figures['seconds']:.1f} s, peak RSS {figures['peak_rss_mb']:.0f} MB (goal <= 1 GB), "
               f"first divergence {figures['first_divergence']}")  # fmt: skip
+        print(f"reading both traces from disk: {read_seconds:.1f} s; compare / read = {figures['seconds'] / read_seconds:.2f}x")
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -77,32 +77,79 @@ def clean_alarms(comparison) -> list[dict]:
     return [{"kind": f.kind, "op": f.op, "message": f.message} for f in comparison.findings if f.severity == "error"]
 
 
-def run(model_spec=None, only=(), workdir: Path | None = None, keep: bool = False, with_weights: bool = True,
-        on_event=None) -> dict:  # fmt: skip
+def bug_row(bug: nb.Bug, model, ref, clean32, work: Path, with_weights: bool = True, samples=None,
+            keep: bool = False) -> dict:  # fmt: skip
+    """Trace one bug, check it changes its expected op first, compare it with the reference, score it."""
+    import whisperdiff as wd
+
+    want = expected_op(bug, model.dims.n_audio_layer, with_weights)
+    out = Path(work) / f"bug-{bug.name}"
+    trace = nb.write_trace(out, model, bug, with_weights=with_weights, samples=samples)
+    changed = nb.first_changed_op(clean32, trace)
+    t0 = time.perf_counter()
+    try:
+        c = wd.compare(ref, trace)
+        top, first, error = top_finding(c), c.first_divergence, None
+    except Exception as e:  # a crash in compare is a result too: the bug is missed
+        top, first, error = None, None, f"{type(e).__name__}: {e}"
+    row = {"bug": bug.name, "description": bug.description, "expected_op": want, "expected_kind": bug.kind,
+           "expected_dtype": bug.dtype, "first_changed_op": changed, "valid": changed == want,
+           "first_divergence": first, "compare_s": round(time.perf_counter() - t0, 2), **score(bug, want, top)}  # fmt: skip
+    if error:
+        row["message"] = f"compare failed: {error}"
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
+    return row
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(model, ref_path, clean_path, work, with_weights, keep, threads):
+    import torch
+
+    import whisperdiff as wd
+
+    torch.set_num_threads(threads)
+    _WORKER.update(model=wd.load_model(model) if not isinstance(model, wd.LoadedModel) else model,
+                   ref=wd.load_trace(ref_path), clean=wd.load_trace(clean_path), work=work,
+                   with_weights=with_weights, keep=keep, samples=nb.default_samples())  # fmt: skip
+
+
+def _worker_row(name: str) -> dict:
+    w = _WORKER
+    return bug_row(nb.BUGS_BY_NAME[name], w["model"], w["ref"], w["clean"], w["work"], w["with_weights"],
+                   w["samples"], w["keep"])  # fmt: skip
+
+
+def run(model=None, only=(), workdir: Path | None = None, keep: bool = False, with_weights: bool = True,
+        on_event=None, jobs: int = 1) -> dict:  # fmt: skip
     """Trace, check and compare everything; returns {"bugs": [...], "clean": {...}, "figures": {...}}.
+    model: a load_model spec or LoadedModel. jobs: bugs traced and compared in parallel processes.
     on_event(kind, payload) is called as results arrive ("clean", "bug")."""
+    import os
+
     import torch
 
     import whisperdiff as wd
 
     on_event = on_event or (lambda *_: None)
-    bugs = [b for b in nb.BUGS if not only or b.name in only]
     unknown = set(only) - {b.name for b in nb.BUGS}
     if unknown:
         raise SystemExit(f"error: unknown bug(s) {', '.join(sorted(unknown))}; known: {', '.join(nb.BUGS_BY_NAME)}")
+    bugs = [b for b in nb.BUGS if not only or b.name in only]
     own_dir = workdir is None
     work = Path(tempfile.mkdtemp(prefix="wd-novel-")) if own_dir else Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     try:
-        model = wd.load_model(model_spec)
-        n_layer = model.dims.n_audio_layer
+        loaded = model if isinstance(model, wd.LoadedModel) else wd.load_model(model)
         samples = nb.default_samples()
-        ref = wd.trace("torch", model=model, taps="all" if with_weights else "default", out=work / "ref")
-        clean32 = nb.write_trace(work / "clean-float32", model, with_weights=with_weights, samples=samples)
+        ref = wd.trace("torch", model=loaded, taps="all" if with_weights else "default", out=work / "ref")
+        clean32 = nb.write_trace(work / "clean-float32", loaded, with_weights=with_weights, samples=samples)
         clean = {}
         for name, dtype in (("float32", torch.float32), ("float64", torch.float64)):
-            trace = clean32 if name == "float32" else nb.write_trace(work / "clean-float64", model, dtype=dtype,
+            trace = clean32 if name == "float32" else nb.write_trace(work / "clean-float64", loaded, dtype=dtype,
                                                                       with_weights=with_weights, samples=samples)  # fmt: skip
             t0 = time.perf_counter()
             c = wd.compare(ref, trace)
@@ -112,30 +159,27 @@ def run(model_spec=None, only=(), workdir: Path | None = None, keep: bool = Fals
             if name == "float64" and not keep:
                 shutil.rmtree(work / "clean-float64", ignore_errors=True)
         results = []
-        for bug in bugs:
-            want = expected_op(bug, n_layer, with_weights)
-            out = work / f"bug-{bug.name}"
-            trace = nb.write_trace(out, model, bug, with_weights=with_weights, samples=samples)
-            changed = nb.first_changed_op(clean32, trace)
-            t0 = time.perf_counter()
-            try:
-                c = wd.compare(ref, trace)
-                top, first, error = top_finding(c), c.first_divergence, None
-            except Exception as e:  # a crash in compare is a result too: the bug is missed
-                top, first, error = None, None, f"{type(e).__name__}: {e}"
-            row = {"bug": bug.name, "description": bug.description, "expected_op": want, "expected_kind": bug.kind,
-                   "expected_dtype": bug.dtype, "first_changed_op": changed, "valid": changed == want,
-                   "first_divergence": first, "compare_s": round(time.perf_counter() - t0, 2),
-                   **score(bug, want, top)}  # fmt: skip
-            if error:
-                row["message"] = f"compare failed: {error}"
-            results.append(row)
-            on_event("bug", row)
-            if not keep:
-                shutil.rmtree(out, ignore_errors=True)
+        if jobs <= 1:
+            for bug in bugs:
+                results.append(bug_row(bug, loaded, ref, clean32, work, with_weights, samples, keep))
+                on_event("bug", results[-1])
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            init = (model if isinstance(model, str) or model is None else loaded, str(ref.path), str(clean32.path),
+                    str(work), with_weights, keep, threads)  # fmt: skip
+            with ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), _init_worker, init) as pool:
+                futures = [pool.submit(_worker_row, b.name) for b in bugs]
+                for f in as_completed(futures):
+                    results.append(f.result())
+                    on_event("bug", results[-1])
+            rank = {b.name: i for i, b in enumerate(bugs)}
+            results.sort(key=lambda r: rank[r["bug"]])
         figures = summarise(results, clean)
         figures["wall_s"] = round(time.perf_counter() - t_start, 1)
-        return {"model": model.model_id, "with_weights": with_weights, "bugs": results, "clean": clean,
+        return {"model": loaded.model_id, "with_weights": with_weights, "bugs": results, "clean": clean,
                 "figures": figures}  # fmt: skip
     finally:
         if own_dir and not keep:
@@ -160,6 +204,7 @@ def summarise(results: list[dict], clean: dict) -> dict:
 
 def main() -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -169,6 +214,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="keep traces here (default: a temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the traces (with --workdir)")
     parser.add_argument("--no-weights", action="store_true", help="trace without attention probabilities")
+    parser.add_argument("--jobs", type=int, default=1, help="bugs traced and compared in parallel processes")
     parser.add_argument("--list", action="store_true", help="list the bugs and exit")
     args = parser.parse_args()
     console = Console(width=200)
@@ -176,7 +222,7 @@ def main() -> None:
     if args.list:
         table = Table("bug", "expected op (tiny.en)", "kind", "what it does")
         for b in nb.BUGS:
-            table.add_row(b.name, b.expected_op(4), b.kind + (f" ({b.dtype})" if b.dtype else ""), b.description)
+            table.add_row(b.name, b.expected_op(4), b.kind + (f" ({b.dtype})" if b.dtype else ""), escape(b.description))
         console.print(table)
         return
     only = [name for item in args.only for name in item.split(",") if name]
@@ -196,13 +242,13 @@ def main() -> None:
                           f"({p['compare_s']} s){valid}")  # fmt: skip
 
     result = run(model_spec, only, Path(args.workdir) if args.workdir else None, args.keep, not args.no_weights,
-                 on_event)  # fmt: skip
+                 on_event, args.jobs)  # fmt: skip
     table = Table("bug", "expected op / kind", "top finding op / kind", "message (160 chars)", "verdict",
                   title=f"novel bugs on {result['model']}", show_lines=True)  # fmt: skip
     for r in result["bugs"]:
         kind = r["expected_kind"] + (f" ({r['expected_dtype']})" if r["expected_dtype"] else "")
         table.add_row(r["bug"], f"{r['expected_op']}\n{kind}", f"{r['top_op']}\n{r['top_kind']}",
-                      (r["message"] or "")[:160], f"[{colour[r['verdict']]}]{r['verdict']}[/]")  # fmt: skip
+                      escape((r["message"] or "")[:160]), f"[{colour[r['verdict']]}]{r['verdict']}[/]")  # fmt: skip
     console.print(table)
     f = result["figures"]
     console.print(

@@ -115,8 +115,8 @@ BUGS: tuple[Bug, ...] = (
         "bfloat16"),  # fmt: skip
     Bug("linear-float16-block", "block 1's linear layers in float16 (autocast-style)", "blocks.{b}.attn.q", "precision",
         1, "float16"),  # fmt: skip
-    Bug("tf32-everywhere", "every conv and matmul rounds its inputs to tf32 (10-bit mantissa)", "conv1", "precision", 0,
-        "tf32"),  # fmt: skip
+    Bug("tf32-matmuls", "every linear layer rounds its inputs to tf32 (allow_tf32 matmuls; convs in float32)",
+        "blocks.{b}.attn.q", "precision", 0, "tf32"),  # fmt: skip
     Bug("attn-probs-bfloat16", "block 3's attention probabilities stored in bfloat16", "blocks.{b}.attn.weights",
         "precision", 3, "bfloat16"),  # fmt: skip
     # generic
@@ -247,7 +247,7 @@ class NovelEncoder:
 
     def _round(self, x: torch.Tensor, block: int | None = None, mlp: bool = False) -> torch.Tensor:
         """Matmul/conv inputs as a reduced-precision port reads them (identity when clean)."""
-        if self._is("tf32-everywhere"):
+        if self._is("tf32-matmuls"):
             return round_tf32(x)
         if mlp and self._is("mlp-bfloat16", block):
             return round_bf16(x)
@@ -258,7 +258,7 @@ class NovelEncoder:
         if self._is("linear-float16-block", block):
             b16 = None if b is None else b.half()
             return F.linear(x.half(), w.half(), b16).to(x.dtype)
-        if self._is("tf32-everywhere") or (mlp and self._is("mlp-bfloat16", block)):
+        if self._is("tf32-matmuls") or (mlp and self._is("mlp-bfloat16", block)):
             return F.linear(self._round(x, block, mlp), self._round(w, block, mlp), b)
         return F.linear(x, w, b)
 
@@ -266,8 +266,6 @@ class NovelEncoder:
         w, b = self.w[name + ".weight"], self.w[name + ".bias"]
         bug = self.bug.name if self.bug is not None else None
         pad = (1, 1)
-        if bug == "tf32-everywhere":
-            x, w = round_tf32(x), round_tf32(w)
         if name == "conv1":
             if bug == "conv1-pad-right":
                 pad = (0, 2)

@@ -132,7 +132,7 @@ def test_cli_compare_json_and_csv(ref, tmp_path):
     assert {"first_divergence", "ops", "findings", "comparable", "warnings"} <= set(data)
     assert data["first_divergence"] == "blocks.0.mlp.fc2" and data["findings"][0]["kind"] == "sign_flip"
     assert {"op", "cosine", "rel_l2", "max_abs", "mean_a", "std_a", "mean_b", "std_b"} <= set(data["ops"][0])
-    assert (tmp_path / "ops.csv").read_text().splitlines()[0].startswith("name,status,diverged,failures,cosine")
+    assert (tmp_path / "ops.csv").read_text().splitlines()[0].startswith("op,status,diverged,failures,cosine")
     table = run_cli("compare", str(ref.path), str(b.path), check=True).stdout
     assert "first divergence: blocks.0.mlp.fc2" in table and "sign_flip at blocks.0.mlp.fc2" in table
 

@@ -109,7 +109,7 @@ def test_all_max_greedy_pipeline_gives_openai_whispers_transcript(tiny_en, mel, 
     text, _ = greedy(max_decoder, tiny_en, max_features)
     reference = whisper.decode(tiny_en.whisper_model(), torch.from_numpy(mel[0]),
                                whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True)).text  # fmt: skip
-    assert text == reference.strip() == "The quick brown fox jumps over the lazy dog."
+    assert text == reference.strip() and text
 
 
 @pytest.mark.parametrize("name", list(DECODER_FAULTS))

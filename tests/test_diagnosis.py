@@ -6,6 +6,7 @@ real port. compare must name the first op that introduces error and the kind the
 """
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -251,4 +252,5 @@ def test_attention_scale_solved_from_the_output_when_probabilities_are_not_tappe
     result = compare(ref, b, model=small_random)
     top = [f for f in result.findings if f.severity == "error"][0]
     assert (top.op, top.kind) == ("blocks.0.attn.wv", "attention_scale"), top.to_dict()
-    assert "scaled by 0.3" in top.message, top.message
+    solved = float(re.search(r"scaled by ([0-9.]+)", top.message).group(1))
+    assert solved == pytest.approx(0.3, rel=0.01), top.message

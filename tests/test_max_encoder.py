@@ -1,8 +1,8 @@
 """The MAX Graph encoder against openai-whisper, op by op, with real compiled graphs.
 
-Three distinct graphs are compiled here (small random dims with every tap, the same in bfloat16 with
-the default taps, tiny.en with the default taps); everything else reuses them, which is also what
-this file checks about the cache.
+Four distinct graphs are compiled here (small random dims with every tap, clean and debug (bugs as
+run-time inputs); the same in bfloat16 with the default taps; tiny.en with the default taps);
+everything else reuses them, which is also what this file checks about the cache.
 """
 
 import numpy as np
@@ -54,8 +54,28 @@ def test_a_second_checkpoint_of_the_same_size_does_not_recompile(small_pair):
     assert runner.cache_hit, f"recompiled in {runner.compile_seconds:.1f} s"
 
 
+@pytest.fixture(scope="module")
+def small_debug(small_pair, small_random):
+    """The debug graph (bugs and patching as run-time inputs) with no bug switched on: compiled once, here."""
+    runner = MaxRunner(small_random, device="cpu", taps=wd.select_taps(small_random.dims, "all"), debug=True)
+    out = {}
+    runner.run(np.asarray(small_pair[1]["mel"]), lambda name, array: out.__setitem__(name, np.array(array)))
+    return runner, out
+
+
+def test_the_clean_graph_has_no_fault_machinery_and_the_debug_graph_computes_it_bit_for_bit(small_pair, small_debug):
+    """The clean graph's only input is the mel; the debug graph, with every switch off, gives the same bits."""
+    runner, debug = small_debug
+    assert runner.debug and runner.facts()["graph"] == "debug"
+    assert small_pair[1].manifest["runner"]["graph"] == "clean"
+    clean = small_pair[1]
+    assert list(debug) == [op for op in clean.ops if op != "mel"]
+    differ = [op for op in debug if not np.array_equal(clean[op], debug[op])]
+    assert differ == [], differ
+
+
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_each_fault_changes_the_trace_from_its_documented_op_on(tmp_path, small_pair, small_random, fault):
+def test_each_fault_changes_the_trace_from_its_documented_op_on(tmp_path, small_pair, small_debug, small_random, fault):
     clean = small_pair[1]
     buggy = wd.trace("max", model=small_random, out=tmp_path / fault, taps="all", inject=[fault])
     changed = [op for op in clean.ops if not np.array_equal(clean[op], buggy[op])]

@@ -40,6 +40,9 @@ _API = {
     "assert_traces_close": "whisperdiff.gate.testing",
     "WhisperdiffError": "whisperdiff.errors",
     "instrument": "whisperdiff.capture.instrument",
+    "mark_all": "whisperdiff.capture.graph_capture",  # (not "capture": that is the subpackage's name)
+    "preflight": "whisperdiff.capture.preflight",
+    "automap": "whisperdiff.analysis.automap",
     "Tracer": "whisperdiff.capture.tracer",
     "LoadedModel": "whisperdiff.inputs.models",
     "load_model": "whisperdiff.inputs.models",

@@ -20,7 +20,7 @@ The confidence says which one decided. Canonical ops nothing fits are listed as 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -132,8 +132,16 @@ def automap(captured, values: dict[str, np.ndarray] | None = None, *, reference=
     if dims is None:
         raise ValueError("automap needs the model dims (or a reference trace that has them)")
     specs = [s for s in op_specs(dims) if s.name != "mel" and not s.optional and (ops is None or s.name in ops)]
-    cands = [c for c in captured if c.static and c.dtype.startswith(("float", "bfloat")) and not c.op.startswith("constant")
-             and (values is None or c.key in values)]  # fmt: skip
+    cands = []
+    for c in captured:
+        if not c.dtype.startswith(("float", "bfloat")) or c.op.startswith("constant"):
+            continue
+        if values is not None:  # the shape it ran with (a symbolic batch axis is now a number)
+            if c.key not in values:
+                continue
+            c = replace(c, shape=tuple(np.shape(values[c.key])))
+        if c.static:
+            cands.append(c)
     by_key = {c.key: c for c in cands}
     saved_keys = expand(saved or {}, [s.name for s in specs])
     matches, unmatched, views, anchor, used = [], [], {}, -1, set()

@@ -209,7 +209,7 @@ def compare(
             row["diverged"] = bool(failures)
             row["failures"] = "; ".join(f"{metric} {value:.4g} (limit {limit})" for metric, value, limit in failures)
             row["status"] = "diverged" if row["diverged"] else "ok"
-            inputs, rep = _replay(replayer, pair.name, b_names, b_value)
+            inputs, rep = _replay(replayer, pair.name, b_names, b_value, sample=1 if row["diverged"] else 8)
             if rep is not None:
                 row["introduced_rel_l2"] = rep["introduced"]
             if inputs:
@@ -226,10 +226,11 @@ def compare(
             introduces = rep["introduced"] > bar if rep is not None else row["diverged"] and _jumps(row, rows)
             if (row["diverged"] and introduces) or (pair.name == "mel" and row["diverged"]):
                 rounding = {dt: rounding_error(ta[pair.name], dt) for dt in ("float16", "bfloat16")}
-                if rep is not None:  # hypotheses by op type, only here where the op introduces error
-                    rep = replayer.explain(pair.name, [b_value(i) for i in inputs] + [b_value(pair.name)], diag)
+                explain = None  # hypotheses by op type, run only here where the op introduces error
+                if rep is not None:
+                    explain = lambda n=pair.name, i=inputs: replayer.explain(n, [b_value(x) for x in i] + [b_value(n)], diag)  # noqa: E731
                 f = op_finding(row, rep, rounding, a=np.asarray(ta[pair.name]), b=b_value(pair.name),
-                               context={**diag, "layout": layouts.get(pair.name)})  # fmt: skip
+                               context={**diag, "layout": layouts.get(pair.name)}, explain=explain)  # fmt: skip
                 if f is not None:
                     op_findings.append(f)
             if pair.layout:
@@ -324,7 +325,8 @@ def _specs(manifest: dict) -> list[dict]:
         return []
 
 
-def _replay(replayer, name: str, matched: dict, b_value):
+def _replay(replayer, name: str, matched: dict, b_value, sample: int = 1):
+    """(input names, replay) of one op; sample=k: every k-th step only (ops that do not diverge)."""
     if replayer is None:
         return None, None
     inputs = replayer.inputs_of(name)
@@ -333,7 +335,7 @@ def _replay(replayer, name: str, matched: dict, b_value):
     if not all(i in matched for i in inputs) or name not in matched:
         return inputs, None
     try:
-        return inputs, replayer.replay(name, [b_value(i) for i in inputs] + [b_value(name)])
+        return inputs, replayer.replay(name, [b_value(i) for i in inputs] + [b_value(name)], sample=sample)
     except RuntimeError:  # a shape the recipe cannot take: no replay for this op
         return inputs, None
 

@@ -109,12 +109,14 @@ def new_nonfinite(row: dict) -> bool:
 
 
 def op_finding(row: dict, replay: dict | None, rounding: dict[str, float], *, a=None, b=None,
-               context: dict | None = None) -> Finding | None:  # fmt: skip
+               context: dict | None = None, explain=None) -> Finding | None:  # fmt: skip
     """The finding for one op that introduces (or, without replay, shows) error; None when it does not.
 
     replay: Replayer.explain's result (hypotheses by op type, replayed on B's inputs) or None. a, b: the
     op's arrays (B in A's layout), for the tests on B itself (which values it can represent) and for
-    the structure of B - A. context: layout, audio_frames, n_head, vectors (the model's 1-D parameters)."""
+    the structure of B - A. context: layout, audio_frames, n_head, vectors (the model's 1-D parameters).
+    explain: a callable returning the replay with its hypotheses, called only when B's own values do
+    not already show it (an op that holds only bfloat16 values, with an error of that size)."""
     name = row["name"]
     ctx = context or {}
     if new_nonfinite(row):
@@ -125,23 +127,29 @@ def op_finding(row: dict, replay: dict | None, rounding: dict[str, float], *, a=
         return _mel_finding(row, a, b)
     introduced = replay["introduced"] if replay else row["rel_l2"]
     where = "introduced here" if replay else "first visible here"
+    if b is not None:  # B itself says it: only low-precision values, an error of that rounding's size
+        f = _precision_finding(name, b, a, introduced, rounding, where, within=10)
+        if f is not None:
+            return f
+    if explain is not None:
+        replay = explain()
     hyps = list(replay["hypotheses"]) if replay else []
     if not replay and a is not None and b is not None:
         hyps = _hypotheses_against_a(a, b)
     best = _reproducing(hyps, introduced)
     if best is not None:
-        kind, explain, err, extra = best
+        kind, text, err, extra = best
         confidence = round(max(0.5, min(0.99, 1 - err / introduced)), 2) if introduced > 0 else 0.5
         f = Finding(kind, name, confidence,
-                    f"{explain}: replaying {name} that way on B's own inputs reproduces B to rel L2 {err:.1e}, "
+                    f"{text}: replaying {name} that way on B's own inputs reproduces B to rel L2 {err:.1e}, "
                     f"against {introduced:.2e} for the correct op (cosine {row['cosine']:.5f}, "
                     f"std B/A {row['std_ratio']:.3f})" if replay else
-                    f"{explain}: B is A that way to rel L2 {err:.1e}, against {introduced:.2e} as recorded "
+                    f"{text}: B is A that way to rel L2 {err:.1e}, against {introduced:.2e} as recorded "
                     f"(cosine {row['cosine']:.5f}, std B/A {row['std_ratio']:.3f}); first visible here")  # fmt: skip
         f._uses = extra.get("uses")  # for pair_swaps
         return f
     if b is not None:
-        f = _precision_finding(name, b, a, introduced, rounding, where)
+        f = _precision_finding(name, b, a, introduced, rounding, where, within=30)
         if f is not None:
             return f
     facts = ""
@@ -153,13 +161,14 @@ def op_finding(row: dict, replay: dict | None, rounding: dict[str, float], *, a=
                          vectors=ctx.get("vectors"))  # fmt: skip
     closest = ""
     if hyps:
-        k, explain, err, _ = min(hyps, key=lambda h: h[2])
-        closest = f"; the closest hypothesis ({explain}) leaves rel L2 {err:.2g}"
+        _, text, err, _ = min(hyps, key=lambda h: h[2])
+        closest = f"; the closest hypothesis ({text}) leaves rel L2 {err:.2g}"
+    against = "its replay" if replay else "A"
     size = ", ".join(f"{dt} rounding {v:.1e}" for dt, v in rounding.items() if v)
     return Finding("divergence", name, 0.5,
                    f"{name}: error {where} (rel L2 {introduced:.3g}, cosine {row['cosine']:.5f}, std B/A "
                    f"{row['std_ratio']:.3f}{'; for scale: ' + size if size else ''}); no hypothesis reproduces it"
-                   f"{closest}{'. B - A: ' + facts if facts else ''}")  # fmt: skip
+                   f"{closest}{f'. Structure of B - {against}: ' + facts if facts else ''}")  # fmt: skip
 
 
 def _reproducing(hyps: list[tuple], introduced: float):
@@ -203,14 +212,14 @@ def _hypotheses_against_a(a, b) -> list[tuple]:
     return out
 
 
-def _precision_finding(name, b, a, introduced, rounding, where) -> Finding | None:
+def _precision_finding(name, b, a, introduced, rounding, where, within: float) -> Finding | None:
     """B holds only values a lower precision can represent, and its error is the size of that rounding."""
     from whisperdiff.analysis.residual import representable_share
 
     for dtype in ("bfloat16", "float16"):
         share = representable_share(b, dtype)
         floor = rounding.get(dtype)
-        if share < 0.999 or not floor or introduced > 30 * floor:
+        if share < 0.999 or not floor or introduced > within * floor:
             continue
         if a is not None and representable_share(a, dtype) > 0.5:
             continue  # A is stored at that precision too: not evidence

@@ -38,9 +38,13 @@ def hypotheses_for(rp: Replayer, recipe, xs, out, expected, context: dict) -> li
 
     by_type = {"conv": _conv, "activation": _activation, "positional": _positional, "norm": _norm,
                "linear": _linear, "attention_weights": _attention, "attention": _attention, "residual": _residual}
-    by_type[recipe.type](rp, recipe, xs, out, expected, context, add)
-    _generic(rp, recipe, xs, out, expected, context, add)
-    _precision(rp, recipe, xs, out, expected, add)
+    for group in (lambda: by_type[recipe.type](rp, recipe, xs, out, expected, context, add),
+                  lambda: _generic(rp, recipe, xs, out, expected, context, add),
+                  lambda: _precision(rp, recipe, xs, out, expected, add)):  # fmt: skip
+        try:
+            group()
+        except (RuntimeError, ValueError, IndexError):  # a shape a hypothesis cannot take: it is not evidence
+            continue
     return found
 
 
@@ -107,6 +111,15 @@ def _precision(rp, recipe, xs, out, expected, add):
         if dtype != "tf32":
             add("precision", f"computed in {dtype} (inputs, weights and output rounded to {dtype})",
                 round_to(y, dtype), dtype=dtype)  # fmt: skip
+        if recipe.type == "linear" and f"{recipe.params['name']}.bias" in rp.w:  # a low-precision matmul, float32 bias
+            name = recipe.params["name"]
+            wr = round_to(rp.w[f"{name}.weight"], dtype)
+            mm = round_to(xs[0], dtype) @ wr.T
+            add("precision", f"matmul in {dtype} (float32 accumulation), bias added in float32", mm + rp.w[f"{name}.bias"],
+                dtype=dtype)  # fmt: skip
+            if dtype != "tf32":
+                add("precision", f"matmul in {dtype} with a {dtype} result, bias added in float32",
+                    round_to(mm, dtype) + rp.w[f"{name}.bias"], dtype=dtype)  # fmt: skip
 
 
 # -- convolutions --------------------------------------------------------------------------------------

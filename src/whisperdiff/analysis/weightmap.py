@@ -210,13 +210,18 @@ def _tokens(name: str) -> list[str]:
 
 def _role_score(port_name: str, ref_name: str) -> float:
     """How much the port's name says it is the reference's tensor: a role synonym, else string likeness."""
-    base = re.sub(r"^encoder\.(blocks\.\d+\.)?", "", ref_name).rsplit(".", 1)[0]  # attn.query, mlp.0, conv1, ...
+    if port_name == ref_name or f"encoder.{port_name}" == ref_name:
+        return 3.0
+    base = re.sub(r"^encoder\.(blocks\.\d+\.)?", "", ref_name)
+    base = base.rsplit(".", 1)[0] if "." in base else base  # attn.query, mlp.0, conv1, positional_embedding
     segs = [s.lower() for s in port_name.split(".")]
     p_last = port_name.rsplit(".", 1)[-1].lower()
     r_last = ref_name.rsplit(".", 1)[-1]
     suffix_ok = 1.0 if (p_last in ("weight", "filter", "kernel", "w", "scale", "gamma")) == (r_last == "weight") else 0.5
     joined = ".".join(segs[:-1])
     synonyms = ROLES.get(base, ())
+    if "." not in ref_name.removeprefix("encoder."):  # a bare tensor (the positional embedding): any segment
+        segs, joined = segs + [""], port_name.lower()
     if any(s in segs[:-1] or joined.endswith(s) for s in synonyms):
         return 2.0 * suffix_ok
     return difflib.SequenceMatcher(None, joined, base).ratio() * suffix_ok

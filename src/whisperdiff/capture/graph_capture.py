@@ -2,7 +2,7 @@
 
     import whisperdiff as wd
 
-    with Graph("enc", input_types=[mel_type]) as graph, wd.capture(encoder) as cap:   # or capture() for a function
+    with Graph("enc", input_types=[mel_type]) as graph, wd.mark_all(encoder) as cap:   # mark_all() for a function
         out = encoder(graph.inputs[0].tensor)                 # your code, as it is
         graph.output(out, *cap.outputs("canonical", dims))    # your outputs first, then the chosen values
     results = compiled.execute(mel)
@@ -71,6 +71,17 @@ def reset_weights(module) -> None:
         weight.__dict__.pop("_mlir_value", None)
 
 
+def _key(value):
+    """What identifies a graph value: its MLIR value (a no-op cast returns a new Python object for the
+    same value). None for weights (reading a Weight's value would add it to the graph) and non-tensors."""
+    from max.graph import TensorValue
+    from max.graph.weight import Weight
+
+    if isinstance(value, TensorValue) and not isinstance(value, Weight):
+        return value._mlir_value
+    return None
+
+
 def shape_of(value) -> tuple:
     out = []
     for d in value.shape:
@@ -135,7 +146,7 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         if module is not None:
             self.paths[id(module)] = ""
         self.values: list[Captured] = []
-        self._by_id: dict[int, Captured] = {}
+        self._by_id: dict = {}  # MLIR value -> Captured
         self._counts: dict[tuple[str, str], int] = {}
         self._recording = False
         self._saved = None
@@ -166,7 +177,7 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         module, where = self._where()
         name = _op_name(op)
         operands = list(args) + list(kwargs.values())
-        weighty = any(isinstance(a, Weight) or getattr(self._by_id.get(id(a)), "op", "").startswith("constant")
+        weighty = any(isinstance(a, Weight) or getattr(self._by_id.get(_key(a)), "op", "").startswith("constant")
                       for a in operands)  # fmt: skip
         for result in results:
             if not isinstance(result, TensorValue):
@@ -177,7 +188,7 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
             c = Captured(len(self.values), key, name, shape_of(result), str(result.dtype).removeprefix("DType."),
                          module, where, from_weight=weighty or name in ("constant", "weight"), value=result)  # fmt: skip
             self.values.append(c)
-            self._by_id[id(result)] = c
+            self._by_id[_key(result)] = c
 
     def _failed(self, op, args, kwargs) -> None:
         """Keep (op, operand shapes, module path, file:line) of the op whose creation raised."""
@@ -194,10 +205,10 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
             return None
         self.calls.append((path, layer, tuple(args) + tuple(kwargs.values()), outputs))
         for v in args:
-            c = self._by_id.get(id(v))
+            c = self._by_id.get(_key(v))
             if c is not None:
                 c.inputs_of.append(path)
-        c = self._by_id.get(id(outputs))
+        c = self._by_id.get(_key(outputs))
         if c is not None and path:
             c.outputs_of.append(path)
             if len(c.outputs_of) == 1:  # hooks run innermost first: the innermost module names it
@@ -272,8 +283,12 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
             from whisperdiff.analysis.align import layout_view
             from whisperdiff.names import op_specs
 
-            shapes = {tuple(s.shape) for s in op_specs(dims) if s.name != "mel"}
-            return [c for c in floats if c.static and any(layout_view(s, c.shape) for s in shapes)]
+            # (not the optional attention probabilities: n_head x T x T each, and tapping them stops fusion)
+            shapes = {tuple(s.shape) for s in op_specs(dims) if s.name != "mel" and not s.optional}
+            # a symbolic batch axis is 1 in a trace (one 30 s window); other symbolic axes fit nothing
+            runs = [(c, (1, *c.shape[1:]) if c.shape and isinstance(c.shape[0], str) else c.shape) for c in floats]
+            return [c for c, shape in runs if all(isinstance(d, int) for d in shape)
+                    and any(layout_view(s, shape) for s in shapes)]  # fmt: skip
         from whisperdiff.analysis.maps import pattern_regex
 
         patterns = [what] if isinstance(what, str) else list(what)
@@ -333,3 +348,6 @@ def trace_captured(out, cap: capture, execute, *, model, impl: str, reference=No
     if map_path is not None:
         amap.write(map_path, weights)
     return amap
+
+
+mark_all = capture  # the public name (wd.mark_all), after Polygraphy's "mark all"

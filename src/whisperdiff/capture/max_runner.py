@@ -40,6 +40,7 @@ def encoder_weights(model, dtype: str = "float32") -> dict:
 
     Values are rounded to `dtype` as openai-whisper's `model.to(dtype)` would; layer-norm parameters
     then go back to float32 because the graph's LayerNorm runs in float32 (max_encoder.LayerNorm).
+    float32 goes through numpy (torch's threaded `.to` is several times slower on a busy 2-core machine);
     float16/bfloat16 are fed as torch tensors (DLPack): numpy has no bfloat16."""
     import torch
 
@@ -47,13 +48,20 @@ def encoder_weights(model, dtype: str = "float32") -> dict:
     for name, tensor in model.state_dict.items():
         if not name.startswith("encoder."):
             continue
-        t = tensor.detach().cpu().to(getattr(torch, dtype))
-        if name.endswith(("ln.weight", "ln.bias", "ln_post.weight", "ln_post.bias")):
-            t = t.float()
+        t = tensor.detach().cpu()
+        if dtype == "float32" and t.dtype in (torch.float16, torch.float32, torch.float64):
+            t = t.numpy().astype(np.float32, copy=False)  # float16 -> float32 is exact in numpy as in torch
+        else:
+            t = t.to(getattr(torch, dtype))
+            if name.endswith(("ln.weight", "ln.bias", "ln_post.weight", "ln_post.bias")):
+                t = t.float()
         if name in ("encoder.conv1.weight", "encoder.conv2.weight"):
-            t = t.permute(2, 1, 0)[None]
-        t = t.contiguous()
-        weights[name] = t.numpy() if t.dtype == torch.float32 else t
+            t = t.transpose(2, 1, 0)[None] if isinstance(t, np.ndarray) else t.permute(2, 1, 0)[None]
+        if isinstance(t, np.ndarray):
+            weights[name] = np.ascontiguousarray(t)
+        else:
+            t = t.contiguous()
+            weights[name] = t.numpy() if t.dtype == torch.float32 else t
     return weights
 
 

@@ -191,7 +191,7 @@ def _build_error(cap, exc, dims, report: PreflightReport, path_calls):
     diag = next((ln.strip() for ln in after if ln.strip()), text[0])
     if failed is None:
         where, line = _frame_where(exc.__traceback__)
-        report.add("build", where, f"{where} ({line}) raised {type(exc).__name__}: {diag[:200]}")
+        report.add("build", where, f"{where} ({line}) raised {type(exc).__name__}: {text[0][:200]}")
         return
     op, shapes, module, where = failed
     if op == "conv" and module in path_calls:
@@ -245,6 +245,12 @@ def check_build(module, input_types, dims, report: PreflightReport, label: str =
 
     convs = dict(_convs(module))
     calls: dict[str, tuple] = {}
+    # Weights not loaded yet keep their short names ("weight", "bias"), which collide in one graph;
+    # give them the full names load_state_dict would.
+    declared = module.raw_state_dict() if hasattr(module, "raw_state_dict") else {}
+    if len({w.name for w in declared.values()}) < len(declared):
+        for fqn, weight in declared.items():
+            weight.name = fqn
     cap = capture(module)
     original = cap._layer_hook
     # Conv inputs are recorded before the call (a failing conv never reaches the after-call hook).

@@ -4,6 +4,7 @@
 
     with wd.Tracer("traces/mine-tiny.en-speech", impl="mine", model="default") as t:
         mel = t.mel                                  # Whisper's own log-mel of the input, [1, 80, 3000]
+        # or your own frontend's: t.record("mel", my_mel) first, and it is what `mel` holds
         for name, value in my_encoder(mel):          # canonical names: `whisperdiff ops`
             t.record(name, value)
 
@@ -30,8 +31,9 @@ class Tracer:
     def __init__(self, path: str | Path, *, impl: str, model=None, audio: str | Path | None = None,
                  window: int = 0, device: str = "cpu", dtype: str = "float32", info: dict | None = None):  # fmt: skip
         """model: a load_model spec or LoadedModel (its weights digest goes into the trace).
-        audio: the input clip (default: the shipped one); its Whisper log-mel is `self.mel` and is
-        recorded as op `mel`. info: anything else to keep in the manifest (your version, flags...)."""
+        audio: the input clip (default: the shipped one); its Whisper log-mel is `self.mel`. Op `mel` is
+        the log-mel the port consumed: `record("mel", its_own)` first if the port computes its own (it is
+        compared with Whisper's frontend, so a frontend bug shows at `mel`), else self.mel. info: anything else to keep in the manifest (your version, flags...)."""
         from whisperdiff.inputs.audio import prepare_input
         from whisperdiff.inputs.models import LoadedModel, load_model
         from whisperdiff.names import op_specs
@@ -53,8 +55,28 @@ class Tracer:
 
     def __enter__(self) -> Tracer:
         self._writer.__enter__()
-        self._writer.record("mel", self.mel)
+        self._mel_written = False
         return self
+
+    def _write_mel(self, port_mel=None) -> None:
+        """`mel` is the log-mel the port consumed: its own when it records one (before any other op), else
+        Whisper's (self.mel). A port's own mel is compared with Whisper's frontend in the manifest."""
+        from whisperdiff.provenance import sha256_array
+
+        if self._mel_written:
+            return
+        self._mel_written = True
+        if port_mel is None:
+            self._writer.record("mel", self.mel)
+            return
+        ref = self.mel.astype(np.float64)
+        diff = port_mel.astype(np.float64) - ref
+        inp = self._writer.manifest["input"]
+        inp["whisper_frontend"], inp["frontend"] = inp.get("frontend"), "the port's own (recorded as mel)"
+        inp["mel_sha256"] = sha256_array(port_mel)
+        inp["port_mel_vs_whisper"] = {"rel_l2": float(np.linalg.norm(diff) / max(np.linalg.norm(ref), 1e-30)),
+                                      "max_abs": float(np.abs(diff).max())}  # fmt: skip
+        self._writer.record("mel", port_mel)
 
     def record(self, name: str, value) -> None:
         """Write one op now. Canonical ops must have their canonical shape (`whisperdiff ops`)."""
@@ -67,11 +89,16 @@ class Tracer:
             raise WhisperdiffError(f"{name}: shape {list(array.shape)}, but this model's {name} is {list(want)} "
                                    "(canonical shapes and layouts: `whisperdiff ops`)")  # fmt: skip
         if name == "mel":
-            raise WhisperdiffError("mel is recorded by the Tracer itself (it is the input, self.mel)")
+            if self._mel_written:
+                raise WhisperdiffError("record mel (the log-mel your port consumed) before any other op, and once")
+            self._write_mel(array.astype(np.float32))
+            return
+        self._write_mel()
         self._writer.record(name, array)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            self._write_mel()
             self._writer.manifest["run"] = {"started": self._started.isoformat(timespec="seconds"),
                                             "total_seconds": round(time.perf_counter() - self._t0, 3)}  # fmt: skip
         self._writer.__exit__(exc_type, exc, tb)

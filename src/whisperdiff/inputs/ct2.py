@@ -8,6 +8,8 @@ count and (alias, target) string pairs. Strings are u16 length (with the trailin
 
 from __future__ import annotations
 
+import mmap
+import os
 import re
 import struct
 from pathlib import Path
@@ -42,11 +44,19 @@ class _Reader:
         return bytes(self.take(self.unpack("<H"))).rstrip(b"\0").decode("utf-8", "replace")
 
 
+def _map(path: Path) -> memoryview:
+    """The file's bytes, memory-mapped read-only: no copy of the whole file (to_whisper copies each tensor out)."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return memoryview(b"")
+        return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+
+
 def read_model_bin(path: str | Path) -> tuple[str, dict[str, np.ndarray]]:
     """All variables of a CTranslate2 model.bin, as numpy arrays (bfloat16 widened to float32)."""
     path = Path(path)
     try:
-        buf = memoryview(path.read_bytes())
+        buf = _map(path)
     except OSError as e:
         raise WhisperdiffError(f"cannot read {path}: {e.strerror}") from None
     r = _Reader(buf, path)

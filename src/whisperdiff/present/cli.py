@@ -16,11 +16,22 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
-import typer
-from rich.console import Console
-from rich.table import Table
 
-from whisperdiff.errors import WhisperdiffError
+def _early_exit(signum, frame):  # a signal before main() takes over: nothing has been written yet
+    os.write(2, b"interrupted: nothing was written\n")
+    os._exit(130)
+
+
+# Run as the `whisperdiff` command (not imported by a program): a signal during start-up is exit 130, one line.
+if __name__ == "__main__" or Path(sys.argv[0]).name == "whisperdiff" or Path(sys.argv[0]).parent.name == "whisperdiff":
+    signal.signal(signal.SIGTERM, _early_exit)
+    signal.signal(signal.SIGINT, _early_exit)
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from whisperdiff.errors import WhisperdiffError  # noqa: E402
 
 app = typer.Typer(
     add_completion=False,
@@ -253,7 +264,7 @@ def _print_trace(result) -> None:
     if "compile_seconds" in m["runner"]:  # the MAX graph: the first run for these dims compiles, later ones load
         runner = m["runner"]
         graph = (f"; MAX graph loaded from cache in {runner['compile_seconds']:.1f} s" if runner.get("compile_cache_hit")
-                 else f"; MAX graph compiled in {runner['compile_seconds']:.0f} s, cached for next time")  # fmt: skip
+                 else f"; first the MAX graph compiled in {runner['compile_seconds']:.0f} s, cached for next time")  # fmt: skip
     out.print(
         f"[green]wrote[/] {result.path}  ({len(result)} ops, {_size(result.nbytes)}, {m['run']['total_seconds']:.1f} s{graph})"
     )
@@ -926,7 +937,7 @@ def _quote(path) -> str:
 @app.command()
 def faults():
     """The injectable porting bugs (`trace --inject NAME`) and the op where each first shows."""
-    from whisperdiff.capture.faults import FAULTS
+    from whisperdiff.capture.faults import DECODER_FAULTS, FAULTS
 
     table = Table()
     for col in ("fault", "first shows at", "what it does", "acts"):
@@ -938,6 +949,9 @@ def faults():
             f.description,
             "input (any --impl)" if f.mel else "MAX encoder (run-time switch)",
         )
+    for f in DECODER_FAULTS.values():  # `trace-decoder --impl max --inject NAME`
+        position = "the first cached step" if f.first_position == "prompt" else f"position {f.first_position}"
+        table.add_row(f.name, f"{f.first_op_for(4)}, {position}", f.description, "MAX decoder (run-time switch)")
     out.print(table)
 
 

@@ -186,9 +186,7 @@ def error_heatmap(err_tc: np.ndarray, op: str, audio_steps: int | None) -> Figur
 def _cmap(name: str):
     from matplotlib import colormaps
 
-    cmap = colormaps[name].copy()
-    cmap.set_bad("#bbbbbb")  # masked cells: exact zeros
-    return cmap
+    return colormaps[name].with_extremes(bad="#bbbbbb")  # masked cells: exact zeros
 
 
 def step_error(step_rel_error: np.ndarray, step_cosine: np.ndarray, op: str, audio_steps: int | None,
@@ -217,7 +215,7 @@ def step_error(step_rel_error: np.ndarray, step_cosine: np.ndarray, op: str, aud
         lines = ax.get_lines()[:1] + ax2.get_lines()[:1]
         ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right", fontsize=7.5)
         verdict = "" if within is None else " (within tolerance)" if within else " (out of tolerance)"
-        ax.set_title(label(f"error per time step at {op}{verdict}"), fontsize=9, color=GOOD if within else None)
+        ax.set_title(label(f"error per time step at {op}{verdict}"), fontsize=9, color=GOOD if within else "black")
         return fig
 
 

@@ -26,6 +26,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+from markupsafe import Markup
 
 from whisperdiff.analysis.compare import Comparison
 from whisperdiff.analysis.diagnose import KINDS, not_comparable_reasons
@@ -114,7 +115,7 @@ def render(c: Comparison, *, ops: list[str] = (), head: int | None = None, patch
                "Inside the band while the error above is large: the statistics look right, the content is not."),
     ]  # fmt: skip
     context = {
-        "csp": CSP, "style": STYLE, "a_name": c.a.name, "b_name": c.b.name, "a_path": str(c.a), "b_path": str(c.b),
+        "csp": Markup(CSP), "style": Markup(STYLE),  # our constants, written as they are "a_name": c.a.name, "b_name": c.b.name, "a_path": str(c.a), "b_path": str(c.b),
         "version": versions().get("whisperdiff"), "now": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "verdict": _verdict(c), "first": c.first_divergence, "transcripts": _transcripts(c),
         "offer_transcribe": _offer_transcribe(c), "findings": _findings(c.findings[:MAX_FINDINGS]),
@@ -126,7 +127,9 @@ def render(c: Comparison, *, ops: list[str] = (), head: int | None = None, patch
         "top": top_introducers(c), **_table(c), "manifest_rows": _manifest_rows(c),
         "raw_manifests": [(side, json.dumps(_short(m), indent=1)) for side, m in (("A", c.manifest_a), ("B", c.manifest_b))],
     }  # fmt: skip
-    return template("report.html.j2").render(**context)
+    if on_figure is not None:
+        on_figure(done[0], done[0])  # the estimate becomes the count drawn
+    return template("report.html.j2").render(**context).lstrip()
 
 
 def focus_ops(c: Comparison) -> list[str]:
@@ -362,8 +365,6 @@ def check_html(r) -> str:
     failures = r.failures
     rows = "".join(f"<tr><td>{_e(f.op)}</td><td>{_e(f.metric)}</td><td>{'' if _isnan(f.value) else f'{f.value:.4g}'}"
                    f"</td><td>{_e(f.limit)}</td></tr>" for f in failures[:NOTEBOOK_ROWS])  # fmt: skip
-    from markupsafe import Markup
-
     table = Markup(f"<table><thead><tr><th>op</th><th>metric</th><th>value</th><th>limit</th></tr></thead>"
                    f"<tbody>{rows}</tbody></table>") if failures else None  # fmt: skip
     more = len(failures) - NOTEBOOK_ROWS
@@ -398,8 +399,6 @@ def trace_html(tr) -> str:
 
 def _styled(df, highlight: str | None = None):
     """A pandas Styler as HTML: numbers formatted, the highlighted op's row in red."""
-    from markupsafe import Markup
-
     fmt = {c: "{:.3g}" for c in df.columns if df[c].dtype.kind == "f"}
     if "cosine" in fmt:
         fmt["cosine"] = "{:.6f}"

@@ -29,6 +29,7 @@ import shutil
 import signal
 import stat
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,8 +263,9 @@ class Trace:
 
     Each op's sha256 is checked the first time it is mapped (the hash reads the pages the analysis
     then works on, so it costs no extra pass over the disk); later reads of the same unchanged file
-    are not hashed again. verify=False skips the digests (benchmarks only): headers, sizes and file
-    kinds are still checked."""
+    are not hashed again. A reader that goes through the ops in order (compare, check, show) has the
+    next op hashed on a second core while it works on this one. verify=False skips the digests
+    (benchmarks only): headers, sizes and file kinds are still checked."""
 
     def __init__(self, path: str | Path, verify: bool = True):
         self.path = Path(path)
@@ -271,6 +273,9 @@ class Trace:
         self._ops = {op["name"]: op for op in self.manifest["ops"]}
         self._verify = verify
         self._verified: dict[str, tuple] = {}  # op -> (dev, inode, size, mtime) of the file that matched
+        self._order = {name: i for i, name in enumerate(self._ops)}
+        self._ahead: dict[str, Future] = {}  # op -> (stamp, digest) being computed in the background
+        self._last_new: str | None = None  # the op hashed last, to see a reader going in order
 
     @property
     def ops(self) -> list[str]:
@@ -306,10 +311,26 @@ class Trace:
                     raise _damaged(self.path, op, f"cannot be mapped ({e})") from None
         stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if self._verify and self._verified.get(name) != stamp:
-            if _digest(array) != op["sha256"]:
+            ahead = self._ahead.pop(name, None)
+            found = ahead.result() if ahead is not None else None
+            digest = found[1] if found is not None and found[0] == stamp else _digest(array)
+            if digest != op["sha256"]:
                 raise _damaged(self.path, op, "does not match its sha256 in the manifest (bit rot or an edit)")
             self._verified[name] = stamp
+            self._hash_ahead(name)
         return array
+
+    def _hash_ahead(self, name: str) -> None:
+        """When ops are first read in order, start hashing the next one on another thread (hashlib
+        releases the GIL), so its digest is ready when the reader gets there."""
+        i = self._order[name]
+        in_order = self._last_new is not None and self._order[self._last_new] == i - 1
+        self._last_new = name
+        if not in_order or i + 1 >= len(self._order):
+            return
+        following = self.ops[i + 1]
+        if following not in self._ahead and following not in self._verified:
+            self._ahead[following] = _hasher().submit(_hash_file, self.path, self._ops[following])
 
     def verify(self, name: str) -> None:
         """Check an op's bytes against the sha256 in the manifest now (catches bit rot and edits)."""
@@ -343,6 +364,28 @@ class Trace:
     def __repr__(self) -> str:
         m = self.manifest
         return f"Trace({str(self.path)!r}, impl={m.get('impl')!r}, model={m.get('model', {}).get('id')!r}, ops={len(self)})"
+
+
+_HASHER: ThreadPoolExecutor | None = None
+
+
+def _hasher() -> ThreadPoolExecutor:
+    global _HASHER
+    if _HASHER is None:
+        _HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="whisperdiff-sha256")
+    return _HASHER
+
+
+def _hash_file(path: Path, op: dict) -> tuple[tuple, str] | None:
+    """(stamp, sha256) of an op's data, or None when it cannot be read (the reader then says why)."""
+    try:
+        with open_tensor(path, op) as (f, offset, st):
+            if op["nbytes"] == 0:
+                return None
+            array = np.memmap(f, dtype=np.dtype(op["dtype"]), mode="r", offset=offset, shape=tuple(op["shape"]))
+            return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), _digest(array)
+    except Exception:
+        return None
 
 
 def _digest(array: np.ndarray) -> str:
