@@ -255,7 +255,8 @@ def test_every_option_has_help_and_shows_its_choices():
                 continue
             assert param.help, f"whisperdiff {name} {param.opts[0]} has no help text"
         helptext = run_cli(*name.split(), "--help", check=True).stdout
-        assert not re.search(r"<(str|bool|list\[str\])>", helptext) and ", ," not in helptext, (name, helptext)
+        options = "\n".join(line for line in helptext.splitlines() if line.lstrip().startswith("-"))
+        assert not re.search(r"<(str|bool|list\[str\])>", options) and ", ," not in helptext, (name, helptext)
     trace_help = run_cli("trace", "--help", check=True).stdout
     for choice in ("<auto|cpu|cuda|gpu>", "<float32|float16|bfloat16|float64>", "<default|all|output|GLOBS>",
                    "n_mels x 3000"):  # fmt: skip
@@ -308,4 +309,4 @@ def test_ranges_in_the_package_exact_versions_in_the_constraints():
         assert version(name).split("+")[0] == pins[name], (name, version(name), pins[name])  # tested = installed
     readme_first = next(line for line in (ROOT / "README.md").read_text().splitlines() if "pip install" in line)
     assert "-c constraints.txt" in readme_first and "&& whisperdiff trace" in readme_first
-    assert re.search(r"pip install .*-c constraints\.txt .*-e \"\.\[dev\]\"", (ROOT / ".ci/run").read_text())
+    assert re.search(r"pip install .*-c constraints\.txt -e \"\.\[dev", (ROOT / ".ci/run").read_text())

@@ -20,7 +20,6 @@ from whisperdiff.analysis.crossfeed import crossfeed
 from whisperdiff.analysis.metrics import op_metrics
 from whisperdiff.capture.decoder import encoder_features, greedy, prompt_tokens, trace_decoder
 from whisperdiff.capture.faults import DECODER_FAULTS, get_faults
-from whisperdiff.capture.torch_decoder import TorchDecoderRunner
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.inputs.audio import prepare_input
 from whisperdiff.names import decoder_op_specs, position_axis

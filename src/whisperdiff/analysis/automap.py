@@ -81,7 +81,8 @@ class AutoMap:
         for m in self.matches:
             bases[m.basis] = bases.get(m.basis, 0) + 1
         how = ", ".join(f"{n} by {b}" for b, n in bases.items())
-        return f"aligned {len(self.matches)}/{total} canonical ops from {self.n_captured} captured values ({how})"
+        return (f"aligned {len(self.matches)}/{total} canonical ops from {self.n_captured} captured values ({how}); "
+                "mel is the input fed")  # fmt: skip
 
 
 def _block(name: str) -> int | None:

@@ -75,6 +75,11 @@ class Comparison:
         return (", ".join(x for x in limits if x) or "none") + f" ({self.tolerances.source}" + (
             f"; {rules} per-op rules)" if rules else ")")
 
+    def __repr__(self) -> str:  # short: the arrays and manifests are attributes, not the summary
+        return (f"Comparison(a={str(self.a)!r}, b={str(self.b)!r}, comparable={self.comparable}, "
+                f"first_divergence={self.first_divergence!r}, findings={[f.kind for f in self.findings[:3]]}, "
+                f"ops={len(self.table)}, diverged={int(self.table['diverged'].sum())})")  # fmt: skip
+
     def _repr_html_(self) -> str:  # a notebook cell: the verdict, top findings, the diverged rows
         from whisperdiff.present.report import comparison_html
 

@@ -61,6 +61,9 @@ class CheckResult:
     def passed(self) -> bool:
         return not self.failed_ops
 
+    def __repr__(self) -> str:
+        return f"CheckResult({self.summary()!r}, reference={str(self.reference)!r}, candidate={str(self.candidate)!r})"
+
     def _repr_html_(self) -> str:  # a notebook cell: PASS/FAIL, the failing ops, the likely cause
         from whisperdiff.present.report import check_html
 

@@ -302,7 +302,7 @@ def transcribe(
     dtype: DtypeOpt = "float32",
     taps: Annotated[str, typer.Option(metavar="<default|all|output|GLOBS>", help="As for trace (output: ln_post only, the fastest).")] = "default",
     inject: InjectOpt = None,
-    decoder: Annotated[str | None, typer.Option(help="Decoder: torch (openai-whisper) or max (the MAX decoder graph). "
+    decoder: Annotated[str | None, typer.Option(metavar="<torch|max>", help="Decoder: torch (openai-whisper) or max (the MAX decoder graph). "
                                                 "Default: max with --impl max (MAX for both halves), else torch.")] = None,
 ):
     """Encode every window with the chosen encoder, decode (openai-whisper's greedy search), print the text.
@@ -540,7 +540,7 @@ def report(
     tolerances: CompareTolerancesOpt = None,
     transcribe: TranscribeOpt = False,
     patch: Annotated[bool, typer.Option(help="Also run activation patching (`whisperdiff patch`) and chart it.")] = False,
-    impl: Annotated[str | None, typer.Option(help="With --patch: what re-runs B (default: B's impl if torch or max; a trace never names code to run).")] = None,
+    impl: Annotated[str | None, typer.Option(metavar=ImplChoice, help="With --patch: what re-runs B (default: B's impl if torch or max; a trace never names code to run).")] = None,
     force: ForceOpt = False,
 ):
     """One self-contained HTML page: verdict, divergence plots, the first divergent op up close, every op, both runs."""
@@ -732,7 +732,7 @@ def patch_command(
     device: DeviceOpt = "auto",
     html: Annotated[Path | None, typer.Option(help="Also write the HTML report with the patching chart here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object: cause, the unpatched error, each patched op.")] = False,
-    impl: Annotated[str | None, typer.Option(help="What re-runs B: torch, max, module:factory or file.py:factory (default: B's impl if torch or max; a trace never names code to run).")] = None,
+    impl: Annotated[str | None, typer.Option(metavar=ImplChoice, help="What re-runs B: torch, max, module:factory or file.py:factory (default: B's impl if torch or max; a trace never names code to run).")] = None,
 ):
     """Re-run B with A's activation substituted at one op at a time: the op whose patch restores B's output is the cause."""
     result = _run_patch(trace_a, trace_b, ops=ops, transcribe=transcribe, model=model, device=device, impl=impl)
@@ -1020,17 +1020,17 @@ def _print_decoder_summary(d: dict) -> None:
 
 @app.command("trace-decoder")
 def trace_decoder_command(
-    impl: Annotated[str, typer.Option(help="Decoder: torch (openai-whisper's TextDecoder, hooked) or max (MAX Graph).")] = "torch",
+    impl: Annotated[str, typer.Option(metavar="<torch|max>", help="Decoder: torch (openai-whisper's TextDecoder, hooked) or max (MAX Graph).")] = "torch",
     model: ModelOpt = None,
     audio: Annotated[Path | None, typer.Option(help="Audio file (first 30 s window). Default: the shipped clip.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Trace directory.")] = None,
-    tokens: Annotated[str | None, typer.Option(help="Comma-separated text token ids to force. Default: openai-whisper's "
+    tokens: Annotated[str | None, typer.Option(metavar="IDS", help="Comma-separated text token ids to force. Default: openai-whisper's "
                                                "greedy tokens on the same encoder output.")] = None,
     tokens_from: Annotated[Path | None, typer.Option("--tokens-from", help="Force the tokens of this decoder trace.")] = None,
-    encoder: Annotated[str, typer.Option(help="Whose encoder output the decoder attends to: torch or max.")] = "torch",
-    encoder_inject: Annotated[list[str] | None, typer.Option("--encoder-inject", help="Encoder bug in --encoder (repeatable).")] = None,
-    inject: Annotated[list[str] | None, typer.Option(help="Decoder bug (MAX; repeatable): `whisperdiff faults`.")] = None,
-    taps: Annotated[str, typer.Option(help="default, all, output (logits) or names/globs (`whisperdiff ops --decoder`).")] = "default",
+    encoder: Annotated[str, typer.Option(metavar="<torch|max>", help="Whose encoder output the decoder attends to: torch or max.")] = "torch",
+    encoder_inject: Annotated[list[str] | None, typer.Option("--encoder-inject", metavar="FAULT", help="Encoder bug in --encoder (repeatable).")] = None,
+    inject: Annotated[list[str] | None, typer.Option(metavar="FAULT", help="Decoder bug (MAX; repeatable): `whisperdiff faults`.")] = None,
+    taps: Annotated[str, typer.Option(metavar="<default|all|output|GLOBS>", help="default, all, output (logits) or names/globs (`whisperdiff ops --decoder`).")] = "default",
     full: Annotated[bool, typer.Option("--full", help="One full-sequence step instead of the KV cache, token by token.")] = False,
 ):
     """Teacher-force a decoder on one token sequence, position by position, and save every decoder op."""
@@ -1065,10 +1065,10 @@ def trace_decoder_command(
 def crossfeed_command(
     model: ModelOpt = None,
     audio: Annotated[Path | None, typer.Option(help="Audio file (first 30 s window). Default: the shipped clip.")] = None,
-    encoder: Annotated[str, typer.Option(help="The candidate encoder: max or torch.")] = "max",
-    decoder: Annotated[str, typer.Option(help="The candidate decoder: max or torch.")] = "max",
-    encoder_inject: Annotated[list[str] | None, typer.Option("--encoder-inject", help="Encoder bug (repeatable).")] = None,
-    decoder_inject: Annotated[list[str] | None, typer.Option("--decoder-inject", help="Decoder bug (repeatable).")] = None,
+    encoder: Annotated[str, typer.Option(metavar="<max|torch>", help="The candidate encoder: max or torch.")] = "max",
+    decoder: Annotated[str, typer.Option(metavar="<max|torch>", help="The candidate decoder: max or torch.")] = "max",
+    encoder_inject: Annotated[list[str] | None, typer.Option("--encoder-inject", metavar="FAULT", help="Encoder bug (repeatable).")] = None,
+    decoder_inject: Annotated[list[str] | None, typer.Option("--decoder-inject", metavar="FAULT", help="Decoder bug (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ):
     """Encoder or decoder? Each encoder's output through each decoder: a 2 x 2 table of transcripts."""

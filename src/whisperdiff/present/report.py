@@ -115,7 +115,7 @@ def render(c: Comparison, *, ops: list[str] = (), head: int | None = None, patch
                "Inside the band while the error above is large: the statistics look right, the content is not."),
     ]  # fmt: skip
     context = {
-        "csp": Markup(CSP), "style": Markup(STYLE),  # our constants, written as they are "a_name": c.a.name, "b_name": c.b.name, "a_path": str(c.a), "b_path": str(c.b),
+        "csp": Markup(CSP), "style": Markup(STYLE), "a_name": c.a.name, "b_name": c.b.name, "a_path": str(c.a), "b_path": str(c.b),
         "version": versions().get("whisperdiff"), "now": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "verdict": _verdict(c), "first": c.first_divergence, "transcripts": _transcripts(c),
         "offer_transcribe": _offer_transcribe(c), "findings": _findings(c.findings[:MAX_FINDINGS]),

@@ -359,7 +359,12 @@ class Trace:
             rows.append(
                 {"op": name, "shape": "x".join(map(str, op["shape"])), "dtype": op["dtype"], **tensor_stats(self[name])}
             )
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows, index=[r["op"] for r in rows])  # t.summary().loc["ln_post"], as compare's table
+
+    def _repr_html_(self) -> str:  # a notebook cell: provenance and the first ops, not the whole manifest
+        from whisperdiff.present.report import trace_html
+
+        return trace_html(self)
 
     def __repr__(self) -> str:
         m = self.manifest
