@@ -173,7 +173,7 @@ def main() -> int:
     print("outcome (API: ls, show, check)   count")
     for o in OUTCOMES:
         print(f"  {o:30} {counts[o]:5}")
-    print("outcome (CLI: check, show)       count")
+    print("outcome (CLI: check, show; report for hostile strings)   count")
     for o in OUTCOMES:
         print(f"  {o:30} {cli_counts[o]:5}")
     print("per mutation kind: " + "; ".join(f"{k} {sum(c.values())}" + "".join(f" {o}={n}" for o, n in c.items()

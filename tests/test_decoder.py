@@ -36,6 +36,12 @@ def features(tiny_en, mel):
 
 
 @pytest.fixture(scope="module")
+def max_features(tiny_en, mel):
+    """The MAX encoder's output (tiny.en's default-taps graph, as tests/test_max_encoder.py compiles it)."""
+    return encoder_features(tiny_en, mel, "max")
+
+
+@pytest.fixture(scope="module")
 def max_decoder(tiny_en):
     from whisperdiff.capture.max_decoder import MaxDecoderRunner
 
@@ -102,9 +108,8 @@ def test_max_decoder_matches_torch_at_every_op_and_position(ref, cand):
     assert np.allclose(cand.manifest["decoder"]["margin"], ref.manifest["decoder"]["margin"], atol=1e-3)
 
 
-def test_all_max_greedy_pipeline_gives_openai_whispers_transcript(tiny_en, mel, max_decoder):
+def test_all_max_greedy_pipeline_gives_openai_whispers_transcript(tiny_en, mel, max_features, max_decoder):
     max_decoder.set_faults()
-    max_features = encoder_features(tiny_en, mel, "max")
     text, _ = greedy(max_decoder, tiny_en, max_features)
     reference = whisper.decode(tiny_en.whisper_model(), torch.from_numpy(mel[0]),
                                whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True)).text  # fmt: skip
@@ -136,8 +141,9 @@ def test_crossfeed_names_the_encoder_for_missing_ln_post(tiny_en, max_decoder):
     assert result.texts[("reference", "candidate")] == result.texts[("reference", "reference")]
 
 
-def test_crossfeed_names_the_decoder_for_a_decoder_fault(tiny_en, max_decoder):
-    result = crossfeed(tiny_en, encoder="max", decoder_runner=max_decoder, decoder_inject=["skip-decoder-ln"])
+def test_crossfeed_names_the_decoder_for_a_decoder_fault(tiny_en, features, max_features, max_decoder):
+    result = crossfeed(tiny_en, encoder="max", decoder_runner=max_decoder, decoder_inject=["skip-decoder-ln"],
+                       encoder_features={"reference": features, "candidate": max_features})  # fmt: skip
     max_decoder.set_faults()
     assert result.verdict == "decoder", result.table
     assert result.texts[("candidate", "reference")] == result.texts[("reference", "reference")]
@@ -167,3 +173,24 @@ def test_decoder_faults_are_refused_by_the_encoder_and_bad_tokens_are_one_line_e
     proc = run_cli("trace-decoder", "--impl", "torch", "--inject", "no-causal-mask", "--out", str(tmp_path / "y"))
     assert_one_line_error(proc, "max")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_users_decoder_traced_with_tracer_compares_position_by_position(tmp_path, tiny_en, ref):
+    """The capture-any-graph path for decoders: a port records its joined ops with wd.Tracer(tokens=...).
+    Here the "port" replays the reference's values and breaks one op from position 5 on."""
+    import whisperdiff as wd
+
+    d = ref.manifest["decoder"]
+    with wd.Tracer(tmp_path / "mine", impl="mine", model=tiny_en, tokens=d["tokens"][d["prompt_length"] :]) as t:
+        for op in ref.ops:
+            value = np.array(ref[op])
+            if op == "decoder.blocks.2.mlp.fc2":
+                value[:, 5:] += 0.05 * np.abs(value).mean()
+            t.record(op, value)
+    mine = t.trace()
+    assert mine.manifest["decoder"]["tokens"] == d["tokens"] and mine.manifest["decoder"]["argmax"] == d["argmax"]
+    c = compare(ref, mine, replay=False)
+    assert c.decoder["first_divergence"] == {"op": "decoder.blocks.2.mlp.fc2", "position": 5, "axis": "token position"}
+    with pytest.raises(WhisperdiffError, match="shape"):
+        with wd.Tracer(tmp_path / "bad", impl="mine", model=tiny_en, tokens=[383, 2068]) as t:
+            t.record("decoder.tok_embed", np.zeros((1, 3, 384), np.float32))

@@ -235,7 +235,7 @@ def compare(
                 if rep is not None:
                     explain = lambda n=pair.name, i=inputs: replayer.explain(n, [b_value(x) for x in i] + [b_value(n)], diag)  # noqa: E731
                 f = op_finding(row, rep, rounding, a=np.asarray(ta[pair.name]), b=b_value(pair.name),
-                               context={**diag, "layout": layouts.get(pair.name)}, explain=explain)  # fmt: skip
+                               context={**diag, "layout": layouts.get(pair.name), **_decoder_context(pair.name)}, explain=explain)  # fmt: skip
                 if f is not None:
                     op_findings.append(f)
             if pair.layout:
@@ -300,6 +300,13 @@ def transcript_comparison(a: Trace, b: Trace, decode: bool = False, model=None) 
     cap = token_cap(ta)  # one cap for every WER, also for B's text stored uncapped at trace time
     tb = capped(tb, cap, multilingual=(b.manifest.get("model", {}).get("dims") or {}).get("n_vocab", 0) >= 51865)
     return {"a": ta, "b": tb, "wer": wer(ta, tb), "cer": cer(ta, tb), "same": ta == tb, "max_tokens": cap}
+
+
+def _decoder_context(name: str) -> dict:
+    """A decoder op's position axis is tokens, not audio frames: no audio-padding analysis there."""
+    from whisperdiff.names import is_decoder_op
+
+    return {"audio_frames": None, "valid_steps": {}} if is_decoder_op(name) else {}
 
 
 def _row(pair: Pair) -> dict:

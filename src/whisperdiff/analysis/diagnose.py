@@ -223,7 +223,9 @@ def _precision_finding(name, b, a, introduced, rounding, where, within: float) -
             continue
         if a is not None and representable_share(a, dtype) > 0.5:
             continue  # A is stored at that precision too: not evidence
-        return Finding("precision", name, 0.8,
+        # all values on that grid (chance: 2^-13 per value for float16) and an error of that size: strong
+        confidence = 0.95 if share >= 0.9999 and introduced <= 3 * floor else 0.85
+        return Finding("precision", name, confidence,
                        f"{name}: {share:.2%} of B's values are exactly representable in {dtype}, and the error "
                        f"{introduced:.2e} ({where}) is the size of {dtype} rounding of this op ({floor:.2e}): "
                        f"this op runs or is stored in {dtype}")  # fmt: skip

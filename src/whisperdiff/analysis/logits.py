@@ -170,7 +170,9 @@ def decoder_summary(ta, tb, first: str | None, tolerances, view_of) -> tuple[dic
     out = {"first_divergence": None, "tokens": tokens,
            "argmax_a": ta.manifest.get("decoder", {}).get("argmax"), "argmax_b": tb.manifest.get("decoder", {}).get("argmax"),
            "margin_a": ta.manifest.get("decoder", {}).get("margin"), "margin_b": tb.manifest.get("decoder", {}).get("margin")}  # fmt: skip
-    if tokens != tb.manifest.get("decoder", {}).get("tokens"):
+    if not is_decoder_trace(tb.manifest):
+        out["warning"] = "NOT COMPARABLE: A is a decoder trace, B is not (make B with `whisperdiff trace-decoder`)"
+    elif tokens != tb.manifest.get("decoder", {}).get("tokens"):
         out["warning"] = "the two decoder traces were not teacher-forced on the same tokens: positions are not comparable"
     findings = []
     if first is not None and first in ta and first in tb and view_of(first) is not None:

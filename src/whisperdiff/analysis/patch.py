@@ -1,6 +1,7 @@
 """Activation patching: which op's error actually causes the changed output?
 
-Re-run the candidate (B's implementation, model, input and injected bugs) once per patch point with the reference's activation (from trace A) substituted at that op, and measure
+Re-run the candidate (B's implementation, model, input and injected bugs) once per patch point with
+the reference's activation (from trace A) substituted at that op, and measure
 how much of the final divergence and of the transcript error disappears. The earliest op whose patch
 restores the output is the cause: everything after it is right once its input is.
 

@@ -29,7 +29,8 @@ from whisperdiff.store.trace import TraceWriter, load_trace
 
 class Tracer:
     def __init__(self, path: str | Path, *, impl: str, model=None, audio: str | Path | None = None,
-                 window: int = 0, device: str = "cpu", dtype: str = "float32", info: dict | None = None):  # fmt: skip
+                 window: int = 0, device: str = "cpu", dtype: str = "float32", info: dict | None = None,
+                 tokens: list[int] | None = None):  # fmt: skip
         """model: a load_model spec or LoadedModel (its weights digest goes into the trace).
         audio: the input clip (default: the shipped one); its Whisper log-mel is `self.mel`. Op `mel` is
         the log-mel the port consumed: `record("mel", its_own)` first if the port computes its own (it is
@@ -45,17 +46,35 @@ class Tracer:
         encoder_input = prepare_input(self.model.dims.n_mels, audio=audio, window=window)
         self.mel = encoder_input.mel
         self._shapes = {s.name: tuple(s.shape) for s in op_specs(self.model.dims)}
+        self._decoder = self._decoder_mode(tokens)  # tokens: a decoder trace, teacher-forced on these tokens
         self._started, self._t0 = datetime.now(UTC), time.perf_counter()
         manifest = {"impl": impl, "device": device, "dtype": dtype,
                     "runner": {"device": device, "dtype": dtype, "encoder": f"{impl} (whisperdiff.Tracer)", **(info or {})},
                     "model": self.model.manifest(), "input": encoder_input.provenance, "taps": "tracer",
                     "injected": [], "versions": versions()}  # fmt: skip
+        if self._decoder is not None:
+            manifest.update(part="decoder", decoder=self._decoder)
         self._writer = TraceWriter(path, manifest)
         self.path = Path(path)
 
+    def _decoder_mode(self, tokens) -> dict | None:
+        """A decoder trace: ops `whisperdiff ops --decoder` over prompt + tokens; record ln_post (the encoder
+        output your decoder attended to) and the decoder ops, each joined over every position."""
+        if tokens is None:
+            return None
+        from whisperdiff.capture.decoder import prompt_tokens
+        from whisperdiff.names import decoder_op_specs
+
+        prompt = prompt_tokens(self.model)
+        tokens = [int(t) for t in tokens]
+        sequence = tokens if tokens[: len(prompt)] == prompt else prompt + tokens
+        self._shapes = {s.name: tuple(s.shape) for s in decoder_op_specs(self.model.dims, len(sequence))}
+        return {"tokens": sequence, "prompt_length": len(prompt), "token_source": "given", "mode": "whisperdiff.Tracer",
+                "argmax": [], "margin": []}  # fmt: skip
+
     def __enter__(self) -> Tracer:
         self._writer.__enter__()
-        self._mel_written = False
+        self._mel_written = self._decoder is not None  # a decoder trace's input is ln_post, not the mel
         return self
 
     def _write_mel(self, port_mel=None) -> None:
@@ -95,6 +114,10 @@ class Tracer:
             return
         self._write_mel()
         self._writer.record(name, array)
+        if name == "decoder.logits" and self._decoder is not None:
+            from whisperdiff.capture.decoder import argmax_and_margin
+
+            self._decoder["argmax"], self._decoder["margin"] = argmax_and_margin(array)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:

@@ -31,7 +31,7 @@ from whisperdiff.errors import WhisperdiffError
 from whisperdiff.gate.tolerances import ToleranceSet
 from whisperdiff.provenance import sha256_file
 from whisperdiff.store.stats import tensor_stats
-from whisperdiff.store.trace import Trace, load_trace, open_inside
+from whisperdiff.store.trace import Trace, atomic_write, load_trace, open_inside
 
 SCHEMA = "whisperdiff.gate.golden"
 SCHEMA_VERSION = 1
@@ -74,8 +74,19 @@ def save_golden(trace: str | Path | Trace, out: str | Path, samples: int = DEFAU
     manifest = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "source_trace": str(t.path),
                 "samples_per_op": samples, **{k: t.manifest[k] for k in keep if k in t.manifest}, "ops": ops}  # fmt: skip
     manifest["model"] = {k: v for k, v in manifest.get("model", {}).items() if k != "tensor_sha256"}
+    bad = next((op["name"] for op in ops if op["nan"] or op["inf"]
+                or not all(math.isfinite(op[k]) for k in ("mean", "std", "min", "max"))), None)  # fmt: skip
+    if bad is not None:
+        raise WhisperdiffError(f"{t.path}: op {bad!r} holds NaN/Inf (or no) values; a golden set must come from a "
+                               "clean reference")  # fmt: skip
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_write():  # a signal unwinds through the clean-up below
+        _write_golden(tmp, out, arrays, manifest)
+    return out
+
+
+def _write_golden(tmp: Path, out: Path, arrays: dict, manifest: dict) -> None:
     try:
         tmp.mkdir(parents=True)
         np.savez_compressed(tmp / "samples.npz", **arrays)
@@ -87,7 +98,6 @@ def save_golden(trace: str | Path | Trace, out: str | Path, samples: int = DEFAU
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def _read_regular(path: Path, name: str, limit: int = 1 << 30) -> bytes:

@@ -13,6 +13,7 @@ Model specs `load_model` accepts:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -132,7 +133,8 @@ class LoadedModel:
         import torch
         from whisper.model import Whisper
 
-        model = Whisper(self.dims)
+        with _no_random_init():  # every parameter is then set by the strict load (0.5-1 s saved for tiny)
+            model = Whisper(self.dims)
         model.load_state_dict(self.state_dict, strict=True)
         return model.to(device=device, dtype=dtype or torch.float32).eval()
 
@@ -144,6 +146,23 @@ class LoadedModel:
             "weights_sha256": self.weights_sha256,
             "tensor_sha256": self.tensor_digests,
         }
+
+
+@contextlib.contextmanager
+def _no_random_init():
+    """Modules built inside skip their random initialisation (torch.empty values): only for a model that a
+    strict load_state_dict fills completely right after, which refuses any parameter left out."""
+    import torch
+
+    classes = (torch.nn.Linear, torch.nn.modules.conv._ConvNd, torch.nn.Embedding)
+    saved = [cls.__dict__["reset_parameters"] for cls in classes]
+    for cls in classes:
+        cls.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        for cls, method in zip(classes, saved, strict=True):
+            cls.reset_parameters = method
 
 
 def _tensor_sha256(t) -> str:

@@ -1069,7 +1069,7 @@ def crossfeed_command(
     decoder: Annotated[str, typer.Option(metavar="<max|torch>", help="The candidate decoder: max or torch.")] = "max",
     encoder_inject: Annotated[list[str] | None, typer.Option("--encoder-inject", metavar="FAULT", help="Encoder bug (repeatable).")] = None,
     decoder_inject: Annotated[list[str] | None, typer.Option("--decoder-inject", metavar="FAULT", help="Decoder bug (repeatable).")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: the verdict, its explanation and the four transcripts.")] = False,
 ):
     """Encoder or decoder? Each encoder's output through each decoder: a 2 x 2 table of transcripts."""
     from whisperdiff.analysis.crossfeed import VERDICTS, crossfeed

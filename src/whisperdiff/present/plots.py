@@ -91,11 +91,11 @@ def divergence(table: pd.DataFrame, first: str | None, min_cosine: float | None,
         return fig
 
 
-def _band_limits(ax, deviation: np.ndarray, centre: float, band: float | None) -> None:
+def _band_limits(ax, deviation: np.ndarray, centre: float, band: float | None, floor: float | None = None) -> None:
     """y limits that show the tolerance band and every point, never zoomed into float noise."""
     dev = np.abs(deviation[np.isfinite(deviation)])
     span = max(3 * (band or 0), 1.15 * (dev.max() if dev.size else 0), 1e-3)
-    ax.set_ylim(centre - span, centre + span)
+    ax.set_ylim(centre - span if floor is None else max(floor, centre - span), centre + span)
 
 
 def statistics(table: pd.DataFrame, first: str | None, max_rel_l2: float | None = None,
@@ -128,7 +128,7 @@ def statistics(table: pd.DataFrame, first: str | None, max_rel_l2: float | None 
             ax.plot(x, values, "o-", ms=3, color=A_COLOR, lw=1)
             if outside.any():
                 ax.plot(x[outside], values[outside], "o", ms=5, color=BAD, label="outside the tolerance")
-            _band_limits(ax, values - centre, centre, limit)
+            _band_limits(ax, values - centre, centre, limit, floor=0.0 if centre == 1.0 else None)  # a ratio is >= 0
             ax.set_ylabel(ylabel)
             ax.legend(loc="upper left", fontsize=7.5, ncol=2)
             _op_axis(ax, names, first)
