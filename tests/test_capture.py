@@ -188,3 +188,27 @@ def test_a_capture_of_a_model_that_is_not_whisper_gets_a_listing(small_random):
     assert amap.matches == [] and len(amap.unmatched) == len(wd.select_taps(small_random.dims)) - 1
     assert amap.lines()[-1].startswith(f"not aligned ({len(amap.unmatched)}): conv1, conv1.gelu, conv2")
     assert amap.summary().startswith(f"aligned 0/{len(amap.unmatched)} canonical ops")
+
+
+# -- alignment with no names (compiles one small graph) --------------------------------------------------
+def test_the_max_nn_example_captured_with_no_names_aligns_every_op(tmp_path, small_random):
+    import os
+    import subprocess
+
+    from conftest import SMALL_RANDOM
+
+    ref = tmp_path / "torch"
+    wd.trace("torch", model=small_random, out=ref)
+    out = tmp_path / "auto"
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "align_without_names.py"), "maxnn", "--model", SMALL_RANDOM,
+                           "--reference", str(ref), "--out", str(out)], capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    n = len(wd.select_taps(small_random.dims)) - 1  # every default op but mel (the input)
+    assert f"aligned {n}/{n} canonical ops" in proc.stdout and "by value" in proc.stdout, proc.stdout[-2000:]
+    trace = wd.load_trace(out)
+    assert trace.ops == wd.select_taps(small_random.dims)
+    assert wd.check(wd.load_trace(ref), trace, wd.load_tolerances("float32")).passed
+    # the map it wrote aligns the same values again with no reference at all, by key alone
+    saved = read_map(f"{out}.map.toml")["ops"]
+    assert saved["blocks.*.attn.q"] == "blocks.*.attn.query" and saved["blocks.*.attn.wv"] == "blocks.*.attn:reshape#3"

@@ -180,6 +180,10 @@ def test_compare_and_patch_report_the_same_wer(tmp_path, tiny_en):
     assert c.transcripts["wer"] == pytest.approx(p.unpatched_wer)
     proc = run_cli("compare", str(a.path), str(b.path), "--no-replay", check=True)
     assert f"B decoded up to {p.max_tokens} tokens" in proc.stdout  # the cap is stated next to the WER
+    from whisperdiff.present.report import render
+
+    page = render(c, patching=p)  # the transcripts and the patching chart, each WER with the same cap
+    assert page.count(f"B decoded up to {p.max_tokens} tokens") >= 2 and "Which op causes it: activation patching" in page
 
 
 # -- 5. terse compare ------------------------------------------------------------------------------

@@ -149,9 +149,11 @@ def _lin_bug(model, name, weight=None, bias=True, transpose=False):
     return bug
 
 
-def _conv_bug(model, name, stride, pad=(1, 1), flip=False, bias=True):
+def _conv_bug(model, name, stride, pad=(1, 1), flip=False, bias=True, layout=False):
     sd = model.state_dict
     wt, b = sd[f"encoder.{name}.weight"].float(), sd[f"encoder.{name}.bias"].float()
+    if layout:  # a [k, in, out] filter (as MAX's conv wants) made by reshape, not permute
+        wt = wt.reshape(wt.shape[2], wt.shape[1], wt.shape[0]).permute(2, 1, 0)
     return lambda f, x: F.conv1d(F.pad(x, pad), wt.flip(-1) if flip else wt, b if bias else None, stride=stride)
 
 
@@ -183,6 +185,7 @@ def cases(model):
         ({"conv1": _conv_bug(model, "conv1", 1, flip=True)}, "conv1", "conv_kernel", "flipped"),
         ({"conv1": _conv_bug(model, "conv1", 1, bias=False)}, "conv1", "bias_error", "bias"),
         ({"conv2": _conv_bug(model, "conv2", 2, pad=(2, 0))}, "conv2", "conv_padding", "left"),
+        ({"conv1": _conv_bug(model, "conv1", 1, layout=True)}, "conv1", "weight_layout", "read as [k, in, out]"),
         ({"conv2.gelu": lambda f, x: x * torch.sigmoid(1.702 * x)}, "conv2.gelu", "activation_approx", "quick"),
         ({"blocks.0.mlp.gelu": lambda f, x: F.relu(x)}, "blocks.0.mlp.gelu", "wrong_activation", "ReLU"),
         ({"pos_embed": shifted_pos}, "pos_embed", "positional", "shifted by +1"),
@@ -210,7 +213,7 @@ def cases(model):
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("index", range(25))
+@pytest.mark.parametrize("index", range(26))
 def test_planted_bug_is_localised_and_named(ref, small_random, tmp_path, index):
     bugs, op, kind, word = cases(small_random)[index]
     result = compare(ref, traced(ref, small_random, tmp_path / "b", bugs), model=small_random)

@@ -139,15 +139,29 @@ def _conv(rp, recipe, xs, out, e, ctx, add):
         kept = "+".join(("left", "centre", "right")[i] for i in range(3) if taps[i])
         add("conv_kernel", f"{name} uses only the {kept} kernel tap{'s' if sum(taps) > 1 else ''} of 3",
             rp.conv(name, x, stride, weight=w * mask))  # fmt: skip
-    o, i, k = w.shape
-    layouts = {"[out, k, in]": w.permute(0, 2, 1).contiguous().reshape(o, i, k),
-               "[k, in, out]": w.permute(2, 1, 0).contiguous().reshape(o, i, k)}
-    if o == i:
-        layouts["[in, out, k] (in and out swapped)"] = w.permute(1, 0, 2)
-    for label, w2 in layouts.items():
-        add("weight_layout", f"{name}'s filter read in the layout {label} instead of [out, in, k]", rp.conv(name, x, stride, weight=w2))
+    for label, w2 in filter_layouts(w).items():
+        add("weight_layout", f"{name}'s filter {label}", rp.conv(name, x, stride, weight=w2))
     add("bias_error", f"{name} without its bias", rp.conv(name, x, stride, bias=False))
     add("bias_error", f"{name} adds its bias twice", rp.conv(name, x, stride, bias=2 * rp.w[f"encoder.{name}.bias"]))
+
+
+def filter_layouts(w) -> dict:
+    """Every way a [out, in, k] filter ends up in another layout: its axes permuted (when the shape
+    allows), another layout's memory read as [out, in, k], or [out, in, k] memory read as another layout."""
+    import itertools
+
+    axes = ("out", "in", "k")
+    found = {}
+    for p in itertools.permutations(range(3)):
+        if p == (0, 1, 2):
+            continue
+        named = ", ".join(axes[j] for j in p)
+        if tuple(w.permute(p).shape) == tuple(w.shape):
+            found[f"with its axes permuted to [{named}]"] = w.permute(p)
+        found[f"stored as [{named}] but read as [out, in, k]"] = w.permute(p).contiguous().reshape(w.shape)
+        inverse = tuple(sorted(range(3), key=lambda j: p[j]))
+        found[f"stored as [out, in, k] but read as [{named}]"] = w.reshape([w.shape[j] for j in p]).permute(inverse)
+    return found
 
 
 # -- activations ---------------------------------------------------------------------------------------

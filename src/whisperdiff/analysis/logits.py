@@ -183,4 +183,20 @@ def decoder_summary(ta, tb, first: str | None, tolerances, view_of) -> tuple[dic
         findings = decoder_findings(first, position, ta, tb, view)
     if "decoder.logits" in ta and "decoder.logits" in tb and view_of("decoder.logits") is not None:
         out["logits"] = logit_measures(ta["decoder.logits"], view_of("decoder.logits")(np.asarray(tb["decoder.logits"])), tokens)
+        change = out["logits"]["first_argmax_change"]
+        if change is not None:
+            change["a_text"], change["b_text"] = (token_text(ta.manifest, change[k]) for k in ("a_token", "b_token"))
     return out, findings
+
+
+def token_text(manifest: dict, token: int) -> str | None:
+    """A token's text by openai-whisper's tokenizer for the trace's model (its special tokens by name)."""
+    from whisper.tokenizer import get_tokenizer
+
+    dims = manifest.get("model", {}).get("dims") or {}
+    n_vocab = dims.get("n_vocab")
+    if not n_vocab:
+        return None
+    multilingual = n_vocab >= 51865
+    tokenizer = get_tokenizer(multilingual, num_languages=n_vocab - 51765 - int(multilingual))
+    return tokenizer.decode_with_timestamps([token]) if token < tokenizer.encoding.n_vocab else None

@@ -94,7 +94,7 @@ DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16":
 def _dtype(value: str) -> str:
     """--dtype with the usual short spellings (fp16, bf16, ...)."""
     if value.lower() not in DTYPES:
-        raise typer.BadParameter(f"{value!r} is not a dtype; use one of float32, float16 (fp16), bfloat16 (bf16), float64")
+        raise typer.BadParameter(f"unknown dtype {value!r}; use float32, float16 (fp16), bfloat16 (bf16) or float64")
     return DTYPES[value.lower()]
 
 
@@ -115,7 +115,7 @@ def _faults(names: list[str] | None) -> list[str] | None:
 ImplChoice = "<torch|max|MODULE:FACTORY|FILE.py:FACTORY>"
 def _device(value: str) -> str:
     if value.lower() not in ("auto", "cpu", "cuda", "gpu"):
-        raise typer.BadParameter(f"{value!r} is not a device; use auto, cpu, cuda or gpu")
+        raise typer.BadParameter(f"unknown device {value!r}; use auto, cpu, cuda or gpu")
     return value.lower()
 
 
@@ -718,8 +718,10 @@ def _run_patch(trace_a, trace_b, **kwargs):
     with Progress(TextColumn("[bold]patching"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[op]}"), console=err, transient=True, disable=not err.is_terminal) as progress:  # fmt: skip
         task = progress.add_task("patch", total=None, op="re-running B")
-        return run_patch(trace_a, trace_b, **kwargs,
-                         on_progress=lambda k, n, op: progress.update(task, completed=k, total=n, op=op))
+        result = run_patch(trace_a, trace_b, **kwargs,
+                           on_progress=lambda k, n, op: progress.update(task, completed=k, total=n, op=op))
+        progress.update(task, completed=len(result.results), total=len(result.results), op="")  # n of n
+        return result
 
 
 @app.command("patch")
@@ -1012,7 +1014,8 @@ def _print_decoder_summary(d: dict) -> None:
         ch = logits.get("first_argmax_change")
         if ch:
             out.print(f"[bold red]argmax first changes at position {ch['position']}[/]: A token {ch['a_token']} "
-                      f"(p={ch['a_prob']:.3f}; B gives it {ch['b_prob_of_a_token']:.3f}), B token {ch['b_token']} "
+                      f"{escape(repr(ch.get('a_text')))} (p={ch['a_prob']:.3f}; B gives it {ch['b_prob_of_a_token']:.3f}), "
+                      f"B token {ch['b_token']} {escape(repr(ch.get('b_text')))} "
                       f"(p={ch['b_prob']:.3f}; A gives it {ch['a_prob_of_b_token']:.3f})", highlight=False)  # fmt: skip
         else:
             out.print("[green]argmax agrees at every position[/]", highlight=False)

@@ -385,10 +385,18 @@ def _hash_file(path: Path, op: dict) -> tuple[tuple, str] | None:
     """(stamp, sha256) of an op's data, or None when it cannot be read (the reader then says why)."""
     try:
         with open_tensor(path, op) as (f, offset, st):
-            if op["nbytes"] == 0:
-                return None
-            array = np.memmap(f, dtype=np.dtype(op["dtype"]), mode="r", offset=offset, shape=tuple(op["shape"]))
-            return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), _digest(array)
+            # read(), not a second mapping: the copy is cheap, and the reader's own mapping then finds the
+            # pages in the page cache; the file is read from disk once
+            h, buffer = hashlib.sha256(), bytearray(1 << 22)
+            view, left = memoryview(buffer), op["nbytes"]
+            f.seek(offset)
+            while left > 0:
+                n = f.readinto(view[: min(left, len(buffer))])
+                if not n:
+                    return None
+                h.update(view[:n])
+                left -= n
+            return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), h.hexdigest()
     except Exception:
         return None
 
