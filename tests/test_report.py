@@ -13,6 +13,7 @@ from conftest import assert_one_line_error, run_cli
 import whisperdiff as wd
 from whisperdiff.present.browser import Browser, find_chromium
 from whisperdiff.present.report import render, verdict
+from whisperdiff.provenance import sha256_bytes
 
 # CI installs Chromium (.ci/run); elsewhere the browser tests skip rather than fail on a missing package.
 needs_browser = pytest.mark.skipif(find_chromium() is None and not os.environ.get("CI"), reason="no chromium")
@@ -87,9 +88,13 @@ def _copy_with(ref: wd.Trace, out, edit_manifest, edit_tensor=None):
     manifest = json.loads((out / "manifest.json").read_text())
     edit_manifest(manifest)
     (out / "manifest.json").write_text(json.dumps(manifest))
-    if edit_tensor is not None:
+    if edit_tensor is not None:  # a consistent edit: the digest is re-written (else the trace is damaged, an error)
         file, change = edit_tensor
-        np.save(out / file, change(np.load(out / file)))
+        value = change(np.load(out / file))
+        np.save(out / file, value)
+        entry = next(op for op in manifest["ops"] if op["file"] == file)
+        entry.update(sha256=sha256_bytes(value), file_bytes=(out / file).stat().st_size)
+        (out / "manifest.json").write_text(json.dumps(manifest))
     return wd.load_trace(out)
 
 
