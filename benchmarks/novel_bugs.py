@@ -68,6 +68,7 @@ BUGS: tuple[Bug, ...] = (
     Bug("conv1-filter-layout", "conv1 filters [out, in, k] read as [out, k, in] (reshape, not transpose)", "conv1",
         "weight_layout"),  # fmt: skip
     Bug("conv2-no-bias", "conv2 without its bias", "conv2", "bias_error"),
+    Bug("conv2-in-out-swapped", "conv2 filters with input and output channels exchanged", "conv2", "weight_layout"),
     # activations
     Bug("conv1-relu", "ReLU instead of GELU after conv1", "conv1.gelu", "wrong_activation"),
     Bug("conv2-no-activation", "no activation after conv2 (identity)", "conv2.gelu", "wrong_activation"),
@@ -92,6 +93,8 @@ BUGS: tuple[Bug, ...] = (
     Bug("value-previous-layer", "block 2's value projection uses block 1's value weight", "blocks.{b}.attn.v",
         "wrong_weight", 2),  # fmt: skip
     Bug("key-uses-query-weight", "block 1's key computed with the query's weight", "blocks.{b}.attn.k", "wrong_weight", 1),
+    Bug("key-gets-query-bias", "block 0's key (which has no bias) adds the query's bias", "blocks.{b}.attn.k",
+        "bias_error", 0),  # fmt: skip
     Bug("qk-swap", "query and key projections exchanged in block 3", "blocks.{b}.attn.q", "swapped_projections", 3),
     # attention
     Bug("softmax-query-axis", "attention softmax over the query axis in block 1", "blocks.{b}.attn.weights",
@@ -119,6 +122,8 @@ BUGS: tuple[Bug, ...] = (
         "blocks.{b}.attn.q", "precision", 0, "tf32"),  # fmt: skip
     Bug("attn-probs-bfloat16", "block 3's attention probabilities stored in bfloat16", "blocks.{b}.attn.weights",
         "precision", 3, "bfloat16"),  # fmt: skip
+    Bug("softmax-float16", "block 0's attention softmax computed in float16", "blocks.{b}.attn.weights", "precision", 0,
+        "float16"),  # fmt: skip
     # generic
     Bug("fc2-negated", "block 2's mlp.fc2 output negated", "blocks.{b}.mlp.fc2", "sign_flip", 2),
     Bug("fc1-nan", "a NaN at one position of block 1's mlp.fc1", "blocks.{b}.mlp.fc1", "nonfinite", 1),
@@ -282,6 +287,8 @@ class NovelEncoder:
                 w[..., 2] = 0
             elif bug == "conv2-no-bias":
                 b = None
+            elif bug == "conv2-in-out-swapped":
+                w = w.transpose(0, 1)
         if pad == (1, 1):
             return F.conv1d(x, w, b, stride=stride, padding=1)
         return F.conv1d(F.pad(x, pad), w, b, stride=stride)
@@ -342,6 +349,8 @@ class NovelEncoder:
             k = F.linear(h, self.w[p + "query.weight"])
         if self._is("value-previous-layer", i) and i > 0:
             v = F.linear(h, self.w[f"blocks.{i - 1}.attn.value.weight"], self.w[p + "value.bias"])
+        if self._is("key-gets-query-bias", i):
+            k = F.linear(h, self.w[p + "key.weight"], self.w[p + "query.bias"])
         if self._is("qk-swap", i):
             q, k = k, q
         yield p + "q", q
@@ -364,7 +373,10 @@ class NovelEncoder:
             scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), -math.inf)
         if self._is("padding-mask", i):
             scores[..., self.valid_steps :] = -math.inf
-        probs = torch.softmax(scores, dim=-2 if self._is("softmax-query-axis", i) else -1)
+        if self._is("softmax-float16", i):
+            probs = torch.softmax(scores.half(), dim=-1).to(scores.dtype)
+        else:
+            probs = torch.softmax(scores, dim=-2 if self._is("softmax-query-axis", i) else -1)
         if self._is("attn-probs-bfloat16", i):
             probs = round_bf16(probs)
         if self.with_weights:
