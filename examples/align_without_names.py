@@ -55,13 +55,13 @@ def main() -> None:
         compiled = session.load(graph, weights_registry=encoder.state_dict())
         extra = []
     else:
-        from whisperdiff.capture.max_encoder import Controls, build_graph
+        from whisperdiff.capture.max_encoder import build_graph
         from whisperdiff.capture.max_runner import encoder_weights
 
         with mark_all(select="canonical", dims=d) as cap:  # a build function: no module, file:line only
-            graph, _ = build_graph(d, ["ln_post"])
+            graph, _ = build_graph(d, ["ln_post"])  # the clean encoder: the mel is its only input
         compiled = session.load(graph, weights_registry=encoder_weights(model))
-        extra = Controls(d.n_audio_layer, d.n_audio_state, d.n_audio_head).arrays()
+        extra = []
     print(f"captured {len(cap.values)} values; {len(cap.chosen)} shaped like a canonical op became outputs")
     amap = trace_captured(out, cap, lambda mel: compiled.execute(np.ascontiguousarray(mel, np.float32), *extra),
                           model=model, impl=f"{args.which} (captured, no names)", reference=reference,

@@ -74,7 +74,7 @@ def preflight_shipped(model) -> int:
 
 
 def trace_fixed(model, out: str, plant: str | None, reference: str | None, map_path: str | None,
-                saved_map: str | None) -> int:  # fmt: skip
+                saved_map: str | None, observer: bool = False) -> int:  # fmt: skip
     import time
 
     import numpy as np
@@ -114,13 +114,25 @@ def trace_fixed(model, out: str, plant: str | None, reference: str | None, map_p
     start = time.perf_counter()
     compiled = engine.InferenceSession(devices=[CPU()]).load(graph, weights_registry=encoder.state_dict())
     print(f"compiled in {time.perf_counter() - start:.0f} s")
+    untapped = None
+    if observer:  # the same module without the extra outputs: one more compile
+        encoder_plain = fixed.WhisperEncoder(config, DType.float32, DeviceRef.CPU())
+        encoder_plain.load_state_dict(wmap.load(reference_sd))
+        with Graph("maxpipe_whisper_encoder_untapped", input_types=list(encoder_plain.input_types())) as plain_graph:
+            plain_graph.output(*encoder_plain(plain_graph.inputs[0].tensor))
+        plain = engine.InferenceSession(devices=[CPU()]).load(plain_graph, weights_registry=encoder_plain.state_dict())
+        untapped = lambda mel: plain.execute(np.ascontiguousarray(mel, np.float32))[0].to_numpy()  # noqa: E731
     ref = reference_trace(reference, model)
     amap = trace_captured(out, cap, lambda mel: compiled.execute(np.ascontiguousarray(mel, np.float32)), model=model,
                           impl="max.pipelines WhisperEncoder (fixed copy)", reference=ref,
                           saved=saved["ops"] if saved else None, map_path=map_path or f"{out}.map.toml",
                           info={"plant": plant, "source": "examples/max_whisper_encoder_fixed.py"},
-                          weights=wmap.rules())  # fmt: skip
+                          weights=wmap.rules(), untapped=untapped)  # fmt: skip
     print(amap.summary())
+    if untapped is not None:
+        effect = wd_load(out).manifest["runner"]["observer_effect"]
+        print(f"observer effect: the tapped graph's output differs from the untapped graph's by max abs "
+              f"{effect['max_abs']:.2e}, rel L2 {effect['rel_l2']:.2e}")  # fmt: skip
     for m in amap.matches:
         if m.confidence < 0.9:
             print(f"  {m.name} <- {m.key} ({m.basis}, confidence {m.confidence:.2f})")
@@ -128,6 +140,12 @@ def trace_fixed(model, out: str, plant: str | None, reference: str | None, map_p
         print(f"  not aligned: {', '.join(amap.unmatched)}")
     print(f"wrote {out} and its map {map_path or f'{out}.map.toml'}")
     return 0
+
+
+def wd_load(path):
+    import whisperdiff as wd
+
+    return wd.load_trace(path)
 
 
 def reference_sd_enc(sd: dict) -> list[str]:
@@ -144,13 +162,15 @@ def main() -> None:
     parser.add_argument("--reference", default=None, help="torch reference trace (default: traced if missing)")
     parser.add_argument("--map", dest="map_path", default=None, help="where to write the map (default OUT.map.toml)")
     parser.add_argument("--use-map", default=None, help="a saved map to align and load weights by")
+    parser.add_argument("--observer", action="store_true", help="also compile the untapped graph and record how far "
+                        "the tapped graph's output is from it")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     model = wd.load_model(args.model)
     if not args.fixed:
         sys.exit(preflight_shipped(model))
     out = args.out or f"traces/maxpipe-{model.model_id}-speech" + (f"+{args.plant}" if args.plant else "")
-    sys.exit(trace_fixed(model, out, args.plant, args.reference, args.map_path, args.use_map))
+    sys.exit(trace_fixed(model, out, args.plant, args.reference, args.map_path, args.use_map, args.observer))
 
 
 if __name__ == "__main__":

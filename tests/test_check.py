@@ -181,3 +181,20 @@ def test_cli_tolerances_from_a_float64_rerun_and_from_another_run(runs, tmp_path
     proc = run_cli("tolerances", str(ref.path), "--from", str(cands["clean"].path), "--factor", "3", check=True)
     assert "[default]" in proc.stdout and "times 3" in proc.stdout
     assert check(ref, cands["clean"], parse_tolerances(proc.stdout, "stdout"), replay=False).passed
+
+
+def test_the_float64_rerun_reads_the_traces_own_mel_not_a_path_its_manifest_names(runs, tmp_path):
+    """Reading a trace is inert: `tolerances REF` re-runs on REF's recorded (verified) log-mel, so a manifest
+    whose input path is gone, or names something else, changes nothing."""
+    import json
+    import shutil
+
+    ref, _, _ = runs
+    moved = tmp_path / "moved"
+    shutil.copytree(ref.path, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["input"]["path"] = str(tmp_path / "gone.wav")
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "proposed.toml"
+    run_cli("tolerances", str(moved), "-o", str(out), check=True)
+    assert 0 < load_tolerances(out).default.max_rel_l2 < 1e-4

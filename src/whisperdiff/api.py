@@ -12,7 +12,7 @@ import numpy as np
 from whisperdiff.capture import make_runner
 from whisperdiff.capture.faults import get_faults
 from whisperdiff.errors import WhisperdiffError
-from whisperdiff.inputs.audio import prepare_input
+from whisperdiff.inputs.audio import EncoderInput, prepare_input
 from whisperdiff.inputs.models import LoadedModel, load_model
 from whisperdiff.names import select_taps
 from whisperdiff.provenance import sha256_array, versions
@@ -103,11 +103,12 @@ class Session:
         return encoder_input
 
     def trace(self, *, audio=None, mel=None, out=None, window: int = 0, transcribe: bool = False,
-              on_op: Callable[[str], None] | None = None) -> Trace:  # fmt: skip
+              on_op: Callable[[str], None] | None = None, given_input: EncoderInput | None = None) -> Trace:  # fmt: skip
+        """given_input: an EncoderInput already in hand (e.g. another trace's recorded mel), used as is."""
         started = datetime.now(UTC)
         t0 = time.perf_counter()
         loaded, runner, tap_names = self.loaded, self.runner, self.tap_names
-        encoder_input = self.input(audio, mel, window)
+        encoder_input = given_input if given_input is not None else self.input(audio, mel, window)
         if transcribe and "ln_post" not in tap_names:
             raise WhisperdiffError("transcribing needs the encoder output: trace with taps that include ln_post")
         if out is None:
@@ -188,14 +189,12 @@ def float64_twin(ref: Trace, out: str | Path | None = None, on_op: Callable[[str
     model, reasons = model_of([ref.manifest])
     if model is None:
         raise WhisperdiffError(f"cannot re-run {ref.path} in float64 ({reasons[-1]}); pass --from OTHER_TRACE instead")
-    source = input_of(ref.manifest, f"the input of {ref.path}", "pass --from OTHER_TRACE instead")
+    if "mel" not in ref.ops:
+        raise WhisperdiffError(f"{ref.path} did not record its input (op mel); pass --from OTHER_TRACE instead")
+    # The input is the trace's own recorded (and digest-verified) log-mel: reading a trace never opens a path
+    # its manifest names.
+    recorded = EncoderInput(np.array(ref["mel"], dtype=np.float32), dict(ref.manifest.get("input") or {}))
     taps = ref.manifest.get("taps") or "default"
-    return trace("torch", model=model, **source, dtype="float64", taps=taps, out=out, on_op=on_op)
+    session = Session("torch", model=model, dtype="float64", taps=taps if isinstance(taps, str) else "default")
+    return session.trace(out=out, on_op=on_op, given_input=recorded)
 
-
-def input_of(manifest: dict, what: str, hint: str) -> dict:
-    """The trace() / Session.input() arguments that re-read a trace's input window: {audio, window} or {mel}."""
-    inp = manifest.get("input", {})
-    if inp.get("kind") not in ("audio", "mel") or not Path(str(inp.get("path"))).is_file():
-        raise WhisperdiffError(f"{what} ({inp.get('path')}) is not a file on this machine; {hint}")
-    return {"audio": inp["path"], "window": inp.get("window", 0)} if inp["kind"] == "audio" else {"mel": inp["path"]}

@@ -265,6 +265,14 @@ def compare(
     if not_traced:
         warnings.append(f"{len(not_traced)} ops of A were not traced in B (taps={tb.manifest.get('taps')!r}): "
                         f"{', '.join(not_traced[:4])}{', ...' if len(not_traced) > 4 else ''}; trace B with --taps all")
+    # Observer effect (capture/graph_capture.trace_captured): B's extra outputs can change what MAX fuses.
+    effect = (tb.manifest.get("runner") or {}).get("observer_effect")
+    if isinstance(effect, dict) and isinstance(effect.get("rel_l2"), int | float) and effect["rel_l2"] > 0:
+        first_rel = next((r.get("rel_l2") for r in rows if r["name"] == first), None) if first else None
+        explains = isinstance(first_rel, float) and first_rel <= 10 * effect["rel_l2"]
+        warnings.append(f"observer effect: B's tapped graph gives an output rel L2 {effect['rel_l2']:.1e} (max abs "
+                        f"{effect.get('max_abs', float('nan')):.1e}) from its untapped graph's"
+                        + (f"; that is enough to explain the divergence at {first} (rel L2 {first_rel:.1e})" if explains else ""))  # fmt: skip
     order_names = [p.name for p in pairs]
     all_findings = order(findings + merge_repeats(pair_swaps(op_findings)), order_names)
     decoder, decoder_found = decoder_summary(ta, tb, first, tolerances, lambda n: views.get(n) if n in b_names else None)

@@ -326,17 +326,27 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
 
 
 def trace_captured(out, cap: capture, execute, *, model, impl: str, reference=None, saved: dict | None = None,
-                   map_path=None, info: dict | None = None, weights: dict | None = None):  # fmt: skip
+                   map_path=None, info: dict | None = None, weights: dict | None = None, untapped=None):  # fmt: skip
     """Run the compiled graph on the Tracer's mel, line the captured values up with the canonical ops
     (automap) and write them as a trace. execute(mel) -> the graph's results. Returns the AutoMap.
 
     reference: a trace (or {op: array}) whose values decide which value is which op; saved: the [ops]
-    of a saved map, used first. map_path: where to write the map (with `weights`, a [weights] section)."""
+    of a saved map, used first. map_path: where to write the map (with `weights`, a [weights] section).
+    untapped(mel) -> the same graph's own output built without the extra outputs: how far the tapped
+    graph's own output is from it (extra outputs can change what the compiler fuses) goes in the manifest."""
     from whisperdiff.analysis.automap import automap
     from whisperdiff.capture.tracer import Tracer
 
     with Tracer(out, impl=impl, model=model, info=info) as t:
-        values = cap.named(execute(t.mel))
+        results = list(execute(t.mel))
+        values = cap.named(results)
+        if untapped is not None and cap.n_outputs:
+            own = np.asarray(results[0].to_numpy() if hasattr(results[0], "to_numpy") else results[0], np.float64)
+            plain = np.asarray(untapped(t.mel), np.float64)
+            t._writer.manifest["runner"]["observer_effect"] = {
+                "output": "the graph's own first output, tapped vs untapped",
+                "max_abs": float(np.abs(own - plain).max()),
+                "rel_l2": float(np.linalg.norm(own - plain) / max(np.linalg.norm(plain), 1e-30))}  # fmt: skip
         amap = automap(cap.values, values, reference=reference, dims=t.model.dims, saved=saved)
         for name, value in amap.canonical_values(values).items():
             t.record(name, value)
