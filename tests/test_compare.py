@@ -142,3 +142,17 @@ def test_cli_compare_bad_input(ref, tmp_path):
     bad = tmp_path / "rules.json"
     bad.write_text("{not json")
     assert_one_line_error(run_cli("compare", str(ref.path), str(ref.path), "--rename", str(bad)), "not valid")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_numpy_rounding_to_half_precision_is_torchs(dtype):
+    """The precision floor is computed in NumPy (compare need not import torch); it must round as torch does."""
+    import torch
+
+    from whisperdiff.analysis.metrics import round_to
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(200_000) * np.exp(rng.uniform(-30, 30, 200_000))).astype(np.float32)
+    x[:5] = [np.inf, -np.inf, np.nan, 0.0, 65520.0]
+    want = torch.from_numpy(x).to(getattr(torch, dtype)).float().numpy()
+    assert np.array_equal(round_to(x, dtype), want, equal_nan=True)

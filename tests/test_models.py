@@ -124,3 +124,14 @@ def test_expected_shapes_match_openai_whisper_modules(preset):
         }
     reference = {f"{p}.{k}": tuple(v.shape) for p, m in parts.items() for k, v in m.state_dict().items()}
     assert expected_shapes(d) == reference
+
+
+def test_whisper_checkpoint_names_match_openai_whisper():
+    """Model names resolve without importing whisper; the written-out table must stay openai-whisper's."""
+    import os
+
+    import whisper
+
+    from whisperdiff.inputs.models import WHISPER_CHECKPOINTS
+
+    assert WHISPER_CHECKPOINTS == {name: os.path.basename(url) for name, url in whisper._MODELS.items()}

@@ -119,9 +119,20 @@ def rel_l2(a, b) -> float:
     return float(d / na) if na > 0 else (0.0 if d == 0 else math.inf)
 
 
+def round_to(a, dtype: str) -> np.ndarray:
+    """`a` rounded to float16 or bfloat16 (round to nearest even) and back to float32, in NumPy (no torch)."""
+    a = np.asarray(a, np.float32)
+    if dtype == "float16":
+        with np.errstate(over="ignore"):  # beyond float16's range is inf, as in torch
+            return a.astype(np.float16).astype(np.float32)
+    if dtype != "bfloat16":
+        raise ValueError(f"round_to: float16 or bfloat16, not {dtype}")
+    bits = np.ascontiguousarray(a).view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000  # bfloat16 keeps the top 16 bits, ties to even
+    out = rounded.astype(np.uint32).view(np.float32)
+    return np.where(np.isfinite(a), out, a)  # NaN/Inf stay as they are
+
+
 def rounding_error(a, dtype: str) -> float:
     """Relative L2 error of rounding `a` to float16 or bfloat16: the floor of that precision for this op."""
-    import torch
-
-    t = torch.from_numpy(np.array(a, np.float32))
-    return rel_l2(a, t.to(getattr(torch, dtype)).float().numpy())
+    return rel_l2(a, round_to(a, dtype))

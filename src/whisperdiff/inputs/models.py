@@ -179,12 +179,20 @@ def whisper_cache_dir() -> Path:
     return Path(os.getenv("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
 
 
-def _checkpoint_file(name: str) -> Path | None:
-    from whisper import _MODELS
+# openai-whisper's model names and the checkpoint file whisper.load_model caches for each (whisper._MODELS,
+# written out so that resolving a name never imports whisper and torch; a test checks it against _MODELS).
+WHISPER_CHECKPOINTS = {
+    "tiny.en": "tiny.en.pt", "tiny": "tiny.pt", "base.en": "base.en.pt", "base": "base.pt",
+    "small.en": "small.en.pt", "small": "small.pt", "medium.en": "medium.en.pt", "medium": "medium.pt",
+    "large-v1": "large-v1.pt", "large-v2": "large-v2.pt", "large-v3": "large-v3.pt", "large": "large-v3.pt",
+    "large-v3-turbo": "large-v3-turbo.pt", "turbo": "large-v3-turbo.pt",
+}
 
-    if name not in _MODELS:
+
+def _checkpoint_file(name: str) -> Path | None:
+    if name not in WHISPER_CHECKPOINTS:
         return None
-    return whisper_cache_dir() / os.path.basename(_MODELS[name])
+    return whisper_cache_dir() / WHISPER_CHECKPOINTS[name]
 
 
 def embedded_model_dir() -> Path | None:
@@ -200,9 +208,7 @@ def available_models() -> list[tuple[str, str]]:
     found = []
     if (d := embedded_model_dir()) is not None and (d / "model.bin").exists():
         found.append(("default (tiny.en)", f"embedded: {d}"))
-    from whisper import _MODELS
-
-    for name in _MODELS:
+    for name in WHISPER_CHECKPOINTS:
         if (f := _checkpoint_file(name)) is not None and f.exists():
             found.append((name, str(f)))
     found.append(("random:PRESET[,seed=N][,n_audio_layer=...]", "generated: " + ", ".join(PRESETS)))
@@ -438,15 +444,13 @@ def known_spec(model_id, source) -> tuple[str | None, str | None]:
         return model_id, None
     if model_id is not None and (model_id == "random" or model_id.startswith("random:")):
         return model_id, None
-    from whisper import _MODELS
-
-    if model_id in _MODELS:
+    if model_id in WHISPER_CHECKPOINTS:
         return model_id, None
     kind, _, where = source.partition(":")
     embedded = embedded_model_dir()
     if kind == "ctranslate2" and embedded is not None and where == str((embedded / "model.bin").resolve()):
         return "default", None
-    for name in _MODELS:
+    for name in WHISPER_CHECKPOINTS:
         if kind == "openai-whisper" and (f := _checkpoint_file(name)) is not None and where == str(f.resolve()):
             return name, None
     return None, (f"the trace's model {model_id!r} ({source or 'no source'}) is not a known model (traces only name "
