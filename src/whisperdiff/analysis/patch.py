@@ -14,7 +14,7 @@ implementation the caller names (`impl=`, `--impl` on the command line), never b
 names. Its input is B's own recorded `mel` (verified by its digest), not a file the manifest points
 at, and its model is found among known models only (models.model_of) or given with --model.
 
-On MAX all patch points share one compiled graph (max_encoder.build_graph(patchable=True)); on torch
+On MAX all patch points share the one debug graph (max_encoder.build_graph(debug=True)); on torch
 the patch is a forward hook's return value.
 """
 
