@@ -212,3 +212,18 @@ def test_the_max_nn_example_captured_with_no_names_aligns_every_op(tmp_path, sma
     # the map it wrote aligns the same values again with no reference at all, by key alone
     saved = read_map(f"{out}.map.toml")["ops"]
     assert saved["blocks.*.attn.q"] == "blocks.*.attn.query" and saved["blocks.*.attn.wv"] == "blocks.*.attn:reshape#3"
+
+
+def test_compare_says_when_the_observer_effect_explains_a_divergence(default_trace, tiny_en, tmp_path):
+    effect = {"output": "the graph's own first output, tapped vs untapped", "max_abs": 3e-3, "rel_l2": 5e-4}
+    rng = np.random.default_rng(0)
+    with wd.Tracer(tmp_path / "b", impl="port", model=tiny_en, info={"observer_effect": effect}) as t:
+        for name in default_trace.ops[1:]:
+            value = np.array(default_trace[name])
+            if name == "ln_post":  # a divergence of the observer effect's size, at the output only
+                value = value + rng.standard_normal(value.shape).astype(np.float32) * 1e-3 * float(value.std())
+            t.record(name, value)
+    c = wd.compare(default_trace, tmp_path / "b", replay=False)
+    assert c.first_divergence == "ln_post"
+    note = next(w for w in c.warnings if w.startswith("observer effect"))
+    assert "rel L2 5.0e-04" in note and "enough to explain the divergence at ln_post" in note
