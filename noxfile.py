@@ -8,7 +8,7 @@ nox.options.sessions = ["lint", "tests"]
 
 @nox.session
 def tests(session):
-    session.install("-e", ".[dev]")
+    session.install("-c", "constraints.txt", "-e", ".[dev,ports]")
     session.run("pytest", *session.posargs)
 
 
