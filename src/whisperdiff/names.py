@@ -153,28 +153,13 @@ def select_taps(dims, taps: str | None = "default") -> list[str]:
 #     decoder.logits                         [B, P, n_vocab]  tied to the token embedding
 # ---------------------------------------------------------------------------------------------------
 
+# A decoder block is an encoder block with cross-attention on the encoder output between its
+# self-attention and its MLP (whisper/model.py ResidualAttentionBlock(cross_attention=True)).
+_SELF_ATTN_OPS = BLOCK_OPS[: BLOCK_OPS.index("mlp_ln")]
 DECODER_BLOCK_OPS = (
-    "attn_ln",
-    "attn.q",
-    "attn.k",
-    "attn.v",
-    "attn.weights",
-    "attn.wv",
-    "attn.out",
-    "attn_residual",
-    "cross_attn_ln",
-    "cross_attn.q",
-    "cross_attn.k",
-    "cross_attn.v",
-    "cross_attn.weights",
-    "cross_attn.wv",
-    "cross_attn.out",
-    "cross_attn_residual",
-    "mlp_ln",
-    "mlp.fc1",
-    "mlp.gelu",
-    "mlp.fc2",
-    "out",
+    *_SELF_ATTN_OPS,
+    *(op.replace("attn", "cross_attn", 1) for op in _SELF_ATTN_OPS),
+    *BLOCK_OPS[len(_SELF_ATTN_OPS) :],
 )
 OPTIONAL_DECODER_BLOCK_OPS = frozenset({"cross_attn.weights"})  # n_head * P * 1500 values per block
 DECODER_INPUT = "ln_post"  # a decoder trace records its input (the encoder output) under the encoder's name

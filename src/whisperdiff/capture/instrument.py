@@ -27,17 +27,8 @@ import re
 import numpy as np
 
 from whisperdiff.analysis.align import rename
+from whisperdiff.capture.graph_capture import module_paths
 from whisperdiff.errors import WhisperdiffError
-
-
-def module_paths(module, prefix: str = "") -> dict[int, str]:
-    """id(submodule) -> its dotted path, for `module` and everything under it."""
-    paths = {}
-    for name, child in getattr(module, "sublayers", {}).items():
-        path = f"{prefix}{name}"
-        paths[id(child)] = path
-        paths.update(module_paths(child, path + "."))
-    return paths
 
 
 class instrument:  # noqa: N801 - used like a function: `with wd.instrument(module) as taps`
