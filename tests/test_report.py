@@ -20,7 +20,7 @@ needs_browser = pytest.mark.skipif(find_chromium() is None and not os.environ.ge
 
 SCENARIOS = {  # injected bug -> (headline, top finding kind, its op, words of its message)
     "clean": ("No divergence: B matches A on all 55 ops", None, None, None),
-    "missing-ln-post": ("B diverges from A first at ln_post", "missing_op", "ln_post", "the final layer norm is missing"),
+    "missing-ln-post": ("B diverges from A first at ln_post", "missing_op", "ln_post", "the layer norm is missing"),
     "variance-rescale": ("B diverges from A first at ln_post", "scale_mismatch", "ln_post",
                          "statistics match, content does not"),  # fmt: skip
     "mel-frontend": ("B diverges from A first at mel", "input_mismatch", "mel", "different frontend"),
