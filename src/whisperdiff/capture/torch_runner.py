@@ -114,7 +114,7 @@ class TorchRunner:
 
         if patch is not None and patch[0] not in self.patch_points:
             raise WhisperdiffError(f"the torch runner cannot patch {patch[0]!r} (see TorchRunner.patch_points)")
-        x = torch.from_numpy(np.ascontiguousarray(mel)).to(self.device, self.torch_dtype)
+        x = torch.from_numpy(np.array(mel, dtype=np.float32)).to(self.device, self.torch_dtype)  # a copy: mel may be a read-only memmap
         handles = self._install_hooks(record, patch)
         try:
             with torch.inference_mode():
