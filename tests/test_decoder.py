@@ -204,3 +204,28 @@ def test_transcribe_impl_max_runs_max_for_both_halves(tmp_path, tiny_en, mel, ma
                                whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True)).text.strip()  # fmt: skip
     assert manifest["impl"] == "max" and manifest["transcript"]["decoder"].startswith("MAX decoder graph")
     assert manifest["transcript"]["text"] == reference == proc.stdout.strip().splitlines()[-1]
+
+
+def test_the_report_shows_the_decoder_position_by_position(tmp_path, tiny_en, features, ref, max_decoder):
+    """A KV-cache bug in the report: its own section names the (op, position), the argmax change, and draws the
+    error per token position of the logits and each block; opened in headless Chromium as a person would."""
+    from whisperdiff.present.browser import Browser, find_chromium
+    from whisperdiff.present.report import write_report
+
+    max_decoder.set_faults(get_faults(["kv-cache-off-by-one"], part="decoder"))
+    try:
+        buggy = trace_decoder("max", model=tiny_en, features=features, taps="default",
+                              tokens=ref.manifest["decoder"]["tokens"], runner=max_decoder, out=tmp_path / "kv")  # fmt: skip
+    finally:
+        max_decoder.set_faults()
+    c = compare(ref, buggy, replay=False)
+    path = write_report(c, tmp_path / "kv.html")
+    if find_chromium() is None:
+        pytest.skip("no chromium")
+    with Browser() as browser:
+        page = browser.open(path)
+    section = page.text.split("The decoder, position by position")[1].split("Divergence along the network")[0]
+    first = c.decoder["first_divergence"]
+    assert f"First divergence: {first['op']} at token position {first['position']}" in section, section
+    assert "The argmax first changes at position" in section
+    assert any(img["alt"].startswith("Relative error per token position") and img["width"] > 0 for img in page.images)

@@ -269,3 +269,39 @@ def patching(ops: list[str], restored: list[float], cause: str | None, threshold
         if cause in ops:
             ax.set_title(label(f"patching {cause} restores the output: the cause"), fontsize=9, color=BAD)
         return fig
+
+
+def positions(step_errors: dict[str, np.ndarray], kl: list[float] | None, argmax_changes: list[int],
+              first: tuple[str, int] | None = None) -> Figure:  # fmt: skip
+    """Decoder traces: relative error per token position of the logits and of each block's output (top),
+    KL(A || B) of the next-token distributions per position with the positions whose argmax differs (bottom).
+    A KV-cache or position bug starts at the position where it acts; an encoder-side error is there from 0."""
+    with rc_context(STYLE):
+        fig = Figure(figsize=(WIDTH, 5.2 if kl is not None else 3.0))
+        axes = fig.subplots(2 if kl is not None else 1, 1, sharex=True, squeeze=False)[:, 0]
+        ax = axes[0]
+        for i, (op, err) in enumerate(step_errors.items()):
+            x = np.arange(len(err))
+            style = "-" if op == "decoder.logits" else ":"
+            _log_series(ax, x, np.asarray(err, float), style, BAD if op == "decoder.logits" else f"C{i % 10}", op,
+                        marker=".", lw=1.2 if op == "decoder.logits" else 0.8)  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_ylabel("relative error (log)")
+        ax.legend(loc="upper left", fontsize=7, ncol=3)
+        if first is not None:
+            ax.axvline(first[1], color=BAD, ls="--", lw=1)
+            ax.set_title(label(f"error per token position; first divergence {first[0]} at position {first[1]}"), fontsize=9)
+        else:
+            ax.set_title("error per token position", fontsize=9)
+        if kl is not None:
+            axk = axes[1]
+            x = np.arange(len(kl))
+            axk.plot(x, np.maximum(np.asarray(kl, float), FLOOR), "-o", ms=3, color=B_COLOR, label="KL(A || B) of the next token")
+            for p in argmax_changes:
+                axk.axvline(p, color=BAD, alpha=0.3, lw=4)
+            axk.set_yscale("log")
+            axk.set_ylabel("KL (log)")
+            axk.legend(loc="upper left", fontsize=7.5, title="shaded: argmax differs" if argmax_changes else None,
+                       title_fontsize=7.5)  # fmt: skip
+        axes[-1].set_xlabel("token position")
+        return fig

@@ -21,6 +21,7 @@ import base64
 import json
 import math
 import os
+import re
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -91,7 +92,7 @@ def render(c: Comparison, *, ops: list[str] = (), head: int | None = None, patch
     if unknown:
         raise WhisperdiffError(f"--op {unknown[0]!r} is not an op of both traces; see `whisperdiff ops`")
     focus = list(dict.fromkeys([*focus_ops(c), *ops]))
-    n_figures = 2 + 4 * len(focus) + (1 if patching else 0)
+    n_figures = 2 + 4 * len(focus) + (1 if patching else 0) + (1 if c.decoder else 0)
     done = [0]
 
     def figure(fig, alt: str, caption: str, fmt: str = "svg") -> dict:
@@ -124,7 +125,7 @@ def render(c: Comparison, *, ops: list[str] = (), head: int | None = None, patch
         "up_close": [_up_close(c, op, head, figure, why="first divergence" if op == c.first_divergence else
                                "largest error" if i == 0 and op not in ops else "asked for")
                      for i, op in enumerate(focus)],
-        "top": top_introducers(c), **_table(c), "manifest_rows": _manifest_rows(c),
+        "decoder": _decoder(c, figure), "top": top_introducers(c), **_table(c), "manifest_rows": _manifest_rows(c),
         "raw_manifests": [(side, json.dumps(_short(m), indent=1)) for side, m in (("A", c.manifest_a), ("B", c.manifest_b))],
     }  # fmt: skip
     if on_figure is not None:
@@ -494,3 +495,24 @@ table.manifest th{white-space:nowrap;word-break:normal} del{background:#ffd6d6;c
 .matters{font-weight:600} .matters.differ{color:#a31516} .matters.same{color:#1f6f35} tr.cause{background:#ffd6d6 !important}
 table.manifest tr.differs{background:#fff1c9} pre{font-size:11.5px;background:#f7f7f7;padding:8px;overflow:auto;max-height:400px}
 """
+
+
+def _decoder(c: Comparison, figure) -> dict | None:
+    """Decoder traces: the first divergence as (op, position), the logits measures, and error per position
+    of the logits and of each block's output."""
+    d = c.decoder
+    if not d:
+        return None
+    wanted = [op for op in c.profiles if op in ("decoder.ln", "decoder.logits") or re.fullmatch(r"decoder\.blocks\.\d+\.out", op)]
+    errors = {op: c.profiles[op]["step_rel_error"] for op in wanted}
+    logits = d.get("logits") or {}
+    first = d.get("first_divergence") or {}
+    at = (first["op"], first["position"]) if first.get("position") is not None and first.get("axis") == "token position" else None
+    argmax_a, argmax_b = d.get("argmax_a") or [], d.get("argmax_b") or []
+    changes = [p for p, (x, y) in enumerate(zip(argmax_a, argmax_b, strict=False)) if x != y]
+    fig = figure(plots.positions(errors, logits.get("kl"), changes, at),
+                 "Relative error per token position of the logits and each decoder block; KL of the next-token distributions",
+                 "Top: each op's relative error at each token position (teacher-forced: both sides saw the same tokens). "
+                 "Bottom: KL(A || B) of the next-token distributions; shaded positions are where the two argmaxes differ.") if errors else None  # fmt: skip
+    return {"first": first or None, "warning": d.get("warning"), "figure": fig,
+            "top1": logits.get("top1_agreement"), "max_kl": logits.get("max_kl"), "change": logits.get("first_argmax_change")}
