@@ -39,8 +39,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(config: str, model_spec: str, repeats: int) -> dict:
-    """One measurement in this (fresh) process; returns figures as a dict."""
+def encoder_pass(config: str, model_spec: str):
+    """(model, once, facts): one encoder pass on the shipped clip's log-mel for `config` (torch, max-untapped,
+    max-default, max-cold), loaded and ready; `once()` runs it with every output reaching numpy."""
     import numpy as np
 
     import whisperdiff as wd
@@ -48,7 +49,6 @@ def child(config: str, model_spec: str, repeats: int) -> dict:
 
     model = wd.load_model(model_spec)
     mel = prepare_input(model.dims.n_mels).mel
-    result = {"config": config, "flops": encoder_flops(model.dims), "model": model.model_id}
     if config == "torch":
         import torch
 
@@ -59,22 +59,27 @@ def child(config: str, model_spec: str, repeats: int) -> dict:
             with torch.no_grad():
                 encoder(x)
 
-        result["threads"] = torch.get_num_threads()
-    else:
-        from whisperdiff.capture.max_runner import MaxRunner
-        from whisperdiff.names import select_taps
+        return model, once, {"threads": torch.get_num_threads()}
+    from whisperdiff.capture.max_runner import MaxRunner
+    from whisperdiff.names import select_taps
 
-        taps = select_taps(model.dims, "output" if config in ("max-untapped", "max-cold") else "default")
-        runner = MaxRunner(model, device="cpu", taps=taps)
-        result.update(compile_seconds=runner.compile_seconds, cache_hit=runner.cache_hit, taps=len(taps))
-        sink = []
+    taps = select_taps(model.dims, "output" if config in ("max-untapped", "max-cold") else "default")
+    runner = MaxRunner(model, device="cpu", taps=taps)
+    sink = []
 
-        def once():
-            sink.clear()
-            runner.run(mel, lambda name, array: sink.append(np.asarray(array)))  # outputs reach numpy
+    def once():
+        sink.clear()
+        runner.run(mel, lambda name, array: sink.append(np.asarray(array)))  # outputs reach numpy
 
-        if config == "max-cold":
-            repeats = 1
+    return model, once, {"compile_seconds": runner.compile_seconds, "cache_hit": runner.cache_hit, "taps": len(taps)}
+
+
+def child(config: str, model_spec: str, repeats: int) -> dict:
+    """One measurement in this (fresh) process; returns figures as a dict."""
+    model, once, facts = encoder_pass(config, model_spec)
+    result = {"config": config, "flops": encoder_flops(model.dims), "model": model.model_id, **facts}
+    if config == "max-cold":
+        repeats = 1
     once()  # warm-up
     times = []
     for _ in range(repeats):

@@ -85,37 +85,11 @@ def spread(values: list[float]) -> str:
 
 def worker(config: str, model_spec: str) -> None:
     """One encoder, loaded and warmed up; then one timed pass per `go N` line on stdin (N passes, median back)."""
-    import numpy as np
+    from encoder import encoder_pass
 
-    import whisperdiff as wd
-    from whisperdiff.inputs.audio import prepare_input
-
-    model = wd.load_model(model_spec)
-    mel = prepare_input(model.dims.n_mels).mel
-    if config == "torch":
-        import torch
-
-        encoder = model.whisper_model("cpu", torch.float32).encoder
-        x = torch.from_numpy(mel)
-
-        def once():
-            with torch.no_grad():
-                encoder(x)
-
-    else:
-        from whisperdiff.capture.max_runner import MaxRunner
-        from whisperdiff.names import select_taps
-
-        taps = select_taps(model.dims, "output" if config == "max-untapped" else "default")
-        runner = MaxRunner(model, device="cpu", taps=taps)
-        if not runner.cache_hit:
-            print(f"note: {config} compiled its graph ({runner.compile_seconds:.0f} s)", file=sys.stderr)
-        sink = []
-
-        def once():
-            sink.clear()
-            runner.run(mel, lambda name, array: sink.append(np.asarray(array)))  # outputs reach numpy
-
+    _, once, facts = encoder_pass(config, model_spec)
+    if facts.get("cache_hit") is False:
+        print(f"note: {config} compiled its graph ({facts['compile_seconds']:.0f} s)", file=sys.stderr)
     once()
     once()
     print("ready", flush=True)
