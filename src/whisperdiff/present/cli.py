@@ -812,19 +812,9 @@ def escape_markup(text: str) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    from whisperdiff.store.trace import atomic_write
+    from whisperdiff.store.trace import write_text_atomic
 
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    with atomic_write():  # a signal now unwinds through the clean-up below
-        try:
-            tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
-            tmp.replace(path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise WhisperdiffError(f"cannot write {path}: {e.strerror}") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    write_text_atomic(path, text)
 
 
 def _shown_rows(c, show_all: bool) -> list[int]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import re
 from datetime import UTC, datetime
 from functools import cache
@@ -33,6 +32,7 @@ from whisperdiff.analysis.compare import Comparison
 from whisperdiff.analysis.diagnose import KINDS, not_comparable_reasons
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.provenance import versions
+from whisperdiff.store.trace import write_text_atomic
 
 
 class _Plots:
@@ -76,13 +76,7 @@ def write_report(c: Comparison, path: str | Path | None = None, *, ops: list[str
         raise WhisperdiffError(f"report path {path} should end in .html")
     page = render(c, ops=ops, head=head, patching=patching, on_figure=on_figure)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise WhisperdiffError(f"cannot write {path}: {e.strerror}") from None
+    write_text_atomic(path, page)
     return path
 
 

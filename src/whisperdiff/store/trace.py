@@ -79,6 +79,22 @@ def atomic_write():
         _writing -= 1
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file (report, CSV, JUnit, tolerances) so that a half-written one never replaces a good one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    with atomic_write():  # a signal now unwinds through the clean-up below
+        try:
+            tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
+            tmp.replace(path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise WhisperdiffError(f"cannot write {path}: {e.strerror}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
 @contextmanager
 def _signals_deferred():
     """Hold SIGINT/SIGTERM for the few renames of a commit, then deliver them: the renames are
@@ -313,7 +329,7 @@ class Trace:
         if self._verify and self._verified.get(name) != stamp:
             ahead = self._ahead.pop(name, None)
             found = ahead.result() if ahead is not None else None
-            digest = found[1] if found is not None and found[0] == stamp else _digest(array)
+            digest = found[1] if found is not None and found[0] == stamp else sha256_bytes(array)
             if digest != op["sha256"]:
                 raise _damaged(self.path, op, "does not match its sha256 in the manifest (bit rot or an edit)")
             self._verified[name] = stamp
@@ -399,10 +415,6 @@ def _hash_file(path: Path, op: dict) -> tuple[tuple, str] | None:
             return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), h.hexdigest()
     except Exception:
         return None
-
-
-def _digest(array: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(array.reshape(-1).view(np.uint8))).hexdigest()
 
 
 def _damaged(path: Path, op: dict, what: str) -> WhisperdiffError:
