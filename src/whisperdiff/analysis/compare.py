@@ -199,6 +199,7 @@ def compare(
         return views[name](np.asarray(tb[b_names[name]]))
 
     rows, profiles, op_findings, not_traced, op_failures = [], {}, [], [], {}
+    rel_l2_of = {}  # op -> its rel L2, for the ops done so far (the inherited error of the ops that read them)
     if on_total is not None:  # how many on_op calls to expect (progress bars with a total)
         on_total(len(pairs))
     first = None
@@ -218,8 +219,7 @@ def compare(
             if rep is not None:
                 row["introduced_rel_l2"] = rep["introduced"]
             if inputs:
-                done = {r["name"]: r["rel_l2"] for r in rows}
-                row["inherited_rel_l2"] = max((done.get(i, math.nan) for i in inputs), default=math.nan)
+                row["inherited_rel_l2"] = max((rel_l2_of.get(i, math.nan) for i in inputs), default=math.nan)
             if row["diverged"] and first is None:
                 first = pair.name
             if row["nan_a"] + row["inf_a"]:  # the metrics skip them: without this a NaN reference reads as rel L2 0
@@ -259,6 +259,7 @@ def compare(
         else:
             warnings.append(f"{pair.b_name} is only in B (no canonical op of A's model has that name; see --rename)")
         rows.append(row)
+        rel_l2_of[row["name"]] = row["rel_l2"]
         if on_op is not None:
             on_op(pair.name)
 
@@ -268,7 +269,7 @@ def compare(
     # Observer effect (capture/graph_capture.trace_captured): B's extra outputs can change what MAX fuses.
     effect = (tb.manifest.get("runner") or {}).get("observer_effect")
     if isinstance(effect, dict) and isinstance(effect.get("rel_l2"), int | float) and effect["rel_l2"] > 0:
-        first_rel = next((r.get("rel_l2") for r in rows if r["name"] == first), None) if first else None
+        first_rel = rel_l2_of.get(first)
         explains = isinstance(first_rel, float) and first_rel <= 10 * effect["rel_l2"]
         warnings.append(f"observer effect: B's tapped graph gives an output rel L2 {effect['rel_l2']:.1e} (max abs "
                         f"{effect.get('max_abs', float('nan')):.1e}) from its untapped graph's"
