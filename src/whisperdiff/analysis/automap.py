@@ -26,6 +26,7 @@ import numpy as np
 
 from whisperdiff.analysis.align import layout_view
 from whisperdiff.analysis.maps import expand, generalise, write_map
+from whisperdiff.analysis.metrics import rel_l2
 
 AGREE = 1e-3  # rel L2 under which a value is taken to be the reference's op (float32 ports: ~1e-6)
 WINDOW = 60  # candidates looked at after the previous op's match
@@ -115,11 +116,6 @@ def _boundary(c) -> bool:
     return bool(c.outputs_of or c.inputs_of)
 
 
-def _rel(ref: np.ndarray, got: np.ndarray) -> float:
-    ref, got = ref.astype(np.float64, copy=False), got.astype(np.float64, copy=False)
-    return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
-
-
 def automap(captured, values: dict[str, np.ndarray] | None = None, *, reference=None, dims=None,
             saved: dict | None = None, ops: list[str] | None = None) -> AutoMap:  # fmt: skip
     """Align captured values (graph_capture.Captured, in graph order) to canonical ops (module docstring).
@@ -171,7 +167,7 @@ def automap(captured, values: dict[str, np.ndarray] | None = None, *, reference=
             for c in pool:
                 view = layout_view(spec.shape, c.shape)[0]
                 try:
-                    scored.append((_rel(ref, view(np.asarray(values[c.key]))), c))
+                    scored.append((rel_l2(ref, view(np.asarray(values[c.key]))), c))
                 except ValueError:
                     continue
             if scored:
@@ -201,7 +197,7 @@ def automap(captured, values: dict[str, np.ndarray] | None = None, *, reference=
             continue
         c, basis, conf, rel = match
         if rel is None and ref is not None and values is not None:
-            rel = _rel(ref, layout_view(spec.shape, c.shape)[0](np.asarray(values[c.key])))
+            rel = rel_l2(ref, layout_view(spec.shape, c.shape)[0](np.asarray(values[c.key])))
         view, layout = layout_view(spec.shape, c.shape)
         views[spec.name] = view
         used.add(c.key)
