@@ -31,10 +31,15 @@ def write_pair(root: Path, layers: int) -> tuple[Path, Path, int]:
 
     dims = {**preset_dims("large-v3"), "n_audio_layer": layers}
     specs = [s for s in op_specs(dims) if not s.optional]
-    manifest = {"impl": "synthetic", "device": "cpu", "dtype": "float32", "taps": "default", "injected": [],
-                "model": {"id": "synthetic-large-v3", "source": "synthetic", "dims": dims,
-                          "weights_sha256": "0" * 64},
-                "input": {"kind": "synthetic", "path": "synthetic", "sha256": "1" * 64, "mel_sha256": "2" * 64}}  # fmt: skip
+    manifest = {
+        "impl": "synthetic",
+        "device": "cpu",
+        "dtype": "float32",
+        "taps": "default",
+        "injected": [],
+        "model": {"id": "synthetic-large-v3", "source": "synthetic", "dims": dims, "weights_sha256": "0" * 64},
+        "input": {"kind": "synthetic", "path": "synthetic", "sha256": "1" * 64, "mel_sha256": "2" * 64},
+    }
     rng = np.random.default_rng(0)
     total = 0
     with wd.TraceWriter(root / "a", manifest) as wa, wd.TraceWriter(root / "b", manifest) as wb:
@@ -57,8 +62,16 @@ def child(a: str, b: str) -> None:
     result = compare(a, b)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "ops": len(result.table),
-                      "first_divergence": result.first_divergence}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss_mb": peak,
+                "ops": len(result.table),
+                "first_divergence": result.first_divergence,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -83,11 +96,17 @@ def main() -> None:
         from speed import read_all
 
         read_seconds = read_all([a, b])
-        print(f"two traces of {nbytes / 1e9:.2f} GB each ({figures['ops']} ops, large-v3 shapes, {args.layers} blocks), "
-              f"written in {write_seconds:.0f} s")  # fmt: skip
-        print(f"compare: {figures['seconds']:.1f} s, peak RSS {figures['peak_rss_mb']:.0f} MB (goal <= 1 GB), "
-              f"first divergence {figures['first_divergence']}")  # fmt: skip
-        print(f"reading both traces from disk: {read_seconds:.1f} s; compare / read = {figures['seconds'] / read_seconds:.2f}x")
+        print(
+            f"two traces of {nbytes / 1e9:.2f} GB each ({figures['ops']} ops, large-v3 shapes, {args.layers} blocks), "
+            f"written in {write_seconds:.0f} s"
+        )
+        print(
+            f"compare: {figures['seconds']:.1f} s, peak RSS {figures['peak_rss_mb']:.0f} MB (goal <= 1 GB), "
+            f"first divergence {figures['first_divergence']}"
+        )
+        print(
+            f"reading both traces from disk: {read_seconds:.1f} s; compare / read = {figures['seconds'] / read_seconds:.2f}x"
+        )
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

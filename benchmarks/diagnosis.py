@@ -69,16 +69,24 @@ def score(bug: nb.Bug, op: str, finding) -> dict:
         verdict = "op-only"
     else:
         verdict = "missed"
-    return {"op_ok": op_ok, "kind_ok": kind_ok, "misleading": misleading, "verdict": verdict,
-            "top_op": at, "top_kind": kind, "message": message}  # fmt: skip
+    return {
+        "op_ok": op_ok,
+        "kind_ok": kind_ok,
+        "misleading": misleading,
+        "verdict": verdict,
+        "top_op": at,
+        "top_kind": kind,
+        "message": message,
+    }
 
 
 def clean_alarms(comparison) -> list[dict]:
     return [{"kind": f.kind, "op": f.op, "message": f.message} for f in comparison.findings if f.severity == "error"]
 
 
-def bug_row(bug: nb.Bug, model, ref, clean32, work: Path, with_weights: bool = True, samples=None,
-            keep: bool = False) -> dict:  # fmt: skip
+def bug_row(
+    bug: nb.Bug, model, ref, clean32, work: Path, with_weights: bool = True, samples=None, keep: bool = False
+) -> dict:
     """Trace one bug, check it changes its expected op first, compare it with the reference, score it."""
     import whisperdiff as wd
 
@@ -92,9 +100,18 @@ def bug_row(bug: nb.Bug, model, ref, clean32, work: Path, with_weights: bool = T
         top, first, error = top_finding(c), c.first_divergence, None
     except Exception as e:  # a crash in compare is a result too: the bug is missed
         top, first, error = None, None, f"{type(e).__name__}: {e}"
-    row = {"bug": bug.name, "description": bug.description, "expected_op": want, "expected_kind": bug.kind,
-           "expected_dtype": bug.dtype, "first_changed_op": changed, "valid": changed == want,
-           "first_divergence": first, "compare_s": round(time.perf_counter() - t0, 2), **score(bug, want, top)}  # fmt: skip
+    row = {
+        "bug": bug.name,
+        "description": bug.description,
+        "expected_op": want,
+        "expected_kind": bug.kind,
+        "expected_dtype": bug.dtype,
+        "first_changed_op": changed,
+        "valid": changed == want,
+        "first_divergence": first,
+        "compare_s": round(time.perf_counter() - t0, 2),
+        **score(bug, want, top),
+    }
     if error:
         row["message"] = f"compare failed: {error}"
     if not keep:
@@ -111,19 +128,33 @@ def _init_worker(model, ref_path, clean_path, work, with_weights, keep, threads)
     import whisperdiff as wd
 
     torch.set_num_threads(threads)
-    _WORKER.update(model=wd.load_model(model) if not isinstance(model, wd.LoadedModel) else model,
-                   ref=wd.load_trace(ref_path), clean=wd.load_trace(clean_path), work=work,
-                   with_weights=with_weights, keep=keep, samples=nb.default_samples())  # fmt: skip
+    _WORKER.update(
+        model=wd.load_model(model) if not isinstance(model, wd.LoadedModel) else model,
+        ref=wd.load_trace(ref_path),
+        clean=wd.load_trace(clean_path),
+        work=work,
+        with_weights=with_weights,
+        keep=keep,
+        samples=nb.default_samples(),
+    )
 
 
 def _worker_row(name: str) -> dict:
     w = _WORKER
-    return bug_row(nb.BUGS_BY_NAME[name], w["model"], w["ref"], w["clean"], w["work"], w["with_weights"],
-                   w["samples"], w["keep"])  # fmt: skip
+    return bug_row(
+        nb.BUGS_BY_NAME[name], w["model"], w["ref"], w["clean"], w["work"], w["with_weights"], w["samples"], w["keep"]
+    )
 
 
-def run(model=None, only=(), workdir: Path | None = None, keep: bool = False, with_weights: bool = True,
-        on_event=None, jobs: int = 1) -> dict:  # fmt: skip
+def run(
+    model=None,
+    only=(),
+    workdir: Path | None = None,
+    keep: bool = False,
+    with_weights: bool = True,
+    on_event=None,
+    jobs: int = 1,
+) -> dict:
     """Trace, check and compare everything; returns {"bugs": [...], "clean": {...}, "figures": {...}}.
     model: a load_model spec or LoadedModel. jobs: bugs traced and compared in parallel processes.
     on_event(kind, payload) is called as results arrive ("clean", "bug")."""
@@ -149,12 +180,21 @@ def run(model=None, only=(), workdir: Path | None = None, keep: bool = False, wi
         clean32 = nb.write_trace(work / "clean-float32", loaded, with_weights=with_weights, samples=samples)
         clean = {}
         for name, dtype in (("float32", torch.float32), ("float64", torch.float64)):
-            trace = clean32 if name == "float32" else nb.write_trace(work / "clean-float64", loaded, dtype=dtype,
-                                                                      with_weights=with_weights, samples=samples)  # fmt: skip
+            trace = (
+                clean32
+                if name == "float32"
+                else nb.write_trace(
+                    work / "clean-float64", loaded, dtype=dtype, with_weights=with_weights, samples=samples
+                )
+            )
             t0 = time.perf_counter()
             c = wd.compare(ref, trace)
-            clean[name] = {"alarms": clean_alarms(c), "first_divergence": c.first_divergence,
-                           "findings": len(c.findings), "compare_s": round(time.perf_counter() - t0, 2)}  # fmt: skip
+            clean[name] = {
+                "alarms": clean_alarms(c),
+                "first_divergence": c.first_divergence,
+                "findings": len(c.findings),
+                "compare_s": round(time.perf_counter() - t0, 2),
+            }
             on_event("clean", {"name": name, **clean[name]})
             if name == "float64" and not keep:
                 shutil.rmtree(work / "clean-float64", ignore_errors=True)
@@ -168,8 +208,15 @@ def run(model=None, only=(), workdir: Path | None = None, keep: bool = False, wi
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             threads = max(1, (os.cpu_count() or 1) // jobs)
-            init = (model if isinstance(model, str) or model is None else loaded, str(ref.path), str(clean32.path),
-                    str(work), with_weights, keep, threads)  # fmt: skip
+            init = (
+                model if isinstance(model, str) or model is None else loaded,
+                str(ref.path),
+                str(clean32.path),
+                str(work),
+                with_weights,
+                keep,
+                threads,
+            )
             with ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), _init_worker, init) as pool:
                 futures = [pool.submit(_worker_row, b.name) for b in bugs]
                 for f in as_completed(futures):
@@ -179,8 +226,13 @@ def run(model=None, only=(), workdir: Path | None = None, keep: bool = False, wi
             results.sort(key=lambda r: rank[r["bug"]])
         figures = summarise(results, clean)
         figures["wall_s"] = round(time.perf_counter() - t_start, 1)
-        return {"model": loaded.model_id, "with_weights": with_weights, "bugs": results, "clean": clean,
-                "figures": figures}  # fmt: skip
+        return {
+            "model": loaded.model_id,
+            "with_weights": with_weights,
+            "bugs": results,
+            "clean": clean,
+            "figures": figures,
+        }
     finally:
         if own_dir and not keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -222,7 +274,9 @@ def main() -> None:
     if args.list:
         table = Table("bug", "expected op (tiny.en)", "kind", "what it does")
         for b in nb.BUGS:
-            table.add_row(b.name, b.expected_op(4), b.kind + (f" ({b.dtype})" if b.dtype else ""), escape(b.description))
+            table.add_row(
+                b.name, b.expected_op(4), b.kind + (f" ({b.dtype})" if b.dtype else ""), escape(b.description)
+            )
         console.print(table)
         return
     only = [name for item in args.only for name in item.split(",") if name]
@@ -231,24 +285,47 @@ def main() -> None:
 
     def on_event(kind, p):
         if kind == "clean":
-            console.print(f"clean {p['name']}: {len(p['alarms'])} error findings, first divergence "
-                          f"{p['first_divergence']} ({p['compare_s']} s)")  # fmt: skip
+            console.print(
+                f"clean {p['name']}: {len(p['alarms'])} error findings, first divergence "
+                f"{p['first_divergence']} ({p['compare_s']} s)"
+            )
             for a in p["alarms"]:
                 console.print(f"   {a['kind']} at {a['op']}: {a['message'][:160]}", markup=False)
         else:
             valid = "" if p["valid"] else f"  [red]INVALID: first changed op {p['first_changed_op']}[/]"
-            console.print(f"[{colour[p['verdict']]}]{p['verdict']:10s}[/] {p['bug']:24s} expected "
-                          f"{p['expected_op']} {p['expected_kind']}, got {p['top_op']} {p['top_kind']} "
-                          f"({p['compare_s']} s){valid}")  # fmt: skip
+            console.print(
+                f"[{colour[p['verdict']]}]{p['verdict']:10s}[/] {p['bug']:24s} expected "
+                f"{p['expected_op']} {p['expected_kind']}, got {p['top_op']} {p['top_kind']} "
+                f"({p['compare_s']} s){valid}"
+            )
 
-    result = run(model_spec, only, Path(args.workdir) if args.workdir else None, args.keep, not args.no_weights,
-                 on_event, args.jobs)  # fmt: skip
-    table = Table("bug", "expected op / kind", "top finding op / kind", "message (160 chars)", "verdict",
-                  title=f"novel bugs on {result['model']}", show_lines=True)  # fmt: skip
+    result = run(
+        model_spec,
+        only,
+        Path(args.workdir) if args.workdir else None,
+        args.keep,
+        not args.no_weights,
+        on_event,
+        args.jobs,
+    )
+    table = Table(
+        "bug",
+        "expected op / kind",
+        "top finding op / kind",
+        "message (160 chars)",
+        "verdict",
+        title=f"novel bugs on {result['model']}",
+        show_lines=True,
+    )
     for r in result["bugs"]:
         kind = r["expected_kind"] + (f" ({r['expected_dtype']})" if r["expected_dtype"] else "")
-        table.add_row(r["bug"], f"{r['expected_op']}\n{kind}", f"{r['top_op']}\n{r['top_kind']}",
-                      escape((r["message"] or "")[:160]), f"[{colour[r['verdict']]}]{r['verdict']}[/]")  # fmt: skip
+        table.add_row(
+            r["bug"],
+            f"{r['expected_op']}\n{kind}",
+            f"{r['top_op']}\n{r['top_kind']}",
+            escape((r["message"] or "")[:160]),
+            f"[{colour[r['verdict']]}]{r['verdict']}[/]",
+        )
     console.print(table)
     f = result["figures"]
     console.print(

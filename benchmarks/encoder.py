@@ -122,7 +122,18 @@ def trace_wall_seconds(model: str, runs: int = 3) -> list[float]:
         for i in range(runs):
             start = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "whisperdiff.present.cli", "trace", "--impl", "max", "-m", model, "-o", f"{tmp}/t{i}"],
+                [
+                    sys.executable,
+                    "-m",
+                    "whisperdiff.present.cli",
+                    "trace",
+                    "--impl",
+                    "max",
+                    "-m",
+                    model,
+                    "-o",
+                    f"{tmp}/t{i}",
+                ],
                 check=True,
                 capture_output=True,
             )
@@ -193,18 +204,27 @@ def main() -> None:
         table.add_column(col, justify="right")
     for k in ("max-untapped", "max-default", "torch"):
         s = summary["median_seconds"][k]
-        table.add_row(k, f"{s:.3f}", f"{flops / s / 1e9:.0f}", f"{summary['share_of_float32_limit'][k]:.0%}",
-                      f"{summary['peak_rss_mb'][k]:.0f}")  # fmt: skip
+        table.add_row(
+            k,
+            f"{s:.3f}",
+            f"{flops / s / 1e9:.0f}",
+            f"{summary['share_of_float32_limit'][k]:.0%}",
+            f"{summary['peak_rss_mb'][k]:.0f}",
+        )
     out = Console()
     out.print(table)
     cold = summary["compile_seconds"]["cold"]
     out.print(f"encoder: {flops / 1e9:.1f} GFLOP per window; float32 limit (best 2048^3 sgemm): {limit:.0f} GFLOP/s")
     out.print(f"torch / MAX untapped: {summary['torch_over_max_untapped']:.2f}x  (goal >= 1.0)")
     out.print(f"MAX default taps / untapped: {summary['max_default_taps_over_untapped']:.2f}x  (goal <= 1.15)")
-    out.print(f"compile: warm (cache hit) {summary['compile_seconds']['warm']:.1f} s; "
-              + (f"cold (empty cache) {cold:.1f} s" if cold is not None else "cold skipped"))  # fmt: skip
-    out.print(f"warm `whisperdiff trace --impl max` wall: median {summary['trace_wall_seconds_median']:.2f} s "
-              f"of {[round(t, 2) for t in figures['trace_wall_seconds']]}  (goal <= 4 s)")  # fmt: skip
+    out.print(
+        f"compile: warm (cache hit) {summary['compile_seconds']['warm']:.1f} s; "
+        + (f"cold (empty cache) {cold:.1f} s" if cold is not None else "cold skipped")
+    )
+    out.print(
+        f"warm `whisperdiff trace --impl max` wall: median {summary['trace_wall_seconds_median']:.2f} s "
+        f"of {[round(t, 2) for t in figures['trace_wall_seconds']]}  (goal <= 4 s)"
+    )
 
 
 if __name__ == "__main__":

@@ -97,8 +97,12 @@ def cli_outcome(m, a: Path, b: Path, timeout: float) -> tuple[str, str]:
         commands.append(["report", str(a), str(b), "--no-replay", "-o", str(b.parent / "r.html")])
     for args in commands:
         try:
-            proc = subprocess.run([sys.executable, "-m", "whisperdiff.present.cli", *args], capture_output=True,
-                                  timeout=timeout, errors="backslashreplace")  # fmt: skip
+            proc = subprocess.run(
+                [sys.executable, "-m", "whisperdiff.present.cli", *args],
+                capture_output=True,
+                timeout=timeout,
+                errors="backslashreplace",
+            )
         except subprocess.TimeoutExpired:
             verdicts.append(("hang", f"whisperdiff {args[0]} ran past {timeout:.0f} s ({m})"))
             continue
@@ -114,8 +118,12 @@ def cli_outcome(m, a: Path, b: Path, timeout: float) -> tuple[str, str]:
         elif m.expect == "error":
             verdicts.append(("silent-wrong", f"whisperdiff {args[0]} exit {proc.returncode} on damage ({m})"))
         elif args[0] == "check" and m.expect == "finding" and (proc.returncode != 1 or m.op not in proc.stdout):
-            verdicts.append(("silent-wrong" if proc.returncode == 0 else "misreport",
-                             f"whisperdiff check exit {proc.returncode}, {m.op} not named ({m})"))  # fmt: skip
+            verdicts.append(
+                (
+                    "silent-wrong" if proc.returncode == 0 else "misreport",
+                    f"whisperdiff check exit {proc.returncode}, {m.op} not named ({m})",
+                )
+            )
         elif args[0] in ("check", "report") and m.expect in ("same", "error-or-same") and proc.returncode != 0:
             verdicts.append(("misreport", f"whisperdiff check exit {proc.returncode} on a harmless change ({m})"))
         else:
@@ -167,18 +175,24 @@ def main() -> int:
         judge.close()
         unpickled = sentinel.exists()
 
-    print(f"fuzz campaign: {args.n} mutations of a small torch trace pair ({TAPS}) "
-          f"(seed {args.seed}), {sum(cli_counts.values())} of them also through the CLI, "
-          f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
+    print(
+        f"fuzz campaign: {args.n} mutations of a small torch trace pair ({TAPS}) "
+        f"(seed {args.seed}), {sum(cli_counts.values())} of them also through the CLI, "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
     print("outcome (API: ls, show, check)   count")
     for o in OUTCOMES:
         print(f"  {o:30} {counts[o]:5}")
     print("outcome (CLI: check, show; report for hostile strings)   count")
     for o in OUTCOMES:
         print(f"  {o:30} {cli_counts[o]:5}")
-    print("per mutation kind: " + "; ".join(f"{k} {sum(c.values())}" + "".join(f" {o}={n}" for o, n in c.items()
-                                                                                if o not in GOOD)
-                                            for k, c in sorted(by_kind.items())))  # fmt: skip
+    print(
+        "per mutation kind: "
+        + "; ".join(
+            f"{k} {sum(c.values())}" + "".join(f" {o}={n}" for o, n in c.items() if o not in GOOD)
+            for k, c in sorted(by_kind.items())
+        )
+    )
     print(f"pickled payload executed: {'YES' if unpickled else 'no'}")
     for line in bad:
         print("  " + line[:400])

@@ -59,77 +59,186 @@ BUGS: tuple[Bug, ...] = (
     Bug("mel-n-fft-512", "n_fft 512 (with a 512-point Slaney filterbank) instead of 400", "mel", "input_mismatch"),
     Bug("mel-magnitude", "magnitude spectrum instead of power", "mel", "input_mismatch"),
     Bug("mel-htk-filterbank", "HTK mel scale without Slaney area norm (torchaudio's default)", "mel", "input_mismatch"),
-    Bug("mel-no-centre", "STFT frames not centred (center=False): frames start 200 samples late", "mel", "input_mismatch"),
+    Bug(
+        "mel-no-centre",
+        "STFT frames not centred (center=False): frames start 200 samples late",
+        "mel",
+        "input_mismatch",
+    ),
     # convolutions
     Bug("conv1-pad-right", "conv1 pads two frames on the right, none on the left", "conv1", "conv_padding"),
-    Bug("conv2-tf-same", "conv2 with TensorFlow 'SAME' padding for stride 2 (0 left, 1 right)", "conv2", "conv_padding"),
+    Bug(
+        "conv2-tf-same", "conv2 with TensorFlow 'SAME' padding for stride 2 (0 left, 1 right)", "conv2", "conv_padding"
+    ),
     Bug("conv1-flipped-kernel", "conv1 is a true convolution: kernel flipped in time", "conv1", "conv_kernel"),
     Bug("conv2-missing-tap", "conv2 drops its last kernel tap", "conv2", "conv_kernel"),
-    Bug("conv1-filter-layout", "conv1 filters [out, in, k] read as [out, k, in] (reshape, not transpose)", "conv1",
-        "weight_layout"),  # fmt: skip
+    Bug(
+        "conv1-filter-layout",
+        "conv1 filters [out, in, k] read as [out, k, in] (reshape, not transpose)",
+        "conv1",
+        "weight_layout",
+    ),
     Bug("conv2-no-bias", "conv2 without its bias", "conv2", "bias_error"),
     Bug("conv2-in-out-swapped", "conv2 filters with input and output channels exchanged", "conv2", "weight_layout"),
     # activations
     Bug("conv1-relu", "ReLU instead of GELU after conv1", "conv1.gelu", "wrong_activation"),
     Bug("conv2-no-activation", "no activation after conv2 (identity)", "conv2.gelu", "wrong_activation"),
     Bug("mlp-silu", "SiLU instead of GELU in block 2's MLP", "blocks.{b}.mlp.gelu", "wrong_activation", 2),
-    Bug("mlp-quick-gelu", "quick GELU x*sigmoid(1.702x) in block 1's MLP", "blocks.{b}.mlp.gelu", "activation_approx", 1),
+    Bug(
+        "mlp-quick-gelu", "quick GELU x*sigmoid(1.702x) in block 1's MLP", "blocks.{b}.mlp.gelu", "activation_approx", 1
+    ),
     # layer norms
     Bug("ln-eps-1e-2", "attn_ln epsilon 1e-2 instead of 1e-5 in block 1", "blocks.{b}.attn_ln", "layer_norm_eps", 1),
-    Bug("ln-unbiased-variance", "attn_ln with the unbiased (n-1) variance in block 2", "blocks.{b}.attn_ln",
-        "layer_norm_variance", 2),  # fmt: skip
+    Bug(
+        "ln-unbiased-variance",
+        "attn_ln with the unbiased (n-1) variance in block 2",
+        "blocks.{b}.attn_ln",
+        "layer_norm_variance",
+        2,
+    ),
     Bug("ln-no-gamma", "mlp_ln without its weight (gamma) in block 1", "blocks.{b}.mlp_ln", "layer_norm_affine", 1),
     Bug("ln-post-no-beta", "ln_post without its bias (beta)", "ln_post", "layer_norm_affine"),
-    Bug("rms-norm", "attn_ln as RMSNorm (no mean subtraction; gamma, beta kept) in block 3", "blocks.{b}.attn_ln",
-        "rms_norm", 3),  # fmt: skip
-    Bug("ln-time-axis", "mlp_ln normalises each channel over time instead of each frame over channels",
-        "blocks.{b}.mlp_ln", "norm_axis", 0),  # fmt: skip
+    Bug(
+        "rms-norm",
+        "attn_ln as RMSNorm (no mean subtraction; gamma, beta kept) in block 3",
+        "blocks.{b}.attn_ln",
+        "rms_norm",
+        3,
+    ),
+    Bug(
+        "ln-time-axis",
+        "mlp_ln normalises each channel over time instead of each frame over channels",
+        "blocks.{b}.mlp_ln",
+        "norm_axis",
+        0,
+    ),
     Bug("mlp-ln-skipped", "block 3's mlp_ln skipped (its input passes through)", "blocks.{b}.mlp_ln", "missing_op", 3),
     # linear layers
-    Bug("query-transposed", "query weight used transposed (x @ W, not x @ W.T) in block 1", "blocks.{b}.attn.q",
-        "weight_layout", 1),  # fmt: skip
+    Bug(
+        "query-transposed",
+        "query weight used transposed (x @ W, not x @ W.T) in block 1",
+        "blocks.{b}.attn.q",
+        "weight_layout",
+        1,
+    ),
     Bug("fc1-no-bias", "mlp.fc1 without its bias in block 2", "blocks.{b}.mlp.fc1", "bias_error", 2),
     Bug("attn-out-double-bias", "attn.out adds its bias twice in block 0", "blocks.{b}.attn.out", "bias_error", 0),
-    Bug("value-previous-layer", "block 2's value projection uses block 1's value weight", "blocks.{b}.attn.v",
-        "wrong_weight", 2),  # fmt: skip
-    Bug("key-uses-query-weight", "block 1's key computed with the query's weight", "blocks.{b}.attn.k", "wrong_weight", 1),
-    Bug("key-gets-query-bias", "block 0's key (which has no bias) adds the query's bias", "blocks.{b}.attn.k",
-        "bias_error", 0),  # fmt: skip
+    Bug(
+        "value-previous-layer",
+        "block 2's value projection uses block 1's value weight",
+        "blocks.{b}.attn.v",
+        "wrong_weight",
+        2,
+    ),
+    Bug(
+        "key-uses-query-weight",
+        "block 1's key computed with the query's weight",
+        "blocks.{b}.attn.k",
+        "wrong_weight",
+        1,
+    ),
+    Bug(
+        "key-gets-query-bias",
+        "block 0's key (which has no bias) adds the query's bias",
+        "blocks.{b}.attn.k",
+        "bias_error",
+        0,
+    ),
     Bug("qk-swap", "query and key projections exchanged in block 3", "blocks.{b}.attn.q", "swapped_projections", 3),
     # attention
-    Bug("softmax-query-axis", "attention softmax over the query axis in block 1", "blocks.{b}.attn.weights",
-        "softmax_axis", 1),  # fmt: skip
+    Bug(
+        "softmax-query-axis",
+        "attention softmax over the query axis in block 1",
+        "blocks.{b}.attn.weights",
+        "softmax_axis",
+        1,
+    ),
     Bug("causal-mask", "causal mask in block 2's self-attention", "blocks.{b}.attn.weights", "attention_mask", 2),
-    Bug("padding-mask", "keys after the end of the audio masked out in block 0", "blocks.{b}.attn.weights",
-        "attention_mask", 0),  # fmt: skip
-    Bug("attn-no-scale", "attention scores not scaled (factor 1) in block 3", "blocks.{b}.attn.weights",
-        "attention_scale", 3),  # fmt: skip
-    Bug("attn-scale-model-dim", "scores scaled by 1/sqrt(n_state) instead of 1/sqrt(d_head) in block 1",
-        "blocks.{b}.attn.weights", "attention_scale", 1),  # fmt: skip
-    Bug("head-split-order", "heads split as [T, d_head, n_head] (and merged back so) in block 0",
-        "blocks.{b}.attn.weights", "head_split", 0),  # fmt: skip
+    Bug(
+        "padding-mask",
+        "keys after the end of the audio masked out in block 0",
+        "blocks.{b}.attn.weights",
+        "attention_mask",
+        0,
+    ),
+    Bug(
+        "attn-no-scale",
+        "attention scores not scaled (factor 1) in block 3",
+        "blocks.{b}.attn.weights",
+        "attention_scale",
+        3,
+    ),
+    Bug(
+        "attn-scale-model-dim",
+        "scores scaled by 1/sqrt(n_state) instead of 1/sqrt(d_head) in block 1",
+        "blocks.{b}.attn.weights",
+        "attention_scale",
+        1,
+    ),
+    Bug(
+        "head-split-order",
+        "heads split as [T, d_head, n_head] (and merged back so) in block 0",
+        "blocks.{b}.attn.weights",
+        "head_split",
+        0,
+    ),
     Bug("head-merge-order", "heads merged as [T, d_head, n_head] in block 2", "blocks.{b}.attn.wv", "head_split", 2),
     # positional embedding
     Bug("pos-shift-3", "sinusoids recomputed for positions 3..n_ctx+2", "pos_embed", "positional"),
     Bug("pos-interleaved", "sinusoids recomputed with sin and cos interleaved", "pos_embed", "positional"),
     Bug("pos-added-twice", "positional embedding added twice", "pos_embed", "positional"),
     # precision
-    Bug("mlp-bfloat16", "block 2's MLP matmuls in bfloat16 (float32 accumulation)", "blocks.{b}.mlp.fc1", "precision", 2,
-        "bfloat16"),  # fmt: skip
-    Bug("linear-float16-block", "block 1's linear layers in float16 (autocast-style)", "blocks.{b}.attn.q", "precision",
-        1, "float16"),  # fmt: skip
-    Bug("tf32-matmuls", "every linear layer rounds its inputs to tf32 (allow_tf32 matmuls; convs in float32)",
-        "blocks.{b}.attn.q", "precision", 0, "tf32"),  # fmt: skip
-    Bug("attn-probs-bfloat16", "block 3's attention probabilities stored in bfloat16", "blocks.{b}.attn.weights",
-        "precision", 3, "bfloat16"),  # fmt: skip
-    Bug("softmax-float16", "block 0's attention softmax computed in float16", "blocks.{b}.attn.weights", "precision", 0,
-        "float16"),  # fmt: skip
+    Bug(
+        "mlp-bfloat16",
+        "block 2's MLP matmuls in bfloat16 (float32 accumulation)",
+        "blocks.{b}.mlp.fc1",
+        "precision",
+        2,
+        "bfloat16",
+    ),
+    Bug(
+        "linear-float16-block",
+        "block 1's linear layers in float16 (autocast-style)",
+        "blocks.{b}.attn.q",
+        "precision",
+        1,
+        "float16",
+    ),
+    Bug(
+        "tf32-matmuls",
+        "every linear layer rounds its inputs to tf32 (allow_tf32 matmuls; convs in float32)",
+        "blocks.{b}.attn.q",
+        "precision",
+        0,
+        "tf32",
+    ),
+    Bug(
+        "attn-probs-bfloat16",
+        "block 3's attention probabilities stored in bfloat16",
+        "blocks.{b}.attn.weights",
+        "precision",
+        3,
+        "bfloat16",
+    ),
+    Bug(
+        "softmax-float16",
+        "block 0's attention softmax computed in float16",
+        "blocks.{b}.attn.weights",
+        "precision",
+        0,
+        "float16",
+    ),
     # generic
     Bug("fc2-negated", "block 2's mlp.fc2 output negated", "blocks.{b}.mlp.fc2", "sign_flip", 2),
     Bug("fc1-nan", "a NaN at one position of block 1's mlp.fc1", "blocks.{b}.mlp.fc1", "nonfinite", 1),
     Bug("attn-out-halved", "block 3's attn.out multiplied by 0.5", "blocks.{b}.attn.out", "scale_mismatch", 3),
-    Bug("attn-residual-dropped", "block 2's attention residual dropped (x = attn.out)", "blocks.{b}.attn_residual",
-        "missing_residual", 2),  # fmt: skip
+    Bug(
+        "attn-residual-dropped",
+        "block 2's attention residual dropped (x = attn.out)",
+        "blocks.{b}.attn_residual",
+        "missing_residual",
+        2,
+    ),
 )
 BUGS_BY_NAME = {b.name: b for b in BUGS}
 
@@ -209,8 +318,9 @@ def log_mel(samples: np.ndarray, n_mels: int, bug: Bug | None = None) -> np.ndar
     stft = torch.stft(audio, n_fft, HOP, window=window, return_complex=True, center=name != "mel-no-centre")
     spectrum = stft[..., :-1].abs() if name == "mel-magnitude" else stft[..., :-1].abs() ** 2
     if name in ("mel-n-fft-512", "mel-htk-filterbank"):
-        filters = torch.from_numpy(mel_filterbank(n_fft, n_mels, htk=name == "mel-htk-filterbank",
-                                                  norm=name != "mel-htk-filterbank"))  # fmt: skip
+        filters = torch.from_numpy(
+            mel_filterbank(n_fft, n_mels, htk=name == "mel-htk-filterbank", norm=name != "mel-htk-filterbank")
+        )
     else:
         from whisper.audio import mel_filters  # Whisper's filterbank data (librosa's Slaney filters)
 
@@ -235,14 +345,23 @@ class NovelEncoder:
     dtype: the compute dtype (float32 or float64); values are yielded as numpy arrays of that dtype
     (or of `record_dtype`). valid_steps: encoder time steps covered by audio (for `padding-mask`)."""
 
-    def __init__(self, model, bug: Bug | str | None = None, dtype: torch.dtype = torch.float32,
-                 valid_steps: int | None = None, with_weights: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        bug: Bug | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        valid_steps: int | None = None,
+        with_weights: bool = True,
+    ):
         self.bug = BUGS_BY_NAME[bug] if isinstance(bug, str) else bug
         self.dtype = dtype
         self.dims = model.dims
         self.n_layer, self.n_head = model.dims.n_audio_layer, model.dims.n_audio_head
-        self.w = {k.removeprefix("encoder."): v.detach().to(dtype) for k, v in model.state_dict.items()
-                  if k.startswith("encoder.")}  # fmt: skip
+        self.w = {
+            k.removeprefix("encoder."): v.detach().to(dtype)
+            for k, v in model.state_dict.items()
+            if k.startswith("encoder.")
+        }
         self.valid_steps = valid_steps if valid_steps is not None else model.dims.n_audio_ctx
         self.with_weights = with_weights
         self.at = self.bug.block_for(self.n_layer) if self.bug is not None else -1
@@ -458,8 +577,15 @@ def valid_steps(samples: np.ndarray, n_ctx: int) -> int:
     return min(n_ctx, int(math.ceil(len(samples) / (2 * HOP))))
 
 
-def write_trace(out: str | Path, model, bug: Bug | None = None, *, dtype: torch.dtype = torch.float32,
-                with_weights: bool = True, samples: np.ndarray | None = None):  # fmt: skip
+def write_trace(
+    out: str | Path,
+    model,
+    bug: Bug | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    with_weights: bool = True,
+    samples: np.ndarray | None = None,
+):
     """Trace this encoder (with `bug`) on the shipped clip into `out`; returns the Trace.
 
     Encoder bugs go through whisperdiff.Tracer, whose `mel` is Whisper's own frontend. The Tracer
@@ -469,10 +595,14 @@ def write_trace(out: str | Path, model, bug: Bug | None = None, *, dtype: torch.
     import whisperdiff as wd
 
     samples = default_samples() if samples is None else samples
-    info = {"bug": bug.name if bug else None, "bug_description": bug.description if bug else None,
-            "compute_dtype": str(dtype).removeprefix("torch.")}  # fmt: skip
-    enc = NovelEncoder(model, bug, dtype=dtype, valid_steps=valid_steps(samples, model.dims.n_audio_ctx),
-                       with_weights=with_weights)  # fmt: skip
+    info = {
+        "bug": bug.name if bug else None,
+        "bug_description": bug.description if bug else None,
+        "compute_dtype": str(dtype).removeprefix("torch."),
+    }
+    enc = NovelEncoder(
+        model, bug, dtype=dtype, valid_steps=valid_steps(samples, model.dims.n_audio_ctx), with_weights=with_weights
+    )
     record_dtype = "float64" if dtype == torch.float64 else "float32"
     if bug is None or not bug.is_mel:
         with wd.Tracer(out, impl="novel", model=model, dtype=record_dtype, info=info) as t:
@@ -489,10 +619,17 @@ def _write_own_mel_trace(out, model, enc: NovelEncoder, mel: np.ndarray, info: d
 
     provenance = dict(prepare_input(model.dims.n_mels).provenance)
     provenance.update(frontend=f"novel_bugs.log_mel ({info['bug']})", mel_sha256=sha256_array(mel))
-    manifest = {"impl": "novel", "device": "cpu", "dtype": record_dtype,
-                "runner": {"device": "cpu", "dtype": record_dtype, "encoder": "novel (whisperdiff.Tracer)", **info},
-                "model": model.manifest(), "input": provenance, "taps": "tracer", "injected": [],
-                "versions": versions()}  # fmt: skip
+    manifest = {
+        "impl": "novel",
+        "device": "cpu",
+        "dtype": record_dtype,
+        "runner": {"device": "cpu", "dtype": record_dtype, "encoder": "novel (whisperdiff.Tracer)", **info},
+        "model": model.manifest(),
+        "input": provenance,
+        "taps": "tracer",
+        "injected": [],
+        "versions": versions(),
+    }
     with TraceWriter(out, manifest) as writer:
         writer.record("mel", mel)
         for name, value in enc.run(mel):

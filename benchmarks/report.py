@@ -19,7 +19,9 @@ from pathlib import Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, default=None, help="where to put the traces and reports (default: a temp dir)")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where to put the traces and reports (default: a temp dir)"
+    )
     parser.add_argument("--opens", type=int, default=5)
     args = parser.parse_args()
 
@@ -30,9 +32,13 @@ def main() -> None:
     root = args.dir or Path(tempfile.mkdtemp(prefix="whisperdiff-bench-"))
     model = wd.load_model()
     ref = wd.trace("torch", model=model, out=root / "torch")
-    pairs = {"clean": wd.trace("max", model=model, out=root / "max"),
-             "missing-ln-post": wd.trace("max", model=model, out=root / "max-bug", inject=["missing-ln-post"])}  # fmt: skip
-    print(f"{'report':18} {'compare s':>10} {'render s':>9} {'size MB':>8} {'open s (median of ' + str(args.opens) + ')':>24} {'max':>6}")
+    pairs = {
+        "clean": wd.trace("max", model=model, out=root / "max"),
+        "missing-ln-post": wd.trace("max", model=model, out=root / "max-bug", inject=["missing-ln-post"]),
+    }
+    print(
+        f"{'report':18} {'compare s':>10} {'render s':>9} {'size MB':>8} {'open s (median of ' + str(args.opens) + ')':>24} {'max':>6}"
+    )
     with Browser() as browser:
         for name, cand in pairs.items():
             t0 = time.perf_counter()
@@ -43,8 +49,10 @@ def main() -> None:
             path = root / f"{name}.html"
             path.write_text(page, encoding="utf-8")
             opens = [browser.open(path).load_seconds for _ in range(args.opens)]
-            print(f"{name:18} {t1 - t0:10.2f} {t2 - t1:9.2f} {path.stat().st_size / 2**20:8.2f} "
-                  f"{statistics.median(opens):24.3f} {max(opens):6.3f}")  # fmt: skip
+            print(
+                f"{name:18} {t1 - t0:10.2f} {t2 - t1:9.2f} {path.stat().st_size / 2**20:8.2f} "
+                f"{statistics.median(opens):24.3f} {max(opens):6.3f}"
+            )
     print(f"reports in {root}")
 
 

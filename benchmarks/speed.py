@@ -170,12 +170,34 @@ def main() -> None:
         # The pair compare and report read: traced once, outside the timed rounds.
         ref, cand = root / "torch", root / "max"
         for impl, out in (("torch", ref), ("max", cand)):
-            subprocess.run([*wd_cmd, "trace", "--impl", impl, "-m", args.model, "-o", str(out)], check=True,
-                           capture_output=True, env=env)  # fmt: skip
+            subprocess.run(
+                [*wd_cmd, "trace", "--impl", impl, "-m", args.model, "-o", str(out)],
+                check=True,
+                capture_output=True,
+                env=env,
+            )
         commands = {
             "--help": lambda r: [*wd_cmd, "--help"],
-            "trace --impl torch": lambda r: [*wd_cmd, "trace", "--impl", "torch", "-m", args.model, "-o", str(root / f"t{r}")],
-            "trace --impl max (warm)": lambda r: [*wd_cmd, "trace", "--impl", "max", "-m", args.model, "-o", str(root / f"m{r}")],
+            "trace --impl torch": lambda r: [
+                *wd_cmd,
+                "trace",
+                "--impl",
+                "torch",
+                "-m",
+                args.model,
+                "-o",
+                str(root / f"t{r}"),
+            ],
+            "trace --impl max (warm)": lambda r: [
+                *wd_cmd,
+                "trace",
+                "--impl",
+                "max",
+                "-m",
+                args.model,
+                "-o",
+                str(root / f"m{r}"),
+            ],
             "compare": lambda r: [*wd_cmd, "compare", str(ref), str(cand)],
             "compare --no-replay": lambda r: [*wd_cmd, "compare", str(ref), str(cand), "--no-replay"],
             "report": lambda r: [*wd_cmd, "report", str(ref), str(cand), "-o", str(root / f"r{r}.html")],
@@ -211,15 +233,27 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in samples.items()}
     ratios = {
-        "MAX untapped vs torch encoder (torch s / MAX s)": (med["torch"] / med["max-untapped"], ">= 1.0", lambda x: x >= 1.0),
+        "MAX untapped vs torch encoder (torch s / MAX s)": (
+            med["torch"] / med["max-untapped"],
+            ">= 1.0",
+            lambda x: x >= 1.0,
+        ),
         "MAX default taps / untapped": (med["max-default"] / med["max-untapped"], "<= 1.15", lambda x: x <= 1.15),
     }
     if large is not None:
         ratios["large compare / read both traces"] = (med["large: compare"] / med["large: read both traces"], "-", None)
-    summary = {"model": args.model, "rounds": args.rounds, "cpu_count": os.cpu_count(), "median_seconds": med,
-               "samples": samples, "peak_rss_mb": {k: max(v) for k, v in rss.items()},
-               "ratios": {k: v[0] for k, v in ratios.items()}, "encoder_gflop": flops / 1e9, "sgemm_gflops": limit,
-               "large_trace_gb": large["bytes"] / 1e9 if large else None}  # fmt: skip
+    summary = {
+        "model": args.model,
+        "rounds": args.rounds,
+        "cpu_count": os.cpu_count(),
+        "median_seconds": med,
+        "samples": samples,
+        "peak_rss_mb": {k: max(v) for k, v in rss.items()},
+        "ratios": {k: v[0] for k, v in ratios.items()},
+        "encoder_gflop": flops / 1e9,
+        "sgemm_gflops": limit,
+        "large_trace_gb": large["bytes"] / 1e9 if large else None,
+    }
     if args.json:
         print(json.dumps(summary, indent=1))
         return
@@ -232,15 +266,19 @@ def main() -> None:
         print(f"{label:44} {s:8.2f}s {spread(samples[label]):>15} {max(rss[label]):7.0f}MB  {goal:10} {met}")
     for k in ("max-untapped", "max-default", "torch"):
         s = med[k]
-        print(f"encoder {k:36} {s:8.3f}s {spread(samples[k]):>15} {'':9}  {flops / s / 1e9:.0f} GFLOP/s, "
-              f"{flops / s / 1e9 / limit:.0%} of the {limit:.0f} GFLOP/s sgemm limit")  # fmt: skip
+        print(
+            f"encoder {k:36} {s:8.3f}s {spread(samples[k]):>15} {'':9}  {flops / s / 1e9:.0f} GFLOP/s, "
+            f"{flops / s / 1e9 / limit:.0%} of the {limit:.0f} GFLOP/s sgemm limit"
+        )
     if large is not None:
         for k in ("large: read both traces", "large: compare"):
             peak = f"{max(rss[k]):7.0f}MB" if k in rss else ""
             print(f"{k:44} {med[k]:8.2f}s {spread(samples[k]):>15} {peak:>9}")
         ok = max(rss["large: compare"]) <= 1024
-        print(f"{'large: compare peak RSS':44} {max(rss['large: compare']):8.0f}MB {'':15} {'':9}  <= 1 GB     "
-              f"{'yes' if ok else 'NO'}   ({large['bytes'] / 1e9:.2f} GB per trace, {args.layers} blocks)")  # fmt: skip
+        print(
+            f"{'large: compare peak RSS':44} {max(rss['large: compare']):8.0f}MB {'':15} {'':9}  <= 1 GB     "
+            f"{'yes' if ok else 'NO'}   ({large['bytes'] / 1e9:.2f} GB per trace, {args.layers} blocks)"
+        )
     for label, (x, goal, ok) in ratios.items():
         met = "-" if ok is None else ("yes" if ok(x) else "NO")
         print(f"ratio {label:38} {x:8.2f}x {'':15} {'':9}  {goal:10} {met}")

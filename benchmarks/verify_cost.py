@@ -44,14 +44,18 @@ def main() -> None:
                 c = wd.compare(Trace(a, verify=verify), Trace(b, verify=verify), replay=replay, model=model)
                 times[verify].append((time.perf_counter() - wall, time.process_time() - cpu))
         size = (Trace(a).nbytes + Trace(b).nbytes) / 1e6
-        print(f"compare {a.name} vs {b.name} ({size:.0f} MB of tensors, replay={replay}, {len(c.table)} ops), "
-              f"{args.rounds} interleaved rounds, medians:")  # fmt: skip
+        print(
+            f"compare {a.name} vs {b.name} ({size:.0f} MB of tensors, replay={replay}, {len(c.table)} ops), "
+            f"{args.rounds} interleaved rounds, medians:"
+        )
         med = {v: (statistics.median(t[0] for t in times[v]), statistics.median(t[1] for t in times[v])) for v in times}
         for verify in (False, True):
             label = "verified (sha256 while streaming)" if verify else "not verified                     "
             print(f"  {label}  wall {med[verify][0]:.3f} s   cpu {med[verify][1]:.3f} s")
-        print(f"  cost of verification: wall {med[True][0] / med[False][0] - 1:+.1%}, "
-              f"cpu {med[True][1] / med[False][1] - 1:+.1%}")  # fmt: skip
+        print(
+            f"  cost of verification: wall {med[True][0] / med[False][0] - 1:+.1%}, "
+            f"cpu {med[True][1] / med[False][1] - 1:+.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -63,9 +63,15 @@ def main() -> None:
         compiled = session.load(graph, weights_registry=encoder_weights(model))
         extra = []
     print(f"captured {len(cap.values)} values; {len(cap.chosen)} shaped like a canonical op became outputs")
-    amap = trace_captured(out, cap, lambda mel: compiled.execute(np.ascontiguousarray(mel, np.float32), *extra),
-                          model=model, impl=f"{args.which} (captured, no names)", reference=reference,
-                          map_path=f"{out}.map.toml")  # fmt: skip
+    amap = trace_captured(
+        out,
+        cap,
+        lambda mel: compiled.execute(np.ascontiguousarray(mel, np.float32), *extra),
+        model=model,
+        impl=f"{args.which} (captured, no names)",
+        reference=reference,
+        map_path=f"{out}.map.toml",
+    )
     for line in amap.lines():
         print(line)
     print(amap.summary())

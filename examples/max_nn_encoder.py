@@ -66,7 +66,9 @@ class Block(nn.Module):
 class Encoder(nn.Module):
     """Input [1, n_mels, 3000] as Whisper's; convolutions time-major (MAX's Conv1D layout)."""
 
-    def __init__(self, n_mels: int, n_ctx: int, d: int, n_head: int, n_layer: int, device: DeviceRef, eps: float = 1e-5):
+    def __init__(
+        self, n_mels: int, n_ctx: int, d: int, n_head: int, n_layer: int, device: DeviceRef, eps: float = 1e-5
+    ):
         super().__init__()
         self.conv1 = nn.Conv1D(3, n_mels, d, DType.float32, padding=1, has_bias=True, device=device)
         self.conv2 = nn.Conv1D(3, d, d, DType.float32, stride=2, padding=1, has_bias=True, device=device)
@@ -100,13 +102,19 @@ def whisper_weights(state_dict) -> dict[str, np.ndarray]:
 # --- whisperdiff ---------------------------------------------------------------------------------
 # Module paths of this encoder -> canonical op names. `*` is one path segment; first match wins.
 NAMES = {
-    "conv1": "conv1", "conv2": "conv2",
-    "blocks.*.attn_ln": "blocks.*.attn_ln", "blocks.*.attn.query": "blocks.*.attn.q",
-    "blocks.*.attn.key": "blocks.*.attn.k", "blocks.*.attn.value": "blocks.*.attn.v",
-    "blocks.*.attn.out": "blocks.*.attn.out", "blocks.*.mlp_ln": "blocks.*.mlp_ln",
-    "blocks.*.mlp.fc1": "blocks.*.mlp.fc1", "blocks.*.mlp.fc2": "blocks.*.mlp.fc2",
-    "blocks.*": "blocks.*.out", "ln_post": "ln_post",
-}  # fmt: skip
+    "conv1": "conv1",
+    "conv2": "conv2",
+    "blocks.*.attn_ln": "blocks.*.attn_ln",
+    "blocks.*.attn.query": "blocks.*.attn.q",
+    "blocks.*.attn.key": "blocks.*.attn.k",
+    "blocks.*.attn.value": "blocks.*.attn.v",
+    "blocks.*.attn.out": "blocks.*.attn.out",
+    "blocks.*.mlp_ln": "blocks.*.mlp_ln",
+    "blocks.*.mlp.fc1": "blocks.*.mlp.fc1",
+    "blocks.*.mlp.fc2": "blocks.*.mlp.fc2",
+    "blocks.*": "blocks.*.out",
+    "ln_post": "ln_post",
+}
 
 
 def trace(model, out: str, bug: str | None = None) -> str:
@@ -114,8 +122,15 @@ def trace(model, out: str, bug: str | None = None) -> str:
 
     d = model.dims
     device = DeviceRef.CPU()
-    encoder = Encoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer, device,
-                      eps=1e-3 if bug == "ln-eps" else 1e-5)  # fmt: skip
+    encoder = Encoder(
+        d.n_mels,
+        d.n_audio_ctx,
+        d.n_audio_state,
+        d.n_audio_head,
+        d.n_audio_layer,
+        device,
+        eps=1e-3 if bug == "ln-eps" else 1e-5,
+    )
     encoder.load_state_dict(whisper_weights(model.state_dict))
     mel_type = TensorType(DType.float32, [1, d.n_mels, 2 * d.n_audio_ctx], device=device)
     with Graph("maxnn_whisper_encoder", input_types=[mel_type]) as graph, wd.instrument(encoder, NAMES) as taps:

@@ -26,9 +26,14 @@ def whisper_config(dims):
     """A Hugging Face WhisperConfig for these dims, built locally (nothing is downloaded)."""
     from transformers import WhisperConfig
 
-    return WhisperConfig(num_mel_bins=dims.n_mels, d_model=dims.n_audio_state, encoder_layers=dims.n_audio_layer,
-                         encoder_attention_heads=dims.n_audio_head, encoder_ffn_dim=4 * dims.n_audio_state,
-                         max_source_positions=dims.n_audio_ctx)  # fmt: skip
+    return WhisperConfig(
+        num_mel_bins=dims.n_mels,
+        d_model=dims.n_audio_state,
+        encoder_layers=dims.n_audio_layer,
+        encoder_attention_heads=dims.n_audio_head,
+        encoder_ffn_dim=4 * dims.n_audio_state,
+        max_source_positions=dims.n_audio_ctx,
+    )
 
 
 def shipped_encoder_class():
@@ -66,15 +71,25 @@ def preflight_shipped(model) -> int:
 
     WhisperEncoder = shipped_encoder_class()  # noqa: N806
     config = whisper_config(model.dims)
-    report = preflight(lambda: WhisperEncoder(config, DType.float32, DeviceRef.CPU()), model,
-                       workaround=lambda: setattr(config, "n_heads", config.encoder_attention_heads))  # fmt: skip
+    report = preflight(
+        lambda: WhisperEncoder(config, DType.float32, DeviceRef.CPU()),
+        model,
+        workaround=lambda: setattr(config, "n_heads", config.encoder_attention_heads),
+    )
     for line in report.lines():
         print(line)
     return 1 if report.findings else 0
 
 
-def trace_fixed(model, out: str, plant: str | None, reference: str | None, map_path: str | None,
-                saved_map: str | None, observer: bool = False) -> int:  # fmt: skip
+def trace_fixed(
+    model,
+    out: str,
+    plant: str | None,
+    reference: str | None,
+    map_path: str | None,
+    saved_map: str | None,
+    observer: bool = False,
+) -> int:
     import time
 
     import numpy as np
@@ -104,11 +119,15 @@ def trace_fixed(model, out: str, plant: str | None, reference: str | None, map_p
     # The weights the port now holds, matched to the checkpoint again by their numbers alone.
     by_value = propose({k: np.asarray(v) for k, v in encoder.state_dict().items()}, reference_sd)
     n_value = sum(m.basis == "value" for m in by_value.matches)
-    print(f"weights: {len(wmap.matches)} of {len(declared)} mapped by {'the saved map' if saved else 'shape and name'}; "
-          f"{n_value} of {len(reference_sd_enc(reference_sd))} confirmed by value "
-          f"({', '.join(sorted({m.layout for m in by_value.matches}))})")  # fmt: skip
-    with Graph("maxpipe_whisper_encoder", input_types=list(encoder.input_types())) as graph, \
-            capture(encoder, select="canonical", dims=model.dims) as cap:  # fmt: skip
+    print(
+        f"weights: {len(wmap.matches)} of {len(declared)} mapped by {'the saved map' if saved else 'shape and name'}; "
+        f"{n_value} of {len(reference_sd_enc(reference_sd))} confirmed by value "
+        f"({', '.join(sorted({m.layout for m in by_value.matches}))})"
+    )
+    with (
+        Graph("maxpipe_whisper_encoder", input_types=list(encoder.input_types())) as graph,
+        capture(encoder, select="canonical", dims=model.dims) as cap,
+    ):
         graph.output(*encoder(graph.inputs[0].tensor))
     print(f"captured {len(cap.values)} values, {len(cap.chosen)} of them shaped like a canonical op")
     start = time.perf_counter()
@@ -123,16 +142,26 @@ def trace_fixed(model, out: str, plant: str | None, reference: str | None, map_p
         plain = engine.InferenceSession(devices=[CPU()]).load(plain_graph, weights_registry=encoder_plain.state_dict())
         untapped = lambda mel: plain.execute(np.ascontiguousarray(mel, np.float32))[0].to_numpy()  # noqa: E731
     ref = reference_trace(reference, model)
-    amap = trace_captured(out, cap, lambda mel: compiled.execute(np.ascontiguousarray(mel, np.float32)), model=model,
-                          impl="max.pipelines WhisperEncoder (fixed copy)", reference=ref,
-                          saved=saved["ops"] if saved else None, map_path=map_path or f"{out}.map.toml",
-                          info={"plant": plant, "source": "examples/max_whisper_encoder_fixed.py"},
-                          weights=wmap.rules(), untapped=untapped)  # fmt: skip
+    amap = trace_captured(
+        out,
+        cap,
+        lambda mel: compiled.execute(np.ascontiguousarray(mel, np.float32)),
+        model=model,
+        impl="max.pipelines WhisperEncoder (fixed copy)",
+        reference=ref,
+        saved=saved["ops"] if saved else None,
+        map_path=map_path or f"{out}.map.toml",
+        info={"plant": plant, "source": "examples/max_whisper_encoder_fixed.py"},
+        weights=wmap.rules(),
+        untapped=untapped,
+    )
     print(amap.summary())
     if untapped is not None:
         effect = wd_load(out).manifest["runner"]["observer_effect"]
-        print(f"observer effect: the tapped graph's output differs from the untapped graph's by max abs "
-              f"{effect['max_abs']:.2e}, rel L2 {effect['rel_l2']:.2e}")  # fmt: skip
+        print(
+            f"observer effect: the tapped graph's output differs from the untapped graph's by max abs "
+            f"{effect['max_abs']:.2e}, rel L2 {effect['rel_l2']:.2e}"
+        )
     for m in amap.matches:
         if m.confidence < 0.9:
             print(f"  {m.name} <- {m.key} ({m.basis}, confidence {m.confidence:.2f})")
@@ -162,8 +191,11 @@ def main() -> None:
     parser.add_argument("--reference", default=None, help="torch reference trace (default: traced if missing)")
     parser.add_argument("--map", dest="map_path", default=None, help="where to write the map (default OUT.map.toml)")
     parser.add_argument("--use-map", default=None, help="a saved map to align and load weights by")
-    parser.add_argument("--observer", action="store_true", help="also compile the untapped graph and record how far "
-                        "the tapped graph's output is from it")
+    parser.add_argument(
+        "--observer",
+        action="store_true",
+        help="also compile the untapped graph and record how far the tapped graph's output is from it",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     model = wd.load_model(args.model)

@@ -35,9 +35,7 @@ PLANT: str | None = None  # set by the example: "reshape-mel" or "attn-scale"
 
 
 class WhisperSdpaAttention(Module):
-    def __init__(
-        self, huggingface_config: AutoConfig, dtype: DType, device: DeviceRef
-    ) -> None:
+    def __init__(self, huggingface_config: AutoConfig, dtype: DType, device: DeviceRef) -> None:
         super().__init__()
         d_model = huggingface_config.d_model
         self.n_heads = huggingface_config.encoder_attention_heads  # FIX 1: Whisper configs have no n_heads
@@ -48,9 +46,7 @@ class WhisperSdpaAttention(Module):
         self.wv = Linear(d_model, d_model, dtype, device, has_bias=True)
         self.wo = Linear(d_model, d_model, dtype, device, has_bias=True)
 
-    def scaled_dot_product_attention(
-        self, xq: TensorValue, xk: TensorValue, xv: TensorValue
-    ) -> TensorValue:
+    def scaled_dot_product_attention(self, xq: TensorValue, xk: TensorValue, xv: TensorValue) -> TensorValue:
         xq = xq.transpose(1, 2)
         xk = xk.transpose(1, 2)
         xv = xv.transpose(1, 2)
@@ -82,18 +78,12 @@ class WhisperSdpaAttention(Module):
         xk = ops.reshape(xk, [batch, seq_len, self.n_heads, self.head_dim])
         xv = ops.reshape(xv, [batch, seq_len, self.n_heads, self.head_dim])
 
-        output = (
-            self.scaled_dot_product_attention(xq, xk, xv)
-            .transpose(1, 2)
-            .reshape([batch, seq_len, -1])
-        )
+        output = self.scaled_dot_product_attention(xq, xk, xv).transpose(1, 2).reshape([batch, seq_len, -1])
         return self.wo(output)
 
 
 class MLP(Module):
-    def __init__(
-        self, huggingface_config: AutoConfig, dtype: DType, device: DeviceRef
-    ) -> None:
+    def __init__(self, huggingface_config: AutoConfig, dtype: DType, device: DeviceRef) -> None:
         super().__init__()
         self.fc1 = Linear(
             huggingface_config.d_model,
@@ -120,18 +110,12 @@ class MLP(Module):
 class WhisperEncoderLayer(Module):
     """Stack of Attention, FeedForward, and LayerNorm layers."""
 
-    def __init__(
-        self, huggingface_config: AutoConfig, dtype: DType, device: DeviceRef
-    ) -> None:
+    def __init__(self, huggingface_config: AutoConfig, dtype: DType, device: DeviceRef) -> None:
         super().__init__()
         self.attention = WhisperSdpaAttention(huggingface_config, dtype, device)
         self.mlp = MLP(huggingface_config, dtype, device)
-        self.attention_norm = LayerNorm(
-            huggingface_config.d_model, devices=[device], dtype=dtype, eps=1e-5
-        )
-        self.mlp_norm = LayerNorm(
-            huggingface_config.d_model, devices=[device], dtype=dtype, eps=1e-5
-        )
+        self.attention_norm = LayerNorm(huggingface_config.d_model, devices=[device], dtype=dtype, eps=1e-5)
+        self.mlp_norm = LayerNorm(huggingface_config.d_model, devices=[device], dtype=dtype, eps=1e-5)
 
     def __call__(self, x: TensorValue) -> TensorValue:
         attn_out = self.attention(self.attention_norm(x))
@@ -158,9 +142,7 @@ class WhisperEncoder(Module):
         3. No final transformer linear layer "output".
     """
 
-    def __init__(
-        self, huggingface_config: AutoConfig, dtype: DType, device: DeviceRef
-    ) -> None:
+    def __init__(self, huggingface_config: AutoConfig, dtype: DType, device: DeviceRef) -> None:
         super().__init__()
         self.num_mel_bins = huggingface_config.num_mel_bins
         self.n_positions = huggingface_config.max_source_positions
@@ -193,16 +175,11 @@ class WhisperEncoder(Module):
             device=device,
         )
         self.layers = Sequential(
-            [
-                WhisperEncoderLayer(huggingface_config, dtype, device)
-                for i in range(huggingface_config.encoder_layers)
-            ]
+            [WhisperEncoderLayer(huggingface_config, dtype, device) for i in range(huggingface_config.encoder_layers)]
         )
         # Hugging Face model uses default eps for nn.LayerNorm which is = 1e-5
         # TODO: Is LayerNorm here not the same as nn.LayerNorm
-        self.norm = LayerNorm(
-            huggingface_config.d_model, devices=[device], dtype=dtype, eps=1e-5
-        )
+        self.norm = LayerNorm(huggingface_config.d_model, devices=[device], dtype=dtype, eps=1e-5)
 
     def input_types(self) -> tuple[TensorType]:
         """Returns the graph's input types: the audio input features."""

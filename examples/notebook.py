@@ -70,6 +70,9 @@ print("report:", report)
 
 # %% What the notebook showed, as one page
 page = out / "cells.html"
-page.write_text("<!DOCTYPE html><meta charset=utf-8><title>whisperdiff notebook cells</title><body style='font:14px sans-serif'>"
-                + "".join(f"<h3>{title}</h3>{html}" for title, html in cells) + "</body>")  # fmt: skip
+page.write_text(
+    "<!DOCTYPE html><meta charset=utf-8><title>whisperdiff notebook cells</title><body style='font:14px sans-serif'>"
+    + "".join(f"<h3>{title}</h3>{html}" for title, html in cells)
+    + "</body>"
+)
 print("notebook cells:", page)

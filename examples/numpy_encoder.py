@@ -54,7 +54,11 @@ class NumpyEncoder:
     def __init__(self, model, device: str = "cpu", dtype: str = "float32", bug: str | None = None):
         if device not in ("cpu", "auto") or dtype != "float32":
             raise ValueError("the NumPy encoder runs float32 on the CPU only")
-        self.w = {k.removeprefix("encoder."): v.float().numpy() for k, v in model.state_dict.items() if k.startswith("encoder.")}
+        self.w = {
+            k.removeprefix("encoder."): v.float().numpy()
+            for k, v in model.state_dict.items()
+            if k.startswith("encoder.")
+        }
         self.n_head, self.n_layer, self.bug = model.dims.n_audio_head, model.dims.n_audio_layer, bug
 
     def run(self, mel: np.ndarray):

@@ -40,17 +40,27 @@ def test_preflight_names_each_mistake_of_maxs_shipped_encoder(small_random):
     encoder_class = ex.shipped_encoder_class()  # imported as shipped, unedited
     config = ex.whisper_config(small_random.dims)
     d = small_random.dims
-    report = preflight(lambda: encoder_class(config, DType.float32, CPU), small_random,
-                       workaround=lambda: setattr(config, "n_heads", config.encoder_attention_heads))  # fmt: skip
+    report = preflight(
+        lambda: encoder_class(config, DType.float32, CPU),
+        small_random,
+        workaround=lambda: setattr(config, "n_heads", config.encoder_attention_heads),
+    )
     by_kind = {f.kind: f.message for f in report.findings}
-    assert sorted(by_kind) == ["broadcast", "config", "conv-layout", "permute", "weight-layout", "weight-names"], by_kind
+    assert sorted(by_kind) == ["broadcast", "config", "conv-layout", "permute", "weight-layout", "weight-names"], (
+        by_kind
+    )
     assert "reads WhisperConfig.n_heads" in by_kind["config"] and "encoder_attention_heads" in by_kind["config"]
-    assert by_kind["conv-layout"].startswith(f"conv1 reads [1, {d.n_mels}, 3000] as {d.n_mels} time steps of 3000 "
-                                             "channels: Whisper's mel is [B, n_mels, T]; this Conv1D wants [B, T, C]")
+    assert by_kind["conv-layout"].startswith(
+        f"conv1 reads [1, {d.n_mels}, 3000] as {d.n_mels} time steps of 3000 "
+        "channels: Whisper's mel is [B, n_mels, T]; this Conv1D wants [B, T, C]"
+    )
     assert f"[3, {d.n_mels}, {d.n_audio_state}] ([k, in, out])" in by_kind["weight-layout"]
     assert f"[{d.n_audio_state}, {d.n_mels}, 3] ([out, in, k])" in by_kind["weight-layout"]
     assert re.search(r"the module's layers\.0\.\S+ is the checkpoint's encoder\.blocks\.0\.", by_kind["weight-names"])
-    assert "symbolic length ((num_mel_bins + 1) // 2)" in by_kind["broadcast"] and f"{d.n_audio_ctx} positions" in by_kind["broadcast"]
+    assert (
+        "symbolic length ((num_mel_bins + 1) // 2)" in by_kind["broadcast"]
+        and f"{d.n_audio_ctx} positions" in by_kind["broadcast"]
+    )
     assert "permute it to [B, T, C]" in by_kind["permute"] and "commented out" in by_kind["permute"]
     assert all("\n" not in line for line in report.lines()) and len(report.lines()) == 6
 
@@ -59,11 +69,15 @@ def test_preflight_of_the_fixed_copy_leaves_only_what_the_weight_map_handles(sma
     pytest.importorskip("transformers", reason="max.pipelines needs the [ports] extra")
     ex = example("max_whisper_encoder")
     fixed = ex.fixed_encoder_module(None)
-    report = preflight(lambda: fixed.WhisperEncoder(ex.whisper_config(small_random.dims), DType.float32, CPU), small_random)
+    report = preflight(
+        lambda: fixed.WhisperEncoder(ex.whisper_config(small_random.dims), DType.float32, CPU), small_random
+    )
     assert report.blocking == [] and {f.kind for f in report.findings} == {"weight-names", "weight-layout"}
     # the module builds again after preflight (its weights were released from preflight's graphs)
-    with Graph("again", input_types=list(report.module.input_types())) as graph, \
-            capture(report.module, select="canonical", dims=small_random.dims) as cap:  # fmt: skip
+    with (
+        Graph("again", input_types=list(report.module.input_types())) as graph,
+        capture(report.module, select="canonical", dims=small_random.dims) as cap,
+    ):
         graph.output(*report.module(graph.inputs[0].tensor))
     assert cap.error is None and cap.n_outputs == 1 and len(cap.chosen) > 40
 
@@ -87,7 +101,10 @@ def test_a_failing_build_is_named_in_one_line_and_what_was_captured_is_kept(smal
     cap = check_build(Wrong(), [TensorType(DType.float32, [1, 80, 3000], device=CPU)], small_random.dims, report)
     (finding,) = report.findings
     assert finding.kind == "build" and "second at tests/test_capture.py:" in finding.message
-    assert "matmul failed on [1, 3000, 32], [16, 8]: Matrix multiplication" in finding.message and "\n" not in finding.message
+    assert (
+        "matmul failed on [1, 3000, 32], [16, 8]: Matrix multiplication" in finding.message
+        and "\n" not in finding.message
+    )
     ops_seen = [c.op for c in cap.values]
     assert "gelu" in ops_seen and "permute" in ops_seen or "transpose" in ops_seen
     first = next(c for c in cap.values if c.key == "first")
@@ -99,8 +116,10 @@ def test_capture_records_every_op_with_its_module_path_and_the_users_line(small_
     d = small_random.dims
     enc = ex.Encoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer, CPU)
     enc.load_state_dict(ex.whisper_weights(small_random.state_dict))
-    with Graph("probe", input_types=[TensorType(DType.float32, [1, d.n_mels, 3000], device=CPU)]) as graph, \
-            capture(enc) as cap:  # fmt: skip
+    with (
+        Graph("probe", input_types=[TensorType(DType.float32, [1, d.n_mels, 3000], device=CPU)]) as graph,
+        capture(enc) as cap,
+    ):
         graph.output(enc(graph.inputs[0].tensor), *cap.outputs("blocks.*.mlp:gelu#0"))
     keys = [c.key for c in cap.values]
     assert "blocks.0.attn.query" in keys and "blocks.1.mlp:gelu#0" in keys and "gelu#0" in keys  # conv1.gelu: no module
@@ -118,21 +137,34 @@ def test_weight_map_finds_transposed_permuted_and_fused_weights_by_value(small_r
     ref = {k: v.float().numpy() for k, v in small_random.state_dict.items() if k.startswith("encoder.")}
     port = {}
     for k, v in ref.items():
-        name = k.replace("encoder.blocks.", "layers.").replace(".attn.", ".sa.").replace("mlp.0", "up").replace("mlp.2", "down")
+        name = (
+            k.replace("encoder.blocks.", "layers.")
+            .replace(".attn.", ".sa.")
+            .replace("mlp.0", "up")
+            .replace("mlp.2", "down")
+        )
         if k.endswith(("conv1.weight", "conv2.weight")):
             v = v.transpose(2, 1, 0)  # [k, in, out]
         elif k.endswith("mlp.0.weight"):
             v = v.T  # [in, out]
         port[name] = v
     for i in range(small_random.dims.n_audio_layer):  # fused q/k/v, [3C, C]
-        port[f"layers.{i}.sa.qkv.weight"] = np.concatenate([port.pop(f"layers.{i}.sa.{p}.weight") for p in ("query", "key", "value")])
+        port[f"layers.{i}.sa.qkv.weight"] = np.concatenate(
+            [port.pop(f"layers.{i}.sa.{p}.weight") for p in ("query", "key", "value")]
+        )
     m = propose(port, ref)
     assert not m.unmatched_reference and not m.unmatched_port and all(x.basis == "value" for x in m.matches)
     layouts = {x.reference: x.layout for x in m.matches}
-    assert layouts["encoder.conv1.weight"] == "permuted (2, 1, 0)" and layouts["encoder.blocks.1.mlp.0.weight"] == "transposed"
+    assert (
+        layouts["encoder.conv1.weight"] == "permuted (2, 1, 0)"
+        and layouts["encoder.blocks.1.mlp.0.weight"] == "transposed"
+    )
     assert layouts["encoder.blocks.0.attn.key.weight"] == "part 2 of 3 along axis 0 (fused)"
     rules = m.rules()  # one `*` per block index, on both sides
-    assert rules["encoder.blocks.*.attn.query.weight"] == {"name": "layers.*.sa.qkv.weight", "layout": "part 1 of 3 along axis 0 (fused)"}
+    assert rules["encoder.blocks.*.attn.query.weight"] == {
+        "name": "layers.*.sa.qkv.weight",
+        "layout": "part 1 of 3 along axis 0 (fused)",
+    }
     assert rules["encoder.blocks.*.mlp.2.bias"] == "layers.*.down.bias"
     loaded = m.load(ref)  # the reference loaded into the port's names and layouts
     assert set(loaded) == set(port) and all(np.array_equal(loaded[k], port[k]) for k in port)
@@ -143,9 +175,14 @@ def test_weight_map_finds_transposed_permuted_and_fused_weights_by_value(small_r
 
 def test_weight_map_by_shape_and_name_when_the_port_holds_no_values(small_random):
     ref = {k: v.float().numpy() for k, v in small_random.state_dict.items() if k.startswith("encoder.")}
-    shapes = {k.replace("encoder.blocks.", "layers.").replace("attn.query", "self_attn.q_proj").replace("attn.key", "self_attn.k_proj")
-              .replace("attn.value", "self_attn.v_proj").replace("attn.out", "self_attn.out_proj"): tuple(v.shape)
-              for k, v in ref.items()}  # fmt: skip
+    shapes = {
+        k.replace("encoder.blocks.", "layers.")
+        .replace("attn.query", "self_attn.q_proj")
+        .replace("attn.key", "self_attn.k_proj")
+        .replace("attn.value", "self_attn.v_proj")
+        .replace("attn.out", "self_attn.out_proj"): tuple(v.shape)
+        for k, v in ref.items()
+    }
     m = propose(shapes, ref)
     assert not m.unmatched_reference and all(x.basis == "shape" for x in m.matches)
     by_ref = m.by_reference()
@@ -162,7 +199,9 @@ def test_the_ports_own_mel_is_recorded_and_compared_with_whispers_frontend(small
     trace = wd.load_trace(tmp_path / "own")
     assert np.array_equal(trace["mel"], port_mel) and trace.ops == ["mel", "conv1"]
     inp = trace.manifest["input"]
-    assert inp["frontend"].startswith("the port's own") and inp["whisper_frontend"] == "whisper.audio.log_mel_spectrogram"
+    assert (
+        inp["frontend"].startswith("the port's own") and inp["whisper_frontend"] == "whisper.audio.log_mel_spectrogram"
+    )
     assert inp["port_mel_vs_whisper"]["rel_l2"] == pytest.approx(0.05, rel=1e-3)
     with wd.Tracer(tmp_path / "whisper", impl="mine", model=small_random) as t:  # not recorded: Whisper's
         whisper_mel = t.mel
@@ -180,7 +219,10 @@ def test_a_capture_of_a_model_that_is_not_whisper_gets_a_listing(small_random):
             return ops.tanh(self.proj(x))
 
     module = NotWhisper()
-    with Graph("other", input_types=[TensorType(DType.float32, [2, 10, 7], device=CPU)]) as graph, capture(module) as cap:
+    with (
+        Graph("other", input_types=[TensorType(DType.float32, [2, 10, 7], device=CPU)]) as graph,
+        capture(module) as cap,
+    ):
         graph.output(module(graph.inputs[0].tensor))
     assert cap.select("canonical", small_random.dims) == []
     values = {c.key: np.ones([int(x) for x in c.shape], np.float32) for c in cap.values if c.static}
@@ -200,9 +242,23 @@ def test_the_max_nn_example_captured_with_no_names_aligns_every_op(tmp_path, sma
     ref = tmp_path / "torch"
     wd.trace("torch", model=small_random, out=ref)
     out = tmp_path / "auto"
-    proc = subprocess.run([sys.executable, str(EXAMPLES / "align_without_names.py"), "maxnn", "--model", SMALL_RANDOM,
-                           "--reference", str(ref), "--out", str(out)], capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ))  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "align_without_names.py"),
+            "maxnn",
+            "--model",
+            SMALL_RANDOM,
+            "--reference",
+            str(ref),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     n = len(wd.select_taps(small_random.dims)) - 1  # every default op but mel (the input)
     assert f"aligned {n}/{n} canonical ops" in proc.stdout and "by value" in proc.stdout, proc.stdout[-2000:]

@@ -34,8 +34,11 @@ def test_shipped_tolerance_files_and_glob_rules():
     f32, half = load_tolerances("float32"), load_tolerances("half")
     assert f32.default.max_rel_l2 == 1e-4 and f32.for_op("mel").max_rel_l2 == 1e-5
     assert half.default.min_cosine == 0.999 and half.default.max_rel_l2 > f32.default.max_rel_l2
-    tol = parse_tolerances("[default]\nmax_rel_l2 = 1e-4\n[ops.\"blocks.*.attn.*\"]\nmax_rel_l2 = 1e-3\n"
-                           "[ops.\"blocks.1.attn.weights\"]\nmax_abs = 0.5\nmax_rel_l2 = 2e-3\n", "t")  # fmt: skip
+    tol = parse_tolerances(
+        '[default]\nmax_rel_l2 = 1e-4\n[ops."blocks.*.attn.*"]\nmax_rel_l2 = 1e-3\n'
+        '[ops."blocks.1.attn.weights"]\nmax_abs = 0.5\nmax_rel_l2 = 2e-3\n',
+        "t",
+    )
     assert tol.for_op("blocks.0.mlp.fc1").max_rel_l2 == 1e-4
     assert tol.for_op("blocks.0.attn.q").max_rel_l2 == 1e-3
     later_wins = tol.for_op("blocks.1.attn.weights")
@@ -46,10 +49,10 @@ def test_shipped_tolerance_files_and_glob_rules():
     "text, fragment",
     [
         ("[default]\nmin_cosine = 0.9\nmax_rel_err = 1e-4\n", "line 3: unknown key 'max_rel_err'"),
-        ("[default]\nmax_rel_l2 = 1e-4\n\n[ops.\"ln_post\"]\nmax_abs = \"big\"\n", "line 5: max_abs = 'big'"),
+        ('[default]\nmax_rel_l2 = 1e-4\n\n[ops."ln_post"]\nmax_abs = "big"\n', "line 5: max_abs = 'big'"),
         ("[default]\nmax_rel_l2 = 1e-4\nmin_cosine = = 1\n", "line 3"),
         ("[defaults]\nmax_rel_l2 = 1e-4\n", "line 1: unknown section 'defaults'"),
-        ("[default]\nmin_cosine = 0.9\n[[rule]]\nops = \"ln_post\"\n", "line 3: unknown section 'rule'"),
+        ('[default]\nmin_cosine = 0.9\n[[rule]]\nops = "ln_post"\n', "line 3: unknown section 'rule'"),
         ("[default]\nmin_cosine = 1.5\n", "line 2: min_cosine = 1.5 must be between 0 and 1"),
         ("[default]\nmax_rel_l2 = -1\n", "line 2"),
     ],
@@ -61,20 +64,36 @@ def test_bad_tolerance_files_name_the_line(text, fragment):
 
 
 def test_failures_name_metric_value_and_limit():
-    row = {"name": "x", "cosine": 0.9, "rel_l2": 0.5, "max_abs": 2.0, "mismatch_share": 0.2, "std_ratio": 1.3,
-           "nan_a": 0, "inf_a": 0, "nan_b": 0, "inf_b": 0}  # fmt: skip
+    row = {
+        "name": "x",
+        "cosine": 0.9,
+        "rel_l2": 0.5,
+        "max_abs": 2.0,
+        "mismatch_share": 0.2,
+        "std_ratio": 1.3,
+        "nan_a": 0,
+        "inf_a": 0,
+        "nan_b": 0,
+        "inf_b": 0,
+    }
     tol = Tolerance(min_cosine=0.99, max_rel_l2=0.1, max_abs=1.0, max_mismatch=0.1, max_std_ratio_dev=0.5)
     assert [(m, lim) for m, _, lim in tol.failures(row)] == [
-        ("cosine", ">= 0.99"), ("rel_l2", "<= 0.1"), ("max_abs", "<= 1"), ("mismatch_share", "<= 0.1")]  # fmt: skip
+        ("cosine", ">= 0.99"),
+        ("rel_l2", "<= 0.1"),
+        ("max_abs", "<= 1"),
+        ("mismatch_share", "<= 0.1"),
+    ]
     assert tol.failures({**row, "nan_b": 3})[0][0] == "nonfinite"
     assert Tolerance(min_cosine=None, max_rel_l2=None).failures(row) == []
 
 
 def test_propose_folds_blocks_and_rounds_up():
-    rows = [{"name": "conv1", "rel_l2": 1.01e-6, "cosine": 1 - 2e-12, "max_abs": 3e-5},
-            {"name": "blocks.0.mlp.fc1", "rel_l2": 2.04e-6, "cosine": 1 - 1e-11, "max_abs": 1e-4},
-            {"name": "blocks.1.mlp.fc1", "rel_l2": 3.14e-6, "cosine": 1 - 5e-11, "max_abs": 2e-4},
-            {"name": "blocks.1.attn.weights", "rel_l2": math.nan, "cosine": math.nan, "max_abs": math.nan}]  # fmt: skip
+    rows = [
+        {"name": "conv1", "rel_l2": 1.01e-6, "cosine": 1 - 2e-12, "max_abs": 3e-5},
+        {"name": "blocks.0.mlp.fc1", "rel_l2": 2.04e-6, "cosine": 1 - 1e-11, "max_abs": 1e-4},
+        {"name": "blocks.1.mlp.fc1", "rel_l2": 3.14e-6, "cosine": 1 - 5e-11, "max_abs": 2e-4},
+        {"name": "blocks.1.attn.weights", "rel_l2": math.nan, "cosine": math.nan, "max_abs": math.nan},
+    ]
     proposed = propose(rows, factor=10)
     rules = dict(proposed.rules)
     assert list(rules) == ["conv1", "blocks.*.mlp.fc1"]

@@ -75,7 +75,9 @@ def test_rename_rules_map_another_implementations_names(ref, tmp_path):
     names = {n: n.replace("blocks.", "encoder.layers.").replace("attn.q", "self_attn.q_proj") for n in ref.ops}
     b = edited(ref, tmp_path / "b", rename=names)
     rules = tmp_path / "rules.toml"
-    rules.write_text('[rename]\n"encoder.layers.*.self_attn.q_proj" = "blocks.*.attn.q"\n"encoder.layers.*.*" = "blocks.*.*"\n')
+    rules.write_text(
+        '[rename]\n"encoder.layers.*.self_attn.q_proj" = "blocks.*.attn.q"\n"encoder.layers.*.*" = "blocks.*.*"\n'
+    )
     result = compare(ref, b, rename=rules)
     assert result.first_divergence is None and result.findings == []
     unmapped = compare(ref, b)

@@ -45,8 +45,14 @@ def _terminal(*args: str, cwd: Path) -> tuple[int, str]:
     """Run the CLI in a pseudo-terminal (so rich draws its progress bars); the output without colours."""
     master, slave = pty.openpty()
     env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
-    proc = subprocess.Popen([sys.executable, "-m", "whisperdiff.present.cli", *args], stdin=slave, stdout=slave,
-                            stderr=slave, cwd=cwd, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "whisperdiff.present.cli", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=cwd,
+        env=env,
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -71,7 +77,9 @@ def test_max_compile_is_announced_and_timed_in_the_headline(small_random, tmp_pa
     assert session.runner.facts()["compile_seconds"] > 0
     proc = run_cli("trace", "--impl", "max", "-m", SMALL_RANDOM, "--taps", "all", "-o", str(tmp_path / "t"), check=True)
     headline = proc.stdout.splitlines()[0]
-    assert headline.startswith(f"wrote {tmp_path / 't'}") and re.search(r"MAX graph (loaded from cache|compiled) in \d", headline)
+    assert headline.startswith(f"wrote {tmp_path / 't'}") and re.search(
+        r"MAX graph (loaded from cache|compiled) in \d", headline
+    )
 
 
 # -- 2 and 9. the report: whole page, the rows that matter first, 1400 px wide; the plots ---------
@@ -87,7 +95,7 @@ def test_report_screenshot_shows_the_whole_page_with_the_divergent_rows_pinned(r
     lines = page.text.split("Every op")[1].split("where it goes wrong")[1].splitlines()
     rows = [line for line in lines if re.match(r"\d+\t", line)]
     assert rows[0].startswith("0\tmel\t")  # the first divergence is pinned as the first row
-    assert [r.split("\t")[1] for r in rows[-len(c.table):]] == list(c.table["op"])  # then every op, in order
+    assert [r.split("\t")[1] for r in rows[-len(c.table) :]] == list(c.table["op"])  # then every op, in order
     assert "The two runs" in page.text.split("Every op")[1]  # the page goes on after the whole table
     raw = path.read_text()
     assert "80vh" not in raw and "class=scroll" not in raw  # no box that scrolls inside the page
@@ -106,7 +114,10 @@ def test_clean_report_marks_the_up_close_op_within_tolerance_and_lists_no_introd
 def test_report_is_a_jinja_template_with_autoescape(runs, tmp_path):
     from whisperdiff.present.report import CSP, _environment, render
 
-    assert _environment().autoescape("report.html.j2") and (ROOT / "src/whisperdiff/present/templates/report.html.j2").exists()
+    assert (
+        _environment().autoescape("report.html.j2")
+        and (ROOT / "src/whisperdiff/present/templates/report.html.j2").exists()
+    )
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "present/templates/*.j2" in pyproject["tool"]["setuptools"]["package-data"]["whisperdiff"]
     c = wd.compare(runs["a"], runs["bug"])
@@ -150,7 +161,10 @@ def test_not_comparable_stops_with_the_reasons_unless_forced(runs, tmp_path):
     forced = run_cli("compare", a, other, "--force", "--no-replay")
     assert forced.returncode == 0 and "NOT COMPARABLE" in forced.stdout
     # blocks.0.attn.weights is canonical for A's model; A just did not record it (default taps).
-    assert "blocks.0.attn.weights is only in B: it is a canonical op of A's model, but A did not record it" in forced.stdout
+    assert (
+        "blocks.0.attn.weights is only in B: it is a canonical op of A's model, but A did not record it"
+        in forced.stdout
+    )
     assert "no canonical op of A" not in forced.stdout
     assert run_cli("check", a, other, "--force", "--no-replay").returncode in (0, 1)
 
@@ -183,7 +197,9 @@ def test_compare_and_patch_report_the_same_wer(tmp_path, tiny_en):
     from whisperdiff.present.report import render
 
     page = render(c, patching=p)  # the transcripts and the patching chart, each WER with the same cap
-    assert page.count(f"B decoded up to {p.max_tokens} tokens") >= 2 and "Which op causes it: activation patching" in page
+    assert (
+        page.count(f"B decoded up to {p.max_tokens} tokens") >= 2 and "Which op causes it: activation patching" in page
+    )
 
 
 # -- 5. terse compare ------------------------------------------------------------------------------
@@ -226,11 +242,18 @@ def test_notebook_api(runs, tmp_path):
 
 def test_assert_traces_close_points_at_the_callers_line(runs, tmp_path):
     test = tmp_path / "test_port.py"
-    test.write_text("from whisperdiff.gate.testing import assert_traces_close\n\n"
-                    "def test_port():\n"
-                    f"    assert_traces_close({str(runs['a'].path)!r}, {str(runs['bug'].path)!r})\n")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=600)  # fmt: skip
+    test.write_text(
+        "from whisperdiff.gate.testing import assert_traces_close\n\n"
+        "def test_port():\n"
+        f"    assert_traces_close({str(runs['a'].path)!r}, {str(runs['bug'].path)!r})\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert proc.returncode == 1 and "FAIL:" in proc.stdout and "first failure: mel" in proc.stdout, proc.stdout
     assert "gate/testing.py" not in proc.stdout and "test_port.py:4" in proc.stdout
 
@@ -263,8 +286,12 @@ def test_every_option_has_help_and_shows_its_choices():
         options = "\n".join(line for line in helptext.splitlines() if line.lstrip().startswith("-"))
         assert not re.search(r"<(str|bool|list\[str\])>", options) and ", ," not in helptext, (name, helptext)
     trace_help = " ".join(run_cli("trace", "--help", check=True).stdout.split())  # unwrapped
-    for choice in ("<auto|cpu|cuda|gpu>", "<float32|float16|bfloat16|float64>", "<default|all|output|GLOBS>",
-                   "n_mels x 3000"):  # fmt: skip
+    for choice in (
+        "<auto|cpu|cuda|gpu>",
+        "<float32|float16|bfloat16|float64>",
+        "<default|all|output|GLOBS>",
+        "n_mels x 3000",
+    ):
         assert choice in trace_help, choice
     for command in (["report"], ["tolerances"], ["golden", "save"], ["trace"], ["transcribe"]):
         helptext = run_cli(*command, "--help", check=True).stdout
@@ -272,7 +299,9 @@ def test_every_option_has_help_and_shows_its_choices():
 
 
 def test_dtype_aliases_inject_did_you_mean_and_output_alias(runs, small_random, tmp_path):
-    proc = run_cli("trace", "-m", SMALL_RANDOM, "--dtype", "bf16", "--taps", "output", "-o", str(tmp_path / "bf16"), check=True)
+    proc = run_cli(
+        "trace", "-m", SMALL_RANDOM, "--dtype", "bf16", "--taps", "output", "-o", str(tmp_path / "bf16"), check=True
+    )
     assert wd.load_trace(tmp_path / "bf16").manifest["dtype"] == "bfloat16", proc.stdout
     assert_one_line_error(run_cli("trace", "--inject", "missing-lnpost"), "did you mean 'missing-ln-post'")
     assert_one_line_error(run_cli("trace", "--dtype", "fp17"), "fp16")
@@ -299,7 +328,9 @@ def test_progress_bars_have_totals(runs, tmp_path):
     assert code == 0 and f"{n}/{n}" in text, text
     code, text = _terminal("tolerances", str(runs["a"].path), cwd=tmp_path)
     assert code == 0 and "float64 re-run" in text and f"{n}/{n}" in text, text
-    code, text = _terminal("report", str(runs["a"].path), str(runs["bug"].path), "-o", str(tmp_path / "r.html"), cwd=tmp_path)
+    code, text = _terminal(
+        "report", str(runs["a"].path), str(runs["bug"].path), "-o", str(tmp_path / "r.html"), cwd=tmp_path
+    )
     assert code == 0 and re.search(r"plotting .* (\d+)/\1", text), text
 
 
@@ -308,8 +339,11 @@ def test_ranges_in_the_package_exact_versions_in_the_constraints():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert not [d for d in deps if "==" in d], deps
     assert any(d.lower().startswith("jinja2") for d in deps) and "torch>=2.4,<3" in deps
-    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
-                if line and not line.startswith("#"))  # fmt: skip
+    pins = dict(
+        line.split("==")
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     for name in ("torch", "openai-whisper", "max", "numpy", "pandas", "matplotlib", "rich", "typer", "Jinja2"):
         assert version(name).split("+")[0] == pins[name], (name, version(name), pins[name])  # tested = installed
     readme_first = next(line for line in (ROOT / "README.md").read_text().splitlines() if "pip install" in line)

@@ -50,14 +50,23 @@ def max_decoder(tiny_en):
 
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory, tiny_en, features):
-    return trace_decoder("torch", model=tiny_en, features=features, taps="all", out=tmp_path_factory.mktemp("dec") / "torch")
+    return trace_decoder(
+        "torch", model=tiny_en, features=features, taps="all", out=tmp_path_factory.mktemp("dec") / "torch"
+    )
 
 
 @pytest.fixture(scope="module")
 def cand(tmp_path_factory, tiny_en, features, ref, max_decoder):
     max_decoder.set_faults()
-    return trace_decoder("max", model=tiny_en, features=features, taps="all", tokens=ref.manifest["decoder"]["tokens"],
-                         runner=max_decoder, out=tmp_path_factory.mktemp("dec") / "max")  # fmt: skip
+    return trace_decoder(
+        "max",
+        model=tiny_en,
+        features=features,
+        taps="all",
+        tokens=ref.manifest["decoder"]["tokens"],
+        runner=max_decoder,
+        out=tmp_path_factory.mktemp("dec") / "max",
+    )
 
 
 def test_every_decoder_op_has_a_token_position_axis(tiny_en):
@@ -81,19 +90,35 @@ def test_ops_command_lists_the_decoder_ops():
 
 def test_torch_reference_is_openai_whisper_and_incremental_equals_full(tmp_path, tiny_en, features, ref):
     d = ref.manifest["decoder"]
-    assert d["tokens"][: d["prompt_length"]] == prompt_tokens(tiny_en) and d["steps"] == len(d["tokens"]) - d["prompt_length"] + 1
+    assert (
+        d["tokens"][: d["prompt_length"]] == prompt_tokens(tiny_en)
+        and d["steps"] == len(d["tokens"]) - d["prompt_length"] + 1
+    )
     # The hooks change nothing: the logits are those of the unhooked model on the whole sequence.
     model = tiny_en.whisper_model()
     with torch.inference_mode():
         plain = model.logits(torch.tensor([d["tokens"]]), torch.from_numpy(np.array(features))).numpy()
     assert np.abs(plain - np.asarray(ref["decoder.logits"])).max() < 1e-3
-    full = trace_decoder("torch", model=tiny_en, features=features, taps="all", tokens=d["tokens"], incremental=False,
-                         out=tmp_path / "full")  # fmt: skip
+    full = trace_decoder(
+        "torch",
+        model=tiny_en,
+        features=features,
+        taps="all",
+        tokens=d["tokens"],
+        incremental=False,
+        out=tmp_path / "full",
+    )
     c = compare(ref, full, replay=False)
     assert c.first_divergence is None and c.decoder["first_divergence"] is None, c.table[c.table.diverged]
     # The greedy tokens are openai-whisper's own transcript of this encoder output.
-    text = tiny_en.whisper_model().decode(torch.from_numpy(np.array(features[0])),
-                                          whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True)).text  # fmt: skip
+    text = (
+        tiny_en.whisper_model()
+        .decode(
+            torch.from_numpy(np.array(features[0])),
+            whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True),
+        )
+        .text
+    )
     assert whisper.tokenizer.get_tokenizer(False).decode(d["tokens"][d["prompt_length"] :]).strip() == text.strip()
 
 
@@ -111,22 +136,33 @@ def test_max_decoder_matches_torch_at_every_op_and_position(ref, cand):
 def test_all_max_greedy_pipeline_gives_openai_whispers_transcript(tiny_en, mel, max_features, max_decoder):
     max_decoder.set_faults()
     text, _ = greedy(max_decoder, tiny_en, max_features)
-    reference = whisper.decode(tiny_en.whisper_model(), torch.from_numpy(mel[0]),
-                               whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True)).text  # fmt: skip
+    reference = whisper.decode(
+        tiny_en.whisper_model(),
+        torch.from_numpy(mel[0]),
+        whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True),
+    ).text
     assert text == reference.strip() and text
 
 
 @pytest.mark.parametrize("name", list(DECODER_FAULTS))
-def test_each_decoder_fault_is_localised_at_its_op_and_first_position_and_named(tmp_path, tiny_en, features, ref,
-                                                                                max_decoder, name):  # fmt: skip
+def test_each_decoder_fault_is_localised_at_its_op_and_first_position_and_named(
+    tmp_path, tiny_en, features, ref, max_decoder, name
+):
     from whisperdiff.capture.max_runner import _cache_entries
 
     fault = DECODER_FAULTS[name]
     compiled, cached = max_decoder.model, _cache_entries()
     max_decoder.set_faults(get_faults([name], part="decoder"))
     try:
-        buggy = trace_decoder("max", model=tiny_en, features=features, taps="all", tokens=ref.manifest["decoder"]["tokens"],
-                              runner=max_decoder, out=tmp_path / name)  # fmt: skip
+        buggy = trace_decoder(
+            "max",
+            model=tiny_en,
+            features=features,
+            taps="all",
+            tokens=ref.manifest["decoder"]["tokens"],
+            runner=max_decoder,
+            out=tmp_path / name,
+        )
     finally:
         max_decoder.set_faults()
     # A fault is a run-time switch of the one compiled graph: no new graph, nothing new in MAX's cache.
@@ -134,7 +170,8 @@ def test_each_decoder_fault_is_localised_at_its_op_and_first_position_and_named(
     c = compare(ref, buggy, replay=False)
     first = c.decoder["first_divergence"]
     assert (first["op"], first["position"]) == (
-        fault.first_op_for(tiny_en.dims.n_text_layer), fault.first_position_for(ref.manifest["decoder"]["prompt_length"])
+        fault.first_op_for(tiny_en.dims.n_text_layer),
+        fault.first_position_for(ref.manifest["decoder"]["prompt_length"]),
     ), c.table[c.table.diverged].head()
     assert c.findings[0].kind == fault.diagnosis and c.findings[0].op == first["op"], c.findings[:2]
 
@@ -146,8 +183,13 @@ def test_crossfeed_names_the_encoder_for_missing_ln_post(tiny_en, max_decoder):
 
 
 def test_crossfeed_names_the_decoder_for_a_decoder_fault(tiny_en, features, max_features, max_decoder):
-    result = crossfeed(tiny_en, encoder="max", decoder_runner=max_decoder, decoder_inject=["skip-decoder-ln"],
-                       encoder_features={"reference": features, "candidate": max_features})  # fmt: skip
+    result = crossfeed(
+        tiny_en,
+        encoder="max",
+        decoder_runner=max_decoder,
+        decoder_inject=["skip-decoder-ln"],
+        encoder_features={"reference": features, "candidate": max_features},
+    )
     max_decoder.set_faults()
     assert result.verdict == "decoder", result.table
     assert result.texts[("candidate", "reference")] == result.texts[("reference", "reference")]
@@ -204,8 +246,11 @@ def test_a_users_decoder_traced_with_tracer_compares_position_by_position(tmp_pa
 def test_transcribe_impl_max_runs_max_for_both_halves(tmp_path, tiny_en, mel, max_decoder):
     proc = run_cli("transcribe", "--impl", "max", "--out", str(tmp_path / "tr"), check=True)
     manifest = json.loads((tmp_path / "tr" / "manifest.json").read_text())
-    reference = whisper.decode(tiny_en.whisper_model(), torch.from_numpy(mel[0]),
-                               whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True)).text.strip()  # fmt: skip
+    reference = whisper.decode(
+        tiny_en.whisper_model(),
+        torch.from_numpy(mel[0]),
+        whisper.DecodingOptions(language="en", fp16=False, without_timestamps=True),
+    ).text.strip()
     assert manifest["impl"] == "max" and manifest["transcript"]["decoder"].startswith("MAX decoder graph")
     assert manifest["transcript"]["text"] == reference == proc.stdout.strip().splitlines()[-1]
 
@@ -218,8 +263,15 @@ def test_the_report_shows_the_decoder_position_by_position(tmp_path, tiny_en, fe
 
     max_decoder.set_faults(get_faults(["kv-cache-off-by-one"], part="decoder"))
     try:
-        buggy = trace_decoder("max", model=tiny_en, features=features, taps="default",
-                              tokens=ref.manifest["decoder"]["tokens"], runner=max_decoder, out=tmp_path / "kv")  # fmt: skip
+        buggy = trace_decoder(
+            "max",
+            model=tiny_en,
+            features=features,
+            taps="default",
+            tokens=ref.manifest["decoder"]["tokens"],
+            runner=max_decoder,
+            out=tmp_path / "kv",
+        )
     finally:
         max_decoder.set_faults()
     c = compare(ref, buggy, replay=False)

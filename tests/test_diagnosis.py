@@ -190,17 +190,42 @@ def cases(model):
         ({"blocks.0.mlp.gelu": lambda f, x: F.relu(x)}, "blocks.0.mlp.gelu", "wrong_activation", "ReLU"),
         ({"pos_embed": shifted_pos}, "pos_embed", "positional", "shifted by +1"),
         ({"pos_embed": lambda f, x: x.permute(0, 2, 1)}, "pos_embed", "positional", "not added"),
-        ({"blocks.1.mlp_ln": _ln_bug(model, "blocks.1.mlp_ln", beta=False)}, "blocks.1.mlp_ln", "layer_norm_affine", "beta"),
+        (
+            {"blocks.1.mlp_ln": _ln_bug(model, "blocks.1.mlp_ln", beta=False)},
+            "blocks.1.mlp_ln",
+            "layer_norm_affine",
+            "beta",
+        ),
         ({"ln_post": _ln_bug(model, "ln_post", correction=1)}, "ln_post", "layer_norm_variance", "n-1"),
         ({"blocks.0.attn_ln": _ln_bug(model, "blocks.0.attn_ln", rms=True)}, "blocks.0.attn_ln", "rms_norm", "RMSNorm"),
-        ({"blocks.1.attn_ln": _ln_bug(model, "blocks.1.attn_ln", eps=1e-2)}, "blocks.1.attn_ln", "layer_norm_eps", "0.01"),
-        ({"blocks.0.attn.out": _lin_bug(model, "blocks.0.attn.out", transpose=True)}, "blocks.0.attn.out", "weight_layout", "transposed"),
+        (
+            {"blocks.1.attn_ln": _ln_bug(model, "blocks.1.attn_ln", eps=1e-2)},
+            "blocks.1.attn_ln",
+            "layer_norm_eps",
+            "0.01",
+        ),
+        (
+            {"blocks.0.attn.out": _lin_bug(model, "blocks.0.attn.out", transpose=True)},
+            "blocks.0.attn.out",
+            "weight_layout",
+            "transposed",
+        ),
         ({"blocks.1.mlp.fc2": _lin_bug(model, "blocks.1.mlp.2", bias=False)}, "blocks.1.mlp.fc2", "bias_error", "bias"),
-        ({"blocks.1.attn.q": _lin_bug(model, "blocks.1.attn.query", weight="blocks.0.attn.query")},
-         "blocks.1.attn.q", "wrong_weight", "blocks.0.attn.query"),
-        ({"blocks.0.attn.q": _lin_bug(model, "blocks.0.attn.query", weight="blocks.0.attn.key"),
-          "blocks.0.attn.k": _lin_bug(model, "blocks.0.attn.key", weight="blocks.0.attn.query")},
-         "blocks.0.attn.q", "swapped_projections", "swapped"),
+        (
+            {"blocks.1.attn.q": _lin_bug(model, "blocks.1.attn.query", weight="blocks.0.attn.query")},
+            "blocks.1.attn.q",
+            "wrong_weight",
+            "blocks.0.attn.query",
+        ),
+        (
+            {
+                "blocks.0.attn.q": _lin_bug(model, "blocks.0.attn.query", weight="blocks.0.attn.key"),
+                "blocks.0.attn.k": _lin_bug(model, "blocks.0.attn.key", weight="blocks.0.attn.query"),
+            },
+            "blocks.0.attn.q",
+            "swapped_projections",
+            "swapped",
+        ),
         ({"blocks.0.attn.weights": _attn_bug(axis=-2)}, "blocks.0.attn.weights", "softmax_axis", "query axis"),
         ({"blocks.1.attn.weights": _attn_bug(causal=True)}, "blocks.1.attn.weights", "attention_mask", "causal"),
         ({"blocks.0.attn.weights": _attn_bug(scale=1.0)}, "blocks.0.attn.weights", "attention_scale", "solved"),
@@ -210,7 +235,7 @@ def cases(model):
         ({"blocks.1.attn_ln": lambda f, x: round_to(f(x), "float16")}, "blocks.1.attn_ln", "precision", "float16"),
         ({"blocks.0.out": lambda f, x, y: y}, "blocks.0.out", "missing_residual", "residual"),
         ({"blocks.0.mlp.fc2": lambda f, x: -f(x)}, "blocks.0.mlp.fc2", "sign_flip", "negated"),
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize("index", range(26))
@@ -250,8 +275,9 @@ def test_unexplained_error_is_a_divergence_with_its_structure(ref, small_random,
 
 def test_attention_scale_solved_from_the_output_when_probabilities_are_not_tapped(ref, small_random, tmp_path):
     bugs = {"blocks.0.attn.weights": _attn_bug(scale=0.3)}
-    b = traced(ref, small_random, tmp_path / "b", bugs, drop=("blocks.0.attn.weights", "blocks.1.attn.weights"),
-               taps="default")
+    b = traced(
+        ref, small_random, tmp_path / "b", bugs, drop=("blocks.0.attn.weights", "blocks.1.attn.weights"), taps="default"
+    )
     result = compare(ref, b, model=small_random)
     top = [f for f in result.findings if f.severity == "error"][0]
     assert (top.op, top.kind) == ("blocks.0.attn.wv", "attention_scale"), top.to_dict()

@@ -28,8 +28,12 @@ def tiny(tmp_path_factory, tiny_en):
     """Transcribed traces on the embedded default: torch, MAX, and MAX with four injected bugs."""
     d = tmp_path_factory.mktemp("impact")
     ref = wd.trace("torch", model=tiny_en, out=d / "torch", transcribe=True)
-    runs = {name: wd.trace("max", model=tiny_en, out=d / f"max-{name}", transcribe=True, inject=[] if name == "clean" else [name])
-            for name in ("clean", "missing-ln-post", "no-pos-embed", "variance-rescale", "half-precision-block")}  # fmt: skip
+    runs = {
+        name: wd.trace(
+            "max", model=tiny_en, out=d / f"max-{name}", transcribe=True, inject=[] if name == "clean" else [name]
+        )
+        for name in ("clean", "missing-ln-post", "no-pos-embed", "variance-rescale", "half-precision-block")
+    }
     return ref, runs
 
 
@@ -37,11 +41,14 @@ def test_max_and_torch_transcripts_are_identical(tiny):
     ref, runs = tiny
     assert "lazy dog" in ref.manifest["transcript"]["text"]
     c = wd.compare(ref, runs["clean"], replay=False)
-    assert c.transcripts["same"] and c.transcripts["wer"] == 0 and c.transcripts["a"] == ref.manifest["transcript"]["text"]
+    assert (
+        c.transcripts["same"] and c.transcripts["wer"] == 0 and c.transcripts["a"] == ref.manifest["transcript"]["text"]
+    )
 
 
-@pytest.mark.parametrize("fault, cause", [("missing-ln-post", "ln_post"), ("no-pos-embed", "pos_embed"),
-                                          ("variance-rescale", "ln_post")])  # fmt: skip
+@pytest.mark.parametrize(
+    "fault, cause", [("missing-ln-post", "ln_post"), ("no-pos-embed", "pos_embed"), ("variance-rescale", "ln_post")]
+)
 def test_patching_names_the_op_whose_bug_changes_the_transcript(tiny, tiny_en, fault, cause):
     ref, runs = tiny
     c = wd.compare(ref, runs[fault], replay=False)
@@ -111,7 +118,9 @@ def test_sixty_seconds_are_transcribed_and_traced_window_by_window(tmp_path, tin
     proc = run_cli("transcribe", "--audio", str(clip), "-o", str(tmp_path / "cli"), "--taps", "output", check=True)
     assert proc.stdout.count("lazy dog") == 2 and "window 1 (30-60 s)" in proc.stdout, proc.stdout
     assert (tmp_path / "cli.w1" / "manifest.json").is_file()
-    proc = run_cli("trace", "--audio", str(clip), "--window", "1", "-o", str(tmp_path / "w1"), "--taps", "output", check=True)
+    proc = run_cli(
+        "trace", "--audio", str(clip), "--window", "1", "-o", str(tmp_path / "w1"), "--taps", "output", check=True
+    )
     assert wd.load_trace(tmp_path / "w1").manifest["input"]["window"] == 1
     bad = run_cli("trace", "--audio", str(clip), "--window", "2", "-o", str(tmp_path / "w2"))
     assert bad.returncode == 2 and "windows 0..1" in bad.stderr

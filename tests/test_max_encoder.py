@@ -27,8 +27,10 @@ def agreement(a, b) -> tuple[float, float]:
 @pytest.fixture(scope="module")
 def small_pair(tmp_path_factory, small_random):
     d = tmp_path_factory.mktemp("small")
-    return (wd.trace("torch", model=small_random, out=d / "torch", taps="all"),
-            wd.trace("max", model=small_random, out=d / "max", taps="all"))  # fmt: skip
+    return (
+        wd.trace("torch", model=small_random, out=d / "torch", taps="all"),
+        wd.trace("max", model=small_random, out=d / "max", taps="all"),
+    )
 
 
 def test_every_op_including_attention_probabilities_matches_torch(small_pair):

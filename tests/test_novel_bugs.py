@@ -21,12 +21,36 @@ import novel_bugs as nb  # noqa: E402
 
 # The issue-15 taxonomy of finding kinds (kinds a planted bug may expect).
 KINDS = {
-    "input_mismatch", "weights_mismatch", "weight_layout", "wrong_weight", "swapped_projections", "bias_error",
-    "activation_approx", "wrong_activation", "layer_norm_eps", "layer_norm_variance", "layer_norm_affine", "rms_norm",
-    "norm_axis", "softmax_axis", "attention_mask", "attention_scale", "head_split", "conv_padding", "conv_stride",
-    "conv_kernel", "positional", "precision", "missing_op", "missing_residual", "scale_mismatch", "bias_shift",
-    "sign_flip", "nonfinite", "divergence",
-}  # fmt: skip
+    "input_mismatch",
+    "weights_mismatch",
+    "weight_layout",
+    "wrong_weight",
+    "swapped_projections",
+    "bias_error",
+    "activation_approx",
+    "wrong_activation",
+    "layer_norm_eps",
+    "layer_norm_variance",
+    "layer_norm_affine",
+    "rms_norm",
+    "norm_axis",
+    "softmax_axis",
+    "attention_mask",
+    "attention_scale",
+    "head_split",
+    "conv_padding",
+    "conv_stride",
+    "conv_kernel",
+    "positional",
+    "precision",
+    "missing_op",
+    "missing_residual",
+    "scale_mismatch",
+    "bias_shift",
+    "sign_flip",
+    "nonfinite",
+    "divergence",
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +70,27 @@ def test_the_set_is_novel_and_covers_every_op_type():
         assert bug.expected_op(4) in names, bug
         assert (bug.dtype is not None) == (bug.kind == "precision"), bug
     ops = {op.split(".", 2)[2] if op.startswith("blocks.") else op for op in (b.expected_op(4) for b in nb.BUGS)}
-    for op in ("mel", "conv1", "conv2", "conv1.gelu", "conv2.gelu", "pos_embed", "attn_ln", "mlp_ln", "ln_post",
-               "attn.q", "attn.k", "attn.v", "attn.weights", "attn.wv", "attn.out", "mlp.fc1", "mlp.gelu", "mlp.fc2",
-               "attn_residual"):  # fmt: skip
+    for op in (
+        "mel",
+        "conv1",
+        "conv2",
+        "conv1.gelu",
+        "conv2.gelu",
+        "pos_embed",
+        "attn_ln",
+        "mlp_ln",
+        "ln_post",
+        "attn.q",
+        "attn.k",
+        "attn.v",
+        "attn.weights",
+        "attn.wv",
+        "attn.out",
+        "mlp.fc1",
+        "mlp.gelu",
+        "mlp.fc2",
+        "attn_residual",
+    ):
         assert op in ops, op
     assert {b.dtype for b in nb.BUGS if b.dtype} == {"float16", "bfloat16", "tf32"}
     assert len({b.block for b in nb.BUGS}) == 4  # not always block 0
@@ -89,8 +131,12 @@ def test_clean_runs_raise_no_error_findings(bench):
 
 
 def _report(bench) -> str:
-    return "\n".join(f"{r['bug']}: expected {r['expected_op']} {r['expected_kind']}, got {r['top_op']} "
-                     f"{r['top_kind']} ({r['verdict']})" for r in bench["bugs"] if r["verdict"] != "correct")  # fmt: skip
+    return "\n".join(
+        f"{r['bug']}: expected {r['expected_op']} {r['expected_kind']}, got {r['top_op']} "
+        f"{r['top_kind']} ({r['verdict']})"
+        for r in bench["bugs"]
+        if r["verdict"] != "correct"
+    )
 
 
 def test_no_misleading_findings(bench):

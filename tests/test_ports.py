@@ -22,8 +22,13 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 def run_example(script: str, *args: str) -> subprocess.CompletedProcess:
     # env given explicitly: once MAX is imported in this process, the C-level environment it leaves
     # makes a child python lose its virtual environment; os.environ still holds the original one.
-    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ))  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -74,10 +79,16 @@ def test_plugin_from_a_file(reference, tmp_path, tiny_en):
     assert "numpy_encoder.py:make on cpu" in proc.stdout
     c = wd.compare(reference, out, replay=False)
     assert c.first_divergence is None and wd.load_trace(out).manifest["taps"] == "plugin"
-    assert_one_line_error(run_cli("trace", "--impl", "no.such.module:make", "-o", str(tmp_path / "x")), "importing no.such.module failed")
-    assert_one_line_error(run_cli("trace", "--impl", f"{EXAMPLES / 'numpy_encoder.py'}:nope", "-o", str(tmp_path / "x")),
-                          "no callable 'nope'")  # fmt: skip
-    assert_one_line_error(run_cli("trace", "--impl", "mine", "-o", str(tmp_path / "x")), "unknown implementation 'mine'")
+    assert_one_line_error(
+        run_cli("trace", "--impl", "no.such.module:make", "-o", str(tmp_path / "x")), "importing no.such.module failed"
+    )
+    assert_one_line_error(
+        run_cli("trace", "--impl", f"{EXAMPLES / 'numpy_encoder.py'}:nope", "-o", str(tmp_path / "x")),
+        "no callable 'nope'",
+    )
+    assert_one_line_error(
+        run_cli("trace", "--impl", "mine", "-o", str(tmp_path / "x")), "unknown implementation 'mine'"
+    )
     assert not (tmp_path / "x").exists()
 
 
@@ -94,7 +105,9 @@ def test_instrument_maps_module_paths_without_compiling(small_random):
     d = small_random.dims
 
     def encoder():  # a module builds into one graph only: a fresh one per graph
-        enc = example.Encoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer, DeviceRef.CPU())
+        enc = example.Encoder(
+            d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer, DeviceRef.CPU()
+        )
         enc.load_state_dict(example.whisper_weights(small_random.state_dict))
         return enc
 
@@ -139,7 +152,9 @@ def _port_weights(tiny_en, path, *, bugs=True, fused=False, drop=None, max_layou
     if bugs:
         out["blocks.1.mlp.0.weight"] = out["blocks.1.mlp.0.weight"].T
         rng = np.random.default_rng(0)
-        out["blocks.2.attn.value.weight"] = rng.standard_normal(out["blocks.2.attn.value.weight"].shape).astype(np.float32) * 0.05
+        out["blocks.2.attn.value.weight"] = (
+            rng.standard_normal(out["blocks.2.attn.value.weight"].shape).astype(np.float32) * 0.05
+        )
     if fused:  # one [3C, C] q/k/v tensor per block (torch orientation), as many ports keep it
         for i in range(tiny_en.dims.n_audio_layer):
             p = f"blocks.{i}.attn."
@@ -153,9 +168,17 @@ def _port_weights(tiny_en, path, *, bugs=True, fused=False, drop=None, max_layou
 def test_weights_names_the_transposed_and_the_substituted_tensor(tiny_en, tmp_path):
     proc = run_cli("weights", "default", str(_port_weights(tiny_en, tmp_path / "port.npz")))
     assert proc.returncode == 1, proc.stderr
-    flagged = [line.split()[:2] for line in proc.stdout.splitlines() if line.split() and line.split()[0] in
-               ("missing", "substituted", "transposed", "scaled", "different", "layout", "shape", "unexpected")]  # fmt: skip
-    assert flagged == [["substituted", "encoder.blocks.2.attn.value.weight:"], ["transposed", "encoder.blocks.1.mlp.0.weight:"]]
+    flagged = [
+        line.split()[:2]
+        for line in proc.stdout.splitlines()
+        if line.split()
+        and line.split()[0]
+        in ("missing", "substituted", "transposed", "scaled", "different", "layout", "shape", "unexpected")
+    ]
+    assert flagged == [
+        ["substituted", "encoder.blocks.2.attn.value.weight:"],
+        ["transposed", "encoder.blocks.1.mlp.0.weight:"],
+    ]
     assert "65 of 67 tensors match" in proc.stdout
 
 
@@ -165,6 +188,8 @@ def test_weights_undoes_known_layouts(tiny_en, tmp_path):
     fused = _port_weights(tiny_en, tmp_path / "fused.npz", bugs=False, fused=True, max_layout=False)
     proc = run_cli("weights", "default", str(fused))
     assert proc.returncode == 0 and "67 of 67 tensors match" in proc.stdout, proc.stdout
-    missing = run_cli("weights", "default", str(_port_weights(tiny_en, tmp_path / "m.npz", bugs=False, drop="ln_post.bias")))
+    missing = run_cli(
+        "weights", "default", str(_port_weights(tiny_en, tmp_path / "m.npz", bugs=False, drop="ln_post.bias"))
+    )
     assert missing.returncode == 1 and "missing     encoder.ln_post.bias" in missing.stdout
     assert_one_line_error(run_cli("weights", "default", str(tmp_path / "none.npz")), "does not exist")

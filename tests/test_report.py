@@ -21,8 +21,12 @@ needs_browser = pytest.mark.skipif(find_chromium() is None and not os.environ.ge
 SCENARIOS = {  # injected bug -> (headline, top finding kind, its op, words of its message)
     "clean": ("No divergence: B matches A on all 55 ops", None, None, None),
     "missing-ln-post": ("B diverges from A first at ln_post", "missing_op", "ln_post", "the layer norm is missing"),
-    "variance-rescale": ("B diverges from A first at ln_post", "scale_mismatch", "ln_post",
-                         "statistics match, content does not"),  # fmt: skip
+    "variance-rescale": (
+        "B diverges from A first at ln_post",
+        "scale_mismatch",
+        "ln_post",
+        "statistics match, content does not",
+    ),
     "mel-frontend": ("B diverges from A first at mel", "input_mismatch", "mel", "different frontend"),
 }
 XSS = "<script>alert(1)</script>"
@@ -70,7 +74,9 @@ def test_report_shows_the_verdict_and_its_figures_in_a_browser(tiny_runs, tiny_e
     alts = [img["alt"] for img in page.images]
     assert len(page.images) == 5 and not page.broken_images, page.images
     assert all(img["width"] > 300 and img["height"] > 200 for img in page.images), page.images
-    assert any(a.startswith("Absolute error at") for a in alts) and any(a.startswith("Error per time step") for a in alts)
+    assert any(a.startswith("Absolute error at") for a in alts) and any(
+        a.startswith("Error per time step") for a in alts
+    )
     assert "weights sha256" in page.text and tiny_en.weights_sha256 in page.text  # the manifests, side by side
     assert not page.dialogs and not page.scripts_ran
     assert (tmp_path / f"{scenario}.png").stat().st_size > 50_000
@@ -156,7 +162,9 @@ def test_cli_report_and_compare_html(small_all_taps, tmp_path):
 def test_cli_report_bad_input_leaves_nothing(small_all_taps, tmp_path):
     a = str(small_all_taps.path)
     out = tmp_path / "r.html"
-    assert_one_line_error(run_cli("report", a, a, "-o", str(out), "--op", "blocks.9.mlp.fc1"), "not an op of both traces")
+    assert_one_line_error(
+        run_cli("report", a, a, "-o", str(out), "--op", "blocks.9.mlp.fc1"), "not an op of both traces"
+    )
     assert_one_line_error(run_cli("report", a, str(tmp_path / "nope"), "-o", str(out)), "does not exist")
     assert_one_line_error(run_cli("report", a, a, "-o", str(tmp_path / "r.txt")), "should end in .html")
     assert not any(tmp_path.iterdir())

@@ -23,8 +23,9 @@ PROBE = (
 
 
 def heavy_modules(*args: str) -> set[str]:
-    proc = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY, args=list(args))], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY, args=list(args))], capture_output=True, text=True, timeout=300
+    )
     line = [x for x in proc.stderr.splitlines() if x.startswith("HEAVY=")]
     assert line, proc.stderr
     return set(filter(None, line[-1].removeprefix("HEAVY=").split(",")))
@@ -33,11 +34,27 @@ def heavy_modules(*args: str) -> set[str]:
 @pytest.fixture(scope="module")
 def synthetic_pair(tmp_path_factory):
     """Two small traces written directly (no model run), B off from A from blocks.1 on."""
-    dims = {"n_mels": 80, "n_audio_ctx": 8, "n_audio_state": 16, "n_audio_head": 2, "n_audio_layer": 2,
-            "n_vocab": 10, "n_text_ctx": 4, "n_text_state": 16, "n_text_head": 2, "n_text_layer": 1}  # fmt: skip
-    manifest = {"impl": "synthetic", "device": "cpu", "dtype": "float32", "taps": "default", "injected": [],
-                "model": {"id": "synthetic", "source": "synthetic", "dims": dims, "weights_sha256": "0" * 64},
-                "input": {"kind": "synthetic", "path": "synthetic", "sha256": "1" * 64, "mel_sha256": "2" * 64}}  # fmt: skip
+    dims = {
+        "n_mels": 80,
+        "n_audio_ctx": 8,
+        "n_audio_state": 16,
+        "n_audio_head": 2,
+        "n_audio_layer": 2,
+        "n_vocab": 10,
+        "n_text_ctx": 4,
+        "n_text_state": 16,
+        "n_text_head": 2,
+        "n_text_layer": 1,
+    }
+    manifest = {
+        "impl": "synthetic",
+        "device": "cpu",
+        "dtype": "float32",
+        "taps": "default",
+        "injected": [],
+        "model": {"id": "synthetic", "source": "synthetic", "dims": dims, "weights_sha256": "0" * 64},
+        "input": {"kind": "synthetic", "path": "synthetic", "sha256": "1" * 64, "mel_sha256": "2" * 64},
+    }
     root = tmp_path_factory.mktemp("synthetic")
     rng = np.random.default_rng(0)
     with wd.TraceWriter(root / "a", manifest) as wa, wd.TraceWriter(root / "b", manifest) as wb:

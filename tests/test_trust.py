@@ -33,8 +33,10 @@ def pair(tmp_path_factory):
     """Two torch traces of the same small model and input: A (reference) and B (candidate), identical."""
     d = tmp_path_factory.mktemp("pair")
     model = wd.load_model(SMALL)
-    return (wd.trace("torch", model=model, out=d / "a", taps=TAPS).path,
-            wd.trace("torch", model=model, out=d / "b", taps=TAPS).path)  # fmt: skip
+    return (
+        wd.trace("torch", model=model, out=d / "a", taps=TAPS).path,
+        wd.trace("torch", model=model, out=d / "b", taps=TAPS).path,
+    )
 
 
 def copy(src: Path, dst: Path) -> Path:
@@ -69,8 +71,10 @@ def hostile(pair, tmp_path_factory):
     d = tmp_path_factory.mktemp("hostile")
     sentinel = d / "SENTINEL"
     plugin = d / "plugin.py"
-    plugin.write_text(f"open({str(sentinel)!r}, 'w').write('imported')\n"
-                      "def factory(model, device, dtype):\n    raise SystemExit('ran')\n")  # fmt: skip
+    plugin.write_text(
+        f"open({str(sentinel)!r}, 'w').write('imported')\n"
+        "def factory(model, device, dtype):\n    raise SystemExit('ran')\n"
+    )
     fifo = d / "model.pt"
     os.mkfifo(fifo)
     a, b = copy(pair[0], d / "a"), copy(pair[1], d / "b")
@@ -161,7 +165,9 @@ def test_a_flipped_bit_is_an_error_naming_op_and_file(pair, tmp_path):
     data[len(data) // 2] ^= 0x01
     f.write_bytes(bytes(data))
     for run in (lambda: check(pair[0], b), lambda: wd.compare(pair[0], b, replay=False)):
-        with pytest.raises(wd.WhisperdiffError, match=r"op 'blocks.0.out' \(tensors/blocks.0.out.npy\) does not match its sha256"):
+        with pytest.raises(
+            wd.WhisperdiffError, match=r"op 'blocks.0.out' \(tensors/blocks.0.out.npy\) does not match its sha256"
+        ):
             run()
     proc = run_cli("check", str(pair[0]), str(b), "--no-replay")
     assert proc.returncode == 2
@@ -203,8 +209,12 @@ def test_npy_headers_must_match_the_manifest(pair, tmp_path):
         text += " " * (63 - (10 + len(text)) % 64) + "\n"
         return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode()
 
-    for descr, fortran, swap, fragment in ((">f4", False, True, "byte order"), ("<f4", True, False, "Fortran"),
-                                           ("<i4", False, False, "int32"), ("|O", False, False, "pickled")):  # fmt: skip
+    for descr, fortran, swap, fragment in (
+        (">f4", False, True, "byte order"),
+        ("<f4", True, False, "Fortran"),
+        ("<i4", False, False, "int32"),
+        ("|O", False, False, "pickled"),
+    ):
         b = copy(pair[1], tmp_path / f"b{descr[1:]}{fortran}")
         f = b / "tensors" / "ln_post.npy"
         array = np.load(f)
@@ -245,8 +255,15 @@ def test_tiny_en_with_one_flipped_bit_fails_check_and_unmodified_passes(default_
 
 def test_trace_text_reaches_the_terminal_escaped(pair, tmp_path):
     b = copy(pair[1], tmp_path / "b")
-    edit_manifest(b, lambda m: (m.update(impl="\x1b[2J\x1b[32mPASS\x1b[0m [/] [bold]x"), m["model"].pop("source"),
-                                m["model"].update(id=":thumbs_up: \x9b31m"), m["input"].update(path="in\u202eput")))  # fmt: skip
+    edit_manifest(
+        b,
+        lambda m: (
+            m.update(impl="\x1b[2J\x1b[32mPASS\x1b[0m [/] [bold]x"),
+            m["model"].pop("source"),
+            m["model"].update(id=":thumbs_up: \x9b31m"),
+            m["input"].update(path="in\u202eput"),
+        ),
+    )
     for args in (("show", str(b)), ("ls", str(tmp_path)), ("compare", str(pair[0]), str(b), "--no-replay")):
         proc = run_cli(*args)
         assert proc.returncode == 0, proc.stderr
@@ -262,8 +279,12 @@ def test_trace_text_reaches_the_terminal_escaped(pair, tmp_path):
 
 
 def test_bad_arguments_are_errors(pair, tmp_path):
-    for spec, fragment in (("random:tiny,n_audio_state=0", "n_audio_state"), ("random:tiny,n_audio_layer=-1", "n_audio_layer"),
-                           ("", "empty"), ("random:large,n_audio_layer=128,n_audio_state=8192,n_audio_head=8", "weights")):  # fmt: skip
+    for spec, fragment in (
+        ("random:tiny,n_audio_state=0", "n_audio_state"),
+        ("random:tiny,n_audio_layer=-1", "n_audio_layer"),
+        ("", "empty"),
+        ("random:large,n_audio_layer=128,n_audio_state=8192,n_audio_head=8", "weights"),
+    ):
         with pytest.raises(wd.WhisperdiffError, match=fragment):
             wd.load_model(spec)
     for kwargs in ({"atol": float("nan")}, {"max_rel_l2": -1.0}, {"min_cosine": 2.0}, {"rtol": float("inf")}):
@@ -274,9 +295,15 @@ def test_bad_arguments_are_errors(pair, tmp_path):
     with pytest.raises(wd.WhisperdiffError, match="--taps"):
         wd.trace("torch", model=SMALL, taps="", out=tmp_path / "t")
     wav = tmp_path / "liar.wav"  # the header claims 4 GB of audio; the file holds 100 bytes
-    wav.write_bytes(b"RIFF" + (0xFFFFFFF0).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
-                    + bytes.fromhex("01000100803e0000007d00000200100064617461") + (0xFFFFFFC0).to_bytes(4, "little")
-                    + bytes(100))  # fmt: skip
+    wav.write_bytes(
+        b"RIFF"
+        + (0xFFFFFFF0).to_bytes(4, "little")
+        + b"WAVEfmt "
+        + (16).to_bytes(4, "little")
+        + bytes.fromhex("01000100803e0000007d00000200100064617461")
+        + (0xFFFFFFC0).to_bytes(4, "little")
+        + bytes(100)
+    )
     from whisperdiff.inputs.audio import load_audio
 
     with pytest.raises(wd.WhisperdiffError, match="header says"):
@@ -300,18 +327,20 @@ def test_bad_command_lines_are_one_line_errors(pair, tmp_path):
     surrogate = copy(pair[1], tmp_path / "surrogate")
     edit_manifest(surrogate, lambda m: m.update(impl="a\udc80b"))
     (tmp_path / "reports").mkdir()
-    for args, fragment in ((["weights", "default", str(tmp_path / "empty.npz")], "empty.npz"),
-                           (["weights", "default", str(tmp_path / "cut.npz")], "cut.npz"),
-                           (["check", b, "--golden", str(golden)], "samples.npz"),
-                           (["report", a, str(surrogate), "-o", str(tmp_path / "reports" / "r.html")], "surrogate"),
-                           (["compare", a, b, "--rename", str(tmp_path)], str(tmp_path)),
-                           (["compare", a, b, "--atol", "nan"], "atol"),
-                           (["compare", a, b, "--model", "nope"], "nope"),
-                           (["tolerances", a, "--factor", "nan"], "factor"),
-                           (["trace", "--model", "random:tiny,n_audio_state=0", "-o", str(tmp_path / "x")], "n_audio_state"),
-                           (["trace", "--model", "", "-o", str(tmp_path / "x")], "empty"),
-                           (["trace", "--model", SMALL, "--taps", "", "-o", str(tmp_path / "x")], "taps"),
-                           (["trace", "--model", SMALL, "-o", str(tmp_path / "empty.npz")], "is a file")):  # fmt: skip
+    for args, fragment in (
+        (["weights", "default", str(tmp_path / "empty.npz")], "empty.npz"),
+        (["weights", "default", str(tmp_path / "cut.npz")], "cut.npz"),
+        (["check", b, "--golden", str(golden)], "samples.npz"),
+        (["report", a, str(surrogate), "-o", str(tmp_path / "reports" / "r.html")], "surrogate"),
+        (["compare", a, b, "--rename", str(tmp_path)], str(tmp_path)),
+        (["compare", a, b, "--atol", "nan"], "atol"),
+        (["compare", a, b, "--model", "nope"], "nope"),
+        (["tolerances", a, "--factor", "nan"], "factor"),
+        (["trace", "--model", "random:tiny,n_audio_state=0", "-o", str(tmp_path / "x")], "n_audio_state"),
+        (["trace", "--model", "", "-o", str(tmp_path / "x")], "empty"),
+        (["trace", "--model", SMALL, "--taps", "", "-o", str(tmp_path / "x")], "taps"),
+        (["trace", "--model", SMALL, "-o", str(tmp_path / "empty.npz")], "is a file"),
+    ):
         proc = run_cli(*args)
         assert proc.returncode == 2, (args, proc.returncode, proc.stderr)
         assert_one_line_error(proc, fragment)
@@ -330,7 +359,10 @@ def test_one_bad_entry_never_breaks_the_listing(pair, tmp_path):
     assert statuses["good"] == "complete"
     assert statuses["badjson"].startswith("damaged") and statuses["fifo"].startswith("damaged")
     proc = run_cli("ls", str(tmp_path), "--json")
-    assert proc.returncode == 0 and {e["trace"].rsplit("/", 1)[-1] for e in json.loads(proc.stdout)} >= {"good", "badjson"}
+    assert proc.returncode == 0 and {e["trace"].rsplit("/", 1)[-1] for e in json.loads(proc.stdout)} >= {
+        "good",
+        "badjson",
+    }
 
 
 # -- 5. commit safely ----------------------------------------------------------------------------------
@@ -388,8 +420,10 @@ def test_leftovers_of_a_killed_commit_are_never_complete_and_are_cleaned_up(pair
     statuses = {item.path.name: item.status for item in list_traces(tmp_path)}
     assert statuses[f".t.old-{dead}"].startswith("incomplete: the previous t")
     assert statuses[f".t.partial-{dead}"] == "incomplete"
-    assert store.clean_leftovers(tmp_path / "t") == [f"restored the previous t from .t.old-{dead}",
-                                                     f"removed .t.partial-{dead}"]  # fmt: skip
+    assert store.clean_leftovers(tmp_path / "t") == [
+        f"restored the previous t from .t.old-{dead}",
+        f"removed .t.partial-{dead}",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"] and load_trace(tmp_path / "t").ops
     copy(pair[1], tmp_path / f".t.old-{dead}")  # the next run removes an .old whose trace is in place
     with TraceWriter(tmp_path / "t", {"impl": "test"}) as w:
@@ -398,8 +432,12 @@ def test_leftovers_of_a_killed_commit_are_never_complete_and_are_cleaned_up(pair
 
 
 def test_a_signal_during_start_up_is_exit_130_and_one_line(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "whisperdiff.present.cli", "trace", "--taps", "all", "-o",
-                             str(tmp_path / "t")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "whisperdiff.present.cli", "trace", "--taps", "all", "-o", str(tmp_path / "t")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1.0)  # importing typer, rich, numpy, torch, loading tiny.en: before the trace is written
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)

@@ -61,13 +61,24 @@ class Session:
 
     decoder_impl = "torch"  # what decode() runs: openai-whisper's decoder, or "max" (the MAX decoder graph)
 
-    def __init__(self, impl: str = "torch", *, model=None, device: str = "auto", dtype: str = "float32",
-                 taps: str = "default", inject: list[str] | None = None, patchable: bool = False,
-                 on_status: Callable[[str], None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        impl: str = "torch",
+        *,
+        model=None,
+        device: str = "auto",
+        dtype: str = "float32",
+        taps: str = "default",
+        inject: list[str] | None = None,
+        patchable: bool = False,
+        on_status: Callable[[str], None] | None = None,
+    ):
         """on_status(text) says what is being done while it takes time (loading, compiling)."""
         t0 = time.perf_counter()
         if taps is not None and (not isinstance(taps, str) or not any(part.strip() for part in taps.split(","))):
-            raise WhisperdiffError(f"--taps {taps!r} names no op; use default, all, output or comma-separated names/globs")
+            raise WhisperdiffError(
+                f"--taps {taps!r} names no op; use default, all, output or comma-separated names/globs"
+            )
         self.impl, self.dtype, self.taps, self.inject = impl, dtype, taps, list(inject or ())
         status = on_status or (lambda text: None)
         status("loading model")
@@ -77,8 +88,9 @@ class Session:
         self.tap_names = select_taps(self.loaded.dims, taps)
         if impl == "max":
             status("compiling the MAX graph for these dims (first run only; cached after)")
-        self.runner = make_runner(impl, self.loaded, device=device, dtype=dtype, taps=self.tap_names, faults=self.faults,
-                                  patchable=patchable)  # fmt: skip
+        self.runner = make_runner(
+            impl, self.loaded, device=device, dtype=dtype, taps=self.tap_names, faults=self.faults, patchable=patchable
+        )
         self._decoder = None
 
     def decode(self, features, max_tokens: int | None = None) -> str:
@@ -102,8 +114,17 @@ class Session:
                 encoder_input.provenance["mel_sha256"] = sha256_array(encoder_input.mel)
         return encoder_input
 
-    def trace(self, *, audio=None, mel=None, out=None, window: int = 0, transcribe: bool = False,
-              on_op: Callable[[str], None] | None = None, given_input: EncoderInput | None = None) -> Trace:  # fmt: skip
+    def trace(
+        self,
+        *,
+        audio=None,
+        mel=None,
+        out=None,
+        window: int = 0,
+        transcribe: bool = False,
+        on_op: Callable[[str], None] | None = None,
+        given_input: EncoderInput | None = None,
+    ) -> Trace:
         """given_input: an EncoderInput already in hand (e.g. another trace's recorded mel), used as is."""
         started = datetime.now(UTC)
         t0 = time.perf_counter()
@@ -112,7 +133,9 @@ class Session:
         if transcribe and "ln_post" not in tap_names:
             raise WhisperdiffError("transcribing needs the encoder output: trace with taps that include ln_post")
         if out is None:
-            out = default_trace_path(self.impl, loaded.model_id, encoder_input.provenance["path"], self.dtype, self.inject)
+            out = default_trace_path(
+                self.impl, loaded.model_id, encoder_input.provenance["path"], self.dtype, self.inject
+            )
             if encoder_input.provenance.get("n_windows", 1) > 1:
                 out = out.with_name(f"{out.name}.w{window}")
         out = Path(out)
@@ -153,9 +176,17 @@ class Session:
                 from whisperdiff.analysis.transcript import DECODER
 
                 t1 = time.perf_counter()
-                decoder = DECODER if self.decoder_impl == "torch" else DECODER.replace("openai-whisper decode", "MAX decoder graph")
-                writer.manifest["transcript"] = {"text": self.decode(outputs["ln_post"]), "decoder": decoder,
-                                                 "window": window, "decode_seconds": round(time.perf_counter() - t1, 3)}  # fmt: skip
+                decoder = (
+                    DECODER
+                    if self.decoder_impl == "torch"
+                    else DECODER.replace("openai-whisper decode", "MAX decoder graph")
+                )
+                writer.manifest["transcript"] = {
+                    "text": self.decode(outputs["ln_post"]),
+                    "decoder": decoder,
+                    "window": window,
+                    "decode_seconds": round(time.perf_counter() - t1, 3),
+                }
             writer.manifest["run"] = {
                 "started": started.isoformat(timespec="seconds"),
                 "model_load_seconds": round(self.load_seconds, 3),
@@ -164,8 +195,9 @@ class Session:
             }
         return load_trace(out)
 
-    def trace_windows(self, *, audio=None, out=None, transcribe: bool = True,
-                      on_window: Callable[[int, int], None] | None = None) -> list[Trace]:  # fmt: skip
+    def trace_windows(
+        self, *, audio=None, out=None, transcribe: bool = True, on_window: Callable[[int, int], None] | None = None
+    ) -> list[Trace]:
         """Every 30 s window of a clip, one trace each (`OUT.w0`, `OUT.w1`, ...; just OUT for a short clip)."""
         from whisperdiff.inputs.audio import default_audio_path, load_audio, n_windows
 
@@ -197,4 +229,3 @@ def float64_twin(ref: Trace, out: str | Path | None = None, on_op: Callable[[str
     taps = ref.manifest.get("taps") or "default"
     session = Session("torch", model=model, dtype="float64", taps=taps if isinstance(taps, str) else "default")
     return session.trace(out=out, on_op=on_op, given_input=recorded)
-

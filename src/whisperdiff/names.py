@@ -223,5 +223,7 @@ def select_decoder_taps(dims, taps: str | None = "default", n_tokens: int = 1) -
     patterns = [p.strip() for p in taps.split(",") if p.strip()]
     for p in patterns:
         if not fnmatch.filter(names, p):
-            raise WhisperdiffError(f"tap pattern {p!r} matches no decoder op of this model; see `whisperdiff ops --decoder`")
+            raise WhisperdiffError(
+                f"tap pattern {p!r} matches no decoder op of this model; see `whisperdiff ops --decoder`"
+            )
     return [n for n in names if n == DECODER_INPUT or any(fnmatch.fnmatchcase(n, p) for p in patterns)]

@@ -59,8 +59,11 @@ class AutoMap:
         return generalise({m.name: m.key for m in self.matches}, _block)
 
     def write(self, path, weights: dict | None = None):
-        notes = {f"ops.{m.name}": f"{m.basis}, confidence {m.confidence:.2f}" for m in self.matches
-                 if m.basis != "value" and "*" not in m.name}  # fmt: skip
+        notes = {
+            f"ops.{m.name}": f"{m.basis}, confidence {m.confidence:.2f}"
+            for m in self.matches
+            if m.basis != "value" and "*" not in m.name
+        }
         sections = {"ops": self.rules(), **({"weights": weights} if weights else {})}
         return write_map(path, sections, notes)
 
@@ -69,9 +72,11 @@ class AutoMap:
         return {m.name: np.ascontiguousarray(self.views[m.name](np.asarray(values[m.key]))) for m in self.matches}
 
     def lines(self) -> list[str]:
-        out = [f"{m.name:24s} <- {m.key}  {list(m.shape)}{' (' + m.layout + ')' if m.layout else ''}  "
-               f"{m.basis} {m.confidence:.2f}" + (f"  rel L2 {m.rel_l2:.1e}" if m.rel_l2 is not None else "")
-               for m in self.matches]  # fmt: skip
+        out = [
+            f"{m.name:24s} <- {m.key}  {list(m.shape)}{' (' + m.layout + ')' if m.layout else ''}  "
+            f"{m.basis} {m.confidence:.2f}" + (f"  rel L2 {m.rel_l2:.1e}" if m.rel_l2 is not None else "")
+            for m in self.matches
+        ]
         if self.unmatched:
             out.append(f"not aligned ({len(self.unmatched)}): {', '.join(self.unmatched)}")
         return out
@@ -82,8 +87,10 @@ class AutoMap:
         for m in self.matches:
             bases[m.basis] = bases.get(m.basis, 0) + 1
         how = ", ".join(f"{n} by {b}" for b, n in bases.items())
-        return (f"aligned {len(self.matches)}/{total} canonical ops from {self.n_captured} captured values ({how}); "
-                "mel is the input fed")  # fmt: skip
+        return (
+            f"aligned {len(self.matches)}/{total} canonical ops from {self.n_captured} captured values ({how}); "
+            "mel is the input fed"
+        )
 
 
 def _block(name: str) -> int | None:
@@ -116,8 +123,15 @@ def _boundary(c) -> bool:
     return bool(c.outputs_of or c.inputs_of)
 
 
-def automap(captured, values: dict[str, np.ndarray] | None = None, *, reference=None, dims=None,
-            saved: dict | None = None, ops: list[str] | None = None) -> AutoMap:  # fmt: skip
+def automap(
+    captured,
+    values: dict[str, np.ndarray] | None = None,
+    *,
+    reference=None,
+    dims=None,
+    saved: dict | None = None,
+    ops: list[str] | None = None,
+) -> AutoMap:
     """Align captured values (graph_capture.Captured, in graph order) to canonical ops (module docstring).
 
     values: the captured values' numbers by key (None: shapes and structure only). reference: a Trace or
@@ -155,8 +169,9 @@ def automap(captured, values: dict[str, np.ndarray] | None = None, *, reference=
         if suffix in ("attn.q", "attn.k", "attn.v"):
             qkv_anchor = anchor if suffix == "attn.q" or qkv_anchor is None else qkv_anchor
             start = qkv_anchor
-        pool = [c for c in cands if c.index > start and c.key not in used
-                and layout_view(spec.shape, c.shape) is not None][:WINDOW]  # fmt: skip
+        pool = [
+            c for c in cands if c.index > start and c.key not in used and layout_view(spec.shape, c.shape) is not None
+        ][:WINDOW]
         match = None
         key = saved_keys.get(spec.name)
         if key is not None and key in by_key and layout_view(spec.shape, by_key[key].shape) is not None:

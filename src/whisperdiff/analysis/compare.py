@@ -68,17 +68,24 @@ class Comparison:
     def limits(self) -> str:
         """The limits applied, as numbers: "cosine >= 0.99999, rel L2 <= 0.0001 (float32, 3 per-op rules)"."""
         t, rules = self.tolerance, len(self.tolerances.rules)
-        limits = [f"cosine ≥ {t.min_cosine:g}" if t.min_cosine is not None else "",
-                  f"rel L2 ≤ {t.max_rel_l2:g}" if t.max_rel_l2 is not None else "",
-                  f"max |B-A| ≤ {t.max_abs:g}" if t.max_abs is not None else "",
-                  f"|std B/A - 1| ≤ {t.max_std_ratio_dev:g}" if t.max_std_ratio_dev is not None else ""]  # fmt: skip
-        return (", ".join(x for x in limits if x) or "none") + f" ({self.tolerances.source}" + (
-            f"; {rules} per-op rules)" if rules else ")")
+        limits = [
+            f"cosine ≥ {t.min_cosine:g}" if t.min_cosine is not None else "",
+            f"rel L2 ≤ {t.max_rel_l2:g}" if t.max_rel_l2 is not None else "",
+            f"max |B-A| ≤ {t.max_abs:g}" if t.max_abs is not None else "",
+            f"|std B/A - 1| ≤ {t.max_std_ratio_dev:g}" if t.max_std_ratio_dev is not None else "",
+        ]
+        return (
+            (", ".join(x for x in limits if x) or "none")
+            + f" ({self.tolerances.source}"
+            + (f"; {rules} per-op rules)" if rules else ")")
+        )
 
     def __repr__(self) -> str:  # short: the arrays and manifests are attributes, not the summary
-        return (f"Comparison(a={str(self.a)!r}, b={str(self.b)!r}, comparable={self.comparable}, "
-                f"first_divergence={self.first_divergence!r}, findings={[f.kind for f in self.findings[:3]]}, "
-                f"ops={len(self.table)}, diverged={int(self.table['diverged'].sum())})")  # fmt: skip
+        return (
+            f"Comparison(a={str(self.a)!r}, b={str(self.b)!r}, comparable={self.comparable}, "
+            f"first_divergence={self.first_divergence!r}, findings={[f.kind for f in self.findings[:3]]}, "
+            f"ops={len(self.table)}, diverged={int(self.table['diverged'].sum())})"
+        )
 
     def _repr_html_(self) -> str:  # a notebook cell: the verdict, top findings, the diverged rows
         from whisperdiff.present.report import comparison_html
@@ -110,8 +117,9 @@ class Comparison:
             return plots.attention(np.asarray(a[0, head]), np.asarray(b[0, head]), op, head)
         if kind == "steps":
             profile = self.profiles[op]
-            return plots.step_error(profile["step_rel_error"], profile["step_cosine"], op, None,
-                                    not bool(self.table.loc[op, "diverged"]))  # fmt: skip
+            return plots.step_error(
+                profile["step_rel_error"], profile["step_cosine"], op, None, not bool(self.table.loc[op, "diverged"])
+            )
         layout = {s["name"]: s.get("layout") for s in _specs(self.manifest_a)}.get(op) or ""
         err = np.abs(b.astype(np.float64) - a)
         if err.ndim != 3 or not (layout.startswith("B,T,") or layout.endswith((",T", ",T_in"))):
@@ -137,10 +145,37 @@ class Comparison:
         }
 
 
-COLUMNS = ["name", "status", "diverged", "failures", "cosine", "worst_step_cosine", "worst_step", "rel_l2", "l2", "max_abs",
-           "max_abs_index", "mean_a", "std_a", "mean_b", "std_b", "mean_diff", "std_ratio", "snr_db",
-           "mismatch_share", "nan_a", "inf_a", "nan_b", "inf_b", "introduced_rel_l2", "inherited_rel_l2",
-           "a_shape", "b_shape", "b_name", "layout"]  # fmt: skip
+COLUMNS = [
+    "name",
+    "status",
+    "diverged",
+    "failures",
+    "cosine",
+    "worst_step_cosine",
+    "worst_step",
+    "rel_l2",
+    "l2",
+    "max_abs",
+    "max_abs_index",
+    "mean_a",
+    "std_a",
+    "mean_b",
+    "std_b",
+    "mean_diff",
+    "std_ratio",
+    "snr_db",
+    "mismatch_share",
+    "nan_a",
+    "inf_a",
+    "nan_b",
+    "inf_b",
+    "introduced_rel_l2",
+    "inherited_rel_l2",
+    "a_shape",
+    "b_shape",
+    "b_name",
+    "layout",
+]
 
 
 def _jsonable(v):
@@ -184,8 +219,11 @@ def compare(
     tolerances = ToleranceSet.of(tolerance)
     rules = load_rename_rules(rename)
     findings, warnings, comparable = manifest_findings(ta.manifest, tb.manifest)
-    pairs, views = align({o["name"]: tuple(o["shape"]) for o in ta.manifest["ops"]},
-                         {o["name"]: tuple(o["shape"]) for o in tb.manifest["ops"]}, rules)  # fmt: skip
+    pairs, views = align(
+        {o["name"]: tuple(o["shape"]) for o in ta.manifest["ops"]},
+        {o["name"]: tuple(o["shape"]) for o in tb.manifest["ops"]},
+        rules,
+    )
     layouts = {s["name"]: s.get("layout") for s in _specs(ta.manifest)}
     layouts.update(decoder_layouts(ta.manifest))  # decoder ops: their token-position axis
     canonical = set(layouts)
@@ -208,7 +246,9 @@ def compare(
         row = _row(pair)
         if pair.matched:
             tol = tolerances.for_op(pair.name)
-            m = op_metrics(ta[pair.name], b_value(pair.name), layout=layouts.get(pair.name), atol=tol.atol, rtol=tol.rtol)
+            m = op_metrics(
+                ta[pair.name], b_value(pair.name), layout=layouts.get(pair.name), atol=tol.atol, rtol=tol.rtol
+            )
             profiles[pair.name] = {"step_cosine": m.pop("step_cosine"), "step_rel_error": m.pop("step_rel_error")}
             row.update(m)
             failures = op_failures[pair.name] = tol.failures(row)
@@ -223,24 +263,47 @@ def compare(
             if row["diverged"] and first is None:
                 first = pair.name
             if row["nan_a"] + row["inf_a"]:  # the metrics skip them: without this a NaN reference reads as rel L2 0
-                op_findings.append(Finding("nonfinite_reference", pair.name, 1.0,
-                                           f"A (the reference) holds {row['nan_a']} NaN and {row['inf_a']} Inf values at "
-                                           f"{pair.name}; the metrics there leave them out and cannot be trusted: "
-                                           "re-trace the reference"))  # fmt: skip
+                op_findings.append(
+                    Finding(
+                        "nonfinite_reference",
+                        pair.name,
+                        1.0,
+                        f"A (the reference) holds {row['nan_a']} NaN and {row['inf_a']} Inf values at "
+                        f"{pair.name}; the metrics there leave them out and cannot be trusted: "
+                        "re-trace the reference",
+                    )
+                )
             bar = tol.max_rel_l2 if tol.max_rel_l2 is not None else Tolerance.max_rel_l2
             introduces = rep["introduced"] > bar if rep is not None else row["diverged"] and _jumps(row, rows)
             if (row["diverged"] and introduces) or (pair.name == "mel" and row["diverged"]):
                 rounding = {dt: rounding_error(ta[pair.name], dt) for dt in ("float16", "bfloat16")}
                 explain = None  # hypotheses by op type, run only here where the op introduces error
                 if rep is not None:
-                    explain = lambda n=pair.name, i=inputs: replayer.explain(n, [b_value(x) for x in i] + [b_value(n)], diag)  # noqa: E731
-                f = op_finding(row, rep, rounding, a=np.asarray(ta[pair.name]), b=b_value(pair.name),
-                               context={**diag, "layout": layouts.get(pair.name), **_decoder_context(pair.name)}, explain=explain)  # fmt: skip
+
+                    def explain(n=pair.name, i=inputs):
+                        return replayer.explain(n, [b_value(x) for x in i] + [b_value(n)], diag)  # noqa: E731
+
+                f = op_finding(
+                    row,
+                    rep,
+                    rounding,
+                    a=np.asarray(ta[pair.name]),
+                    b=b_value(pair.name),
+                    context={**diag, "layout": layouts.get(pair.name), **_decoder_context(pair.name)},
+                    explain=explain,
+                )
                 if f is not None:
                     op_findings.append(f)
             if pair.layout:
-                op_findings.append(Finding("layout", pair.name, 1.0, f"{pair.name}: B stores {pair.layout}; "
-                                           "matched after converting to the canonical layout", severity="info"))  # fmt: skip
+                op_findings.append(
+                    Finding(
+                        "layout",
+                        pair.name,
+                        1.0,
+                        f"{pair.name}: B stores {pair.layout}; matched after converting to the canonical layout",
+                        severity="info",
+                    )
+                )
         elif pair.problem:
             op_findings.append(Finding("shape_mismatch", pair.name, 1.0, f"{pair.name}: {pair.problem}"))
             op_failures[pair.name] = [("shape", math.nan, pair.problem)]
@@ -254,8 +317,10 @@ def compare(
                 op_findings.append(Finding("missing_op", pair.name, 0.9, f"{pair.name} is in A but not in B"))
                 op_failures[pair.name] = [("missing", math.nan, "present in B")]
         elif pair.b_name in canonical:  # an op A's model has, that A chose not to record
-            warnings.append(f"{pair.b_name} is only in B: it is a canonical op of A's model, but A did not record it "
-                            f"(A's taps={ta.manifest.get('taps')!r}; trace A with --taps all)")
+            warnings.append(
+                f"{pair.b_name} is only in B: it is a canonical op of A's model, but A did not record it "
+                f"(A's taps={ta.manifest.get('taps')!r}; trace A with --taps all)"
+            )
         else:
             warnings.append(f"{pair.b_name} is only in B (no canonical op of A's model has that name; see --rename)")
         rows.append(row)
@@ -264,26 +329,48 @@ def compare(
             on_op(pair.name)
 
     if not_traced:
-        warnings.append(f"{len(not_traced)} ops of A were not traced in B (taps={tb.manifest.get('taps')!r}): "
-                        f"{', '.join(not_traced[:4])}{', ...' if len(not_traced) > 4 else ''}; trace B with --taps all")
+        warnings.append(
+            f"{len(not_traced)} ops of A were not traced in B (taps={tb.manifest.get('taps')!r}): "
+            f"{', '.join(not_traced[:4])}{', ...' if len(not_traced) > 4 else ''}; trace B with --taps all"
+        )
     # Observer effect (capture/graph_capture.trace_captured): B's extra outputs can change what MAX fuses.
     effect = (tb.manifest.get("runner") or {}).get("observer_effect")
     if isinstance(effect, dict) and isinstance(effect.get("rel_l2"), int | float) and effect["rel_l2"] > 0:
         first_rel = rel_l2_of.get(first)
         explains = isinstance(first_rel, float) and first_rel <= 10 * effect["rel_l2"]
-        warnings.append(f"observer effect: B's tapped graph gives an output rel L2 {effect['rel_l2']:.1e} (max abs "
-                        f"{effect.get('max_abs', float('nan')):.1e}) from its untapped graph's"
-                        + (f"; that is enough to explain the divergence at {first} (rel L2 {first_rel:.1e})" if explains else ""))  # fmt: skip
+        warnings.append(
+            f"observer effect: B's tapped graph gives an output rel L2 {effect['rel_l2']:.1e} (max abs "
+            f"{effect.get('max_abs', float('nan')):.1e}) from its untapped graph's"
+            + (f"; that is enough to explain the divergence at {first} (rel L2 {first_rel:.1e})" if explains else "")
+        )
     order_names = [p.name for p in pairs]
     all_findings = order(findings + merge_repeats(pair_swaps(op_findings)), order_names)
-    decoder, decoder_found = decoder_summary(ta, tb, first, tolerances, lambda n: views.get(n) if n in b_names else None)
+    decoder, decoder_found = decoder_summary(
+        ta, tb, first, tolerances, lambda n: views.get(n) if n in b_names else None
+    )
     all_findings = decoder_found + all_findings  # the decoder test that names the bug at (op, position) first
     table = pd.DataFrame(rows, columns=COLUMNS).rename(columns={"name": "op"})
     table.index = pd.Index(table["op"].tolist())  # c.table.loc["ln_post"]; "op" as in Trace.summary()
     transcripts = transcript_comparison(ta, tb, decode=transcribe, model=model)
-    return Comparison(ta.path, tb.path, ta.manifest, tb.manifest, table, first, all_findings, comparable, warnings,
-                      tolerances.default, profiles, tolerances, op_failures, transcripts, (ta, tb),
-                      {n: (b_names[n], views[n]) for n in b_names}, decoder)  # fmt: skip
+    return Comparison(
+        ta.path,
+        tb.path,
+        ta.manifest,
+        tb.manifest,
+        table,
+        first,
+        all_findings,
+        comparable,
+        warnings,
+        tolerances.default,
+        profiles,
+        tolerances,
+        op_failures,
+        transcripts,
+        (ta, tb),
+        {n: (b_names[n], views[n]) for n in b_names},
+        decoder,
+    )
 
 
 def transcript_comparison(a: Trace, b: Trace, decode: bool = False, model=None) -> dict | None:
@@ -297,7 +384,9 @@ def transcript_comparison(a: Trace, b: Trace, decode: bool = False, model=None) 
 
         loaded, reasons = model_of([b.manifest, a.manifest], prefer=model)
         if loaded is None:
-            raise WhisperdiffError(f"cannot decode the transcripts: no loadable model with the traces' weights ({reasons[-1]})")
+            raise WhisperdiffError(
+                f"cannot decode the transcripts: no loadable model with the traces' weights ({reasons[-1]})"
+            )
         decoder = Decoder(loaded)
         if texts[0] is None:
             texts[0] = decoder(np.asarray(a["ln_post"]))
@@ -320,10 +409,29 @@ def _decoder_context(name: str) -> dict:
 
 def _row(pair: Pair) -> dict:
     row = dict.fromkeys(COLUMNS, math.nan)
-    row.update(name=pair.name, a_shape=pair.a_shape, b_shape=pair.b_shape, b_name=pair.b_name, layout=pair.layout,
-               max_abs_index=None, diverged=False, failures="", nan_a=0, inf_a=0, nan_b=0, inf_b=0)  # fmt: skip
-    row["status"] = ("shape_mismatch" if pair.problem else "missing_in_b" if pair.b_shape is None
-                     else "missing_in_a" if pair.a_shape is None else "ok")  # fmt: skip
+    row.update(
+        name=pair.name,
+        a_shape=pair.a_shape,
+        b_shape=pair.b_shape,
+        b_name=pair.b_name,
+        layout=pair.layout,
+        max_abs_index=None,
+        diverged=False,
+        failures="",
+        nan_a=0,
+        inf_a=0,
+        nan_b=0,
+        inf_b=0,
+    )
+    row["status"] = (
+        "shape_mismatch"
+        if pair.problem
+        else "missing_in_b"
+        if pair.b_shape is None
+        else "missing_in_a"
+        if pair.a_shape is None
+        else "ok"
+    )
     row["diverged"] = pair.problem is not None or pair.b_shape is None
     if row["diverged"]:
         row["failures"] = pair.problem or "missing in B"
@@ -369,5 +477,7 @@ def _replayer(model, ta: Trace, tb: Trace, warnings: list[str]):
     loaded, reasons = model_of([tb.manifest, ta.manifest], prefer=model)
     if loaded is not None:
         return Replayer(loaded)
-    warnings.append(f"introduced error not computed (no loadable model with the trace's weights; pass --model): {reasons[-1]}")
+    warnings.append(
+        f"introduced error not computed (no loadable model with the trace's weights; pass --model): {reasons[-1]}"
+    )
     return None

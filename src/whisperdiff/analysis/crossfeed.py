@@ -35,28 +35,47 @@ class CrossFeed:
     def table(self) -> pd.DataFrame:
         """Rows: the encoder; columns: the decoder; cells: the transcript."""
         sides = ("reference", "candidate")
-        return pd.DataFrame([[self.texts[(e, d)] for d in sides] for e in sides],
-                            index=[f"{s} encoder" for s in sides], columns=[f"{s} decoder" for s in sides])  # fmt: skip
+        return pd.DataFrame(
+            [[self.texts[(e, d)] for d in sides] for e in sides],
+            index=[f"{s} encoder" for s in sides],
+            columns=[f"{s} decoder" for s in sides],
+        )
 
     def wer(self) -> dict[tuple[str, str], float]:
         ref = self.texts[("reference", "reference")]
         return {k: wer(ref, t) for k, t in self.texts.items()}
 
     def to_json(self) -> dict:
-        return {"verdict": self.verdict, "explanation": VERDICTS[self.verdict], "candidate": self.candidate,
-                "transcripts": [{"encoder": e, "decoder": d, "text": t, "wer": self.wer()[(e, d)]}
-                                for (e, d), t in self.texts.items()]}  # fmt: skip
+        return {
+            "verdict": self.verdict,
+            "explanation": VERDICTS[self.verdict],
+            "candidate": self.candidate,
+            "transcripts": [
+                {"encoder": e, "decoder": d, "text": t, "wer": self.wer()[(e, d)]} for (e, d), t in self.texts.items()
+            ],
+        }
 
 
 def verdict(texts: dict[tuple[str, str], str]) -> str:
     ref = texts[("reference", "reference")]
     encoder_wrong = texts[("candidate", "reference")] != ref
     decoder_wrong = texts[("reference", "candidate")] != ref
-    return {(True, False): "encoder", (False, True): "decoder", (True, True): "both"}.get((encoder_wrong, decoder_wrong), "neither")
+    return {(True, False): "encoder", (False, True): "decoder", (True, True): "both"}.get(
+        (encoder_wrong, decoder_wrong), "neither"
+    )
 
 
-def crossfeed(model=None, *, audio=None, encoder: str = "max", decoder: str = "max", encoder_inject=None,
-              decoder_inject=None, decoder_runner=None, encoder_features=None) -> CrossFeed:  # fmt: skip
+def crossfeed(
+    model=None,
+    *,
+    audio=None,
+    encoder: str = "max",
+    decoder: str = "max",
+    encoder_inject=None,
+    decoder_inject=None,
+    decoder_runner=None,
+    encoder_features=None,
+) -> CrossFeed:
     """The 2 x 2 table for one input window. encoder / decoder: the candidate halves' implementations;
     *_inject: porting bugs planted in them. decoder_runner: a candidate decoder runner already built (its
     faults are switched to decoder_inject). encoder_features: {"reference": array, "candidate": array} to
@@ -72,8 +91,10 @@ def crossfeed(model=None, *, audio=None, encoder: str = "max", decoder: str = "m
     enc_faults, dec_faults = get_faults(encoder_inject), get_faults(decoder_inject, part="decoder")
     if encoder_features is None:
         mel = prepare_input(loaded.dims.n_mels, audio=audio).mel
-        encoder_features = {"reference": run_encoder(loaded, mel, "torch"),
-                            "candidate": run_encoder(loaded, mel, encoder, enc_faults)}  # fmt: skip
+        encoder_features = {
+            "reference": run_encoder(loaded, mel, "torch"),
+            "candidate": run_encoder(loaded, mel, encoder, enc_faults),
+        }
     if decoder_runner is None:
         decoder_runner = make_decoder_runner(decoder, loaded, faults=dec_faults)
     elif hasattr(decoder_runner, "set_faults"):
@@ -85,6 +106,10 @@ def crossfeed(model=None, *, audio=None, encoder: str = "max", decoder: str = "m
         for d in ("reference", "candidate"):
             if (e, d) not in texts:
                 texts[(e, d)] = greedy(decoders[d], loaded, encoder_features[e], max_tokens=cap)[0]
-    candidate = {"encoder": encoder, "encoder_injected": [f.name for f in enc_faults],
-                 "decoder": decoder, "decoder_injected": [f.name for f in dec_faults]}  # fmt: skip
+    candidate = {
+        "encoder": encoder,
+        "encoder_injected": [f.name for f in enc_faults],
+        "decoder": decoder,
+        "decoder_injected": [f.name for f in dec_faults],
+    }
     return CrossFeed(texts, verdict(texts), candidate)

@@ -75,18 +75,32 @@ def manifest_findings(ma: dict, mb: dict) -> tuple[list[Finding], list[str], boo
     if wa and wb and wa != wb:
         comparable = False
         warnings.append(f"NOT COMPARABLE: different weights (sha256 {wa[:12]} vs {wb[:12]})")
-        findings.append(Finding("weights_mismatch", None, 1.0,
-                                f"weights differ: {ma['model'].get('source')} (sha256 {wa[:12]}) vs "
-                                f"{mb['model'].get('source')} (sha256 {wb[:12]})"))  # fmt: skip
+        findings.append(
+            Finding(
+                "weights_mismatch",
+                None,
+                1.0,
+                f"weights differ: {ma['model'].get('source')} (sha256 {wa[:12]}) vs "
+                f"{mb['model'].get('source')} (sha256 {wb[:12]})",
+            )
+        )
     ia, ib = ma.get("input", {}), mb.get("input", {})
     if ia.get("sha256") and ib.get("sha256") and ia["sha256"] != ib["sha256"]:
         comparable = False
         warnings.append(f"NOT COMPARABLE: different inputs ({ia.get('path')} vs {ib.get('path')})")
-        findings.append(Finding("input_mismatch", "mel", 1.0,
-                                f"different input files: {ia.get('path')} (sha256 {ia['sha256'][:12]}) vs "
-                                f"{ib.get('path')} (sha256 {ib['sha256'][:12]})"))  # fmt: skip
+        findings.append(
+            Finding(
+                "input_mismatch",
+                "mel",
+                1.0,
+                f"different input files: {ia.get('path')} (sha256 {ia['sha256'][:12]}) vs "
+                f"{ib.get('path')} (sha256 {ib['sha256'][:12]})",
+            )
+        )
     elif ia.get("mel_sha256") and ib.get("mel_sha256") and ia["mel_sha256"] != ib["mel_sha256"]:
-        warnings.append(f"same audio but different log-mel inputs (frontend: {ia.get('frontend')} vs {ib.get('frontend')})")
+        warnings.append(
+            f"same audio but different log-mel inputs (frontend: {ia.get('frontend')} vs {ib.get('frontend')})"
+        )
     for side, m in (("A", ma), ("B", mb)):
         for bug in m.get("injected") or []:
             warnings.append(f"trace {side} has an injected bug: {bug.get('name')} (acts at {bug.get('first_op')})")
@@ -108,8 +122,16 @@ def new_nonfinite(row: dict) -> bool:
     return row["nan_b"] + row["inf_b"] > row["nan_a"] + row["inf_a"]
 
 
-def op_finding(row: dict, replay: dict | None, rounding: dict[str, float], *, a=None, b=None,
-               context: dict | None = None, explain=None) -> Finding | None:  # fmt: skip
+def op_finding(
+    row: dict,
+    replay: dict | None,
+    rounding: dict[str, float],
+    *,
+    a=None,
+    b=None,
+    context: dict | None = None,
+    explain=None,
+) -> Finding | None:
     """The finding for one op that introduces (or, without replay, shows) error; None when it does not.
 
     replay: Replayer.explain's result (hypotheses by op type, replayed on B's inputs) or None. a, b: the
@@ -120,9 +142,13 @@ def op_finding(row: dict, replay: dict | None, rounding: dict[str, float], *, a=
     name = row["name"]
     ctx = context or {}
     if new_nonfinite(row):
-        return Finding("nonfinite", name, 1.0,
-                       f"NaN/Inf first appear at {name}: {row['nan_b']} NaN, {row['inf_b']} Inf in B "
-                       f"(A has {row['nan_a']}, {row['inf_a']})")  # fmt: skip
+        return Finding(
+            "nonfinite",
+            name,
+            1.0,
+            f"NaN/Inf first appear at {name}: {row['nan_b']} NaN, {row['inf_b']} Inf in B "
+            f"(A has {row['nan_a']}, {row['inf_a']})",
+        )
     if name == "mel":
         return _mel_finding(row, a, b)
     introduced = replay["introduced"] if replay else row["rel_l2"]
@@ -140,12 +166,17 @@ def op_finding(row: dict, replay: dict | None, rounding: dict[str, float], *, a=
     if best is not None:
         kind, text, err, extra = best
         confidence = round(max(0.5, min(0.99, 1 - err / introduced)), 2) if introduced > 0 else 0.5
-        f = Finding(kind, name, confidence,
-                    f"{text}: replaying {name} that way on B's own inputs reproduces B to rel L2 {err:.1e}, "
-                    f"against {introduced:.2e} for the correct op (cosine {row['cosine']:.5f}, "
-                    f"std B/A {row['std_ratio']:.3f})" if replay else
-                    f"{text}: B is A that way to rel L2 {err:.1e}, against {introduced:.2e} as recorded "
-                    f"(cosine {row['cosine']:.5f}, std B/A {row['std_ratio']:.3f}); first visible here")  # fmt: skip
+        f = Finding(
+            kind,
+            name,
+            confidence,
+            f"{text}: replaying {name} that way on B's own inputs reproduces B to rel L2 {err:.1e}, "
+            f"against {introduced:.2e} for the correct op (cosine {row['cosine']:.5f}, "
+            f"std B/A {row['std_ratio']:.3f})"
+            if replay
+            else f"{text}: B is A that way to rel L2 {err:.1e}, against {introduced:.2e} as recorded "
+            f"(cosine {row['cosine']:.5f}, std B/A {row['std_ratio']:.3f}); first visible here",
+        )
         f._uses = extra.get("uses")  # for pair_swaps
         return f
     if b is not None:
@@ -157,18 +188,28 @@ def op_finding(row: dict, replay: dict | None, rounding: dict[str, float], *, a=
     if e is not None and b is not None:
         from whisperdiff.analysis.residual import describe
 
-        facts = describe(b, e, ctx.get("layout"), audio_frames=ctx.get("audio_frames"), n_head=ctx.get("n_head"),
-                         vectors=ctx.get("vectors"))  # fmt: skip
+        facts = describe(
+            b,
+            e,
+            ctx.get("layout"),
+            audio_frames=ctx.get("audio_frames"),
+            n_head=ctx.get("n_head"),
+            vectors=ctx.get("vectors"),
+        )
     closest = ""
     if hyps:
         _, text, err, _ = min(hyps, key=lambda h: h[2])
         closest = f"; the closest hypothesis ({text}) leaves rel L2 {err:.2g}"
     against = "its replay" if replay else "A"
     size = ", ".join(f"{dt} rounding {v:.1e}" for dt, v in rounding.items() if v)
-    return Finding("divergence", name, 0.5,
-                   f"{name}: error {where} (rel L2 {introduced:.3g}, cosine {row['cosine']:.5f}, std B/A "
-                   f"{row['std_ratio']:.3f}{'; for scale: ' + size if size else ''}); no hypothesis reproduces it"
-                   f"{closest}{f'. Structure of B - {against}: ' + facts if facts else ''}")  # fmt: skip
+    return Finding(
+        "divergence",
+        name,
+        0.5,
+        f"{name}: error {where} (rel L2 {introduced:.3g}, cosine {row['cosine']:.5f}, std B/A "
+        f"{row['std_ratio']:.3f}{'; for scale: ' + size if size else ''}); no hypothesis reproduces it"
+        f"{closest}{f'. Structure of B - {against}: ' + facts if facts else ''}",
+    )
 
 
 def _reproducing(hyps: list[tuple], introduced: float):
@@ -207,8 +248,14 @@ def _hypotheses_against_a(a, b) -> list[tuple]:
     out.append(("bias_shift", f"a constant offset {m:+.4g} on every element", err(a64 + m), {}))
     sd = a64.std()
     if sd > 0:
-        out.append(("scale_mismatch", "statistics match, content does not: a whole-tensor rescale (x - mean) / std",
-                    err((a64 - a64.mean()) / sd), {}))  # fmt: skip
+        out.append(
+            (
+                "scale_mismatch",
+                "statistics match, content does not: a whole-tensor rescale (x - mean) / std",
+                err((a64 - a64.mean()) / sd),
+                {},
+            )
+        )
     return out
 
 
@@ -225,10 +272,14 @@ def _precision_finding(name, b, a, introduced, rounding, where, within: float) -
             continue  # A is stored at that precision too: not evidence
         # all values on that grid (chance: 2^-13 per value for float16) and an error of that size: strong
         confidence = 0.95 if share >= 0.9999 and introduced <= 3 * floor else 0.85
-        return Finding("precision", name, confidence,
-                       f"{name}: {share:.2%} of B's values are exactly representable in {dtype}, and the error "
-                       f"{introduced:.2e} ({where}) is the size of {dtype} rounding of this op ({floor:.2e}): "
-                       f"this op runs or is stored in {dtype}")  # fmt: skip
+        return Finding(
+            "precision",
+            name,
+            confidence,
+            f"{name}: {share:.2%} of B's values are exactly representable in {dtype}, and the error "
+            f"{introduced:.2e} ({where}) is the size of {dtype} rounding of this op ({floor:.2e}): "
+            f"this op runs or is stored in {dtype}",
+        )
     return None
 
 
@@ -240,11 +291,15 @@ def _mel_finding(row: dict, a=None, b=None) -> Finding:
         found = sorted(mel_hypotheses(a, b), key=lambda h: h[1])
         if found and found[0][1] < REPRODUCES * row["rel_l2"]:
             which = f"; B is {found[0][0]} (reproduces B to rel L2 {found[0][1]:.1e})"
-    return Finding("input_mismatch", "mel", 0.95,
-                   f"the log-mel inputs differ before any encoder op (rel L2 {row['rel_l2']:.3g}, cosine "
-                   f"{row['cosine']:.4f}; mean {row['mean_a']:.3f} vs {row['mean_b']:.3f}, std {row['std_a']:.3f} vs "
-                   f"{row['std_b']:.3f}){which}: a different frontend or normalisation, not an encoder bug; "
-                   "compute B's features with whisper.log_mel_spectrogram")  # fmt: skip
+    return Finding(
+        "input_mismatch",
+        "mel",
+        0.95,
+        f"the log-mel inputs differ before any encoder op (rel L2 {row['rel_l2']:.3g}, cosine "
+        f"{row['cosine']:.4f}; mean {row['mean_a']:.3f} vs {row['mean_b']:.3f}, std {row['std_a']:.3f} vs "
+        f"{row['std_b']:.3f}){which}: a different frontend or normalisation, not an encoder bug; "
+        "compute B's features with whisper.log_mel_spectrogram",
+    )
 
 
 def diagnosis_context(ta, replayer=None) -> dict:

@@ -36,11 +36,21 @@ def hypotheses_for(rp: Replayer, recipe, xs, out, expected, context: dict) -> li
             candidate = rp.torch.where(where, candidate, out)
         found.append((kind, explain, rel(candidate, out), extra))
 
-    by_type = {"conv": _conv, "activation": _activation, "positional": _positional, "norm": _norm,
-               "linear": _linear, "attention_weights": _attention, "attention": _attention, "residual": _residual}
-    for group in (lambda: by_type[recipe.type](rp, recipe, xs, out, expected, context, add),
-                  lambda: _generic(rp, recipe, xs, out, expected, context, add),
-                  lambda: _precision(rp, recipe, xs, out, expected, add)):  # fmt: skip
+    by_type = {
+        "conv": _conv,
+        "activation": _activation,
+        "positional": _positional,
+        "norm": _norm,
+        "linear": _linear,
+        "attention_weights": _attention,
+        "attention": _attention,
+        "residual": _residual,
+    }
+    for group in (
+        lambda: by_type[recipe.type](rp, recipe, xs, out, expected, context, add),
+        lambda: _generic(rp, recipe, xs, out, expected, context, add),
+        lambda: _precision(rp, recipe, xs, out, expected, add),
+    ):
         try:
             group()
         except (RuntimeError, ValueError, IndexError):  # a shape a hypothesis cannot take: it is not evidence
@@ -66,17 +76,33 @@ def _generic(rp, recipe, xs, out, e, ctx, add):
         name, coef, cos = closest_vector(rp, d.flatten())
         if name is not None and name.endswith("bias") and abs(cos) > 0.99:
             v = rp.w[name].double().reshape(d.shape)
-            what = ("is missing" if abs(coef + 1) < 0.05 else "is added twice" if abs(coef - 1) < 0.05
-                    else f"is added {coef:+.3g} times")  # fmt: skip
+            what = (
+                "is missing"
+                if abs(coef + 1) < 0.05
+                else "is added twice"
+                if abs(coef - 1) < 0.05
+                else f"is added {coef:+.3g} times"
+            )
             own = recipe.params.get("name")
-            label = name.removeprefix("encoder.") if f"{own}.bias" == name else f"{name.removeprefix('encoder.')} (another op's bias)"
-            add("bias_error", f"B - replay is constant over time and equals {coef:+.3g} x {label} (cosine {cos:.4f}): "
-                f"a bias {what}", (e.double() + coef * v).float(), vector=name)  # fmt: skip
+            label = (
+                name.removeprefix("encoder.")
+                if f"{own}.bias" == name
+                else f"{name.removeprefix('encoder.')} (another op's bias)"
+            )
+            add(
+                "bias_error",
+                f"B - replay is constant over time and equals {coef:+.3g} x {label} (cosine {cos:.4f}): a bias {what}",
+                (e.double() + coef * v).float(),
+                vector=name,
+            )
     if recipe.type in ("norm",):
         x = xs[0].double()
-        add("scale_mismatch", "statistics match, content does not: the op is replaced by one whole-tensor rescale "
+        add(
+            "scale_mismatch",
+            "statistics match, content does not: the op is replaced by one whole-tensor rescale "
             "(x - mean) / std, the cosmetic fix that makes mean and std look right",
-            ((x - x.mean()) / x.std(correction=0)).float())  # fmt: skip
+            ((x - x.mean()) / x.std(correction=0)).float(),
+        )
     del torch
 
 
@@ -103,23 +129,39 @@ def _precision(rp, recipe, xs, out, expected, add):
     """The op computed from inputs and weights rounded to a lower precision (and its output rounded)."""
     for dtype in PRECISIONS:
         if dtype != "tf32":
-            add("precision", f"computed in float32, stored in {dtype} (output rounded to {dtype})",
-                round_to(expected, dtype), dtype=dtype)  # fmt: skip
+            add(
+                "precision",
+                f"computed in float32, stored in {dtype} (output rounded to {dtype})",
+                round_to(expected, dtype),
+                dtype=dtype,
+            )
         r = rp.with_weights_rounded(dtype).recipe(recipe.op)
         y = r.fn(*(round_to(x, dtype) for x in xs))
         add("precision", f"computed in {dtype} (inputs and weights rounded to {dtype})", y, dtype=dtype)
         if dtype != "tf32":
-            add("precision", f"computed in {dtype} (inputs, weights and output rounded to {dtype})",
-                round_to(y, dtype), dtype=dtype)  # fmt: skip
+            add(
+                "precision",
+                f"computed in {dtype} (inputs, weights and output rounded to {dtype})",
+                round_to(y, dtype),
+                dtype=dtype,
+            )
         if recipe.type == "linear" and f"{recipe.params['name']}.bias" in rp.w:  # a low-precision matmul, float32 bias
             name = recipe.params["name"]
             wr = round_to(rp.w[f"{name}.weight"], dtype)
             mm = round_to(xs[0], dtype) @ wr.T
-            add("precision", f"matmul in {dtype} (float32 accumulation), bias added in float32", mm + rp.w[f"{name}.bias"],
-                dtype=dtype)  # fmt: skip
+            add(
+                "precision",
+                f"matmul in {dtype} (float32 accumulation), bias added in float32",
+                mm + rp.w[f"{name}.bias"],
+                dtype=dtype,
+            )
             if dtype != "tf32":
-                add("precision", f"matmul in {dtype} with a {dtype} result, bias added in float32",
-                    round_to(mm, dtype) + rp.w[f"{name}.bias"], dtype=dtype)  # fmt: skip
+                add(
+                    "precision",
+                    f"matmul in {dtype} with a {dtype} result, bias added in float32",
+                    round_to(mm, dtype) + rp.w[f"{name}.bias"],
+                    dtype=dtype,
+                )
 
 
 # -- convolutions --------------------------------------------------------------------------------------
@@ -130,15 +172,23 @@ def _conv(rp, recipe, xs, out, e, ctx, add):
     for pad in ((2, 0), (0, 2), (0, 1), (1, 0), (2, 2), (0, 0), (3, 3)):
         y = rp.conv(name, x, stride, pad=pad)
         if y.shape == out.shape:
-            side = {(2, 0): "on the left only", (0, 2): "on the right only", (0, 0): "none"}.get(pad, f"{pad[0]} left, {pad[1]} right")
+            side = {(2, 0): "on the left only", (0, 2): "on the right only", (0, 0): "none"}.get(
+                pad, f"{pad[0]} left, {pad[1]} right"
+            )
             add("conv_padding", f"{name} pads {side} instead of 1 on each side", y, pad=pad)
-    add("conv_kernel", f"{name} uses the kernel flipped in time (cross-correlation vs convolution)",
-        rp.conv(name, x, stride, weight=w.flip(-1)))  # fmt: skip
+    add(
+        "conv_kernel",
+        f"{name} uses the kernel flipped in time (cross-correlation vs convolution)",
+        rp.conv(name, x, stride, weight=w.flip(-1)),
+    )
     for taps in ((0, 1, 0), (1, 0, 0), (0, 0, 1), (1, 1, 0), (0, 1, 1), (1, 0, 1)):
         mask = rp.torch.tensor(taps, dtype=w.dtype)
         kept = "+".join(("left", "centre", "right")[i] for i in range(3) if taps[i])
-        add("conv_kernel", f"{name} uses only the {kept} kernel tap{'s' if sum(taps) > 1 else ''} of 3",
-            rp.conv(name, x, stride, weight=w * mask))  # fmt: skip
+        add(
+            "conv_kernel",
+            f"{name} uses only the {kept} kernel tap{'s' if sum(taps) > 1 else ''} of 3",
+            rp.conv(name, x, stride, weight=w * mask),
+        )
     for label, w2 in filter_layouts(w).items():
         add("weight_layout", f"{name}'s filter {label}", rp.conv(name, x, stride, weight=w2))
     add("bias_error", f"{name} without its bias", rp.conv(name, x, stride, bias=False))
@@ -167,8 +217,16 @@ def filter_layouts(w) -> dict:
 # -- activations ---------------------------------------------------------------------------------------
 def _activation(rp, recipe, xs, out, e, ctx, add):
     F, x = rp.torch.nn.functional, xs[0]
-    add("activation_approx", "GELU is the tanh approximation, not Whisper's exact erf GELU", F.gelu(x, approximate="tanh"))
-    add("activation_approx", "GELU is the sigmoid approximation x*sigmoid(1.702x) (quick GELU)", x * rp.torch.sigmoid(1.702 * x))
+    add(
+        "activation_approx",
+        "GELU is the tanh approximation, not Whisper's exact erf GELU",
+        F.gelu(x, approximate="tanh"),
+    )
+    add(
+        "activation_approx",
+        "GELU is the sigmoid approximation x*sigmoid(1.702x) (quick GELU)",
+        x * rp.torch.sigmoid(1.702 * x),
+    )
     add("wrong_activation", "ReLU instead of GELU", F.relu(x))
     add("wrong_activation", "SiLU (x*sigmoid(x)) instead of GELU", F.silu(x))
     add("wrong_activation", "no activation: the identity instead of GELU", x)
@@ -185,7 +243,11 @@ def _norm(rp, recipe, xs, out, e, ctx, add):
     xc = x - mu
     var = (xc * xc).mean(-1, keepdim=True)
     n = xc / (var + 1e-5).sqrt()
-    add("layer_norm_variance", f"{short} uses the unbiased (n-1) variance", (xc / (x.var(-1, keepdim=True, correction=1) + 1e-5).sqrt() * g + b).float())
+    add(
+        "layer_norm_variance",
+        f"{short} uses the unbiased (n-1) variance",
+        (xc / (x.var(-1, keepdim=True, correction=1) + 1e-5).sqrt() * g + b).float(),
+    )
     add("layer_norm_affine", f"{short} without beta (no bias added)", (n * g).float())
     add("layer_norm_affine", f"{short} without gamma (no scale)", (n + b).float())
     add("layer_norm_affine", f"{short} without gamma and beta", n.float())
@@ -195,12 +257,20 @@ def _norm(rp, recipe, xs, out, e, ctx, add):
     for axis, label in ((1, "time"), ((1, 2), "time and channels (the whole tensor)")):
         m_ = x.mean(axis, keepdim=True)
         v_ = ((x - m_) ** 2).mean(axis, keepdim=True)
-        add("norm_axis", f"{short} normalises over {label} instead of channels", ((x - m_) / (v_ + 1e-5).sqrt() * g + b).float())
+        add(
+            "norm_axis",
+            f"{short} normalises over {label} instead of channels",
+            ((x - m_) / (v_ + 1e-5).sqrt() * g + b).float(),
+        )
     add("missing_op", f"{short} is the identity: the layer norm is missing", xs[0])
     eps = solve_eps(x, out.double(), g, b)
     if eps is not None and not 0.5e-5 < eps < 2e-5:
-        add("layer_norm_eps", f"{short} uses epsilon {eps:.3g} (solved from the data) instead of 1e-5",
-            rp.layer_norm(name, xs[0], eps), eps=eps)  # fmt: skip
+        add(
+            "layer_norm_eps",
+            f"{short} uses epsilon {eps:.3g} (solved from the data) instead of 1e-5",
+            rp.layer_norm(name, xs[0], eps),
+            eps=eps,
+        )
 
 
 def solve_eps(x, y, g, b) -> float | None:
@@ -277,9 +347,13 @@ def _attention(rp, recipe, xs, out, e, ctx, add):
     scale = solve_scale(rp, q, k, out) if weights_op else search_scale(rp, run, out)
     correct = rp.d_head**-0.5
     if scale is not None and abs(scale / correct - 1) > 0.02:
-        add("attention_scale", f"attention scores are scaled by {scale:.4g} (solved from the data; "
+        add(
+            "attention_scale",
+            f"attention scores are scaled by {scale:.4g} (solved from the data; "
             f"= d_head^{math.log(scale) / math.log(rp.d_head):.3g}) instead of 1/sqrt(d_head) = {correct:.4g}",
-            run(scale=scale), scale=scale)  # fmt: skip
+            run(scale=scale),
+            scale=scale,
+        )
     add("softmax_axis", "attention softmax over the query axis instead of the key axis", run(axis=-2))
     causal = torch.full((t, t), -math.inf).triu(1)
     add("attention_mask", "a causal mask in the (unmasked) encoder attention", run(mask=causal))
@@ -287,18 +361,36 @@ def _attention(rp, recipe, xs, out, e, ctx, add):
     if valid and valid < t:
         pad = torch.zeros(t)
         pad[valid:] = -math.inf
-        add("attention_mask", f"a padding mask: keys after the audio (step >= {valid} of {t}) are masked out", run(mask=pad))
+        add(
+            "attention_mask",
+            f"a padding mask: keys after the audio (step >= {valid} of {t}) are masked out",
+            run(mask=pad),
+        )
     add("swapped_projections", "q and k swapped in the attention scores (softmax(k q^T))", run(swap_qk=True))
     if weights_op:
-        add("swapped_projections", "attention probabilities transposed (query and key axes swapped)", e.transpose(-1, -2))
-        add("head_split", "heads split in the wrong order ([T, d_head, n_head] instead of [T, n_head, d_head])", run(split="dh"))
+        add(
+            "swapped_projections",
+            "attention probabilities transposed (query and key axes swapped)",
+            e.transpose(-1, -2),
+        )
+        add(
+            "head_split",
+            "heads split in the wrong order ([T, d_head, n_head] instead of [T, n_head, d_head])",
+            run(split="dh"),
+        )
     else:
-        add("swapped_projections", "attention probabilities transposed (query and key axes swapped)",
-            rp.merge(rp.attention_weights(q, k).transpose(-1, -2) @ rp.heads(v)))  # fmt: skip
+        add(
+            "swapped_projections",
+            "attention probabilities transposed (query and key axes swapped)",
+            rp.merge(rp.attention_weights(q, k).transpose(-1, -2) @ rp.heads(v)),
+        )
         for split, merge in (("dh", "dh"), ("dh", "hd"), ("hd", "dh")):
-            add("head_split", f"heads split as [T, {'d_head, n_head' if split == 'dh' else 'n_head, d_head'}] and merged as "
+            add(
+                "head_split",
+                f"heads split as [T, {'d_head, n_head' if split == 'dh' else 'n_head, d_head'}] and merged as "
                 f"[T, {'d_head, n_head' if merge == 'dh' else 'n_head, d_head'}] (Whisper: n_head, d_head both ways)",
-                run(split=split, merge=merge))  # fmt: skip
+                run(split=split, merge=merge),
+            )
         add("missing_op", "attention returns v unchanged", v)
 
 
@@ -376,7 +468,12 @@ def _positional(rp, recipe, xs, out, e, ctx, add):
     if pn > 0:
         s = float((d * pe.double()).sum()) / pn
         if abs(s - 1) > 0.01:
-            add("positional", f"the positional embedding is scaled by {s:.4g} (solved from the data)", xt + s * pe, factor=s)
+            add(
+                "positional",
+                f"the positional embedding is scaled by {s:.4g} (solved from the data)",
+                xt + s * pe,
+                factor=s,
+            )
     full = rp.w["encoder.positional_embedding"]
     for k in list(range(-8, 0)) + list(range(1, 9)):
         shifted = torch.zeros_like(pe)
@@ -384,16 +481,34 @@ def _positional(rp, recipe, xs, out, e, ctx, add):
         lo, hi = max(0, -k), min(t, full.shape[0] - k)
         shifted[lo:hi] = full[lo + k : hi + k]
         where[:, lo:hi] = True
-        add("positional", f"positions shifted by {k:+d} (step t gets the embedding of t{k:+d}; "
-            f"judged on the {hi - lo} steps where it is defined)", xt + shifted, where=where, shift=k)  # fmt: skip
-        add("positional", f"positions rolled by {k:+d} (step t gets the embedding of (t{k:+d}) mod {t})",
-            xt + pe.roll(-k, 0), shift=k)  # fmt: skip
-    variants = {"Whisper's sinusoids": {}, "sin and cos interleaved": {"interleave": True},
-                "cos before sin": {"cos_first": True}, "timescales over channels/2 instead of channels/2-1": {"half": True}}
+        add(
+            "positional",
+            f"positions shifted by {k:+d} (step t gets the embedding of t{k:+d}; "
+            f"judged on the {hi - lo} steps where it is defined)",
+            xt + shifted,
+            where=where,
+            shift=k,
+        )
+        add(
+            "positional",
+            f"positions rolled by {k:+d} (step t gets the embedding of (t{k:+d}) mod {t})",
+            xt + pe.roll(-k, 0),
+            shift=k,
+        )
+    variants = {
+        "Whisper's sinusoids": {},
+        "sin and cos interleaved": {"interleave": True},
+        "cos before sin": {"cos_first": True},
+        "timescales over channels/2 instead of channels/2-1": {"half": True},
+    }
     for label, kw in variants.items():
         table = torch.from_numpy(sinusoids(t, c, **kw).astype(np.float32))
         if rel(pe, table) > 1e-3:
-            add("positional", f"the positional embedding is recomputed ({label}) instead of the model's table", xt + table)
+            add(
+                "positional",
+                f"the positional embedding is recomputed ({label}) instead of the model's table",
+                xt + table,
+            )
 
 
 # -- residual adds ---------------------------------------------------------------------------------------
@@ -415,8 +530,13 @@ def mel_hypotheses(a: np.ndarray, b: np.ndarray) -> list[tuple]:
     floor = a <= a.min() + 1e-6
     ln10 = math.log(10)
     cands = {
-        "natural log instead of log10 (clamp and (x+4)/4 applied to ln S)": (np.maximum(ln10 * log10, ln10 * top - 8) + 4) / 4,
-        "librosa-style power_to_db(ref=max, top_db=80): 10*log10(S/max S) in [-80, 0] dB": np.maximum(10 * (log10 - top), -80.0),
+        "natural log instead of log10 (clamp and (x+4)/4 applied to ln S)": (
+            np.maximum(ln10 * log10, ln10 * top - 8) + 4
+        )
+        / 4,
+        "librosa-style power_to_db(ref=max, top_db=80): 10*log10(S/max S) in [-80, 0] dB": np.maximum(
+            10 * (log10 - top), -80.0
+        ),
         "power_to_db(ref=1.0): 10*log10(S) without Whisper's normalisation": 10 * log10,
         "no (x + 4) / 4 normalisation: the clamped log10 S": log10,
         "natural log without Whisper's normalisation": ln10 * log10,
@@ -438,6 +558,10 @@ def mel_hypotheses(a: np.ndarray, b: np.ndarray) -> list[tuple]:
     if float((va * va).sum()) > 0:
         slope = float((va * (b - b.mean())).sum() / (va * va).sum())
         icpt = float(b.mean() - slope * a.mean())
-        out.append((f"an affine transform of Whisper's log-mel: B = {slope:.4g} * A {icpt:+.4g} (another normalisation)",
-                    score(slope * a + icpt)))  # fmt: skip
+        out.append(
+            (
+                f"an affine transform of Whisper's log-mel: B = {slope:.4g} * A {icpt:+.4g} (another normalisation)",
+                score(slope * a + icpt),
+            )
+        )
     return out

@@ -82,11 +82,23 @@ def logit_measures(a, b, tokens: list[int] | None = None) -> dict:
         ta, tb = int(pa.argmax()), int(pb.argmax())
         agree.append(ta == tb)
         if ta != tb and change is None:
-            change = {"position": p, "a_token": ta, "b_token": tb, "a_prob": float(pa[ta]), "b_prob": float(pb[tb]),
-                      "a_prob_of_b_token": float(pa[tb]), "b_prob_of_a_token": float(pb[ta]),
-                      "forced_next": tokens[p + 1] if tokens and p + 1 < len(tokens) else None}  # fmt: skip
-    return {"kl": kl, "max_kl": max(kl, default=0.0), "mean_kl": float(np.mean(kl)) if kl else 0.0,
-            "top1_agreement": float(np.mean(agree)) if agree else 1.0, "first_argmax_change": change}  # fmt: skip
+            change = {
+                "position": p,
+                "a_token": ta,
+                "b_token": tb,
+                "a_prob": float(pa[ta]),
+                "b_prob": float(pb[tb]),
+                "a_prob_of_b_token": float(pa[tb]),
+                "b_prob_of_a_token": float(pb[ta]),
+                "forced_next": tokens[p + 1] if tokens and p + 1 < len(tokens) else None,
+            }
+    return {
+        "kl": kl,
+        "max_kl": max(kl, default=0.0),
+        "mean_kl": float(np.mean(kl)) if kl else 0.0,
+        "top1_agreement": float(np.mean(agree)) if agree else 1.0,
+        "first_argmax_change": change,
+    }
 
 
 def decoder_findings(op: str, position: int | None, a_trace, b_trace, view=lambda x: x) -> list[Finding]:
@@ -105,20 +117,41 @@ def decoder_findings(op: str, position: int | None, a_trace, b_trace, view=lambd
         used = int(np.argmin(np.linalg.norm(pa - pb[position], axis=-1)))
         if np.linalg.norm(pa[used] - pb[position]) <= 1e-3 * max(np.linalg.norm(pa[used]), 1e-12) and used != position:
             later = [int(np.argmin(np.linalg.norm(pa - row, axis=-1))) for row in pb[position:]]
-            return [Finding("positional", op, 0.95, f"{where}: B adds the positional embedding of position {used}, not "
-                            f"{position} (positions from {position} on use {later[:6]}): positions restart or are offset "
-                            "at each decoding step (the KV cache length not added)")]  # fmt: skip
+            return [
+                Finding(
+                    "positional",
+                    op,
+                    0.95,
+                    f"{where}: B adds the positional embedding of position {used}, not "
+                    f"{position} (positions from {position} on use {later[:6]}): positions restart or are offset "
+                    "at each decoding step (the KV cache length not added)",
+                )
+            ]
     if op.endswith(".attn.weights") and ".cross_attn." not in op:
         ra, rb = a[0][:, position], b[0][:, position]  # [H, keys]
         extra, missing = (rb > 1e-6) & (ra <= 1e-12), (ra > 1e-6) & (rb <= 1e-12)
         if extra[:, position + 1 :].any():
             keys = sorted({int(k) for k in np.nonzero(extra.any(0))[0]})
-            return [Finding("causal_mask", op, 0.95, f"{where}: B gives weight to later positions {keys[:6]}; "
-                            "the decoder's self-attention has no causal mask")]  # fmt: skip
+            return [
+                Finding(
+                    "causal_mask",
+                    op,
+                    0.95,
+                    f"{where}: B gives weight to later positions {keys[:6]}; "
+                    "the decoder's self-attention has no causal mask",
+                )
+            ]
         if missing.any():
             keys = sorted({int(k) for k in np.nonzero(missing.any(0))[0]})
-            return [Finding("kv_cache", op, 0.9, f"{where}: B gives no weight to earlier position(s) {keys[:6]} that A "
-                            "attends to: this step reads the KV cache one short (off by one)")]  # fmt: skip
+            return [
+                Finding(
+                    "kv_cache",
+                    op,
+                    0.9,
+                    f"{where}: B gives no weight to earlier position(s) {keys[:6]} that A "
+                    "attends to: this step reads the KV cache one short (off by one)",
+                )
+            ]
     block = _block_of(op)
     if block is not None:
         part = op.split(".", 3)[3]
@@ -128,13 +161,23 @@ def decoder_findings(op: str, position: int | None, a_trace, b_trace, view=lambd
                 continue
             ao = np.asarray(a_trace[other])
             if ao.shape == b.shape and _rel(ao, b) < 1e-3:
-                return [Finding("wrong_weight", op, 0.95, f"{where}: B's {part} in block {block} equals A's in block {j} "
-                                f"(rel. error {_rel(ao, b):.1e}): block {block} uses block {j}'s weights")]  # fmt: skip
+                return [
+                    Finding(
+                        "wrong_weight",
+                        op,
+                        0.95,
+                        f"{where}: B's {part} in block {block} equals A's in block {j} "
+                        f"(rel. error {_rel(ao, b):.1e}): block {block} uses block {j}'s weights",
+                    )
+                ]
     inputs = {"decoder.ln": _last_block_out(a_trace)}
     source = inputs.get(op)
     if source is not None and source in a_trace and _rel(np.asarray(a_trace[source]), b) < 1e-3:
-        return [Finding("missing_op", op, 0.95, f"{where}: B's {op} equals its input {source}: the final layer norm "
-                        "is skipped")]  # fmt: skip
+        return [
+            Finding(
+                "missing_op", op, 0.95, f"{where}: B's {op} equals its input {source}: the final layer norm is skipped"
+            )
+        ]
     return []
 
 
@@ -167,22 +210,33 @@ def decoder_summary(ta, tb, first: str | None, tolerances, view_of) -> tuple[dic
         return None, []
     layouts = decoder_layouts(ta.manifest)
     tokens = ta.manifest.get("decoder", {}).get("tokens")
-    out = {"first_divergence": None, "tokens": tokens,
-           "argmax_a": ta.manifest.get("decoder", {}).get("argmax"), "argmax_b": tb.manifest.get("decoder", {}).get("argmax"),
-           "margin_a": ta.manifest.get("decoder", {}).get("margin"), "margin_b": tb.manifest.get("decoder", {}).get("margin")}  # fmt: skip
+    out = {
+        "first_divergence": None,
+        "tokens": tokens,
+        "argmax_a": ta.manifest.get("decoder", {}).get("argmax"),
+        "argmax_b": tb.manifest.get("decoder", {}).get("argmax"),
+        "margin_a": ta.manifest.get("decoder", {}).get("margin"),
+        "margin_b": tb.manifest.get("decoder", {}).get("margin"),
+    }
     if not is_decoder_trace(tb.manifest):
         out["warning"] = "NOT COMPARABLE: A is a decoder trace, B is not (make B with `whisperdiff trace-decoder`)"
     elif tokens != tb.manifest.get("decoder", {}).get("tokens"):
-        out["warning"] = "the two decoder traces were not teacher-forced on the same tokens: positions are not comparable"
+        out["warning"] = (
+            "the two decoder traces were not teacher-forced on the same tokens: positions are not comparable"
+        )
     findings = []
     if first is not None and first in ta and first in tb and view_of(first) is not None:
         view = view_of(first)
-        position = first_position(np.asarray(ta[first]), view(np.asarray(tb[first])), layouts.get(first), tolerances.for_op(first))
+        position = first_position(
+            np.asarray(ta[first]), view(np.asarray(tb[first])), layouts.get(first), tolerances.for_op(first)
+        )
         axis = "audio frame" if position_axis(layouts.get(first)) is None else "token position"
         out["first_divergence"] = {"op": first, "position": position, "axis": axis}
         findings = decoder_findings(first, position, ta, tb, view)
     if "decoder.logits" in ta and "decoder.logits" in tb and view_of("decoder.logits") is not None:
-        out["logits"] = logit_measures(ta["decoder.logits"], view_of("decoder.logits")(np.asarray(tb["decoder.logits"])), tokens)
+        out["logits"] = logit_measures(
+            ta["decoder.logits"], view_of("decoder.logits")(np.asarray(tb["decoder.logits"])), tokens
+        )
         change = out["logits"]["first_argmax_change"]
         if change is not None:
             change["a_text"], change["b_text"] = (token_text(ta.manifest, change[k]) for k in ("a_token", "b_token"))

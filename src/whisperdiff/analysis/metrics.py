@@ -79,9 +79,7 @@ def op_metrics(a, b, *, layout: str | None = None, atol: float = DEFAULT_ATOL, r
     std_b = math.sqrt(max(sbb / n - mean_b**2, 0.0))
     norm_a, norm_b = math.sqrt(saa), math.sqrt(sbb)
 
-    step_cos = np.where(
-        (step_aa > 0) & (step_bb > 0), step_ab / np.sqrt(np.maximum(step_aa * step_bb, 1e-300)), 1.0
-    )
+    step_cos = np.where((step_aa > 0) & (step_bb > 0), step_ab / np.sqrt(np.maximum(step_aa * step_bb, 1e-300)), 1.0)
     step_cos = np.where((step_aa > 0) != (step_bb > 0), 0.0, step_cos)
     step_rel = np.sqrt(step_dd) / max(norm_a / math.sqrt(steps), 1e-300)
     rest_shape = tuple(d for i, d in enumerate(a.shape) if i != axis)

@@ -64,10 +64,18 @@ class Patching:
         return next(r for r in self.results if r.op == op)
 
     def to_json(self) -> dict:
-        return {"a": str(self.a), "b": str(self.b), "impl": self.impl, "cause": self.cause,
-                "unpatched_rel_l2": self.unpatched_rel_l2, "reference_text": self.reference_text,
-                "unpatched_text": self.unpatched_text, "unpatched_wer": self.unpatched_wer,
-                "notes": self.notes, "results": [r.__dict__ for r in self.results]}  # fmt: skip
+        return {
+            "a": str(self.a),
+            "b": str(self.b),
+            "impl": self.impl,
+            "cause": self.cause,
+            "unpatched_rel_l2": self.unpatched_rel_l2,
+            "reference_text": self.reference_text,
+            "unpatched_text": self.unpatched_text,
+            "unpatched_wer": self.unpatched_wer,
+            "notes": self.notes,
+            "results": [r.__dict__ for r in self.results],
+        }
 
 
 def default_points(ops: list[str], first_divergence: str | None, n_layer: int) -> list[str]:
@@ -92,13 +100,24 @@ def rerun_impl(manifest_impl, impl: str | None) -> tuple[str, list[str]]:
         return impl, notes
     if named in IMPLS:
         return named, []
-    raise WhisperdiffError(f"cannot re-run B: its manifest names impl {named!r}, and whisperdiff never runs code a trace "
-                           "names; if you trust it, name it yourself with --impl (or use torch or max)")  # fmt: skip
+    raise WhisperdiffError(
+        f"cannot re-run B: its manifest names impl {named!r}, and whisperdiff never runs code a trace "
+        "names; if you trust it, name it yourself with --impl (or use torch or max)"
+    )
 
 
-def patch(a: str | Path | Trace, b: str | Path | Trace, *, ops: str | None = None, transcribe: bool = True,
-          model=None, device: str = "auto", impl: str | None = None, on_point: Callable[[str], None] | None = None,
-          on_progress: Callable[[int, int, str], None] | None = None) -> Patching:  # fmt: skip
+def patch(
+    a: str | Path | Trace,
+    b: str | Path | Trace,
+    *,
+    ops: str | None = None,
+    transcribe: bool = True,
+    model=None,
+    device: str = "auto",
+    impl: str | None = None,
+    on_point: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
+) -> Patching:
     """Patch B's implementation with A's activations, one op at a time (ops: a glob, default: see default_points).
 
     impl: what re-runs B (default: B's impl when it is torch or max; any other must be named here)."""
@@ -122,13 +141,22 @@ def patch(a: str | Path | Trace, b: str | Path | Trace, *, ops: str | None = Non
     b_mel = np.array(tb["mel"], np.float32)  # B's own input, read from the trace and checked against its digest
     inp = mb.get("input", {})
     if inp.get("mel_sha256") and sha256_array(np.asarray(tb["mel"])) != inp["mel_sha256"]:
-        raise WhisperdiffError(f"cannot re-run B: its mel op does not match the input digest in its manifest ({tb.path})")
+        raise WhisperdiffError(
+            f"cannot re-run B: its mel op does not match the input digest in its manifest ({tb.path})"
+        )
     loaded, reasons = model_of([mb, ta.manifest], prefer=model)
     if loaded is None:
         raise WhisperdiffError(f"cannot re-run B: no loadable model with its weights ({reasons[-1]}); pass --model")
     injected = [f["name"] for f in mb.get("injected") or []]
-    session = Session(impl, model=loaded, device=device, dtype=mb.get("dtype", "float32"), taps="output",
-                      inject=[name for name in injected if _encoder_side(name)], patchable=True)  # fmt: skip
+    session = Session(
+        impl,
+        model=loaded,
+        device=device,
+        dtype=mb.get("dtype", "float32"),
+        taps="output",
+        inject=[name for name in injected if _encoder_side(name)],
+        patchable=True,
+    )
 
     reference = np.asarray(ta["ln_post"], np.float64)
     available = set(session.runner.patch_points) | {"mel"}
@@ -145,8 +173,9 @@ def patch(a: str | Path | Trace, b: str | Path | Trace, *, ops: str | None = Non
 
     def run(patch_value=None, mel=None) -> np.ndarray:
         out = {}
-        session.runner.run(mel if mel is not None else b_mel, lambda n, x: out.__setitem__(n, np.array(x)),
-                           patch=patch_value)  # fmt: skip
+        session.runner.run(
+            mel if mel is not None else b_mel, lambda n, x: out.__setitem__(n, np.array(x)), patch=patch_value
+        )
         return out["ln_post"]
 
     ref_text = (ta.manifest.get("transcript", {}).get("text") or session.decode(ta["ln_post"])) if transcribe else None
@@ -161,8 +190,9 @@ def patch(a: str | Path | Trace, b: str | Path | Trace, *, ops: str | None = Non
     base = run()
     base_err = rel_l2(reference, base)
     base_text, base_wer = text_of(base)
-    result = Patching(ta.path, tb.path, impl, base_err, ref_text, base_text, base_wer, max_tokens=max_tokens,
-                      notes=notes)  # fmt: skip
+    result = Patching(
+        ta.path, tb.path, impl, base_err, ref_text, base_text, base_wer, max_tokens=max_tokens, notes=notes
+    )
     for k, op in enumerate(points):
         if on_point is not None:
             on_point(op)

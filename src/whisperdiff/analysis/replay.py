@@ -23,8 +23,14 @@ import numpy as np
 from whisperdiff.names import BLOCK_OPS
 
 # Which weight each linear op uses (openai-whisper's state-dict names, inside encoder.blocks.{i}).
-LINEAR_PARAMS = {"attn.q": "attn.query", "attn.k": "attn.key", "attn.v": "attn.value", "attn.out": "attn.out",
-                 "mlp.fc1": "mlp.0", "mlp.fc2": "mlp.2"}  # fmt: skip
+LINEAR_PARAMS = {
+    "attn.q": "attn.query",
+    "attn.k": "attn.key",
+    "attn.v": "attn.value",
+    "attn.out": "attn.out",
+    "mlp.fc1": "mlp.0",
+    "mlp.fc2": "mlp.2",
+}
 
 
 # Op types whose output at one time step (one query) depends only on the inputs at that step (query).
@@ -50,8 +56,11 @@ class Replayer:
         self.loaded = loaded
         self.dims = loaded.dims
         if weights is None:
-            weights = {k: v.detach().to(torch.float32).contiguous() for k, v in loaded.state_dict.items()
-                       if k.startswith("encoder.")}  # fmt: skip
+            weights = {
+                k: v.detach().to(torch.float32).contiguous()
+                for k, v in loaded.state_dict.items()
+                if k.startswith("encoder.")
+            }
         self.w = weights
         self.n_head = self.dims.n_audio_head
         self.d_head = self.dims.n_audio_state // self.n_head
@@ -120,7 +129,9 @@ class Replayer:
         if op == "conv1":
             return OpRecipe(op, "conv", ("mel",), lambda x: self.conv("conv1", x, 1), {"name": "conv1", "stride": 1})
         if op == "conv2":
-            return OpRecipe(op, "conv", ("conv1.gelu",), lambda x: self.conv("conv2", x, 2), {"name": "conv2", "stride": 2})
+            return OpRecipe(
+                op, "conv", ("conv1.gelu",), lambda x: self.conv("conv2", x, 2), {"name": "conv2", "stride": 2}
+            )
         if op in ("conv1.gelu", "conv2.gelu"):
             return OpRecipe(op, "activation", (op.split(".")[0],), self.gelu)
         if op == "pos_embed":
@@ -128,7 +139,9 @@ class Replayer:
             return OpRecipe(op, "positional", ("conv2.gelu",), lambda x: x.permute(0, 2, 1) + pe[: x.shape[-1]])
         if op == "ln_post":
             last = f"blocks.{self.dims.n_audio_layer - 1}.out"
-            return OpRecipe(op, "norm", (last,), lambda x: self.layer_norm("encoder.ln_post", x), {"name": "encoder.ln_post"})
+            return OpRecipe(
+                op, "norm", (last,), lambda x: self.layer_norm("encoder.ln_post", x), {"name": "encoder.ln_post"}
+            )
         m = re.fullmatch(r"blocks\.(\d+)\.(.+)", op)
         if not m or m.group(2) not in BLOCK_OPS:
             return None

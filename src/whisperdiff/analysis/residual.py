@@ -50,8 +50,9 @@ def representable_share(b: np.ndarray, dtype: str) -> float:
         return float((x.astype(np.float16).astype(np.float32) == x).mean())
 
 
-def describe(b, e, layout: str | None, *, audio_frames: int | None = None, n_head: int | None = None,
-             vectors: dict | None = None) -> str:  # fmt: skip
+def describe(
+    b, e, layout: str | None, *, audio_frames: int | None = None, n_head: int | None = None, vectors: dict | None = None
+) -> str:
     """One clause per structural fact about R = B - E."""
     b = np.asarray(b, np.float64)
     e = np.asarray(e, np.float64)
@@ -68,8 +69,11 @@ def describe(b, e, layout: str | None, *, audio_frames: int | None = None, n_hea
     if ee > 0:
         c = float((b * e).sum()) / ee
         left = float(((b - c * e) ** 2).sum()) / rr
-        facts.append(f"best global factor {c:.4g} leaves {left:.0%} of the error" if abs(c - 1) > 1e-3
-                     else "no global factor explains it")  # fmt: skip
+        facts.append(
+            f"best global factor {c:.4g} leaves {left:.0%} of the error"
+            if abs(c - 1) > 1e-3
+            else "no global factor explains it"
+        )
     t_ax = time_axis(layout, r.ndim)
     steps = r.shape[t_ax]
     per_step = (np.moveaxis(r, t_ax, 0).reshape(steps, -1) ** 2).sum(1)
@@ -102,8 +106,10 @@ def describe(b, e, layout: str | None, *, audio_frames: int | None = None, n_hea
             per_head = per_chan.reshape(n_head, -1).sum(1) / rr
             h90 = int(np.searchsorted(np.cumsum(np.sort(per_head)[::-1]), 0.9) + 1)
             if h90 < n_head:
-                facts.append(f"90% of it in {h90} of {n_head} heads' channels "
-                             f"({', '.join(str(h) for h in np.argsort(per_head)[::-1][:h90])})")  # fmt: skip
+                facts.append(
+                    f"90% of it in {h90} of {n_head} heads' channels "
+                    f"({', '.join(str(h) for h in np.argsort(per_head)[::-1][:h90])})"
+                )
         if c90 <= chans // 4:
             facts.append(f"90% of it in {c90} of {chans} channels ({_ranges(sorted(order_c[:c90].tolist()))})")
     if layout and layout.startswith("B,H") and r.ndim == 4:

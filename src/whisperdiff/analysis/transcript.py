@@ -26,8 +26,13 @@ class Decoder:
         import torch
         import whisper
 
-        options = whisper.DecodingOptions(language=None if self.model.is_multilingual else "en", fp16=False,
-                                          without_timestamps=True, temperature=0.0, sample_len=max_tokens)  # fmt: skip
+        options = whisper.DecodingOptions(
+            language=None if self.model.is_multilingual else "en",
+            fp16=False,
+            without_timestamps=True,
+            temperature=0.0,
+            sample_len=max_tokens,
+        )
         x = torch.from_numpy(np.array(features, dtype=np.float32)[0])  # a writable copy
         with torch.inference_mode():
             return whisper.decode(self.model, x, options).text.strip()

@@ -33,7 +33,16 @@ ROLES = {
     "attn.value": ("value", "v", "wv", "v_proj", "to_v"),
     "attn.out": ("out", "o", "wo", "out_proj", "o_proj", "to_out", "dense"),
     "attn_ln": ("attn_ln", "attention_norm", "self_attn_layer_norm", "ln1", "ln_1", "norm1", "input_layernorm"),
-    "mlp_ln": ("mlp_ln", "mlp_norm", "final_layer_norm", "ln2", "ln_2", "norm2", "ffn_norm", "post_attention_layernorm"),
+    "mlp_ln": (
+        "mlp_ln",
+        "mlp_norm",
+        "final_layer_norm",
+        "ln2",
+        "ln_2",
+        "norm2",
+        "ffn_norm",
+        "post_attention_layernorm",
+    ),
     "mlp.0": ("fc1", "w1", "up", "up_proj", "c_fc", "0", "linear1"),
     "mlp.2": ("fc2", "w2", "down", "down_proj", "c_proj", "2", "linear2"),
     "conv1": ("conv1", "conv_1", "convs.0"),
@@ -91,12 +100,16 @@ class WeightMap:
         for name, pieces in parts.items():
             n, axis = next(iter(pieces.values()))[1][1:]
             shape = next(iter(pieces.values()))[0].shape
-            arrays = [pieces[i][0] if i in pieces else np.zeros(shape, np.float32) for i in range(n)]  # Whisper: no k bias
+            arrays = [
+                pieces[i][0] if i in pieces else np.zeros(shape, np.float32) for i in range(n)
+            ]  # Whisper: no k bias
             out[name] = np.ascontiguousarray(np.concatenate(arrays, axis=axis), dtype=dtype)
         return out
 
     def lines(self) -> list[str]:
-        out = [f"{m.reference} <- {m.port} ({m.layout}; by {m.basis}, confidence {m.confidence:.2f})" for m in self.matches]
+        out = [
+            f"{m.reference} <- {m.port} ({m.layout}; by {m.basis}, confidence {m.confidence:.2f})" for m in self.matches
+        ]
         out += [f"reference weight with no port weight: {n}" for n in self.unmatched_reference]
         out += [f"port weight with no reference weight: {n}" for n in self.unmatched_port]
         return out
@@ -144,8 +157,9 @@ def _layout_of(ref_shape: tuple, port_shape: tuple, ref=None, port=None):
             if ident:
                 return "reshaped", tuple(port_shape)
             return ("transposed" if len(perm) == 2 else f"permuted {perm}"), perm
-    if int(np.prod(port_shape)) == int(np.prod(ref_shape)) and (p is None and not candidates or
-                                                                 p is not None and np.array_equal(p.ravel(), r.ravel())):  # fmt: skip
+    if int(np.prod(port_shape)) == int(np.prod(ref_shape)) and (
+        p is None and not candidates or p is not None and np.array_equal(p.ravel(), r.ravel())
+    ):
         return "reshaped", tuple(port_shape)
     return None
 
@@ -159,8 +173,12 @@ def propose(port: dict[str, object], reference: dict[str, np.ndarray], *, encode
     matches, used_ref, used_port = [], set(), set()
     if with_values:
         matches += _by_value(with_values, reference, used_ref, used_port)
-    matches += _by_shape({k: _shape(v) for k, v in port.items() if k not in used_port},
-                         {k: v for k, v in reference.items() if k not in used_ref}, used_ref, used_port)  # fmt: skip
+    matches += _by_shape(
+        {k: _shape(v) for k, v in port.items() if k not in used_port},
+        {k: v for k, v in reference.items() if k not in used_ref},
+        used_ref,
+        used_port,
+    )
     order = {k: i for i, k in enumerate(reference)}
     matches.sort(key=lambda m: order[m.reference])
     return WeightMap(matches, [k for k in reference if k not in used_ref], [k for k in port if k not in used_port])
@@ -196,8 +214,17 @@ def _by_value(port, reference, used_ref, used_port) -> list[WeightMatch]:
                         found.append((i, ref, lay))
             if len(found) >= 2 and all(not np.any(pieces[i]) for i in set(range(3)) - {f[0] for f in found}):
                 for i, ref, lay in found:
-                    out.append(WeightMatch(ref, pname, f"part {i + 1} of 3 along axis {axis} (fused)", "value", 1.0,
-                                           lay[1], part=(i, 3, axis)))  # fmt: skip
+                    out.append(
+                        WeightMatch(
+                            ref,
+                            pname,
+                            f"part {i + 1} of 3 along axis {axis} (fused)",
+                            "value",
+                            1.0,
+                            lay[1],
+                            part=(i, 3, axis),
+                        )
+                    )
                     used_ref.add(ref)
                 used_port.add(pname)
                 break
@@ -217,7 +244,9 @@ def _role_score(port_name: str, ref_name: str) -> float:
     segs = [s.lower() for s in port_name.split(".")]
     p_last = port_name.rsplit(".", 1)[-1].lower()
     r_last = ref_name.rsplit(".", 1)[-1]
-    suffix_ok = 1.0 if (p_last in ("weight", "filter", "kernel", "w", "scale", "gamma")) == (r_last == "weight") else 0.5
+    suffix_ok = (
+        1.0 if (p_last in ("weight", "filter", "kernel", "w", "scale", "gamma")) == (r_last == "weight") else 0.5
+    )
     joined = ".".join(segs[:-1])
     synonyms = ROLES.get(base, ())
     if "." not in ref_name.removeprefix("encoder."):  # a bare tensor (the positional embedding): any segment
@@ -229,9 +258,11 @@ def _role_score(port_name: str, ref_name: str) -> float:
 
 def _closest(pname: str, names: list[str], hint: str | None = None) -> str:
     block = re.findall(r"(?:^|\.)(\d+)\.", pname)
+
     def score(n):
         same_block = 1.0 if block and _block_index(n) == int(block[0]) else 0.0
         return (same_block, (hint in n) if hint else 0, _role_score(pname, n))
+
     return max(names, key=score)
 
 
@@ -259,8 +290,14 @@ def _by_shape(port: dict[str, tuple], reference: dict[str, np.ndarray], used_ref
     for m in out:
         shape = reference[m.reference].shape
         if m.perm and len(set(shape)) < len(m.perm):
-            best = next((p for p, _ in usual.most_common() if len(p) == len(m.perm)
-                         and tuple(port[m.port][i] for i in p) == tuple(shape)), None)  # fmt: skip
+            best = next(
+                (
+                    p
+                    for p, _ in usual.most_common()
+                    if len(p) == len(m.perm) and tuple(port[m.port][i] for i in p) == tuple(shape)
+                ),
+                None,
+            )
             if best is not None:
                 m.perm, m.layout = best, ("transposed" if len(best) == 2 else f"permuted {best}")
     return out

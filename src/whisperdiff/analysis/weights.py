@@ -48,8 +48,9 @@ def load_weights(spec: str | Path) -> tuple[dict[str, np.ndarray], str]:
                 weights = {k: np.asarray(z[k]) for k in z.files}
         except Exception as e:  # truncated, empty, not a zip, pickled objects, bad CRC: all one clean error
             why = " ".join(str(e).split())[:200] or type(e).__name__
-            raise WhisperdiffError(f"cannot read {path} as .npz ({type(e).__name__}: {why}); "
-                                   "save with numpy.savez(path, **weights)") from None  # fmt: skip
+            raise WhisperdiffError(
+                f"cannot read {path} as .npz ({type(e).__name__}: {why}); save with numpy.savez(path, **weights)"
+            ) from None
         bad = [k for k, v in weights.items() if v.dtype.kind not in "fiub"]
         if bad:
             raise WhisperdiffError(f"{path}: {bad[0]} holds {weights[bad[0]].dtype}, not numbers")
@@ -60,8 +61,9 @@ def load_weights(spec: str | Path) -> tuple[dict[str, np.ndarray], str]:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise WhisperdiffError(f"cannot read {path} with weights_only=True ({type(e).__name__}); whisperdiff never "
-                                   "unpickles code") from None  # fmt: skip
+            raise WhisperdiffError(
+                f"cannot read {path} with weights_only=True ({type(e).__name__}); whisperdiff never unpickles code"
+            ) from None
         sd = ckpt.get("model_state_dict", ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(sd, dict):
             raise WhisperdiffError(f"{path} holds no state dict")
@@ -79,7 +81,9 @@ def _canonical(name: str, rules) -> str:
     return name if name.startswith(("encoder.", "decoder.")) else f"encoder.{name}"
 
 
-def compare_weights(a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, rules=None, encoder_only: bool = True) -> list[TensorCheck]:
+def compare_weights(
+    a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, rules=None, encoder_only: bool = True
+) -> list[TensorCheck]:
     """Per reference tensor, what B holds for it (see the module docstring). Worst first."""
     b = {_canonical(k, rules): np.asarray(v, np.float32) for k, v in b.items()}
     b = _split_fused(b)
@@ -89,11 +93,16 @@ def compare_weights(a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, rules
     # in, counting only tensors whose shape leaves one reading (not square matrices, not in == out convs).
     convention = {}
     for kind in {_kind(n, a[n]) for n in candidates}:
-        votes = Counter(c[0][0] for n, c in candidates.items() if _kind(n, a[n]) == kind and len(c) == 1
-                        and a[n].ndim > 1 and len(set(a[n].shape)) == a[n].ndim)  # fmt: skip
+        votes = Counter(
+            c[0][0]
+            for n, c in candidates.items()
+            if _kind(n, a[n]) == kind and len(c) == 1 and a[n].ndim > 1 and len(set(a[n].shape)) == a[n].ndim
+        )
         convention[kind] = votes.most_common(1)[0][0] if votes else "as is"
-    layouts = {n: next((c for c in cs if c[0] == convention[_kind(n, a[n])]), cs[0] if cs else (None, None))
-               for n, cs in candidates.items()}  # fmt: skip
+    layouts = {
+        n: next((c for c in cs if c[0] == convention[_kind(n, a[n])]), cs[0] if cs else (None, None))
+        for n, cs in candidates.items()
+    }
     checks = []
     for name, ref in a.items():
         if name not in b:
@@ -101,7 +110,9 @@ def compare_weights(a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, rules
             continue
         layout, value = layouts[name]
         if layout is None:
-            checks.append(TensorCheck(name, "shape", "", f"B's {list(b[name].shape)} fits no layout of {list(ref.shape)}"))
+            checks.append(
+                TensorCheck(name, "shape", "", f"B's {list(b[name].shape)} fits no layout of {list(ref.shape)}")
+            )
             continue
         kind = _kind(name, ref)
         usual = convention.get(kind, "as is")
@@ -110,8 +121,14 @@ def compare_weights(a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, rules
             layout, value = "transposed", value.T
         if layout != usual and not square:
             status = "transposed" if kind == "linear" else "layout"
-            checks.append(TensorCheck(name, status, layout, f"stored {layout} ({list(b[name].shape)}) while the other "
-                                      f"{kind} tensors are stored {usual}"))  # fmt: skip
+            checks.append(
+                TensorCheck(
+                    name,
+                    status,
+                    layout,
+                    f"stored {layout} ({list(b[name].shape)}) while the other {kind} tensors are stored {usual}",
+                )
+            )
             continue
         status, detail = _values(ref, value)
         if status != "ok" and square and _values(ref, value.T)[0] == "ok":

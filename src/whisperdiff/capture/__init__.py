@@ -10,7 +10,12 @@ IMPLS = ("torch", "max")
 
 
 def make_runner(
-    impl: str, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None, faults=(),
+    impl: str,
+    model,
+    device: str = "auto",
+    dtype: str = "float32",
+    taps: list[str] | None = None,
+    faults=(),
     patchable: bool = False,
 ):
     """A runner for `impl`; `faults` are encoder-side porting bugs (faults.py) to switch on.

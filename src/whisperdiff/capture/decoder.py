@@ -47,8 +47,13 @@ def make_decoder_runner(impl: str, model, taps: list[str] | None = None, faults=
 def decoding_options(model, max_tokens: int | None = None):
     import whisper
 
-    return whisper.DecodingOptions(language=None if model.is_multilingual else "en", fp16=False,
-                                   without_timestamps=True, temperature=0.0, sample_len=max_tokens)  # fmt: skip
+    return whisper.DecodingOptions(
+        language=None if model.is_multilingual else "en",
+        fp16=False,
+        without_timestamps=True,
+        temperature=0.0,
+        sample_len=max_tokens,
+    )
 
 
 def prompt_tokens(loaded) -> list[int]:
@@ -64,8 +69,12 @@ def _model_stub(loaded):
     d = loaded.dims
     multilingual = d.n_vocab >= 51865
     # What DecodingTask reads of a Whisper model (its PyTorchInference, replaced at once, lists decoder.blocks).
-    return SimpleNamespace(dims=d, is_multilingual=multilingual, num_languages=d.n_vocab - 51765 - int(multilingual),
-                           decoder=SimpleNamespace(blocks=[]))
+    return SimpleNamespace(
+        dims=d,
+        is_multilingual=multilingual,
+        num_languages=d.n_vocab - 51765 - int(multilingual),
+        decoder=SimpleNamespace(blocks=[]),
+    )
 
 
 class _RunnerInference:
@@ -142,14 +151,19 @@ def encoder_features(loaded, mel: np.ndarray, impl: str = "torch", faults=()) ->
     from whisperdiff.names import select_taps
 
     kept = {}
-    taps = select_taps(loaded.dims, "default" if impl == "max" else "output")  # default: the graph the suite already has
+    taps = select_taps(
+        loaded.dims, "default" if impl == "max" else "output"
+    )  # default: the graph the suite already has
     runner = make_runner(impl, loaded, device="cpu", dtype="float32", taps=[t for t in taps], faults=list(faults))
-    runner.run(mel, lambda name, value: kept.__setitem__(name, np.array(value, np.float32)) if name == "ln_post" else None)
+    runner.run(
+        mel, lambda name, value: kept.__setitem__(name, np.array(value, np.float32)) if name == "ln_post" else None
+    )
     return kept["ln_post"]
 
 
-def teacher_forced(runner, features: np.ndarray, tokens: list[int], prompt_length: int, dims, record, *,
-                   incremental: bool = True) -> dict:  # fmt: skip
+def teacher_forced(
+    runner, features: np.ndarray, tokens: list[int], prompt_length: int, dims, record, *, incremental: bool = True
+) -> dict:
     """Run `runner` on `tokens` and call record(op, value) with each op joined over every position, in
     canonical order; returns the manifest's "decoder" facts (argmax, margin, timings)."""
     steps = Steps(dims, len(tokens))
@@ -172,10 +186,21 @@ def teacher_forced(runner, features: np.ndarray, tokens: list[int], prompt_lengt
     return {"argmax": argmax, "margin": margin, "steps": len(chunks), "decoder_seconds": round(seconds, 4)}
 
 
-def trace_decoder(impl: str = "torch", *, model=None, audio=None, out: str | Path | None = None,
-                  tokens: list[int] | None = None, encoder: str = "torch", features: np.ndarray | None = None,
-                  taps: str = "default", inject: list[str] | None = None, incremental: bool = True,
-                  encoder_inject: list[str] | None = None, runner=None):  # fmt: skip
+def trace_decoder(
+    impl: str = "torch",
+    *,
+    model=None,
+    audio=None,
+    out: str | Path | None = None,
+    tokens: list[int] | None = None,
+    encoder: str = "torch",
+    features: np.ndarray | None = None,
+    taps: str = "default",
+    inject: list[str] | None = None,
+    incremental: bool = True,
+    encoder_inject: list[str] | None = None,
+    runner=None,
+):
     """Teacher-force decoder `impl` on the encoder output of `encoder` for one input window.
 
     tokens: the text tokens to force (after the prompt); default: openai-whisper's greedy tokens on the
@@ -192,7 +217,9 @@ def trace_decoder(impl: str = "torch", *, model=None, audio=None, out: str | Pat
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     faults = get_faults(inject, part="decoder")
     if faults and impl != "max":
-        raise WhisperdiffError("decoder faults are run-time switches of the MAX decoder graph; use --impl max to inject them")
+        raise WhisperdiffError(
+            "decoder faults are run-time switches of the MAX decoder graph; use --impl max to inject them"
+        )
     if impl not in DECODER_IMPLS:
         raise WhisperdiffError(f"unknown decoder implementation {impl!r}; use one of {', '.join(DECODER_IMPLS)}")
     enc_faults = get_faults(encoder_inject)
@@ -204,7 +231,10 @@ def trace_decoder(impl: str = "torch", *, model=None, audio=None, out: str | Pat
     if tokens is None:
         from whisperdiff.capture.torch_decoder import TorchDecoderRunner
 
-        tokens, source = greedy(TorchDecoderRunner(loaded), loaded, features)[1], "greedy (openai-whisper, this encoder output)"
+        tokens, source = (
+            greedy(TorchDecoderRunner(loaded), loaded, features)[1],
+            "greedy (openai-whisper, this encoder output)",
+        )
     tokens = [int(t) for t in tokens]
     if tokens[: len(prompt)] == prompt:
         tokens = tokens[len(prompt) :]
@@ -219,21 +249,49 @@ def trace_decoder(impl: str = "torch", *, model=None, audio=None, out: str | Pat
     runner = runner or make_decoder_runner(impl, loaded, taps=tap_names, faults=faults)
     if out is None:
         out = Path("traces") / f"decoder-{impl}-{loaded.model_id.replace(':', '_').replace(',', '_')}"
-    manifest = {"impl": impl, "part": "decoder", "device": "cpu", "dtype": "float32", "runner": runner.facts(),
-                "model": loaded.manifest(), "input": encoder_input.provenance, "taps": taps,
-                "injected": [{"name": f.name, "first_op": f.first_op_for(loaded.dims.n_text_layer),
-                              "description": f.description} for f in faults],
-                "encoder": {"impl": encoder, "injected": [f.name for f in enc_faults],
-                            "ln_post_sha256": sha256_array(np.asarray(features, np.float32))},
-                "versions": versions()}  # fmt: skip
+    manifest = {
+        "impl": impl,
+        "part": "decoder",
+        "device": "cpu",
+        "dtype": "float32",
+        "runner": runner.facts(),
+        "model": loaded.manifest(),
+        "input": encoder_input.provenance,
+        "taps": taps,
+        "injected": [
+            {"name": f.name, "first_op": f.first_op_for(loaded.dims.n_text_layer), "description": f.description}
+            for f in faults
+        ],
+        "encoder": {
+            "impl": encoder,
+            "injected": [f.name for f in enc_faults],
+            "ln_post_sha256": sha256_array(np.asarray(features, np.float32)),
+        },
+        "versions": versions(),
+    }
     with TraceWriter(out, manifest) as writer:
         writer.record(DECODER_INPUT, np.asarray(features, np.float32))
-        facts = teacher_forced(runner, features, sequence, len(prompt), loaded.dims,
-                               lambda n, v: writer.record(n, v) if n in tap_names else None, incremental=incremental)  # fmt: skip
-        writer.manifest["decoder"] = {"tokens": sequence, "prompt_length": len(prompt), "token_source": source,
-                                      "mode": "incremental (KV cache)" if incremental else "full sequence",
-                                      "argmax": facts["argmax"], "margin": facts["margin"], "steps": facts["steps"]}  # fmt: skip
-        writer.manifest["run"] = {"started": started.isoformat(timespec="seconds"),
-                                  "total_seconds": round(time.perf_counter() - t0, 3),
-                                  "decoder_seconds": facts["decoder_seconds"]}  # fmt: skip
+        facts = teacher_forced(
+            runner,
+            features,
+            sequence,
+            len(prompt),
+            loaded.dims,
+            lambda n, v: writer.record(n, v) if n in tap_names else None,
+            incremental=incremental,
+        )
+        writer.manifest["decoder"] = {
+            "tokens": sequence,
+            "prompt_length": len(prompt),
+            "token_source": source,
+            "mode": "incremental (KV cache)" if incremental else "full sequence",
+            "argmax": facts["argmax"],
+            "margin": facts["margin"],
+            "steps": facts["steps"],
+        }
+        writer.manifest["run"] = {
+            "started": started.isoformat(timespec="seconds"),
+            "total_seconds": round(time.perf_counter() - t0, 3),
+            "decoder_seconds": facts["decoder_seconds"],
+        }
     return load_trace(out)

@@ -43,7 +43,9 @@ class Fault:
     mel: Callable[[np.ndarray], np.ndarray] | None = None  # input-side bug
     diagnosis: str = ""  # the finding kind `compare` names it by (tests/test_max_encoder.py checks)
     decoder: Callable | None = None  # (max_decoder.DecoderControls) -> None: a decoder bug
-    first_position: int | str | None = None  # decoder bugs: the first token position it acts at ("prompt": the first cached step)
+    first_position: int | str | None = (
+        None  # decoder bugs: the first token position it acts at ("prompt": the first cached step)
+    )
 
     def first_op_for(self, n_layer: int) -> str:
         return self.first_op.format(b=target_block(n_layer))
@@ -63,33 +65,129 @@ def _set(**values):
 FAULTS: dict[str, Fault] = {
     f.name: f
     for f in [
-        Fault("mel-frontend", "mel", "log-mel from another audio library's normalisation (power_to_db, ref=max, [-80, 0] dB) instead of Whisper's frontend", mel=librosa_style_mel, diagnosis="input_mismatch"),
-        Fault("conv-middle-tap", "conv1", "conv1 uses only the centre kernel tap", _set(conv1_taps=(0.0, 1.0, 0.0)), diagnosis="conv_kernel"),
-        Fault("no-pos-embed", "pos_embed", "positional embedding not added", _set(pos_scale=0.0), diagnosis="positional"),
-        Fault("ln-eps", "blocks.0.attn_ln", "layer-norm epsilon 1e-3 instead of 1e-5", _set(ln_eps=1e-3), diagnosis="layer_norm_eps"),
-        Fault("attn-scale", "blocks.0.attn.weights", "scores scaled by 1/d_head instead of 1/sqrt(d_head) (shows at blocks.0.attn.wv when probabilities are not tapped)",
-              lambda c: setattr(c, "qk_scale", (c.n_state // c.n_head) ** -0.5), diagnosis="attention_scale"),  # fmt: skip
-        Fault("gelu-tanh", "blocks.0.mlp.gelu", "tanh-approximate GELU in the MLP", _set(gelu_tanh=1.0), diagnosis="activation_approx"),
-        Fault("kv-swap", "blocks.{b}.attn.k", "key and value projections swapped in one block", _set(kv_swap=lambda n: _per_block(n, 1.0, 0.0)), diagnosis="swapped_projections"),
-        Fault("drop-residual", "blocks.{b}.out", "one block's MLP residual dropped", _set(mlp_residual=lambda n: _per_block(n, 0.0, 1.0)), diagnosis="missing_residual"),
-        Fault("half-precision-block", "blocks.{b}.attn_ln", "one block's activations stored in float16", _set(half_block=lambda n: _per_block(n, 1.0, 0.0)), diagnosis="precision"),
-        Fault("missing-ln-post", "ln_post", "the final layer norm is skipped", _set(ln_post_skip=1.0), diagnosis="missing_op"),
-        Fault("variance-rescale", "ln_post", "ln_post replaced by one whole-tensor rescale to mean 0, std 1: the statistics match, the features do not", _set(ln_post_rescale=1.0), diagnosis="scale_mismatch"),
+        Fault(
+            "mel-frontend",
+            "mel",
+            "log-mel from another audio library's normalisation (power_to_db, ref=max, [-80, 0] dB) instead of Whisper's frontend",
+            mel=librosa_style_mel,
+            diagnosis="input_mismatch",
+        ),
+        Fault(
+            "conv-middle-tap",
+            "conv1",
+            "conv1 uses only the centre kernel tap",
+            _set(conv1_taps=(0.0, 1.0, 0.0)),
+            diagnosis="conv_kernel",
+        ),
+        Fault(
+            "no-pos-embed", "pos_embed", "positional embedding not added", _set(pos_scale=0.0), diagnosis="positional"
+        ),
+        Fault(
+            "ln-eps",
+            "blocks.0.attn_ln",
+            "layer-norm epsilon 1e-3 instead of 1e-5",
+            _set(ln_eps=1e-3),
+            diagnosis="layer_norm_eps",
+        ),
+        Fault(
+            "attn-scale",
+            "blocks.0.attn.weights",
+            "scores scaled by 1/d_head instead of 1/sqrt(d_head) (shows at blocks.0.attn.wv when probabilities are not tapped)",
+            lambda c: setattr(c, "qk_scale", (c.n_state // c.n_head) ** -0.5),
+            diagnosis="attention_scale",
+        ),
+        Fault(
+            "gelu-tanh",
+            "blocks.0.mlp.gelu",
+            "tanh-approximate GELU in the MLP",
+            _set(gelu_tanh=1.0),
+            diagnosis="activation_approx",
+        ),
+        Fault(
+            "kv-swap",
+            "blocks.{b}.attn.k",
+            "key and value projections swapped in one block",
+            _set(kv_swap=lambda n: _per_block(n, 1.0, 0.0)),
+            diagnosis="swapped_projections",
+        ),
+        Fault(
+            "drop-residual",
+            "blocks.{b}.out",
+            "one block's MLP residual dropped",
+            _set(mlp_residual=lambda n: _per_block(n, 0.0, 1.0)),
+            diagnosis="missing_residual",
+        ),
+        Fault(
+            "half-precision-block",
+            "blocks.{b}.attn_ln",
+            "one block's activations stored in float16",
+            _set(half_block=lambda n: _per_block(n, 1.0, 0.0)),
+            diagnosis="precision",
+        ),
+        Fault(
+            "missing-ln-post",
+            "ln_post",
+            "the final layer norm is skipped",
+            _set(ln_post_skip=1.0),
+            diagnosis="missing_op",
+        ),
+        Fault(
+            "variance-rescale",
+            "ln_post",
+            "ln_post replaced by one whole-tensor rescale to mean 0, std 1: the statistics match, the features do not",
+            _set(ln_post_rescale=1.0),
+            diagnosis="scale_mismatch",
+        ),
     ]
-}  # fmt: skip
+}
 
 # Decoder bugs: run-time switches of the one compiled MAX decoder graph (max_decoder.DecoderControls);
 # `trace-decoder --inject NAME`. Kept apart from FAULTS (the encoder's), which `trace --inject` takes.
 DECODER_FAULTS: dict[str, Fault] = {
     f.name: f
     for f in [
-        Fault("kv-cache-off-by-one", "decoder.blocks.0.attn.weights", "each cached step attends to the KV cache without its newest entry (the cache read one short)", decoder=_set(kv_off_by_one=1.0), diagnosis="kv_cache", first_position="prompt"),
-        Fault("pos-restart", "decoder.pos_embed", "positions restart at 0 at every decoding step", decoder=_set(pos_restart=1.0), diagnosis="positional", first_position="prompt"),
-        Fault("no-causal-mask", "decoder.blocks.0.attn.weights", "self-attention without the causal mask: a position sees the tokens after it", decoder=_set(no_causal_mask=1.0), diagnosis="causal_mask", first_position=0),
-        Fault("cross-kv-block0", "decoder.blocks.{b}.cross_attn.k", "every block's cross-attention uses block 0's K/V projections of the encoder output", decoder=_set(cross_kv_block0=1.0), diagnosis="wrong_weight", first_position=0),
-        Fault("skip-decoder-ln", "decoder.ln", "the decoder's final layer norm is skipped", decoder=_set(ln_skip=1.0), diagnosis="missing_op", first_position=0),
+        Fault(
+            "kv-cache-off-by-one",
+            "decoder.blocks.0.attn.weights",
+            "each cached step attends to the KV cache without its newest entry (the cache read one short)",
+            decoder=_set(kv_off_by_one=1.0),
+            diagnosis="kv_cache",
+            first_position="prompt",
+        ),
+        Fault(
+            "pos-restart",
+            "decoder.pos_embed",
+            "positions restart at 0 at every decoding step",
+            decoder=_set(pos_restart=1.0),
+            diagnosis="positional",
+            first_position="prompt",
+        ),
+        Fault(
+            "no-causal-mask",
+            "decoder.blocks.0.attn.weights",
+            "self-attention without the causal mask: a position sees the tokens after it",
+            decoder=_set(no_causal_mask=1.0),
+            diagnosis="causal_mask",
+            first_position=0,
+        ),
+        Fault(
+            "cross-kv-block0",
+            "decoder.blocks.{b}.cross_attn.k",
+            "every block's cross-attention uses block 0's K/V projections of the encoder output",
+            decoder=_set(cross_kv_block0=1.0),
+            diagnosis="wrong_weight",
+            first_position=0,
+        ),
+        Fault(
+            "skip-decoder-ln",
+            "decoder.ln",
+            "the decoder's final layer norm is skipped",
+            decoder=_set(ln_skip=1.0),
+            diagnosis="missing_op",
+            first_position=0,
+        ),
     ]
-}  # fmt: skip
+}
 
 
 def get_faults(names: list[str] | None, part: str = "encoder") -> list[Fault]:
@@ -99,7 +197,9 @@ def get_faults(names: list[str] | None, part: str = "encoder") -> list[Fault]:
         if name not in every:
             raise WhisperdiffError(f"unknown fault {name!r}; `whisperdiff faults` lists them: {', '.join(every)}")
         if (every[name].decoder is not None) != (part == "decoder"):
-            other = "trace-decoder --inject" if part == "encoder" else "trace --inject (or trace-decoder --encoder-inject)"
+            other = (
+                "trace-decoder --inject" if part == "encoder" else "trace --inject (or trace-decoder --encoder-inject)"
+            )
             raise WhisperdiffError(f"{name!r} is not an {part} fault; use it with `whisperdiff {other}`")
         faults.append(every[name])
     return faults

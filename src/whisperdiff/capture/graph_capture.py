@@ -107,7 +107,6 @@ def _library_dirs() -> tuple[str, ...]:
     """Where frames are not the user's: MAX's internals (not its pipelines: a port), whisperdiff, the stdlib."""
     global _SKIP
     if _SKIP is None:
-
         import max.graph
 
         top = os.path.dirname(os.path.dirname(max.graph.__file__))
@@ -177,16 +176,27 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         module, where = self._where()
         name = _op_name(op)
         operands = list(args) + list(kwargs.values())
-        weighty = any(isinstance(a, Weight) or getattr(self._by_id.get(_key(a)), "op", "").startswith("constant")
-                      for a in operands)  # fmt: skip
+        weighty = any(
+            isinstance(a, Weight) or getattr(self._by_id.get(_key(a)), "op", "").startswith("constant")
+            for a in operands
+        )
         for result in results:
             if not isinstance(result, TensorValue):
                 continue
             n = self._counts.get((module, name), 0)
             self._counts[(module, name)] = n + 1
             key = f"{module}:{name}#{n}" if module else f"{name}#{n}"
-            c = Captured(len(self.values), key, name, shape_of(result), str(result.dtype).removeprefix("DType."),
-                         module, where, from_weight=weighty or name in ("constant", "weight"), value=result)  # fmt: skip
+            c = Captured(
+                len(self.values),
+                key,
+                name,
+                shape_of(result),
+                str(result.dtype).removeprefix("DType."),
+                module,
+                where,
+                from_weight=weighty or name in ("constant", "weight"),
+                value=result,
+            )
             self.values.append(c)
             self._by_id[_key(result)] = c
 
@@ -287,16 +297,20 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
             shapes = {tuple(s.shape) for s in op_specs(dims) if s.name != "mel" and not s.optional}
             # a symbolic batch axis is 1 in a trace (one 30 s window); other symbolic axes fit nothing
             runs = [(c, (1, *c.shape[1:]) if c.shape and isinstance(c.shape[0], str) else c.shape) for c in floats]
-            return [c for c, shape in runs if all(isinstance(d, int) for d in shape)
-                    and any(layout_view(s, shape) for s in shapes)]  # fmt: skip
+            return [
+                c
+                for c, shape in runs
+                if all(isinstance(d, int) for d in shape) and any(layout_view(s, shape) for s in shapes)
+            ]
         from whisperdiff.analysis.maps import pattern_regex
 
         patterns = [what] if isinstance(what, str) else list(what)
         regexes = [pattern_regex(p.strip()) for p in patterns for p in p.split(",") if p.strip()]
         chosen = [c for c in floats if any(r.fullmatch(c.key) for r in regexes)]
         if not chosen:
-            raise WhisperdiffError(f"{what!r} matches no captured value; keys look like "
-                                   f"{', '.join(c.key for c in floats[:3])}")  # fmt: skip
+            raise WhisperdiffError(
+                f"{what!r} matches no captured value; keys look like {', '.join(c.key for c in floats[:3])}"
+            )
         return chosen
 
     def outputs(self, what: str | list[str] = "canonical", dims=None) -> list:
@@ -307,7 +321,9 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         self.chosen = self.select(what, dims)
         was, self._recording = self._recording, False  # the casts are ours, not the user's
         try:
-            return [c.value if c.value.dtype == DType.float32 else ops.cast(c.value, DType.float32) for c in self.chosen]
+            return [
+                c.value if c.value.dtype == DType.float32 else ops.cast(c.value, DType.float32) for c in self.chosen
+            ]
         finally:
             self._recording = was
 
@@ -317,16 +333,32 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         results = list(results)[self.n_outputs or 0 :] if self._select is not None else list(results)
         chosen = getattr(self, "chosen", None)
         if chosen is None or len(results) != len(chosen):
-            raise WhisperdiffError(f"got {len(results)} results for {len(chosen or [])} chosen values; pass the "
-                                   "outputs after your own")  # fmt: skip
-        return {c.key: (r.to_numpy() if hasattr(r, "to_numpy") else np.asarray(r)) for c, r in zip(chosen, results, strict=True)}
+            raise WhisperdiffError(
+                f"got {len(results)} results for {len(chosen or [])} chosen values; pass the outputs after your own"
+            )
+        return {
+            c.key: (r.to_numpy() if hasattr(r, "to_numpy") else np.asarray(r))
+            for c, r in zip(chosen, results, strict=True)
+        }
 
     def table(self) -> list[dict]:
         return [c.describe() for c in self.values]
 
 
-def trace_captured(out, cap: capture, execute, *, model, impl: str, reference=None, saved: dict | None = None,
-                   map_path=None, info: dict | None = None, weights: dict | None = None, untapped=None):  # fmt: skip
+def trace_captured(
+    out,
+    cap: capture,
+    execute,
+    *,
+    model,
+    impl: str,
+    reference=None,
+    saved: dict | None = None,
+    map_path=None,
+    info: dict | None = None,
+    weights: dict | None = None,
+    untapped=None,
+):
     """Run the compiled graph on the Tracer's mel, line the captured values up with the canonical ops
     (automap) and write them as a trace. execute(mel) -> the graph's results. Returns the AutoMap.
 
@@ -346,15 +378,18 @@ def trace_captured(out, cap: capture, execute, *, model, impl: str, reference=No
             t._writer.manifest["runner"]["observer_effect"] = {
                 "output": "the graph's own first output, tapped vs untapped",
                 "max_abs": float(np.abs(own - plain).max()),
-                "rel_l2": float(np.linalg.norm(own - plain) / max(np.linalg.norm(plain), 1e-30))}  # fmt: skip
+                "rel_l2": float(np.linalg.norm(own - plain) / max(np.linalg.norm(plain), 1e-30)),
+            }
         amap = automap(cap.values, values, reference=reference, dims=t.model.dims, saved=saved)
         for name, value in amap.canonical_values(values).items():
             t.record(name, value)
         t._writer.manifest["runner"]["capture"] = {
-            "captured": len(cap.values), "outputs": len(values), "summary": amap.summary(),
+            "captured": len(cap.values),
+            "outputs": len(values),
+            "summary": amap.summary(),
             "unmatched": amap.unmatched,
             "low_confidence": {m.name: f"{m.basis} {m.confidence:.2f}" for m in amap.matches if m.confidence < 0.9},
-        }  # fmt: skip
+        }
     if map_path is not None:
         amap.write(map_path, weights)
     return amap

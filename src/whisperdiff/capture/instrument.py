@@ -37,8 +37,11 @@ class instrument:  # noqa: N801 - used like a function: `with wd.instrument(modu
         names = names or {}
         self.exact = {k: v for k, v in names.items() if "*" not in k}
         # In module paths `*` is one path segment: "blocks.*" is a block, not everything under it.
-        self.rules = [(re.compile("^" + "([^.]+)".join(re.escape(p) for p in k.split("*")) + "$"), v)
-                      for k, v in names.items() if "*" in k]  # fmt: skip
+        self.rules = [
+            (re.compile("^" + "([^.]+)".join(re.escape(p) for p in k.split("*")) + "$"), v)
+            for k, v in names.items()
+            if "*" in k
+        ]
         self.keep_paths = not names or include_unnamed
         self._taps: list[tuple[str, object]] = []
 
@@ -94,5 +97,10 @@ class instrument:  # noqa: N801 - used like a function: `with wd.instrument(modu
         """Pair the executed graph's tap outputs (in order) with their names, as numpy arrays."""
         results = list(results)
         if len(results) != len(self._taps):
-            raise WhisperdiffError(f"got {len(results)} results for {len(self._taps)} taps; pass the outputs after your own")
-        return {name: (r.to_numpy() if hasattr(r, "to_numpy") else np.asarray(r)) for name, r in zip(self.names, results, strict=True)}
+            raise WhisperdiffError(
+                f"got {len(results)} results for {len(self._taps)} taps; pass the outputs after your own"
+            )
+        return {
+            name: (r.to_numpy() if hasattr(r, "to_numpy") else np.asarray(r))
+            for name, r in zip(self.names, results, strict=True)
+        }

@@ -121,8 +121,11 @@ class ResidualAttentionBlock:
         h = t("cross_attn_ln", self.cross_attn_ln(x))
         q = t("cross_attn.q", self.cross_attn.query(h))
         own = (self.cross_attn.key(xa), self.cross_attn.value(xa))
-        ck, cv = own if cross_kv0 is None else (mix(cx.cross_kv_block0, own[0], cross_kv0[0]),
-                                                mix(cx.cross_kv_block0, own[1], cross_kv0[1]))  # fmt: skip
+        ck, cv = (
+            own
+            if cross_kv0 is None
+            else (mix(cx.cross_kv_block0, own[0], cross_kv0[0]), mix(cx.cross_kv_block0, own[1], cross_kv0[1]))
+        )
         ck, cv = t("cross_attn.k", ck), t("cross_attn.v", cv)
         wv = t("cross_attn.wv", self.cross_attn.attend(q, ck, cv, None, lambda w: t("cross_attn.weights", w)))
         x = t("cross_attn_residual", x + t("cross_attn.out", self.cross_attn.out(wv)))
@@ -179,9 +182,13 @@ def build_decoder_graph(dims, taps: list[str], device: DeviceRef | None = None) 
     c, n = d.n_text_state, d.n_text_layer
     cache = TensorType(f, [n, 1, "n_past", c], device=device)
     scalar = TensorType(f, [], device=device)
-    inputs = [TensorType(DType.int64, [1, "n_new"], device=device),
-              TensorType(f, [1, d.n_audio_ctx, d.n_audio_state], device=device), cache, cache,
-              *[scalar] * len(DecoderControls.NAMES)]  # fmt: skip
+    inputs = [
+        TensorType(DType.int64, [1, "n_new"], device=device),
+        TensorType(f, [1, d.n_audio_ctx, d.n_audio_state], device=device),
+        cache,
+        cache,
+        *[scalar] * len(DecoderControls.NAMES),
+    ]
     key = f"whisper_decoder_{d.n_vocab}_{d.n_text_ctx}_{c}_{d.n_text_head}_{n}_{d.n_audio_ctx}"
     with Graph(key, input_types=inputs) as graph:
         tokens, xa, past_k, past_v, *controls = (v.tensor for v in graph.inputs)
@@ -193,8 +200,11 @@ def build_decoder_graph(dims, taps: list[str], device: DeviceRef | None = None) 
 
 def decoder_weights(model) -> dict:
     """The decoder's state dict in float32, as the graph's Weights expect it."""
-    return {name: t.detach().cpu().float().contiguous().numpy()
-            for name, t in model.state_dict.items() if name.startswith("decoder.")}  # fmt: skip
+    return {
+        name: t.detach().cpu().float().contiguous().numpy()
+        for name, t in model.state_dict.items()
+        if name.startswith("decoder.")
+    }
 
 
 class MaxDecoderRunner:
@@ -233,9 +243,14 @@ class MaxDecoderRunner:
             fault.decoder(self.controls)
 
     def facts(self) -> dict:
-        return {"device": self.device, "dtype": "float32", "decoder": "whisperdiff.capture.max_decoder (MAX Graph)",
-                "compile_seconds": round(self.compile_seconds, 3), "compile_cache_hit": self.cache_hit,
-                "faults": [f.name for f in self.faults]}  # fmt: skip
+        return {
+            "device": self.device,
+            "dtype": "float32",
+            "decoder": "whisperdiff.capture.max_decoder (MAX Graph)",
+            "compile_seconds": round(self.compile_seconds, 3),
+            "compile_cache_hit": self.cache_hit,
+            "faults": [f.name for f in self.faults],
+        }
 
     def start(self, features: np.ndarray) -> None:
         d = self.loaded.dims

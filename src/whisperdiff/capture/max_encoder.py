@@ -90,24 +90,52 @@ class Controls:
         return all(np.array_equal(a, b) for a, b in zip(self.arrays(), d.arrays(), strict=True))
 
 
-CONTROL_NAMES = ("pos_scale", "conv1_taps", "q_scale", "ln_eps_bug", "ln_eps_on", "gelu_tanh", "ln_post_skip",
-                 "ln_post_rescale", "kv_swap", "mlp_residual", "half_block")  # fmt: skip
+CONTROL_NAMES = (
+    "pos_scale",
+    "conv1_taps",
+    "q_scale",
+    "ln_eps_bug",
+    "ln_eps_on",
+    "gelu_tanh",
+    "ln_post_skip",
+    "ln_post_rescale",
+    "kv_swap",
+    "mlp_residual",
+    "half_block",
+)
 
 
 def control_types(n_layer: int, device: DeviceRef) -> list[TensorType]:
     f = DType.float32
     scalar = TensorType(f, [], device=device)
     per_block = TensorType(f, [n_layer], device=device)
-    return [scalar, TensorType(f, [1, 3, 1, 1], device=device), scalar, scalar, scalar, scalar, scalar, scalar,
-            per_block, per_block, per_block]  # fmt: skip
+    return [
+        scalar,
+        TensorType(f, [1, 3, 1, 1], device=device),
+        scalar,
+        scalar,
+        scalar,
+        scalar,
+        scalar,
+        scalar,
+        per_block,
+        per_block,
+        per_block,
+    ]
 
 
 class Context:
     """What every module needs while the graph is built: dtype, device, the tap sink and, in the debug
     graph only, the run-time controls (`self.debug`)."""
 
-    def __init__(self, dtype: DType, device: DeviceRef, taps: set[str], controls: list[TensorValue] | None = None,
-                 patch: tuple[list[str], TensorValue, list[TensorValue]] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        dtype: DType,
+        device: DeviceRef,
+        taps: set[str],
+        controls: list[TensorValue] | None = None,
+        patch: tuple[list[str], TensorValue, list[TensorValue]] | None = None,
+    ):
         self.dtype, self.device, self.taps = dtype, device, taps
         self.ln_eps = ops.constant(LN_EPS, DType.float32, device)
         self.debug = controls is not None
@@ -211,8 +239,14 @@ class Conv1d:
         cx = self.cx
         b, t, c = x.shape
         weight = self.weight * taps if taps is not None else self.weight
-        y = ops.conv2d(cx.float32(ops.reshape(x, [b, 1, t, c])), cx.float32(weight), stride=(1, self.stride),
-                       padding=(0, 0, 1, 1), bias=cx.float32(self.bias), filter_layout=FilterLayout.RSCF)  # fmt: skip
+        y = ops.conv2d(
+            cx.float32(ops.reshape(x, [b, 1, t, c])),
+            cx.float32(weight),
+            stride=(1, self.stride),
+            padding=(0, 0, 1, 1),
+            bias=cx.float32(self.bias),
+            filter_layout=FilterLayout.RSCF,
+        )
         return cx.compute(ops.reshape(y, [y.shape[0], y.shape[2], y.shape[3]]))
 
 
@@ -267,17 +301,21 @@ class ResidualAttentionBlock:
         cx, i = self.cx, self.i
 
         def half(y: TensorValue) -> TensorValue:  # the half-precision-block bug: float16 storage of activations
-            return cx.bug(cx.half_block[i] if cx.debug else None, y,
-                          lambda: ops.cast(ops.cast(y, DType.float16), cx.dtype))  # fmt: skip
+            return cx.bug(
+                cx.half_block[i] if cx.debug else None, y, lambda: ops.cast(ops.cast(y, DType.float16), cx.dtype)
+            )
 
         # Rounded before the tap: a trace records (and a patch replaces) the value the block stores.
         x = half(x)
         x = cx.tap(
-            block_op(i, "attn_residual"), half(x + self.attn(cx.tap(block_op(i, "attn_ln"), half(self.attn_ln(x))), i, half))
+            block_op(i, "attn_residual"),
+            half(x + self.attn(cx.tap(block_op(i, "attn_ln"), half(self.attn_ln(x))), i, half)),
         )
         h = cx.tap(block_op(i, "mlp_ln"), half(self.mlp_ln(x)))
         h = cx.tap(block_op(i, "mlp.fc1"), half(self.mlp_fc1(h)))
-        h = cx.tap(block_op(i, "mlp.gelu"), half(cx.bug("gelu_tanh", ops.gelu(h), lambda: ops.gelu(h, approximate="tanh"))))
+        h = cx.tap(
+            block_op(i, "mlp.gelu"), half(cx.bug("gelu_tanh", ops.gelu(h), lambda: ops.gelu(h, approximate="tanh")))
+        )
         h = cx.tap(block_op(i, "mlp.fc2"), half(self.mlp_fc2(h)))
         residual = cx.mlp_residual[i] * x if cx.debug else x  # the drop-residual bug; 1.0 * x (exact) when clean
         return cx.tap(block_op(i, "out"), half(h + residual))
@@ -331,8 +369,12 @@ def patch_types(dims, device: DeviceRef) -> list[TensorType]:
     """Flags (one per patch point) and one float32 override per activation shape, time-major."""
     d, f = dims, DType.float32
     t, c = d.n_audio_ctx, d.n_audio_state
-    return [TensorType(f, [len(patch_points(d))], device=device), TensorType(f, [1, 2 * t, c], device=device),
-            TensorType(f, [1, t, c], device=device), TensorType(f, [1, t, 4 * c], device=device)]  # fmt: skip
+    return [
+        TensorType(f, [len(patch_points(d))], device=device),
+        TensorType(f, [1, 2 * t, c], device=device),
+        TensorType(f, [1, t, c], device=device),
+        TensorType(f, [1, t, 4 * c], device=device),
+    ]
 
 
 def build_graph(

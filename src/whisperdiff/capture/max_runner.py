@@ -74,8 +74,16 @@ class MaxRunner:
 
     impl = "max"
 
-    def __init__(self, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None, faults=(),
-                 patchable: bool = False, debug: bool | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        device: str = "auto",
+        dtype: str = "float32",
+        taps: list[str] | None = None,
+        faults=(),
+        patchable: bool = False,
+        debug: bool | None = None,
+    ):
         """debug: None picks the graph (debug when a fault sets a control or patching is asked); True forces it."""
         from max import engine
         from max.dtype import DType
@@ -101,7 +109,11 @@ class MaxRunner:
         graph, self.outputs = build_graph(d, graph_taps, getattr(DType, dtype), graph_device, debug=self.debug)
         # Patching inputs, all zero (no patch) until run(patch=...) fills one override and raises one flag.
         self.patch_points = patch_points(d) if patchable else []
-        self._patch_inputs = [np.zeros([int(x) for x in t.shape], np.float32) for t in patch_types(d, graph_device)] if self.debug else []
+        self._patch_inputs = (
+            [np.zeros([int(x) for x in t.shape], np.float32) for t in patch_types(d, graph_device)]
+            if self.debug
+            else []
+        )
         before = _cache_entries()
         start = time.perf_counter()
         session = engine.InferenceSession(devices=[self.driver_device])
@@ -110,9 +122,14 @@ class MaxRunner:
         self.cache_hit = _cache_entries() == before
 
     def facts(self) -> dict:
-        return {"device": self.device, "dtype": self.dtype, "encoder": "whisperdiff.capture.max_encoder (MAX Graph)",
-                "graph": "debug" if self.debug else "clean",
-                "compile_seconds": round(self.compile_seconds, 3), "compile_cache_hit": self.cache_hit}  # fmt: skip
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "encoder": "whisperdiff.capture.max_encoder (MAX Graph)",
+            "graph": "debug" if self.debug else "clean",
+            "compile_seconds": round(self.compile_seconds, 3),
+            "compile_cache_hit": self.cache_hit,
+        }
 
     def run(self, mel: np.ndarray, record: Record, patch: tuple[str, np.ndarray] | None = None) -> dict:
         """patch: (canonical op, value in canonical layout) to substitute for that op's value (patchable runners)."""
@@ -125,7 +142,9 @@ class MaxRunner:
         if patch is not None:
             name, value = patch
             if name not in self.patch_points:
-                raise WhisperdiffError(f"the MAX encoder cannot patch {name!r}; patch points: {', '.join(self.patch_points[:6])}, ...")
+                raise WhisperdiffError(
+                    f"the MAX encoder cannot patch {name!r}; patch points: {', '.join(self.patch_points[:6])}, ..."
+                )
             value = np.asarray(value, np.float32)
             if name in CHANNELS_FIRST_TAPS:
                 value = value.transpose(0, 2, 1)

@@ -36,8 +36,10 @@ def load_factory(spec: str):
         found = [ep for ep in entry_points(group=GROUP) if ep.name == spec]
         if not found:
             installed = sorted(ep.name for ep in entry_points(group=GROUP))
-            raise WhisperdiffError(f"unknown implementation {spec!r}; use torch, max, module.path:factory, "
-                                   f"file.py:factory or an installed plugin ({', '.join(installed) or 'none installed'})")  # fmt: skip
+            raise WhisperdiffError(
+                f"unknown implementation {spec!r}; use torch, max, module.path:factory, "
+                f"file.py:factory or an installed plugin ({', '.join(installed) or 'none installed'})"
+            )
         return found[0].load()
     where, attr = spec.rsplit(":", 1)
     try:

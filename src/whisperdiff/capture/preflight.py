@@ -80,8 +80,10 @@ def _frame_where(tb, not_of=None) -> tuple[str, str]:
         f = tb.tb_frame
         owner = f.f_locals.get("self", not_of)
         if owner is not not_of and f.f_code.co_filename.find(os.sep + "whisperdiff" + os.sep) < 0:
-            found = (f"{type(f.f_locals['self']).__name__}.{f.f_code.co_name}",
-                     f"{os.path.basename(f.f_code.co_filename)}:{tb.tb_lineno}")  # fmt: skip
+            found = (
+                f"{type(f.f_locals['self']).__name__}.{f.f_code.co_name}",
+                f"{os.path.basename(f.f_code.co_filename)}:{tb.tb_lineno}",
+            )
         tb = tb.tb_next
     return found
 
@@ -100,9 +102,14 @@ def check_construction(factory, report: PreflightReport):
         tokens = [t for t in attr.split("_") if len(t) > 1]
         close = [a for a in have if any(t in a.split("_") for t in tokens)] or difflib.get_close_matches(attr, have, 3)
         shown = ", ".join(f"{a}={getattr(obj, a)!r}" for a in close[:3] if not callable(getattr(obj, a, None)))
-        report.add("config", attr, f"{where} ({line}) reads {type(obj).__name__}.{attr}, which this "
-                   f"{type(obj).__name__} does not have" + (f" (it has {shown})" if shown else "") +
-                   f": set {attr} on the config object, or read the attribute it has")  # fmt: skip
+        report.add(
+            "config",
+            attr,
+            f"{where} ({line}) reads {type(obj).__name__}.{attr}, which this "
+            f"{type(obj).__name__} does not have"
+            + (f" (it has {shown})" if shown else "")
+            + f": set {attr} on the config object, or read the attribute it has",
+        )
         return None
 
 
@@ -120,10 +127,14 @@ def check_weights(module, reference: dict[str, np.ndarray], report: PreflightRep
     foreign = [m for m in wmap.matches if m.port not in plain]
     if foreign:
         m = next((m for m in foreign if "blocks." in m.reference), foreign[0])
-        report.add("weight-names", "", f"{len(foreign) + len([k for k in wmap.unmatched_port if k not in plain])} of "
-                   f"the module's {len(declared)} weight names are no checkpoint name (the module's {m.port} is the "
-                   f"checkpoint's {m.reference}), and nothing maps them: whisperdiff proposes a map by shape and name "
-                   f"({len(wmap.matches)} of {len(ref)} matched) and loads the checkpoint through it")  # fmt: skip
+        report.add(
+            "weight-names",
+            "",
+            f"{len(foreign) + len([k for k in wmap.unmatched_port if k not in plain])} of "
+            f"the module's {len(declared)} weight names are no checkpoint name (the module's {m.port} is the "
+            f"checkpoint's {m.reference}), and nothing maps them: whisperdiff proposes a map by shape and name "
+            f"({len(wmap.matches)} of {len(ref)} matched) and loads the checkpoint through it",
+        )
     groups: dict[tuple, list] = {}
     for m in wmap.matches:
         if m.layout not in ("as is", "reshaped") and m.part is None:
@@ -135,13 +146,21 @@ def check_weights(module, reference: dict[str, np.ndarray], report: PreflightRep
         declared_axes = [names[inv[j]] for j in range(ndim)] if ndim in _AXES else None
         what = ", ".join(m.port for m in ms[:3]) + (f" and {len(ms) - 3} more" if len(ms) > 3 else "")
         hint = " (the weight map does), or use Conv1D(permute=True)" if ndim == 3 else " (the weight map does)"
-        report.add("weight-layout", layout, f"{what} {'is' if len(ms) == 1 else 'are'} declared "
-                   f"{_dims(declared[first.port])}" + (f" ({_dims(declared_axes)})" if declared_axes else "") +
-                   f" but the checkpoint ships {first.reference} as {_dims(ref[first.reference].shape)}"
-                   + (f" ({_dims(names)})" if ndim in _AXES else "") + f": load {'it' if len(ms) == 1 else 'them'} "
-                   f"{layout}{hint}")  # fmt: skip
+        report.add(
+            "weight-layout",
+            layout,
+            f"{what} {'is' if len(ms) == 1 else 'are'} declared "
+            f"{_dims(declared[first.port])}"
+            + (f" ({_dims(declared_axes)})" if declared_axes else "")
+            + f" but the checkpoint ships {first.reference} as {_dims(ref[first.reference].shape)}"
+            + (f" ({_dims(names)})" if ndim in _AXES else "")
+            + f": load {'it' if len(ms) == 1 else 'them'} "
+            f"{layout}{hint}",
+        )
     for name in wmap.unmatched_reference:
-        report.add("weight-names", name, f"no weight of the module fits the checkpoint's {name} {_dims(ref[name].shape)}")
+        report.add(
+            "weight-names", name, f"no weight of the module fits the checkpoint's {name} {_dims(ref[name].shape)}"
+        )
     for name in wmap.unmatched_port:
         report.add("weight-names", name, f"the module's {name} {_dims(declared[name])} fits no checkpoint weight")
     report.weight_map = wmap
@@ -168,7 +187,9 @@ def _convs(module):
 
 def _conv_reads(path, conv, x_shape, dims, report: PreflightReport, quietly: bool):
     """A Conv1D reads [B, T, C] (or [B, C, T] with permute=True): say when the input is the other way."""
-    c_in = int(conv.filter.shape[1]) * conv.num_groups if not conv.permute else int(conv.filter.shape[1]) * conv.num_groups
+    c_in = (
+        int(conv.filter.shape[1]) * conv.num_groups if not conv.permute else int(conv.filter.shape[1]) * conv.num_groups
+    )
     t_axis, c_axis = (2, 1) if conv.permute else (1, 2)
     if len(x_shape) != 3 or x_shape[c_axis] == c_in:
         return
@@ -176,10 +197,13 @@ def _conv_reads(path, conv, x_shape, dims, report: PreflightReport, quietly: boo
         return
     mel = dims is not None and (x_shape[1] == dims.n_mels or "mel" in str(x_shape[1]))
     wants = "[B, C, T]" if conv.permute else "[B, T, C]"
-    msg = (f"{path} reads {_dims(x_shape)} as {x_shape[t_axis]} time steps of {x_shape[c_axis]} channels"
-           + (": Whisper's mel is [B, n_mels, T]" if mel else "") + f"; this Conv1D wants {wants}"
-           + (" (with a symbolic input it builds, and slides over the wrong axis)" if quietly else "")
-           + ("; transpose its input, or Conv1D(permute=True)" if not conv.permute else ""))  # fmt: skip
+    msg = (
+        f"{path} reads {_dims(x_shape)} as {x_shape[t_axis]} time steps of {x_shape[c_axis]} channels"
+        + (": Whisper's mel is [B, n_mels, T]" if mel else "")
+        + f"; this Conv1D wants {wants}"
+        + (" (with a symbolic input it builds, and slides over the wrong axis)" if quietly else "")
+        + ("; transpose its input, or Conv1D(permute=True)" if not conv.permute else "")
+    )
     report.add("conv-layout", path, msg)
 
 
@@ -205,21 +229,38 @@ def _build_error(cap, exc, dims, report: PreflightReport, path_calls):
         what = f"the {op} in {module or type(cap.module).__name__} at {where}"
         if len(a) >= 2 and len(b) >= 2 and tuple(a[-2:]) == tuple(b[-2:][::-1]):
             hint = _commented(where, "permute")
-            report.add("permute", where, f"{what} adds {_dims(a)} (channels first, [B, C, T]) to {_dims(b)} ([T, C]): "
-                       "permute it to [B, T, C] first (Whisper: x.permute(0, 2, 1))" + hint)  # fmt: skip
+            report.add(
+                "permute",
+                where,
+                f"{what} adds {_dims(a)} (channels first, [B, C, T]) to {_dims(b)} ([T, C]): "
+                "permute it to [B, T, C] first (Whisper: x.permute(0, 2, 1))" + hint,
+            )
             return
         # the axis that fails: aligned from the right, a symbolic size against a fixed one other than 1
-        clash = next(((x, y) for x, y in zip(reversed(a), reversed(b), strict=False)
-                      if isinstance(x, str) != isinstance(y, str) and 1 not in (x, y)), None)  # fmt: skip
+        clash = next(
+            (
+                (x, y)
+                for x, y in zip(reversed(a), reversed(b), strict=False)
+                if isinstance(x, str) != isinstance(y, str) and 1 not in (x, y)
+            ),
+            None,
+        )
         if clash:
             sym, fixed = (clash[0], clash[1]) if isinstance(clash[0], str) else (clash[1], clash[0])
-            report.add("broadcast", where, f"{what} adds {_dims(a)} to {_dims(b)}: a symbolic length ({sym}) "
-                       f"cannot broadcast against {fixed} positions; give the graph a "
-                       f"static input length (Whisper pads every input to 30 s: {2 * dims.n_audio_ctx if dims else 3000} "
-                       "frames) or rebind that axis")  # fmt: skip
+            report.add(
+                "broadcast",
+                where,
+                f"{what} adds {_dims(a)} to {_dims(b)}: a symbolic length ({sym}) "
+                f"cannot broadcast against {fixed} positions; give the graph a "
+                f"static input length (Whisper pads every input to 30 s: {2 * dims.n_audio_ctx if dims else 3000} "
+                "frames) or rebind that axis",
+            )
             return
-    report.add("build", where, f"{module or 'the graph'} at {where}: {op} failed on "
-               f"{', '.join(_dims(s) for s in shapes)}: {diag[:160]}")  # fmt: skip
+    report.add(
+        "build",
+        where,
+        f"{module or 'the graph'} at {where}: {op} failed on {', '.join(_dims(s) for s in shapes)}: {diag[:160]}",
+    )
 
 
 def _commented(where: str, word: str) -> str:
@@ -343,7 +384,9 @@ def preflight(factory, model, *, workaround=None, input_types=None) -> Preflight
             check_build(module, whisper_input, dims, trial, "_whatif")
             for f in trial.findings:
                 if f.kind in ("permute", "broadcast") and not any(g.kind == f.kind for g in report.findings):
-                    report.add(f.kind, f.subject, f.message + " [met once the convs take [B, C, T], Conv1D(permute=True)]")
+                    report.add(
+                        f.kind, f.subject, f.message + " [met once the convs take [B, C, T], Conv1D(permute=True)]"
+                    )
         finally:
             undo()
     return report

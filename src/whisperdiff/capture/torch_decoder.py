@@ -38,7 +38,9 @@ class TorchDecoderRunner:
         if faults:
             from whisperdiff.errors import WhisperdiffError
 
-            raise WhisperdiffError("decoder faults are run-time switches of the MAX decoder; use --impl max to inject them")
+            raise WhisperdiffError(
+                "decoder faults are run-time switches of the MAX decoder; use --impl max to inject them"
+            )
         self.loaded = model
         self.whisper = model.whisper_model("cpu", torch.float32)
         self.decoder = self.whisper.decoder
@@ -51,8 +53,12 @@ class TorchDecoderRunner:
     def facts(self) -> dict:
         import torch
 
-        return {"device": "cpu", "dtype": "float32", "threads": torch.get_num_threads(),
-                "decoder": "whisper.model.TextDecoder (unmodified, its kv_cache hooks, forward hooks)"}  # fmt: skip
+        return {
+            "device": "cpu",
+            "dtype": "float32",
+            "threads": torch.get_num_threads(),
+            "decoder": "whisper.model.TextDecoder (unmodified, its kv_cache hooks, forward hooks)",
+        }
 
     def start(self, features: np.ndarray) -> None:
         import torch
@@ -100,16 +106,22 @@ class TorchDecoderRunner:
         tap(dec.token_embedding, "decoder.tok_embed")
         tap(dec.blocks[0] if len(dec.blocks) else dec.ln, "decoder.pos_embed", pre=True)
         for i, block in enumerate(dec.blocks):
+
             def name(op, i=i):
                 return decoder_block_op(i, op)
 
-            for prefix, attn, ln in (("attn", block.attn, block.attn_ln), ("cross_attn", block.cross_attn, block.cross_attn_ln)):
+            for prefix, attn, ln in (
+                ("attn", block.attn, block.attn_ln),
+                ("cross_attn", block.cross_attn, block.cross_attn_ln),
+            ):
                 tap(ln, name(f"{prefix}_ln"))
                 tap(attn.query, name(f"{prefix}.q"))
                 tap(attn.key, name(f"{prefix}.k"))
                 tap(attn.value, name(f"{prefix}.v"))
                 if self.wants(name(f"{prefix}.weights")):
-                    handles.extend(self._attention_probabilities(attn, name(f"{prefix}.weights"), causal=prefix == "attn"))
+                    handles.extend(
+                        self._attention_probabilities(attn, name(f"{prefix}.weights"), causal=prefix == "attn")
+                    )
                 tap(attn.out, name(f"{prefix}.wv"), pre=True)
                 tap(attn.out, name(f"{prefix}.out"))
             tap(block.cross_attn_ln, name("attn_residual"), pre=True)
@@ -142,5 +154,7 @@ class TorchDecoderRunner:
             if self._record is not None:
                 self._record(name, torch.softmax(scores, dim=-1).numpy())
 
-        return [attn.query.register_forward_hook(lambda m, args, out: kept.__setitem__("q", out)),
-                attn.out.register_forward_pre_hook(emit)]  # fmt: skip
+        return [
+            attn.query.register_forward_hook(lambda m, args, out: kept.__setitem__("q", out)),
+            attn.out.register_forward_pre_hook(emit),
+        ]

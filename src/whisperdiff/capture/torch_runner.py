@@ -107,14 +107,20 @@ class TorchRunner:
         from whisperdiff.names import op_names
 
         excluded = ("mel", "conv2.gelu")
-        return [n for n in op_names(self.loaded.dims) if n not in excluded and not n.endswith(("attn.weights", "attn_residual"))]
+        return [
+            n
+            for n in op_names(self.loaded.dims)
+            if n not in excluded and not n.endswith(("attn.weights", "attn_residual"))
+        ]
 
     def run(self, mel: np.ndarray, record: Record, patch: tuple[str, np.ndarray] | None = None) -> dict:
         import torch
 
         if patch is not None and patch[0] not in self.patch_points:
             raise WhisperdiffError(f"the torch runner cannot patch {patch[0]!r} (see TorchRunner.patch_points)")
-        x = torch.from_numpy(np.array(mel, dtype=np.float32)).to(self.device, self.torch_dtype)  # a copy: mel may be a read-only memmap
+        x = torch.from_numpy(np.array(mel, dtype=np.float32)).to(
+            self.device, self.torch_dtype
+        )  # a copy: mel may be a read-only memmap
         handles = self._install_hooks(record, patch)
         try:
             with torch.inference_mode():
@@ -156,7 +162,9 @@ class TorchRunner:
                 t = seen(out)
                 return t if replace else None
 
-            handles.append(module.register_forward_pre_hook(pre_hook) if pre else module.register_forward_hook(post_hook))
+            handles.append(
+                module.register_forward_pre_hook(pre_hook) if pre else module.register_forward_hook(post_hook)
+            )
 
         tap(enc.conv1, "conv1")
         tap(enc.conv2, "conv1.gelu", pre=True)

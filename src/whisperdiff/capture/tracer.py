@@ -28,9 +28,19 @@ from whisperdiff.store.trace import TraceWriter, load_trace
 
 
 class Tracer:
-    def __init__(self, path: str | Path, *, impl: str, model=None, audio: str | Path | None = None,
-                 window: int = 0, device: str = "cpu", dtype: str = "float32", info: dict | None = None,
-                 tokens: list[int] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        impl: str,
+        model=None,
+        audio: str | Path | None = None,
+        window: int = 0,
+        device: str = "cpu",
+        dtype: str = "float32",
+        info: dict | None = None,
+        tokens: list[int] | None = None,
+    ):
         """model: a load_model spec or LoadedModel (its weights digest goes into the trace).
         audio: the input clip (default: the shipped one); its Whisper log-mel is `self.mel`. Op `mel` is
         the log-mel the port consumed: `record("mel", its_own)` first if the port computes its own (it is
@@ -48,10 +58,17 @@ class Tracer:
         self._shapes = {s.name: tuple(s.shape) for s in op_specs(self.model.dims)}
         self._decoder = self._decoder_mode(tokens)  # tokens: a decoder trace, teacher-forced on these tokens
         self._started, self._t0 = datetime.now(UTC), time.perf_counter()
-        manifest = {"impl": impl, "device": device, "dtype": dtype,
-                    "runner": {"device": device, "dtype": dtype, "encoder": f"{impl} (whisperdiff.Tracer)", **(info or {})},
-                    "model": self.model.manifest(), "input": encoder_input.provenance, "taps": "tracer",
-                    "injected": [], "versions": versions()}  # fmt: skip
+        manifest = {
+            "impl": impl,
+            "device": device,
+            "dtype": dtype,
+            "runner": {"device": device, "dtype": dtype, "encoder": f"{impl} (whisperdiff.Tracer)", **(info or {})},
+            "model": self.model.manifest(),
+            "input": encoder_input.provenance,
+            "taps": "tracer",
+            "injected": [],
+            "versions": versions(),
+        }
         if self._decoder is not None:
             manifest.update(part="decoder", decoder=self._decoder)
         self._writer = TraceWriter(path, manifest)
@@ -69,8 +86,14 @@ class Tracer:
         tokens = [int(t) for t in tokens]
         sequence = tokens if tokens[: len(prompt)] == prompt else prompt + tokens
         self._shapes = {s.name: tuple(s.shape) for s in decoder_op_specs(self.model.dims, len(sequence))}
-        return {"tokens": sequence, "prompt_length": len(prompt), "token_source": "given", "mode": "whisperdiff.Tracer",
-                "argmax": [], "margin": []}  # fmt: skip
+        return {
+            "tokens": sequence,
+            "prompt_length": len(prompt),
+            "token_source": "given",
+            "mode": "whisperdiff.Tracer",
+            "argmax": [],
+            "margin": [],
+        }
 
     def __enter__(self) -> Tracer:
         self._writer.__enter__()
@@ -93,8 +116,10 @@ class Tracer:
         inp = self._writer.manifest["input"]
         inp["whisper_frontend"], inp["frontend"] = inp.get("frontend"), "the port's own (recorded as mel)"
         inp["mel_sha256"] = sha256_array(port_mel)
-        inp["port_mel_vs_whisper"] = {"rel_l2": float(np.linalg.norm(diff) / max(np.linalg.norm(ref), 1e-30)),
-                                      "max_abs": float(np.abs(diff).max())}  # fmt: skip
+        inp["port_mel_vs_whisper"] = {
+            "rel_l2": float(np.linalg.norm(diff) / max(np.linalg.norm(ref), 1e-30)),
+            "max_abs": float(np.abs(diff).max()),
+        }
         self._writer.record("mel", port_mel)
 
     def record(self, name: str, value) -> None:
@@ -105,8 +130,10 @@ class Tracer:
         want = self._shapes.get(name)
         # Another layout of the same axes is fine (compare converts it, see align.py); other sizes are not.
         if want is not None and sorted(array.shape) != sorted(want):
-            raise WhisperdiffError(f"{name}: shape {list(array.shape)}, but this model's {name} is {list(want)} "
-                                   "(canonical shapes and layouts: `whisperdiff ops`)")  # fmt: skip
+            raise WhisperdiffError(
+                f"{name}: shape {list(array.shape)}, but this model's {name} is {list(want)} "
+                "(canonical shapes and layouts: `whisperdiff ops`)"
+            )
         if name == "mel":
             if self._mel_written:
                 raise WhisperdiffError("record mel (the log-mel your port consumed) before any other op, and once")
@@ -122,8 +149,10 @@ class Tracer:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self._write_mel()
-            self._writer.manifest["run"] = {"started": self._started.isoformat(timespec="seconds"),
-                                            "total_seconds": round(time.perf_counter() - self._t0, 3)}  # fmt: skip
+            self._writer.manifest["run"] = {
+                "started": self._started.isoformat(timespec="seconds"),
+                "total_seconds": round(time.perf_counter() - self._t0, 3),
+            }
         self._writer.__exit__(exc_type, exc, tb)
 
     def trace(self):

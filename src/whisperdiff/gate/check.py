@@ -72,21 +72,36 @@ class CheckResult:
     def summary(self) -> str:
         if self.passed:
             return f"PASS: {self.checked} ops within tolerances ({self.tolerances.source})"
-        return (f"FAIL: {len(self.failed_ops)} of {self.checked} ops out of tolerance ({self.tolerances.source}); "
-                f"first failure: {self.first_failure}")  # fmt: skip
+        return (
+            f"FAIL: {len(self.failed_ops)} of {self.checked} ops out of tolerance ({self.tolerances.source}); "
+            f"first failure: {self.first_failure}"
+        )
 
 
-def check(a: str | Path | Trace, b: str | Path | Trace, tolerances: ToleranceSet | None = None, *, rename=None,
-          model=None, replay: bool = True, force: bool = False) -> CheckResult:  # fmt: skip
+def check(
+    a: str | Path | Trace,
+    b: str | Path | Trace,
+    tolerances: ToleranceSet | None = None,
+    *,
+    rename=None,
+    model=None,
+    replay: bool = True,
+    force: bool = False,
+) -> CheckResult:
     """Check candidate `b` against reference trace `a`. Traces that are not comparable (other
     weights, input or dims) are an error, not a failure: fix the set-up, not the port (force=True
     checks them anyway)."""
     tolerances = tolerances or ToleranceSet()
     c = compare(a, b, tolerance=tolerances, rename=rename, model=model, replay=replay)
     if not c.comparable and not force:
-        raise WhisperdiffError(f"cannot check: the traces are not comparable ({not_comparable_reasons(c.warnings)}); trace both with the same model and input (--force checks them anyway)")
-    ops = [{"name": r["op"], "status": r["status"], "failures": c.op_failures.get(r["op"], [])}
-           for r in c.table.to_dict("records") if r["status"] != "missing_in_a"]  # fmt: skip
+        raise WhisperdiffError(
+            f"cannot check: the traces are not comparable ({not_comparable_reasons(c.warnings)}); trace both with the same model and input (--force checks them anyway)"
+        )
+    ops = [
+        {"name": r["op"], "status": r["status"], "failures": c.op_failures.get(r["op"], [])}
+        for r in c.table.to_dict("records")
+        if r["status"] != "missing_in_a"
+    ]
     return CheckResult(c.a, c.b, ops, tolerances, c.warnings, [f for f in c.findings if f.severity == "error"])
 
 
@@ -99,12 +114,16 @@ def check_golden(golden: str | Path, b: str | Path | Trace, tolerances: Toleranc
     tolerances = tolerances or ToleranceSet()
     _, warnings, comparable = manifest_findings(g.manifest, tb.manifest)
     if not comparable:
-        raise WhisperdiffError(f"cannot check: {tb.path} is not comparable with the golden set {g.path} "
-                               f"({not_comparable_reasons(warnings)})")  # fmt: skip
+        raise WhisperdiffError(
+            f"cannot check: {tb.path} is not comparable with the golden set {g.path} "
+            f"({not_comparable_reasons(warnings)})"
+        )
     rows = golden_rows(g, tb, tolerances)
     not_traced = [r["name"] for r in rows if r["status"] == "not_traced"]
     if not_traced:
-        warnings.append(f"{len(not_traced)} ops of the golden set were not traced in B (taps={tb.manifest.get('taps')!r})")
+        warnings.append(
+            f"{len(not_traced)} ops of the golden set were not traced in B (taps={tb.manifest.get('taps')!r})"
+        )
     extra = [name for name in tb.ops if name not in g.samples]
     if extra:
         warnings.append(f"{len(extra)} ops of B are not in the golden set and were not checked: {', '.join(extra[:4])}")
@@ -113,12 +132,20 @@ def check_golden(golden: str | Path, b: str | Path | Trace, tolerances: Toleranc
 
 def junit_xml(result: CheckResult) -> str:
     """JUnit XML: one test case per op, a <failure> per op out of tolerance, <skipped> when not traced."""
-    suite = ET.Element("testsuite", name="whisperdiff.gate.check", tests=str(len(result.ops)),
-                       failures=str(len(result.failed_ops)), errors="0",
-                       skipped=str(sum(r["status"] == "not_traced" for r in result.ops)))  # fmt: skip
+    suite = ET.Element(
+        "testsuite",
+        name="whisperdiff.gate.check",
+        tests=str(len(result.ops)),
+        failures=str(len(result.failed_ops)),
+        errors="0",
+        skipped=str(sum(r["status"] == "not_traced" for r in result.ops)),
+    )
     props = ET.SubElement(suite, "properties")
-    for key, value in (("reference", result.reference), ("candidate", result.candidate),
-                       ("tolerances", result.tolerances.source)):  # fmt: skip
+    for key, value in (
+        ("reference", result.reference),
+        ("candidate", result.candidate),
+        ("tolerances", result.tolerances.source),
+    ):
         ET.SubElement(props, "property", name=key, value=str(value))
     classname = f"whisperdiff.{result.candidate.name}"
     for r in result.ops:

@@ -71,14 +71,27 @@ def save_golden(trace: str | Path | Trace, out: str | Path, samples: int = DEFAU
         arrays[f"idx_{i}"], arrays[f"val_{i}"] = idx, x.reshape(-1)[idx].astype(np.float32)
         ops.append({"name": name, "shape": list(x.shape), "dtype": x.dtype.name, **tensor_stats(x)})
     keep = ("impl", "device", "dtype", "taps", "injected", "versions", "model", "input")
-    manifest = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "source_trace": str(t.path),
-                "samples_per_op": samples, **{k: t.manifest[k] for k in keep if k in t.manifest}, "ops": ops}  # fmt: skip
+    manifest = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "source_trace": str(t.path),
+        "samples_per_op": samples,
+        **{k: t.manifest[k] for k in keep if k in t.manifest},
+        "ops": ops,
+    }
     manifest["model"] = {k: v for k, v in manifest.get("model", {}).items() if k != "tensor_sha256"}
-    bad = next((op["name"] for op in ops if op["nan"] or op["inf"]
-                or not all(math.isfinite(op[k]) for k in ("mean", "std", "min", "max"))), None)  # fmt: skip
+    bad = next(
+        (
+            op["name"]
+            for op in ops
+            if op["nan"] or op["inf"] or not all(math.isfinite(op[k]) for k in ("mean", "std", "min", "max"))
+        ),
+        None,
+    )
     if bad is not None:
-        raise WhisperdiffError(f"{t.path}: op {bad!r} holds NaN/Inf (or no) values; a golden set must come from a "
-                               "clean reference")  # fmt: skip
+        raise WhisperdiffError(
+            f"{t.path}: op {bad!r} holds NaN/Inf (or no) values; a golden set must come from a clean reference"
+        )
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     with atomic_write():  # a signal unwinds through the clean-up below
@@ -107,7 +120,9 @@ def _read_regular(path: Path, name: str, limit: int = 1 << 30) -> bytes:
     except OSError as e:
         if e.errno == errno.ENOENT:
             raise FileNotFoundError(name) from None
-        raise WhisperdiffError(f"{path}/{name} is not a regular file inside the golden set ({e.strerror or e})") from None
+        raise WhisperdiffError(
+            f"{path}/{name} is not a regular file inside the golden set ({e.strerror or e})"
+        ) from None
     with os.fdopen(fd, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
@@ -120,11 +135,15 @@ def load_golden(path: str | Path) -> Golden:
     path = Path(path)
     file = path / "golden.json"
     if not path.is_dir():
-        raise WhisperdiffError(f"{path} is not a golden set (not a directory); make one with `whisperdiff golden save TRACE -o {path}`")
+        raise WhisperdiffError(
+            f"{path} is not a golden set (not a directory); make one with `whisperdiff golden save TRACE -o {path}`"
+        )
     try:
         raw = _read_regular(path, "golden.json", 64 << 20)
     except FileNotFoundError:
-        raise WhisperdiffError(f"{path} is not a golden set (no golden.json); make one with `whisperdiff golden save TRACE -o {path}`") from None
+        raise WhisperdiffError(
+            f"{path} is not a golden set (no golden.json); make one with `whisperdiff golden save TRACE -o {path}`"
+        ) from None
 
     def no_constant(name):
         raise ValueError(f"{name} is not JSON")
@@ -132,14 +151,18 @@ def load_golden(path: str | Path) -> Golden:
     try:
         manifest = json.loads(raw.decode("utf-8"), parse_constant=no_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise WhisperdiffError(f"{file} is not valid JSON ({' '.join(str(e).split())[:200]}); re-make it with `whisperdiff golden save`") from None
+        raise WhisperdiffError(
+            f"{file} is not valid JSON ({' '.join(str(e).split())[:200]}); re-make it with `whisperdiff golden save`"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise WhisperdiffError(f"{file} is not a whisperdiff golden set")
     version = manifest.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise WhisperdiffError(f"{file} has no valid schema_version; re-make it with `whisperdiff golden save`")
     if version > SCHEMA_VERSION:
-        raise WhisperdiffError(f"{path} was written by a newer whisperdiff (golden schema {version}); upgrade whisperdiff")
+        raise WhisperdiffError(
+            f"{path} was written by a newer whisperdiff (golden schema {version}); upgrade whisperdiff"
+        )
     if (problem := _golden_problem(manifest)) is not None:
         raise WhisperdiffError(f"{file} is damaged: {problem}; re-make it with `whisperdiff golden save`")
     damaged = f"{path}/samples.npz is missing or damaged"
@@ -149,18 +172,27 @@ def load_golden(path: str | Path) -> Golden:
         raise WhisperdiffError(f"{damaged} (missing); re-make it with `whisperdiff golden save`") from None
     want = manifest.get("samples_sha256")
     if want is not None and hashlib.sha256(data).hexdigest() != want:
-        raise WhisperdiffError(f"{damaged} (it does not match its sha256 in golden.json); re-make it with `whisperdiff golden save`")
+        raise WhisperdiffError(
+            f"{damaged} (it does not match its sha256 in golden.json); re-make it with `whisperdiff golden save`"
+        )
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             samples = {op["name"]: (z[f"idx_{i}"], z[f"val_{i}"]) for i, op in enumerate(manifest["ops"])}
     except Exception as e:  # truncated, not a zip, bad CRC, a missing array, pickled objects: all one clean error
-        raise WhisperdiffError(f"{damaged} ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
-                               "re-make it with `whisperdiff golden save`") from None  # fmt: skip
+        raise WhisperdiffError(
+            f"{damaged} ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
+            "re-make it with `whisperdiff golden save`"
+        ) from None
     for op in manifest["ops"]:
         idx, val = samples[op["name"]]
         size = math.prod(op["shape"])
-        if (idx.ndim != 1 or val.shape != idx.shape or idx.dtype.kind not in "iu" or val.dtype.kind != "f"
-                or (idx.size and (int(idx.min()) < 0 or int(idx.max()) >= size))):  # fmt: skip
+        if (
+            idx.ndim != 1
+            or val.shape != idx.shape
+            or idx.dtype.kind not in "iu"
+            or val.dtype.kind != "f"
+            or (idx.size and (int(idx.min()) < 0 or int(idx.max()) >= size))
+        ):
             raise WhisperdiffError(f"{damaged}: the samples of op {op['name']!r} do not fit its shape {op['shape']}")
         if not np.isfinite(val).all() and not (op["nan"] or op["inf"]):
             raise WhisperdiffError(f"{damaged}: op {op['name']!r} has NaN/Inf samples its statistics do not count")
@@ -179,12 +211,21 @@ def _golden_problem(m: dict) -> str | None:
             return f"op {op['name']!r} is listed twice"
         names.add(op["name"])
         shape = op.get("shape")
-        if not isinstance(shape, list) or len(shape) > 8 or not all(isinstance(d, int) and not isinstance(d, bool)
-                                                                    and 0 <= d < 1 << 40 for d in shape):  # fmt: skip
+        if (
+            not isinstance(shape, list)
+            or len(shape) > 8
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40 for d in shape)
+        ):
             return f"op {op['name']!r} has shape {shape!r:.60}, not a list of sizes"
         for key in ("mean", "std", "nan", "inf"):
             value = op.get(key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 and key != "mean":
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+                and key != "mean"
+            ):
                 return f"op {op['name']!r} has {key} {value!r:.60}, not a finite number"
     for key in ("model", "input"):
         if key in m and not isinstance(m[key], dict):
@@ -218,9 +259,16 @@ def golden_rows(golden: Golden, trace: Trace, tolerances: ToleranceSet) -> list[
         m = op_metrics(ref, b.reshape(-1)[idx], layout=None, atol=tol.atol, rtol=tol.rtol)
         full = tensor_stats(b)
         row.update({k: m[k] for k in ("cosine", "rel_l2", "max_abs", "mismatch_share")})
-        row.update(mean_a=op["mean"], std_a=op["std"], mean_b=full["mean"], std_b=full["std"],
-                   nan_a=max(op["nan"], m["nan_a"]), inf_a=max(op["inf"], m["inf_a"]), nan_b=full["nan"],
-                   inf_b=full["inf"])  # fmt: skip
+        row.update(
+            mean_a=op["mean"],
+            std_a=op["std"],
+            mean_b=full["mean"],
+            std_b=full["std"],
+            nan_a=max(op["nan"], m["nan_a"]),
+            inf_a=max(op["inf"], m["inf_a"]),
+            nan_b=full["nan"],
+            inf_b=full["inf"],
+        )
         row["std_ratio"] = full["std"] / op["std"] if op["std"] else float("nan")
         row["failures"] = tol.failures(row)
         row["status"] = "diverged" if row["failures"] else "ok"

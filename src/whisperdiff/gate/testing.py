@@ -1,9 +1,9 @@
 """For your own tests: assert that two traces agree op by op, with a message that lists the failing ops.
 
-    from whisperdiff.gate.testing import assert_traces_close
+from whisperdiff.gate.testing import assert_traces_close
 
-    def test_my_port_matches_whisper():
-        assert_traces_close("traces/torch-tiny.en-speech", "traces/my-port", "float32")
+def test_my_port_matches_whisper():
+    assert_traces_close("traces/torch-tiny.en-speech", "traces/my-port", "float32")
 """
 
 from __future__ import annotations
@@ -15,8 +15,14 @@ from whisperdiff.gate.tolerances import ToleranceSet, load_tolerances
 from whisperdiff.store.trace import Trace
 
 
-def assert_traces_close(a: str | Path | Trace, b: str | Path | Trace, tolerances: str | Path | ToleranceSet | None = None,
-                        *, golden: bool = False, replay: bool = False) -> None:  # fmt: skip
+def assert_traces_close(
+    a: str | Path | Trace,
+    b: str | Path | Trace,
+    tolerances: str | Path | ToleranceSet | None = None,
+    *,
+    golden: bool = False,
+    replay: bool = False,
+) -> None:
     """Raise AssertionError naming every op of `b` out of tolerance against `a` (a trace, or a golden
     set with golden=True). tolerances: a ToleranceSet, a TOML path, a shipped name, or None (float32)."""
     __tracebackhide__ = True  # pytest shows the failure at the caller's assert, not in here

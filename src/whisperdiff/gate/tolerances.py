@@ -60,7 +60,9 @@ class Tolerance:
             if value is None and f.name not in ("atol", "rtol"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise WhisperdiffError(f"{f.name} = {value!r} must be a finite number >= 0 (--{f.name.replace('_', '-')})")
+                raise WhisperdiffError(
+                    f"{f.name} = {value!r} must be a finite number >= 0 (--{f.name.replace('_', '-')})"
+                )
             if f.name in ("min_cosine", "max_mismatch") and value > 1:
                 raise WhisperdiffError(f"{f.name} = {value!r} must be between 0 and 1")
 
@@ -77,9 +79,14 @@ class Tolerance:
             ("rel_l2", row.get("rel_l2"), self.max_rel_l2, lambda v, lim: v <= lim, "<="),
             ("max_abs", row.get("max_abs"), self.max_abs, lambda v, lim: v <= lim, "<="),
             ("mismatch_share", row.get("mismatch_share"), self.max_mismatch, lambda v, lim: v <= lim, "<="),
-            ("std_ratio_dev", abs(row.get("std_ratio", math.nan) - 1), self.max_std_ratio_dev,
-             lambda v, lim: v <= lim, "<="),
-        ]  # fmt: skip
+            (
+                "std_ratio_dev",
+                abs(row.get("std_ratio", math.nan) - 1),
+                self.max_std_ratio_dev,
+                lambda v, lim: v <= lim,
+                "<=",
+            ),
+        ]
         for metric, value, limit, holds, sign in checks:
             if limit is None or value is None:
                 continue
@@ -132,7 +139,9 @@ def load_tolerances(spec: str | Path | None) -> ToleranceSet:
         return parse_tolerances(text, f"{spec} (shipped)")
     path = Path(spec)
     if not path.is_file():
-        raise WhisperdiffError(f"tolerance file {path} does not exist; pass a TOML file or one of: {', '.join(SHIPPED)}")
+        raise WhisperdiffError(
+            f"tolerance file {path} does not exist; pass a TOML file or one of: {', '.join(SHIPPED)}"
+        )
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -147,12 +156,13 @@ def parse_tolerances(text: str, source: str) -> ToleranceSet:
         raise WhisperdiffError(f"{source}: malformed TOML ({e}); see docs/check.md for the format") from None
     for key in data:
         if key not in ("default", "ops"):
-            raise WhisperdiffError(f"{source}: line {_line_of(text, key)}: unknown section {key!r}; "
-                                   "use [default] and [ops.\"GLOB\"]")  # fmt: skip
+            raise WhisperdiffError(
+                f'{source}: line {_line_of(text, key)}: unknown section {key!r}; use [default] and [ops."GLOB"]'
+            )
     default = Tolerance(**_values(data.get("default", {}), text, source, "default"))
     ops = data.get("ops", {})
     if not isinstance(ops, dict):
-        raise WhisperdiffError(f"{source}: line {_line_of(text, 'ops')}: ops must be tables: [ops.\"GLOB\"]")
+        raise WhisperdiffError(f'{source}: line {_line_of(text, "ops")}: ops must be tables: [ops."GLOB"]')
     rules = [(glob, _values(values, text, source, glob)) for glob, values in ops.items()]
     return ToleranceSet(default, rules, source)
 
@@ -165,8 +175,9 @@ def _values(table, text: str, source: str, where: str) -> dict:
     for key, value in table.items():
         line = _line_of(text, key, after=where)
         if key not in known:
-            raise WhisperdiffError(f"{source}: line {line}: unknown key {key!r} in [{where}]; "
-                                   f"known keys: {', '.join(FIELDS)}")  # fmt: skip
+            raise WhisperdiffError(
+                f"{source}: line {line}: unknown key {key!r} in [{where}]; known keys: {', '.join(FIELDS)}"
+            )
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise WhisperdiffError(f"{source}: line {line}: {key} = {value!r} must be a finite number >= 0")
         if key in ("min_cosine", "max_mismatch") and value > 1:
@@ -198,17 +209,23 @@ def _toml_number(v: float) -> str:
     return text if any(c in text for c in ".e") else text + ".0"
 
 
-def propose(rows: list[dict], factor: float = 10.0, floor_rel_l2: float = 1e-6, floor_cosine: float = 1e-9) -> ToleranceSet:
+def propose(
+    rows: list[dict], factor: float = 10.0, floor_rel_l2: float = 1e-6, floor_cosine: float = 1e-9
+) -> ToleranceSet:
     """Tolerances from a measured spread: per op kind (blocks.* folded together), the largest rel L2,
     1 - cosine and max |B - A| seen, times `factor`, never below the floors; the default is the
     loosest of them. `rows` are compare's table records of two runs that should agree."""
     if not math.isfinite(factor) or factor < 1:
-        raise WhisperdiffError(f"--factor {factor} would make the tolerances tighter than the measured spread; use >= 1")
+        raise WhisperdiffError(
+            f"--factor {factor} would make the tolerances tighter than the measured spread; use >= 1"
+        )
     groups: dict[str, dict] = {}
     for r in rows:
         if r.get("rel_l2") is None or math.isnan(r["rel_l2"]):
             continue
-        g = groups.setdefault(re.sub(r"^blocks\.\d+\.", "blocks.*.", r.get("op") or r["name"]), {"rel": 0.0, "cos": 0.0, "abs": 0.0})
+        g = groups.setdefault(
+            re.sub(r"^blocks\.\d+\.", "blocks.*.", r.get("op") or r["name"]), {"rel": 0.0, "cos": 0.0, "abs": 0.0}
+        )
         g["rel"] = max(g["rel"], r["rel_l2"])
         g["cos"] = max(g["cos"], 1 - r["cosine"])
         g["abs"] = max(g["abs"], r["max_abs"])
@@ -216,10 +233,19 @@ def propose(rows: list[dict], factor: float = 10.0, floor_rel_l2: float = 1e-6, 
         raise WhisperdiffError("no op is in both traces, so there is no spread to measure")
     rules = []
     for glob, g in groups.items():
-        rules.append((glob, {"min_cosine": 1 - _nice_up(max(g["cos"] * factor, floor_cosine)),
-                             "max_rel_l2": _nice_up(max(g["rel"] * factor, floor_rel_l2)),
-                             **({"max_abs": _nice_up(g["abs"] * factor)} if g["abs"] > 0 else {})}))  # fmt: skip
-    default = Tolerance(min_cosine=min(v["min_cosine"] for _, v in rules), max_rel_l2=max(v["max_rel_l2"] for _, v in rules))
+        rules.append(
+            (
+                glob,
+                {
+                    "min_cosine": 1 - _nice_up(max(g["cos"] * factor, floor_cosine)),
+                    "max_rel_l2": _nice_up(max(g["rel"] * factor, floor_rel_l2)),
+                    **({"max_abs": _nice_up(g["abs"] * factor)} if g["abs"] > 0 else {}),
+                },
+            )
+        )
+    default = Tolerance(
+        min_cosine=min(v["min_cosine"] for _, v in rules), max_rel_l2=max(v["max_rel_l2"] for _, v in rules)
+    )
     return ToleranceSet(default, rules, "proposed")
 
 

@@ -200,8 +200,9 @@ def load_mel_file(path: str | Path, n_mels: int) -> np.ndarray:
     return mel.astype(np.float32)
 
 
-def prepare_input(n_mels: int, audio: str | Path | None = None, mel: str | Path | None = None,
-                  window: int = 0) -> EncoderInput:  # fmt: skip
+def prepare_input(
+    n_mels: int, audio: str | Path | None = None, mel: str | Path | None = None, window: int = 0
+) -> EncoderInput:
     """The encoder's input window `window` plus provenance. With neither audio nor mel: the shipped clip."""
     if audio is not None and mel is not None:
         raise WhisperdiffError("give either --audio or --mel, not both")
@@ -216,7 +217,9 @@ def prepare_input(n_mels: int, audio: str | Path | None = None, mel: str | Path 
         duration = len(samples) / SAMPLE_RATE
         count = n_windows(len(samples))
         if not 0 <= window < count:
-            raise WhisperdiffError(f"--window {window} is out of range: {path} ({duration:.1f} s) has windows 0..{count - 1}")
+            raise WhisperdiffError(
+                f"--window {window} is out of range: {path} ({duration:.1f} s) has windows 0..{count - 1}"
+            )
         array = log_mel(samples, n_mels, window)
         prov = {
             "kind": "audio",

@@ -78,9 +78,18 @@ PRESETS = (
 
 # Sane bounds for model dims from a spec, a checkpoint or a manifest: positive, and small enough
 # that a typo (or a hostile file) cannot ask for terabytes. Whisper large is 1280 wide, 32 blocks.
-DIM_LIMITS = {"n_mels": (80, 128), "n_audio_ctx": (1, 1500), "n_audio_state": (1, 8192), "n_audio_head": (1, 256),
-              "n_audio_layer": (1, 128), "n_vocab": (1, 1 << 18), "n_text_ctx": (1, 4096),
-              "n_text_state": (1, 8192), "n_text_head": (1, 256), "n_text_layer": (1, 128)}  # fmt: skip
+DIM_LIMITS = {
+    "n_mels": (80, 128),
+    "n_audio_ctx": (1, 1500),
+    "n_audio_state": (1, 8192),
+    "n_audio_head": (1, 256),
+    "n_audio_layer": (1, 128),
+    "n_vocab": (1, 1 << 18),
+    "n_text_ctx": (1, 4096),
+    "n_text_state": (1, 8192),
+    "n_text_head": (1, 256),
+    "n_text_layer": (1, 128),
+}
 
 
 def dims_problem(dims: dict) -> str | None:
@@ -182,10 +191,20 @@ def whisper_cache_dir() -> Path:
 # openai-whisper's model names and the checkpoint file whisper.load_model caches for each (whisper._MODELS,
 # written out so that resolving a name never imports whisper and torch; a test checks it against _MODELS).
 WHISPER_CHECKPOINTS = {
-    "tiny.en": "tiny.en.pt", "tiny": "tiny.pt", "base.en": "base.en.pt", "base": "base.pt",
-    "small.en": "small.en.pt", "small": "small.pt", "medium.en": "medium.en.pt", "medium": "medium.pt",
-    "large-v1": "large-v1.pt", "large-v2": "large-v2.pt", "large-v3": "large-v3.pt", "large": "large-v3.pt",
-    "large-v3-turbo": "large-v3-turbo.pt", "turbo": "large-v3-turbo.pt",
+    "tiny.en": "tiny.en.pt",
+    "tiny": "tiny.pt",
+    "base.en": "base.en.pt",
+    "base": "base.pt",
+    "small.en": "small.en.pt",
+    "small": "small.pt",
+    "medium.en": "medium.en.pt",
+    "medium": "medium.pt",
+    "large-v1": "large-v1.pt",
+    "large-v2": "large-v2.pt",
+    "large-v3": "large-v3.pt",
+    "large": "large-v3.pt",
+    "large-v3-turbo": "large-v3-turbo.pt",
+    "turbo": "large-v3-turbo.pt",
 }
 
 
@@ -224,7 +243,9 @@ def load_model(spec: str | None = None) -> LoadedModel:
     if spec is not None and not isinstance(spec, str):
         raise WhisperdiffError(f"model spec {spec!r} is not a string")
     if spec is not None and not spec.strip():
-        raise WhisperdiffError("--model is empty; name a model (default, tiny, a .pt file, a CTranslate2 dir, random:tiny)")
+        raise WhisperdiffError(
+            "--model is empty; name a model (default, tiny, a .pt file, a CTranslate2 dir, random:tiny)"
+        )
     spec = (spec or "default").strip()
     if "\x00" in spec:
         raise WhisperdiffError(f"model spec {spec!r} holds a NUL character")
@@ -453,15 +474,19 @@ def known_spec(model_id, source) -> tuple[str | None, str | None]:
     for name in WHISPER_CHECKPOINTS:
         if kind == "openai-whisper" and (f := _checkpoint_file(name)) is not None and where == str(f.resolve()):
             return name, None
-    return None, (f"the trace's model {model_id!r} ({source or 'no source'}) is not a known model (traces only name "
-                  "the embedded default, Whisper names in whisper's cache and random: specs); pass --model")
+    return None, (
+        f"the trace's model {model_id!r} ({source or 'no source'}) is not a known model (traces only name "
+        "the embedded default, Whisper names in whisper's cache and random: specs); pass --model"
+    )
 
 
 def model_of(manifests: list[dict], prefer=None) -> tuple[LoadedModel | None, list[str]]:
     """The model a trace was made with: `prefer` (a spec or LoadedModel), then each manifest's model id
     and source, the first whose weights sha256 matches the first manifest that records one.
     Returns (model or None, the reasons each candidate was refused)."""
-    want = next((m.get("model", {}).get("weights_sha256") for m in manifests if m.get("model", {}).get("weights_sha256")), None)
+    want = next(
+        (m.get("model", {}).get("weights_sha256") for m in manifests if m.get("model", {}).get("weights_sha256")), None
+    )
     candidates = [prefer] if prefer is not None else []
     reasons = []
     for m in manifests:

@@ -61,7 +61,9 @@ class Browser:
     def __init__(self, width: int = 1400, height: int = 1000, timeout: float = 60.0):
         exe = find_chromium()
         if exe is None:
-            raise WhisperdiffError("no Chromium found; install it (Debian: apt-get install chromium) or set WHISPERDIFF_CHROMIUM")
+            raise WhisperdiffError(
+                "no Chromium found; install it (Debian: apt-get install chromium) or set WHISPERDIFF_CHROMIUM"
+            )
         self.timeout = timeout
         self.width, self.height = width, height
         self._profile = tempfile.mkdtemp(prefix="whisperdiff-chromium-")
@@ -74,13 +76,30 @@ class Browser:
             os.dup2(r, 3)
             os.dup2(w, 4)
 
-        args = [exe, "--headless", "--remote-debugging-pipe", "--disable-gpu", "--no-first-run",
-                "--no-default-browser-check", "--disable-extensions", "--hide-scrollbars", "--mute-audio",
-                f"--user-data-dir={self._profile}", f"--window-size={width},{height}", "about:blank"]  # fmt: skip
+        args = [
+            exe,
+            "--headless",
+            "--remote-debugging-pipe",
+            "--disable-gpu",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--hide-scrollbars",
+            "--mute-audio",
+            f"--user-data-dir={self._profile}",
+            f"--window-size={width},{height}",
+            "about:blank",
+        ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             args.insert(1, "--no-sandbox")  # Chromium refuses to start as root with its sandbox
-        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, preexec_fn=wire_fds, close_fds=False)  # fmt: skip
+        self._proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=wire_fds,
+            close_fds=False,
+        )
         os.close(to_child_r)
         os.close(from_child_w)
         self._buffer = b""
@@ -96,7 +115,9 @@ class Browser:
         try:
             os.write(self._to_child, json.dumps(message).encode() + b"\0")
         except BrokenPipeError:
-            raise WhisperdiffError("Chromium exited unexpectedly; try `chromium --headless about:blank` to see why") from None
+            raise WhisperdiffError(
+                "Chromium exited unexpectedly; try `chromium --headless about:blank` to see why"
+            ) from None
         while True:
             reply = self._receive()
             if reply.get("id") == self._next_id:
@@ -139,26 +160,46 @@ class Browser:
         try:
             for domain in ("Page", "Runtime", "Log"):
                 self._send(f"{domain}.enable", session=session)
-            self._send("Emulation.setDeviceMetricsOverride",
-                       {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False}, session)  # fmt: skip
+            self._send(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
+                session,
+            )
             self._send("Page.navigate", {"url": url}, session)
             self._wait_for("Page.loadEventFired", session)
             state = self._evaluate(session, _READ_PAGE)
             if screenshot is not None:
                 self._screenshot(session, Path(screenshot))
-            dialogs = [e["params"].get("message", "") for e in self._events
-                       if e.get("method") == "Page.javascriptDialogOpening" and e.get("sessionId") == session]  # fmt: skip
-            console = [e["params"]["entry"].get("text", "") for e in self._events
-                       if e.get("method") == "Log.entryAdded" and e.get("sessionId") == session]  # fmt: skip
-            return Page(url, state["title"], state["text"], state["images"], dialogs, console,
-                        state["load_ms"] / 1000, state["scripts_ran"], state["scroll_width"], state["height"])  # fmt: skip
+            dialogs = [
+                e["params"].get("message", "")
+                for e in self._events
+                if e.get("method") == "Page.javascriptDialogOpening" and e.get("sessionId") == session
+            ]
+            console = [
+                e["params"]["entry"].get("text", "")
+                for e in self._events
+                if e.get("method") == "Log.entryAdded" and e.get("sessionId") == session
+            ]
+            return Page(
+                url,
+                state["title"],
+                state["text"],
+                state["images"],
+                dialogs,
+                console,
+                state["load_ms"] / 1000,
+                state["scripts_ran"],
+                state["scroll_width"],
+                state["height"],
+            )
         finally:
             self._events = [e for e in self._events if e.get("sessionId") != session]
             self._send("Target.closeTarget", {"targetId": target})
 
     def _evaluate(self, session: str, expression: str):
-        result = self._send("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True},
-                            session)  # fmt: skip
+        result = self._send(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}, session
+        )
         if "exceptionDetails" in result:
             raise WhisperdiffError(f"Chromium: page evaluation failed: {result['exceptionDetails'].get('text')}")
         return result["result"]["value"]
@@ -168,13 +209,17 @@ class Browser:
         grown to the page's height first, so nothing sized to the window cuts content off."""
         size = self._send("Page.getLayoutMetrics", session=session)["cssContentSize"]
         height = int(min(math.ceil(size["height"]), 16000))
-        self._send("Emulation.setDeviceMetricsOverride",
-                   {"width": self.width, "height": max(height, self.height), "deviceScaleFactor": 1, "mobile": False},
-                   session)  # fmt: skip
+        self._send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": self.width, "height": max(height, self.height), "deviceScaleFactor": 1, "mobile": False},
+            session,
+        )
         size = self._send("Page.getLayoutMetrics", session=session)["cssContentSize"]
         height = int(min(math.ceil(size["height"]), 16000))
         clip = {"x": 0, "y": 0, "width": self.width, "height": height, "scale": 1}
-        shot = self._send("Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True}, session)
+        shot = self._send(
+            "Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True}, session
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(shot["data"]))
 

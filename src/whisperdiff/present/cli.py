@@ -53,8 +53,11 @@ def printable(text: str) -> str:
         if ch in "\n\t" or (ch.isprintable() and not "\ud800" <= ch <= "\udfff"):
             safe.append(ch)
         else:
-            safe.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii")
-                        if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")  # fmt: skip
+            safe.append(
+                ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+                if ord(ch) < 0x10000
+                else f"\\U{ord(ch):08x}"
+            )
     return "".join(safe)
 
 
@@ -69,6 +72,7 @@ class SafeConsole(Console):
 # Not a terminal (a pipe, CI log): no 80-column wrapping of paths and tables.
 out = SafeConsole(width=None if sys.stdout.isatty() else 200, emoji=False)
 err = SafeConsole(stderr=True, width=None if sys.stderr.isatty() else 200, emoji=False)
+
 
 def _print_version(value: bool) -> None:
     if value:
@@ -87,8 +91,17 @@ def _options(
     pass
 
 
-DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
-          "bfloat16": "bfloat16", "bf16": "bfloat16", "float64": "float64", "fp64": "float64"}  # fmt: skip
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float64": "float64",
+    "fp64": "float64",
+}
 
 
 def _dtype(value: str) -> str:
@@ -113,6 +126,8 @@ def _faults(names: list[str] | None) -> list[str] | None:
 
 
 ImplChoice = "<torch|max|MODULE:FACTORY|FILE.py:FACTORY>"
+
+
 def _device(value: str) -> str:
     if value.lower() not in ("auto", "cpu", "cuda", "gpu"):
         raise typer.BadParameter(f"unknown device {value!r}; use auto, cpu, cuda or gpu")
@@ -124,14 +139,19 @@ DeviceOpt = Annotated[
 ]
 DtypeOpt = Annotated[
     str,
-    typer.Option(metavar="<float32|float16|bfloat16|float64>", callback=_dtype,
-                 help="Precision (fp32/fp16/bf16/fp64 also accepted; float64: torch only)."),
-]  # fmt: skip
+    typer.Option(
+        metavar="<float32|float16|bfloat16|float64>",
+        callback=_dtype,
+        help="Precision (fp32/fp16/bf16/fp64 also accepted; float64: torch only).",
+    ),
+]
 TapsOpt = Annotated[
     str,
-    typer.Option(metavar="<default|all|output|GLOBS>",
-                 help="default (all but attention probabilities), all, output (ln_post only), or comma-separated names/globs."),
-]  # fmt: skip
+    typer.Option(
+        metavar="<default|all|output|GLOBS>",
+        help="default (all but attention probabilities), all, output (ln_post only), or comma-separated names/globs.",
+    ),
+]
 InjectOpt = Annotated[
     list[str] | None,
     typer.Option(metavar="FAULT", help="Plant a porting bug (repeatable); `whisperdiff faults` lists them."),
@@ -166,7 +186,11 @@ def _size(n: int | None) -> str:
 @app.command()
 def trace(
     impl: Annotated[
-        str, typer.Option(metavar=ImplChoice, help="Implementation to run: torch (openai-whisper reference), max (MAX Graph encoder), or your own (a factory).")
+        str,
+        typer.Option(
+            metavar=ImplChoice,
+            help="Implementation to run: torch (openai-whisper reference), max (MAX Graph encoder), or your own (a factory).",
+        ),
     ] = "torch",
     model: ModelOpt = None,
     audio: Annotated[
@@ -184,7 +208,11 @@ def trace(
     taps: TapsOpt = "default",
     inject: InjectOpt = None,
     window: Annotated[
-        str, typer.Option(metavar="<N|all>", help="Which 30 s window of a longer clip: a number, or all (one trace per window, OUT.wN).")
+        str,
+        typer.Option(
+            metavar="<N|all>",
+            help="Which 30 s window of a longer clip: a number, or all (one trace per window, OUT.wN).",
+        ),
     ] = "0",
     transcribe: Annotated[
         bool, typer.Option(help="Also decode the output with openai-whisper's decoder; the text goes in the manifest.")
@@ -211,8 +239,15 @@ def trace(
         disable=as_json or not err.is_terminal,
     ) as progress:
         task = progress.add_task(f"tracing {impl}", total=None, op="loading model")
-        session = Session(impl, model=model, device=device, dtype=dtype, taps=taps, inject=inject,
-                          on_status=lambda text: progress.update(task, op=text))  # fmt: skip
+        session = Session(
+            impl,
+            model=model,
+            device=device,
+            dtype=dtype,
+            taps=taps,
+            inject=inject,
+            on_status=lambda text: progress.update(task, op=text),
+        )
         progress.update(task, total=len(session.tap_names), op="")  # mel is one of the taps
         on_op = lambda name: progress.update(task, advance=1, op=name)  # noqa: E731
         if window == "all" and mel is None:
@@ -221,8 +256,9 @@ def trace(
             window = "0" if window == "all" else window  # a --mel file is one window
             if not window.isdigit():
                 raise WhisperdiffError(f"--window {window!r}: give a window number (0, 1, ...) or all")
-            results = [session.trace(audio=audio, mel=mel, out=out_dir, window=int(window), transcribe=transcribe,
-                                     on_op=on_op)]  # fmt: skip
+            results = [
+                session.trace(audio=audio, mel=mel, out=out_dir, window=int(window), transcribe=transcribe, on_op=on_op)
+            ]
     if as_json:
         summaries = [_trace_summary(r) for r in results]
         print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=1))
@@ -263,8 +299,11 @@ def _print_trace(result) -> None:
     graph = ""
     if "compile_seconds" in m["runner"]:  # the MAX graph: the first run for these dims compiles, later ones load
         runner = m["runner"]
-        graph = (f"; MAX graph loaded from cache in {runner['compile_seconds']:.1f} s" if runner.get("compile_cache_hit")
-                 else f"; first the MAX graph compiled in {runner['compile_seconds']:.0f} s, cached for next time")  # fmt: skip
+        graph = (
+            f"; MAX graph loaded from cache in {runner['compile_seconds']:.1f} s"
+            if runner.get("compile_cache_hit")
+            else f"; first the MAX graph compiled in {runner['compile_seconds']:.0f} s, cached for next time"
+        )
     out.print(
         f"[green]wrote[/] {result.path}  ({len(result)} ops, {_size(result.nbytes)}, {m['run']['total_seconds']:.1f} s{graph})"
     )
@@ -275,7 +314,8 @@ def _print_trace(result) -> None:
     inp = m["input"]
     window = f"  window {inp['window']} of {inp['n_windows']}" if inp.get("n_windows", 1) > 1 else ""
     out.print(
-        f"  input   {inp['path']}  [dim]sha256 {inp['sha256'][:16]}  frontend {inp['frontend']}[/]{window}", highlight=False
+        f"  input   {inp['path']}  [dim]sha256 {inp['sha256'][:16]}  frontend {inp['frontend']}[/]{window}",
+        highlight=False,
     )
     runner = m["runner"]
     compiled = ""
@@ -294,16 +334,31 @@ def _print_trace(result) -> None:
 
 @app.command()
 def transcribe(
-    impl: Annotated[str, typer.Option(metavar=ImplChoice, help="Encoder: torch (openai-whisper), max (MAX Graph) or your own.")] = "torch",
+    impl: Annotated[
+        str, typer.Option(metavar=ImplChoice, help="Encoder: torch (openai-whisper), max (MAX Graph) or your own.")
+    ] = "torch",
     model: ModelOpt = None,
-    audio: Annotated[Path | None, typer.Option(help="Audio file; every 30 s window is encoded. Default: the shipped clip.")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Trace directory (OUT.wN per window for long audio).")] = None,
+    audio: Annotated[
+        Path | None, typer.Option(help="Audio file; every 30 s window is encoded. Default: the shipped clip.")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Trace directory (OUT.wN per window for long audio).")
+    ] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
-    taps: Annotated[str, typer.Option(metavar="<default|all|output|GLOBS>", help="As for trace (output: ln_post only, the fastest).")] = "default",
+    taps: Annotated[
+        str,
+        typer.Option(metavar="<default|all|output|GLOBS>", help="As for trace (output: ln_post only, the fastest)."),
+    ] = "default",
     inject: InjectOpt = None,
-    decoder: Annotated[str | None, typer.Option(metavar="<torch|max>", help="Decoder: torch (openai-whisper) or max (the MAX decoder graph). "
-                                                "Default: max with --impl max (MAX for both halves), else torch.")] = None,
+    decoder: Annotated[
+        str | None,
+        typer.Option(
+            metavar="<torch|max>",
+            help="Decoder: torch (openai-whisper) or max (the MAX decoder graph). "
+            "Default: max with --impl max (MAX for both halves), else torch.",
+        ),
+    ] = None,
 ):
     """Encode every window with the chosen encoder, decode (openai-whisper's greedy search), print the text.
 
@@ -313,21 +368,42 @@ def transcribe(
     from whisperdiff.api import Session
 
     inject = _faults(inject)
-    with Progress(TextColumn("[bold]transcribing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[what]}"), console=err, transient=True, disable=not err.is_terminal) as progress:  # fmt: skip
+    with Progress(
+        TextColumn("[bold]transcribing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[what]}"),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as progress:
         task = progress.add_task("transcribe", total=None, what="loading model")
-        session = Session(impl, model=model, device=device, dtype=dtype, taps=taps, inject=inject,
-                          on_status=lambda text: progress.update(task, what=text))  # fmt: skip
+        session = Session(
+            impl,
+            model=model,
+            device=device,
+            dtype=dtype,
+            taps=taps,
+            inject=inject,
+            on_status=lambda text: progress.update(task, what=text),
+        )
         session.decoder_impl = decoder or ("max" if impl == "max" else "torch")
         if session.decoder_impl not in ("torch", "max"):
             raise WhisperdiffError(f"unknown --decoder {decoder!r}; use torch or max")
-        results = session.trace_windows(audio=audio, out=out_dir, transcribe=True,
-                                        on_window=lambda w, n: progress.update(task, total=n, completed=w,
-                                                                               what=f"window {w + 1} of {n}"))  # fmt: skip
+        results = session.trace_windows(
+            audio=audio,
+            out=out_dir,
+            transcribe=True,
+            on_window=lambda w, n: progress.update(task, total=n, completed=w, what=f"window {w + 1} of {n}"),
+        )
     for r in results:
         inp = r.manifest["input"]
-        out.print(f"[dim]{r.path}  window {inp.get('window', 0)} ({inp.get('window', 0) * 30}-"
-                  f"{min((inp.get('window', 0) + 1) * 30, inp.get('duration_s') or 30):.0f} s)[/]", highlight=False)  # fmt: skip
+        out.print(
+            f"[dim]{r.path}  window {inp.get('window', 0)} ({inp.get('window', 0) * 30}-"
+            f"{min((inp.get('window', 0) + 1) * 30, inp.get('duration_s') or 30):.0f} s)[/]",
+            highlight=False,
+        )
     text = " ".join(r.manifest["transcript"]["text"] for r in results).strip()
     out.print(escape_markup(text), highlight=False)
 
@@ -355,7 +431,9 @@ def _listing_table(listings) -> Table:
 
 @app.command("ls")
 def ls(
-    directory: Annotated[Path, typer.Argument(help="Folder holding traces (searched with its subfolders).")] = Path("traces"),
+    directory: Annotated[Path, typer.Argument(help="Folder holding traces (searched with its subfolders).")] = Path(
+        "traces"
+    ),
     as_json: Annotated[bool, typer.Option("--json", help="One JSON list of traces.")] = False,
 ):
     """List traces with impl, model, input, op count, size; incomplete or damaged ones are marked."""
@@ -377,8 +455,11 @@ def _find_traces(directory: Path, depth: int = 4) -> list:
         return listings
     seen = {item.path for item in listings}
     try:
-        subfolders = sorted(p for p in directory.iterdir() if p.is_dir() and not p.is_symlink() and p not in seen
-                            and not p.name.startswith("."))  # fmt: skip
+        subfolders = sorted(
+            p
+            for p in directory.iterdir()
+            if p.is_dir() and not p.is_symlink() and p not in seen and not p.name.startswith(".")
+        )
     except OSError:
         return listings
     for sub in subfolders:
@@ -401,14 +482,18 @@ def show(
         return
     m = t.manifest
     e, model, inp = escape_markup, m.get("model", {}), m.get("input", {})
-    out.print(f"[bold]{e(str(t.path))}[/]  {e(str(m.get('impl')))} on {e(str(m.get('device')))}, {e(str(m.get('dtype')))}",
-              highlight=False)  # fmt: skip
+    out.print(
+        f"[bold]{e(str(t.path))}[/]  {e(str(m.get('impl')))} on {e(str(m.get('device')))}, {e(str(m.get('dtype')))}",
+        highlight=False,
+    )
     out.print(
         f"  model {e(str(model.get('id')))}  [dim]{e(str(model.get('source')))}  "
         f"weights sha256 {e(str(model.get('weights_sha256', ''))[:16])}[/]",
         highlight=False,
     )
-    out.print(f"  input {e(str(inp.get('path')))}  [dim]sha256 {e(str(inp.get('sha256', ''))[:16])}[/]", highlight=False)
+    out.print(
+        f"  input {e(str(inp.get('path')))}  [dim]sha256 {e(str(inp.get('sha256', ''))[:16])}[/]", highlight=False
+    )
     table = Table()
     for col in ("op", "shape", "dtype", "mean", "std", "min", "max", "nan", "inf"):
         table.add_column(col, justify="left" if col in ("op", "shape", "dtype") else "right")
@@ -433,7 +518,9 @@ ReferenceArg = Annotated[Path, typer.Argument(metavar="A", help="Reference trace
 CandidateArg = Annotated[Path, typer.Argument(metavar="B", help="Candidate trace (e.g. your port).")]
 RenameOpt = Annotated[
     Path | None,
-    typer.Option(help='JSON/TOML rules mapping B\'s op names to canonical ones: {"rename": {"layers.*.q": "blocks.*.attn.q"}}.'),
+    typer.Option(
+        help='JSON/TOML rules mapping B\'s op names to canonical ones: {"rename": {"layers.*.q": "blocks.*.attn.q"}}.'
+    ),
 ]
 ReplayOpt = Annotated[bool, typer.Option(help="Replay each op on B's inputs to split introduced from inherited error.")]
 MinCosineOpt = Annotated[float, typer.Option(help="An op diverges below this cosine.")]
@@ -441,36 +528,75 @@ MaxRelL2Opt = Annotated[float, typer.Option(help="An op diverges above this rela
 AtolOpt = Annotated[float, typer.Option(help="Absolute part of the element-wise mismatch test.")]
 RtolOpt = Annotated[float, typer.Option(help="Relative part of the element-wise mismatch test.")]
 TranscribeOpt = Annotated[
-    bool, typer.Option(help="Decode both outputs with openai-whisper's decoder (when the traces carry no transcript) and compare the texts.")
+    bool,
+    typer.Option(
+        help="Decode both outputs with openai-whisper's decoder (when the traces carry no transcript) and compare the texts."
+    ),
 ]
 TolerancesOpt = Annotated[
     str | None,
-    typer.Option("--tolerances", "-t", metavar="<float32|half|FILE.toml>", help="TOML tolerance file, or a shipped one: float32 (default), half."),
+    typer.Option(
+        "--tolerances",
+        "-t",
+        metavar="<float32|half|FILE.toml>",
+        help="TOML tolerance file, or a shipped one: float32 (default), half.",
+    ),
 ]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Go on even when the traces are not comparable (other weights, input or dims).")]
-AllOpt = Annotated[bool, typer.Option("--all", "-v", "--verbose", help="Show every op, not only the ones that diverge and their neighbours.")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Go on even when the traces are not comparable (other weights, input or dims).")
+]
+AllOpt = Annotated[
+    bool,
+    typer.Option(
+        "--all", "-v", "--verbose", help="Show every op, not only the ones that diverge and their neighbours."
+    ),
+]
 CompareTolerancesOpt = Annotated[
     str | None,
-    typer.Option("--tolerances", "-t", metavar="<float32|half|FILE.toml>", help="Per-op limits from a TOML file or a shipped one (float32, half); replaces the four options above."),
+    typer.Option(
+        "--tolerances",
+        "-t",
+        metavar="<float32|half|FILE.toml>",
+        help="Per-op limits from a TOML file or a shipped one (float32, half); replaces the four options above.",
+    ),
 ]
 
 
-def _run_compare(trace_a, trace_b, *, rename, model, replay, min_cosine, max_rel_l2, atol, rtol, tolerances=None,
-                 transcribe=False):  # fmt: skip
+def _run_compare(
+    trace_a, trace_b, *, rename, model, replay, min_cosine, max_rel_l2, atol, rtol, tolerances=None, transcribe=False
+):
     """compare() with a progress bar on a terminal (shared by `compare` and `report`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from whisperdiff.analysis.compare import compare as run_compare
     from whisperdiff.gate.tolerances import Tolerance, load_tolerances
 
-    tolerance = (load_tolerances(tolerances) if tolerances is not None
-                 else Tolerance(min_cosine=min_cosine, max_rel_l2=max_rel_l2, atol=atol, rtol=rtol))  # fmt: skip
-    with Progress(TextColumn("[bold]comparing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[op]}"),
-                  console=err, transient=True, disable=not err.is_terminal) as progress:  # fmt: skip
+    tolerance = (
+        load_tolerances(tolerances)
+        if tolerances is not None
+        else Tolerance(min_cosine=min_cosine, max_rel_l2=max_rel_l2, atol=atol, rtol=rtol)
+    )
+    with Progress(
+        TextColumn("[bold]comparing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[op]}"),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as progress:
         task = progress.add_task("compare", total=None, op="")
-        return run_compare(trace_a, trace_b, tolerance=tolerance, rename=rename, model=model, replay=replay,
-                           transcribe=transcribe, on_op=lambda name: progress.update(task, advance=1, op=name),
-                           on_total=lambda n: progress.update(task, total=n))  # fmt: skip
+        return run_compare(
+            trace_a,
+            trace_b,
+            tolerance=tolerance,
+            rename=rename,
+            model=model,
+            replay=replay,
+            transcribe=transcribe,
+            on_op=lambda name: progress.update(task, advance=1, op=name),
+            on_total=lambda n: progress.update(task, total=n),
+        )
 
 
 def _stop_unless_comparable(c, force: bool) -> None:
@@ -478,17 +604,23 @@ def _stop_unless_comparable(c, force: bool) -> None:
     if not c.comparable and not force:
         from whisperdiff.analysis.diagnose import not_comparable_reasons
 
-        raise WhisperdiffError(f"{c.a} and {c.b} are not comparable: {not_comparable_reasons(c.warnings)}; trace both "
-                               "with the same model and input (--force compares them anyway)")  # fmt: skip
+        raise WhisperdiffError(
+            f"{c.a} and {c.b} are not comparable: {not_comparable_reasons(c.warnings)}; trace both "
+            "with the same model and input (--force compares them anyway)"
+        )
 
 
 @app.command()
 def compare(
     trace_a: ReferenceArg,
     trace_b: CandidateArg,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: first_divergence, ops, findings, ...")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object: first_divergence, ops, findings, ...")
+    ] = False,
     csv: Annotated[Path | None, typer.Option(help="Also write the per-op table to this CSV file.")] = None,
-    html: Annotated[Path | None, typer.Option(help="Also write the HTML report (as `whisperdiff report`) to this file.")] = None,
+    html: Annotated[
+        Path | None, typer.Option(help="Also write the HTML report (as `whisperdiff report`) to this file.")
+    ] = None,
     rename: RenameOpt = None,
     model: ModelOpt = None,
     replay: ReplayOpt = True,
@@ -502,9 +634,19 @@ def compare(
     force: ForceOpt = False,
 ):
     """Where B first departs from A, how much error each op introduces, and the likely bug."""
-    result = _run_compare(trace_a, trace_b, rename=rename, model=model, replay=replay, min_cosine=min_cosine,
-                          max_rel_l2=max_rel_l2, atol=atol, rtol=rtol, tolerances=tolerances,
-                          transcribe=transcribe)  # fmt: skip
+    result = _run_compare(
+        trace_a,
+        trace_b,
+        rename=rename,
+        model=model,
+        replay=replay,
+        min_cosine=min_cosine,
+        max_rel_l2=max_rel_l2,
+        atol=atol,
+        rtol=rtol,
+        tolerances=tolerances,
+        transcribe=transcribe,
+    )
     _stop_unless_comparable(result, force)
     if csv is not None:
         _write_atomic(csv, result.table.to_csv(index=False))
@@ -525,11 +667,19 @@ def compare(
 def report(
     trace_a: ReferenceArg,
     trace_b: CandidateArg,
-    output: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file to write (default reports/A--vs--B.html).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--out", "-o", help="HTML file to write (default reports/A--vs--B.html).")
+    ] = None,
     output_alias: OutputAlias = None,
-    op: Annotated[list[str] | None, typer.Option("--op", metavar="OP", help="Also show this op up close (repeatable).")] = None,
-    head: Annotated[int | None, typer.Option(help="Attention head to show (default: the one that differs most).")] = None,
-    screenshot: Annotated[Path | None, typer.Option(help="Also open the report in headless Chromium and save a PNG of it.")] = None,
+    op: Annotated[
+        list[str] | None, typer.Option("--op", metavar="OP", help="Also show this op up close (repeatable).")
+    ] = None,
+    head: Annotated[
+        int | None, typer.Option(help="Attention head to show (default: the one that differs most).")
+    ] = None,
+    screenshot: Annotated[
+        Path | None, typer.Option(help="Also open the report in headless Chromium and save a PNG of it.")
+    ] = None,
     rename: RenameOpt = None,
     model: ModelOpt = None,
     replay: ReplayOpt = True,
@@ -539,8 +689,16 @@ def report(
     rtol: RtolOpt = 1e-3,
     tolerances: CompareTolerancesOpt = None,
     transcribe: TranscribeOpt = False,
-    patch: Annotated[bool, typer.Option(help="Also run activation patching (`whisperdiff patch`) and chart it.")] = False,
-    impl: Annotated[str | None, typer.Option(metavar=ImplChoice, help="With --patch: what re-runs B (default: B's impl if torch or max; a trace never names code to run).")] = None,
+    patch: Annotated[
+        bool, typer.Option(help="Also run activation patching (`whisperdiff patch`) and chart it.")
+    ] = False,
+    impl: Annotated[
+        str | None,
+        typer.Option(
+            metavar=ImplChoice,
+            help="With --patch: what re-runs B (default: B's impl if torch or max; a trace never names code to run).",
+        ),
+    ] = None,
     force: ForceOpt = False,
 ):
     """One self-contained HTML page: verdict, divergence plots, the first divergent op up close, every op, both runs."""
@@ -549,19 +707,42 @@ def report(
     from whisperdiff.present.report import verdict, write_report
 
     output = output or output_alias
-    result = _run_compare(trace_a, trace_b, rename=rename, model=model, replay=replay, min_cosine=min_cosine,
-                          max_rel_l2=max_rel_l2, atol=atol, rtol=rtol, tolerances=tolerances,
-                          transcribe=transcribe)  # fmt: skip
+    result = _run_compare(
+        trace_a,
+        trace_b,
+        rename=rename,
+        model=model,
+        replay=replay,
+        min_cosine=min_cosine,
+        max_rel_l2=max_rel_l2,
+        atol=atol,
+        rtol=rtol,
+        tolerances=tolerances,
+        transcribe=transcribe,
+    )
     _stop_unless_comparable(result, force)
     patching = None
     if patch:
-        patching = _run_patch(trace_a, trace_b, transcribe=transcribe or result.transcripts is not None, model=model,
-                              impl=impl)  # fmt: skip
-    with Progress(TextColumn("[bold]plotting"), BarColumn(), MofNCompleteColumn(), console=err, transient=True,
-                  disable=not err.is_terminal) as progress:  # fmt: skip
+        patching = _run_patch(
+            trace_a, trace_b, transcribe=transcribe or result.transcripts is not None, model=model, impl=impl
+        )
+    with Progress(
+        TextColumn("[bold]plotting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as progress:
         task = progress.add_task("plot", total=None)
-        path = write_report(result, output, ops=op or [], head=head, patching=patching,
-                            on_figure=lambda done, total: progress.update(task, completed=done, total=total))  # fmt: skip
+        path = write_report(
+            result,
+            output,
+            ops=op or [],
+            head=head,
+            patching=patching,
+            on_figure=lambda done, total: progress.update(task, completed=done, total=total),
+        )
     style, headline = verdict(result)
     colour = {"good": "green", "bad": "bold red", "incomparable": "bold magenta"}[style]
     out.print(f"wrote {path}  ({_size(path.stat().st_size)})", highlight=False)
@@ -570,28 +751,39 @@ def report(
         from whisperdiff.analysis.transcript import cap_note
 
         t = result.transcripts
-        out.print(f"  transcripts {'identical' if t['same'] else 'differ'}: WER {t['wer']:.1%} ({cap_note(t.get('max_tokens'))})",
-                  highlight=False)  # fmt: skip
+        out.print(
+            f"  transcripts {'identical' if t['same'] else 'differ'}: WER {t['wer']:.1%} ({cap_note(t.get('max_tokens'))})",
+            highlight=False,
+        )
     if patching is not None:
         out.print(f"  patching: cause {escape_markup(str(patching.cause))}", highlight=False)
         for note in patching.notes:
             out.print(f"  note: {escape_markup(note)}", highlight=False)
     for f in result.findings[:3]:
-        out.print(f"  {f.kind} at {escape_markup(str(f.op or 'manifest'))} (confidence {f.confidence:.2f})", highlight=False)
+        out.print(
+            f"  {f.kind} at {escape_markup(str(f.op or 'manifest'))} (confidence {f.confidence:.2f})", highlight=False
+        )
     if screenshot is not None:
         from whisperdiff.present.browser import Browser
 
         with Browser() as browser:
             page = browser.open(path, screenshot=screenshot)
-        out.print(f"wrote {screenshot}  (opened in {page.load_seconds:.2f} s; {len(page.images)} figures, "
-                  f"{len(page.broken_images)} broken)", highlight=False)  # fmt: skip
+        out.print(
+            f"wrote {screenshot}  (opened in {page.load_seconds:.2f} s; {len(page.images)} figures, "
+            f"{len(page.broken_images)} broken)",
+            highlight=False,
+        )
 
 
 @app.command()
 def check(
-    traces: Annotated[list[Path], typer.Argument(metavar="[A] B", help="Reference and candidate traces (only B with --golden).")],
+    traces: Annotated[
+        list[Path], typer.Argument(metavar="[A] B", help="Reference and candidate traces (only B with --golden).")
+    ],
     tolerances: TolerancesOpt = None,
-    golden: Annotated[Path | None, typer.Option(metavar="DIR", help="Check B against this golden set instead of a reference trace.")] = None,
+    golden: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Check B against this golden set instead of a reference trace.")
+    ] = None,
     junit: Annotated[Path | None, typer.Option(help="Also write JUnit XML here: one test case per op.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object: passed, failures, ops.")] = False,
     rename: RenameOpt = None,
@@ -606,8 +798,11 @@ def check(
 
     want = 1 if golden is not None else 2
     if len(traces) != want:
-        raise WhisperdiffError("check takes two traces, A (reference) and B (candidate); or one, B, with --golden DIR"
-                               if want == 2 else "with --golden, check takes one trace: the candidate B")  # fmt: skip
+        raise WhisperdiffError(
+            "check takes two traces, A (reference) and B (candidate); or one, B, with --golden DIR"
+            if want == 2
+            else "with --golden, check takes one trace: the candidate B"
+        )
     tol = load_tolerances(tolerances)
     if golden is not None:
         result = check_golden(golden, traces[0], tol)
@@ -616,18 +811,32 @@ def check(
     if junit is not None:
         _write_atomic(junit, junit_xml(result))
     if as_json:
-        print(json.dumps({"passed": result.passed, "first_failure": result.first_failure, "summary": result.summary(),
-                          "failures": [{**f.__dict__, "value": None if f.value != f.value else f.value}
-                                       for f in result.failures],
-                          "warnings": result.warnings}, indent=1))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "passed": result.passed,
+                    "first_failure": result.first_failure,
+                    "summary": result.summary(),
+                    "failures": [
+                        {**f.__dict__, "value": None if f.value != f.value else f.value} for f in result.failures
+                    ],
+                    "warnings": result.warnings,
+                },
+                indent=1,
+            )
+        )
     else:
-        out.print(f"A {escape_markup(str(result.reference))}\nB {escape_markup(str(result.candidate))}", highlight=False)
+        out.print(
+            f"A {escape_markup(str(result.reference))}\nB {escape_markup(str(result.candidate))}", highlight=False
+        )
         for w in result.warnings:
             out.print(f"[yellow]{escape_markup(w)}[/]", highlight=False)
         for f in result.failures:
             out.print(f"[red]✗[/] {escape_markup(str(f))}", highlight=False)
         for f in result.findings[:1]:
-            out.print(f"likely cause: {f.kind} at {escape_markup(str(f.op))}: {escape_markup(f.message)}", highlight=False)
+            out.print(
+                f"likely cause: {f.kind} at {escape_markup(str(f.op))}: {escape_markup(f.message)}", highlight=False
+            )
         colour = "green" if result.passed else "bold red"
         out.print(f"[{colour}]{escape_markup(result.summary())}[/]", highlight=False)
         if junit is not None:
@@ -638,7 +847,12 @@ def check(
 @app.command()
 def tolerances(
     reference: Annotated[Path, typer.Argument(metavar="REF", help="A clean reference trace.")],
-    other: Annotated[Path | None, typer.Option("--from", help="Measure REF against this run (another device, dtype or build) instead of a float64 re-run.")] = None,
+    other: Annotated[
+        Path | None,
+        typer.Option(
+            "--from", help="Measure REF against this run (another device, dtype or build) instead of a float64 re-run."
+        ),
+    ] = None,
     factor: Annotated[float, typer.Option(help="Safety factor on the measured spread.")] = 10.0,
     output: Annotated[Path | None, typer.Option("--out", "-o", help="Write the TOML here (default: print it).")] = None,
     output_alias: OutputAlias = None,
@@ -660,12 +874,23 @@ def tolerances(
     if other is None:
         import tempfile
 
-        with tempfile.TemporaryDirectory(prefix="whisperdiff-float64-") as tmp, \
-                Progress(TextColumn("[bold]float64 re-run"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                         TextColumn("{task.fields[op]}"), console=err, transient=True,
-                         disable=not err.is_terminal) as progress:  # fmt: skip
+        with (
+            tempfile.TemporaryDirectory(prefix="whisperdiff-float64-") as tmp,
+            Progress(
+                TextColumn("[bold]float64 re-run"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[op]}"),
+                console=err,
+                transient=True,
+                disable=not err.is_terminal,
+            ) as progress,
+        ):
             task = progress.add_task("float64", total=len(ref.ops), op="")
-            twin = float64_twin(ref, Path(tmp) / "float64", on_op=lambda name: progress.update(task, advance=1, op=name))
+            twin = float64_twin(
+                ref, Path(tmp) / "float64", on_op=lambda name: progress.update(task, advance=1, op=name)
+            )
             measured = run_compare(twin, ref, replay=False)
             against = "openai-whisper in float64 on the same model and input"
     else:
@@ -674,12 +899,16 @@ def tolerances(
     if not measured.comparable:
         from whisperdiff.analysis.diagnose import not_comparable_reasons
 
-        raise WhisperdiffError(f"cannot measure a spread: the traces are not comparable ({not_comparable_reasons(measured.warnings)})")
+        raise WhisperdiffError(
+            f"cannot measure a spread: the traces are not comparable ({not_comparable_reasons(measured.warnings)})"
+        )
     proposed = propose(measured.table.to_dict("records"), factor=factor)
     when = datetime.now(UTC).strftime("%Y-%m-%d")
-    text = proposed.to_toml(f"whisperdiff tolerances, proposed {when}: the spread of {reference}\nagainst {against},"
-                            f" times {factor:g}, per op kind (blocks.* folded).\n"
-                            f"Use: whisperdiff check A B --tolerances THIS_FILE")  # fmt: skip
+    text = proposed.to_toml(
+        f"whisperdiff tolerances, proposed {when}: the spread of {reference}\nagainst {against},"
+        f" times {factor:g}, per op kind (blocks.* folded).\n"
+        f"Use: whisperdiff check A B --tolerances THIS_FILE"
+    )
     if output is None:
         print(text, end="")
     else:
@@ -687,15 +916,19 @@ def tolerances(
         err.print(f"wrote {output} ({len(proposed.rules)} rules)", highlight=False)
 
 
-golden_app = typer.Typer(help="Golden sets: a small reference (per-op statistics and fixed samples) to check runs against.",
-                         no_args_is_help=True)  # fmt: skip
+golden_app = typer.Typer(
+    help="Golden sets: a small reference (per-op statistics and fixed samples) to check runs against.",
+    no_args_is_help=True,
+)
 app.add_typer(golden_app, name="golden")
 
 
 @golden_app.command("save")
 def golden_save(
     trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="The reference trace to keep.")],
-    output: Annotated[Path, typer.Option("--out", "-o", help="Directory to write (e.g. tests/golden/tiny.en).")] = Path("golden"),
+    output: Annotated[Path, typer.Option("--out", "-o", help="Directory to write (e.g. tests/golden/tiny.en).")] = Path(
+        "golden"
+    ),
     output_alias: OutputAlias = None,
     samples: Annotated[int, typer.Option(help="Elements sampled per op.")] = 2048,
 ):
@@ -715,11 +948,20 @@ def _run_patch(trace_a, trace_b, **kwargs):
 
     from whisperdiff.analysis.patch import patch as run_patch
 
-    with Progress(TextColumn("[bold]patching"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[op]}"), console=err, transient=True, disable=not err.is_terminal) as progress:  # fmt: skip
+    with Progress(
+        TextColumn("[bold]patching"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[op]}"),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as progress:
         task = progress.add_task("patch", total=None, op="re-running B")
-        result = run_patch(trace_a, trace_b, **kwargs,
-                           on_progress=lambda k, n, op: progress.update(task, completed=k, total=n, op=op))
+        result = run_patch(
+            trace_a, trace_b, **kwargs, on_progress=lambda k, n, op: progress.update(task, completed=k, total=n, op=op)
+        )
         progress.update(task, completed=len(result.results), total=len(result.results), op="")  # n of n
         return result
 
@@ -728,13 +970,29 @@ def _run_patch(trace_a, trace_b, **kwargs):
 def patch_command(
     trace_a: ReferenceArg,
     trace_b: CandidateArg,
-    ops: Annotated[str | None, typer.Option(metavar="GLOB", help="Glob of ops to patch (default: block boundaries and every op of the first divergent block).")] = None,
-    transcribe: Annotated[bool, typer.Option(help="Decode each patched output and compare its transcript with A's.")] = True,
+    ops: Annotated[
+        str | None,
+        typer.Option(
+            metavar="GLOB",
+            help="Glob of ops to patch (default: block boundaries and every op of the first divergent block).",
+        ),
+    ] = None,
+    transcribe: Annotated[
+        bool, typer.Option(help="Decode each patched output and compare its transcript with A's.")
+    ] = True,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     html: Annotated[Path | None, typer.Option(help="Also write the HTML report with the patching chart here.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: cause, the unpatched error, each patched op.")] = False,
-    impl: Annotated[str | None, typer.Option(metavar=ImplChoice, help="What re-runs B: torch, max, module:factory or file.py:factory (default: B's impl if torch or max; a trace never names code to run).")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object: cause, the unpatched error, each patched op.")
+    ] = False,
+    impl: Annotated[
+        str | None,
+        typer.Option(
+            metavar=ImplChoice,
+            help="What re-runs B: torch, max, module:factory or file.py:factory (default: B's impl if torch or max; a trace never names code to run).",
+        ),
+    ] = None,
 ):
     """Re-run B with A's activation substituted at one op at a time: the op whose patch restores B's output is the cause."""
     result = _run_patch(trace_a, trace_b, ops=ops, transcribe=transcribe, model=model, device=device, impl=impl)
@@ -743,8 +1001,22 @@ def patch_command(
     if html is not None:
         from whisperdiff.present.report import write_report
 
-        write_report(_run_compare(trace_a, trace_b, rename=None, model=model, replay=True, min_cosine=0.99999,
-                                  max_rel_l2=1e-4, atol=1e-4, rtol=1e-3, transcribe=transcribe), html, patching=result)  # fmt: skip
+        write_report(
+            _run_compare(
+                trace_a,
+                trace_b,
+                rename=None,
+                model=model,
+                replay=True,
+                min_cosine=0.99999,
+                max_rel_l2=1e-4,
+                atol=1e-4,
+                rtol=1e-3,
+                transcribe=transcribe,
+            ),
+            html,
+            patching=result,
+        )
     if as_json:
         print(json.dumps(result.to_json(), indent=1))
         return
@@ -755,32 +1027,63 @@ def patch_command(
         table.add_column(col, justify="left" if col in ("patched op", "transcript") else "right")
     for r in result.results:
         style = "bold red" if r.op == result.cause else None
-        table.add_row(escape_markup(r.op), f"{r.final_rel_l2:.3g}", f"{r.restored:.1%}",
-                      "" if r.wer is None else f"{r.wer:.0%}", escape_markup((r.text or "")[:70]), style=style)  # fmt: skip
+        table.add_row(
+            escape_markup(r.op),
+            f"{r.final_rel_l2:.3g}",
+            f"{r.restored:.1%}",
+            "" if r.wer is None else f"{r.wer:.0%}",
+            escape_markup((r.text or "")[:70]),
+            style=style,
+        )
     out.print(table)
-    out.print(f"unpatched: final rel L2 {result.unpatched_rel_l2:.3g}" + (
-        f", WER {result.unpatched_wer:.0%}: {escape_markup(result.unpatched_text or '')[:80]!s}" if transcribe else ""),
-        highlight=False)  # fmt: skip
+    out.print(
+        f"unpatched: final rel L2 {result.unpatched_rel_l2:.3g}"
+        + (
+            f", WER {result.unpatched_wer:.0%}: {escape_markup(result.unpatched_text or '')[:80]!s}"
+            if transcribe
+            else ""
+        ),
+        highlight=False,
+    )
     if result.unpatched_wer == 0:
         out.print("[green]B's transcript is already A's (WER 0): the divergence does not matter for this input[/]")
     if result.cause:
-        out.print(f"[bold red]cause: {escape_markup(result.cause)}[/]: patching it restores "
-                  f"{result.result(result.cause).restored:.0%} of the output; no earlier patch does", highlight=False)  # fmt: skip
+        out.print(
+            f"[bold red]cause: {escape_markup(result.cause)}[/]: patching it restores "
+            f"{result.result(result.cause).restored:.0%} of the output; no earlier patch does",
+            highlight=False,
+        )
     elif result.unpatched_rel_l2 <= 1e-4:
         out.print("[green]B's output already matches A's: nothing to restore[/]")
     else:
-        out.print("[yellow]no single patch restores the output[/]: the error enters at several ops, or at one not patched")
+        out.print(
+            "[yellow]no single patch restores the output[/]: the error enters at several ops, or at one not patched"
+        )
     if html is not None:
         out.print(f"wrote {html}", highlight=False)
 
 
 @app.command("weights")
 def weights_command(
-    reference: Annotated[str, typer.Argument(metavar="A", help="Reference weights: a --model spec (default, tiny, a .pt, a CTranslate2 dir).")],
-    candidate: Annotated[str, typer.Argument(metavar="B", help="The weights your implementation used: an .npz of named arrays, a .pt, or a --model spec.")],
+    reference: Annotated[
+        str,
+        typer.Argument(
+            metavar="A", help="Reference weights: a --model spec (default, tiny, a .pt, a CTranslate2 dir)."
+        ),
+    ],
+    candidate: Annotated[
+        str,
+        typer.Argument(
+            metavar="B", help="The weights your implementation used: an .npz of named arrays, a .pt, or a --model spec."
+        ),
+    ],
     rename: RenameOpt = None,
-    all_tensors: Annotated[bool, typer.Option("--all", help="Also the decoder's tensors (default: encoder only).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: both sources and every tensor's check.")] = False,
+    all_tensors: Annotated[
+        bool, typer.Option("--all", help="Also the decoder's tensors (default: encoder only).")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object: both sources and every tensor's check.")
+    ] = False,
 ):
     """Per tensor: did B load A's weights? Missing, transposed, scaled or substituted tensors are named.
     Exit 0 when every tensor matches, 1 when any does not."""
@@ -801,7 +1104,9 @@ def weights_command(
         for layout, n in layouts.items():
             out.print(f"[dim]{n} tensors matched after undoing a known layout change: {layout}[/]", highlight=False)
         colour = "green" if not bad else "bold red"
-        out.print(f"[{colour}]{len(checks) - len(bad)} of {len(checks)} tensors match; {len(bad)} do not[/]", highlight=False)
+        out.print(
+            f"[{colour}]{len(checks) - len(bad)} of {len(checks)} tensors match; {len(bad)} do not[/]", highlight=False
+        )
     raise typer.Exit(1 if bad else 0)
 
 
@@ -845,8 +1150,11 @@ def _print_comparison(c, show_all: bool = False) -> None:
     ma, mb = c.manifest_a, c.manifest_b
     for side, path, m in (("A", c.a, ma), ("B", c.b, mb)):
         injected = "".join(f" [yellow]+{escape(f['name'])}[/]" for f in m.get("injected") or [])
-        out.print(f"[bold]{side}[/] {escape(str(path))}  {escape(str(m.get('impl')))} on {m.get('device')}, "
-                  f"{m.get('dtype')}  [dim]{escape(str(m['model'].get('id')))}[/]{injected}", highlight=False)  # fmt: skip
+        out.print(
+            f"[bold]{side}[/] {escape(str(path))}  {escape(str(m.get('impl')))} on {m.get('device')}, "
+            f"{m.get('dtype')}  [dim]{escape(str(m['model'].get('id')))}[/]{injected}",
+            highlight=False,
+        )
     for w in c.warnings:
         style = "bold red" if w.startswith("NOT COMPARABLE") else "yellow"
         out.print(f"[{style}]{escape(w)}[/]", highlight=False)
@@ -866,43 +1174,82 @@ def _print_comparison(c, show_all: bool = False) -> None:
             marker = "▶" if row["op"] == c.first_divergence else ""
             if row["status"] in ("missing_in_b", "missing_in_a", "shape_mismatch", "not_traced"):
                 colour = "dim" if row["status"] == "not_traced" else "red"
-                table.add_row(marker, str(i), escape(row["op"]), f"[{colour}]{row['status'].replace('_', ' ')}[/]", *[""] * 7)
+                table.add_row(
+                    marker, str(i), escape(row["op"]), f"[{colour}]{row['status'].replace('_', ' ')}[/]", *[""] * 7
+                )
                 continue
             intro = row["introduced_rel_l2"]
-            intro_txt = "-" if intro != intro else (f"[bold red]{intro:.2e}[/]" if intro > (tol.max_rel_l2 or 0) else f"{intro:.1e}")
-            table.add_row(marker, str(i), escape(row["op"]), f"{row['cosine']:.6f}", f"{row['rel_l2']:.2e}", intro_txt,
-                          _fmt(row["max_abs"]), _fmt(row["mean_a"]), _fmt(row["mean_b"]), _fmt(row["std_a"]),
-                          _fmt(row["std_b"]), style="red" if row["diverged"] else None)  # fmt: skip
+            intro_txt = (
+                "-"
+                if intro != intro
+                else (f"[bold red]{intro:.2e}[/]" if intro > (tol.max_rel_l2 or 0) else f"{intro:.1e}")
+            )
+            table.add_row(
+                marker,
+                str(i),
+                escape(row["op"]),
+                f"{row['cosine']:.6f}",
+                f"{row['rel_l2']:.2e}",
+                intro_txt,
+                _fmt(row["max_abs"]),
+                _fmt(row["mean_a"]),
+                _fmt(row["mean_b"]),
+                _fmt(row["std_a"]),
+                _fmt(row["std_b"]),
+                style="red" if row["diverged"] else None,
+            )
         out.print(table)
     hidden = [records[i] for i in range(len(records)) if i not in set(shown)]
     if hidden:
-        counts = Counter("within tolerance" if r["status"] == "ok" else "diverged, error inherited" if r["status"] == "diverged"
-                         else r["status"].replace("_", " ") for r in hidden)  # fmt: skip
+        counts = Counter(
+            "within tolerance"
+            if r["status"] == "ok"
+            else "diverged, error inherited"
+            if r["status"] == "diverged"
+            else r["status"].replace("_", " ")
+            for r in hidden
+        )
         matched = [r for r in hidden if r["rel_l2"] == r["rel_l2"]]
         worst = max(matched, key=lambda r: r["rel_l2"]) if matched else None
-        out.print(f"[dim]{len(hidden)} ops not shown: " + ", ".join(f"{n} {what}" for what, n in counts.items())
-                  + (f" (largest rel L2 {worst['rel_l2']:.2g} at {escape(worst['op'])})" if worst else "")
-                  + "; -v/--all shows every op[/]", highlight=False)  # fmt: skip
+        out.print(
+            f"[dim]{len(hidden)} ops not shown: "
+            + ", ".join(f"{n} {what}" for what, n in counts.items())
+            + (f" (largest rel L2 {worst['rel_l2']:.2g} at {escape(worst['op'])})" if worst else "")
+            + "; -v/--all shows every op[/]",
+            highlight=False,
+        )
     limits = escape(c.limits())
     if c.first_divergence is None:
         out.print(f"[green]no divergence[/]: every op within the limits: {limits}", highlight=False)
     else:
-        out.print(f"[bold red]first divergence: {escape(c.first_divergence)}[/] [dim](limits: {limits})[/]", highlight=False)
+        out.print(
+            f"[bold red]first divergence: {escape(c.first_divergence)}[/] [dim](limits: {limits})[/]", highlight=False
+        )
     if getattr(c, "decoder", None):  # decoder traces: (op, position) and the logits measures
         _print_decoder_summary(c.decoder)
     for f in c.findings:
         colour = {"error": "red", "warning": "yellow", "info": "dim"}[f.severity]
-        also = f" [dim](also at {len(f.also_at)} later ops: {escape(', '.join(f.also_at[:3]))}{', ...' if len(f.also_at) > 3 else ''})[/]" if f.also_at else ""
-        out.print(f"[{colour}]{f.kind}[/] at {escape(str(f.op or 'manifest'))} [dim](confidence {f.confidence:.2f})[/]: "
-                  f"{escape(f.message)}{also}", highlight=False)  # fmt: skip
+        also = (
+            f" [dim](also at {len(f.also_at)} later ops: {escape(', '.join(f.also_at[:3]))}{', ...' if len(f.also_at) > 3 else ''})[/]"
+            if f.also_at
+            else ""
+        )
+        out.print(
+            f"[{colour}]{f.kind}[/] at {escape(str(f.op or 'manifest'))} [dim](confidence {f.confidence:.2f})[/]: "
+            f"{escape(f.message)}{also}",
+            highlight=False,
+        )
     if not c.findings:
         out.print("[green]no findings[/]")
     if c.transcripts:
         t = c.transcripts
         colour = "green" if t["same"] else "bold red"
         out.print(f"transcript A: {escape(t['a'])}\ntranscript B: {escape(t['b'])}", highlight=False)
-        out.print(f"[{colour}]transcripts {'identical' if t['same'] else 'differ'}: WER {t['wer']:.1%}, CER {t['cer']:.1%}[/]"
-                  f" [dim]({cap_note(t.get('max_tokens'))})[/]", highlight=False)  # fmt: skip
+        out.print(
+            f"[{colour}]transcripts {'identical' if t['same'] else 'differ'}: WER {t['wer']:.1%}, CER {t['cer']:.1%}[/]"
+            f" [dim]({cap_note(t.get('max_tokens'))})[/]",
+            highlight=False,
+        )
 
 
 def _next_step(c, html) -> None:
@@ -964,7 +1311,9 @@ def models():
 def ops(
     model: ModelOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON list: name, shape, layout, optional.")] = False,
-    decoder: Annotated[bool, typer.Option("--decoder", help="The decoder's ops (P: token positions; shown for P=1).")] = False,
+    decoder: Annotated[
+        bool, typer.Option("--decoder", help="The decoder's ops (P: token positions; shown for P=1).")
+    ] = False,
 ):
     """The canonical op names for a model, in encoder order, with shape and layout."""
     from whisperdiff.inputs.models import load_model
@@ -995,36 +1344,74 @@ def _print_decoder_summary(d: dict) -> None:
         out.print(f"[bold red]{escape(d['warning'])}[/]", highlight=False)
     first = d.get("first_divergence")
     if first:
-        out.print(f"[bold red]decoder: first divergence at {escape(first['op'])}, {first['axis']} {first['position']}[/]",
-                  highlight=False)  # fmt: skip
+        out.print(
+            f"[bold red]decoder: first divergence at {escape(first['op'])}, {first['axis']} {first['position']}[/]",
+            highlight=False,
+        )
     logits = d.get("logits")
     if logits:
-        out.print(f"logits: top-1 agreement {logits['top1_agreement']:.1%}, KL(A||B) max {logits['max_kl']:.3g} "
-                  f"mean {logits['mean_kl']:.3g}", highlight=False)  # fmt: skip
+        out.print(
+            f"logits: top-1 agreement {logits['top1_agreement']:.1%}, KL(A||B) max {logits['max_kl']:.3g} "
+            f"mean {logits['mean_kl']:.3g}",
+            highlight=False,
+        )
         ch = logits.get("first_argmax_change")
         if ch:
-            out.print(f"[bold red]argmax first changes at position {ch['position']}[/]: A token {ch['a_token']} "
-                      f"{escape(repr(ch.get('a_text')))} (p={ch['a_prob']:.3f}; B gives it {ch['b_prob_of_a_token']:.3f}), "
-                      f"B token {ch['b_token']} {escape(repr(ch.get('b_text')))} "
-                      f"(p={ch['b_prob']:.3f}; A gives it {ch['a_prob_of_b_token']:.3f})", highlight=False)  # fmt: skip
+            out.print(
+                f"[bold red]argmax first changes at position {ch['position']}[/]: A token {ch['a_token']} "
+                f"{escape(repr(ch.get('a_text')))} (p={ch['a_prob']:.3f}; B gives it {ch['b_prob_of_a_token']:.3f}), "
+                f"B token {ch['b_token']} {escape(repr(ch.get('b_text')))} "
+                f"(p={ch['b_prob']:.3f}; A gives it {ch['a_prob_of_b_token']:.3f})",
+                highlight=False,
+            )
         else:
             out.print("[green]argmax agrees at every position[/]", highlight=False)
 
 
 @app.command("trace-decoder")
 def trace_decoder_command(
-    impl: Annotated[str, typer.Option(metavar="<torch|max>", help="Decoder: torch (openai-whisper's TextDecoder, hooked) or max (MAX Graph).")] = "torch",
+    impl: Annotated[
+        str,
+        typer.Option(
+            metavar="<torch|max>", help="Decoder: torch (openai-whisper's TextDecoder, hooked) or max (MAX Graph)."
+        ),
+    ] = "torch",
     model: ModelOpt = None,
-    audio: Annotated[Path | None, typer.Option(help="Audio file (first 30 s window). Default: the shipped clip.")] = None,
+    audio: Annotated[
+        Path | None, typer.Option(help="Audio file (first 30 s window). Default: the shipped clip.")
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Trace directory.")] = None,
-    tokens: Annotated[str | None, typer.Option(metavar="IDS", help="Comma-separated text token ids to force. Default: openai-whisper's "
-                                               "greedy tokens on the same encoder output.")] = None,
-    tokens_from: Annotated[Path | None, typer.Option("--tokens-from", help="Force the tokens of this decoder trace.")] = None,
-    encoder: Annotated[str, typer.Option(metavar="<torch|max>", help="Whose encoder output the decoder attends to: torch or max.")] = "torch",
-    encoder_inject: Annotated[list[str] | None, typer.Option("--encoder-inject", metavar="FAULT", help="Encoder bug in --encoder (repeatable).")] = None,
-    inject: Annotated[list[str] | None, typer.Option(metavar="FAULT", help="Decoder bug (MAX; repeatable): `whisperdiff faults`.")] = None,
-    taps: Annotated[str, typer.Option(metavar="<default|all|output|GLOBS>", help="default, all, output (logits) or names/globs (`whisperdiff ops --decoder`).")] = "default",
-    full: Annotated[bool, typer.Option("--full", help="One full-sequence step instead of the KV cache, token by token.")] = False,
+    tokens: Annotated[
+        str | None,
+        typer.Option(
+            metavar="IDS",
+            help="Comma-separated text token ids to force. Default: openai-whisper's "
+            "greedy tokens on the same encoder output.",
+        ),
+    ] = None,
+    tokens_from: Annotated[
+        Path | None, typer.Option("--tokens-from", help="Force the tokens of this decoder trace.")
+    ] = None,
+    encoder: Annotated[
+        str, typer.Option(metavar="<torch|max>", help="Whose encoder output the decoder attends to: torch or max.")
+    ] = "torch",
+    encoder_inject: Annotated[
+        list[str] | None,
+        typer.Option("--encoder-inject", metavar="FAULT", help="Encoder bug in --encoder (repeatable)."),
+    ] = None,
+    inject: Annotated[
+        list[str] | None, typer.Option(metavar="FAULT", help="Decoder bug (MAX; repeatable): `whisperdiff faults`.")
+    ] = None,
+    taps: Annotated[
+        str,
+        typer.Option(
+            metavar="<default|all|output|GLOBS>",
+            help="default, all, output (logits) or names/globs (`whisperdiff ops --decoder`).",
+        ),
+    ] = "default",
+    full: Annotated[
+        bool, typer.Option("--full", help="One full-sequence step instead of the KV cache, token by token.")
+    ] = False,
 ):
     """Teacher-force a decoder on one token sequence, position by position, and save every decoder op."""
     from whisperdiff.capture.decoder import trace_decoder
@@ -1041,34 +1428,66 @@ def trace_decoder_command(
     if tokens_from is not None:
         forced = load_trace(tokens_from).manifest.get("decoder", {}).get("tokens")
         if not forced:
-            raise WhisperdiffError(f"{tokens_from} is not a decoder trace (no tokens in its manifest); use `trace-decoder`")
-    result = trace_decoder(impl, model=model, audio=audio, out=out_dir, tokens=forced, encoder=encoder, taps=taps,
-                           inject=inject, encoder_inject=encoder_inject, incremental=not full)  # fmt: skip
+            raise WhisperdiffError(
+                f"{tokens_from} is not a decoder trace (no tokens in its manifest); use `trace-decoder`"
+            )
+    result = trace_decoder(
+        impl,
+        model=model,
+        audio=audio,
+        out=out_dir,
+        tokens=forced,
+        encoder=encoder,
+        taps=taps,
+        inject=inject,
+        encoder_inject=encoder_inject,
+        incremental=not full,
+    )
     d = result.manifest["decoder"]
     forced_next = d["tokens"][1:]
     agree = sum(a == t for a, t in zip(d["argmax"], forced_next, strict=False))
-    out.print(f"[bold]{result.path}[/]  {impl} decoder, {len(result.ops)} ops, {len(d['tokens'])} positions "
-              f"({d['mode']}, {d['steps']} steps)", highlight=False)  # fmt: skip
+    out.print(
+        f"[bold]{result.path}[/]  {impl} decoder, {len(result.ops)} ops, {len(d['tokens'])} positions "
+        f"({d['mode']}, {d['steps']} steps)",
+        highlight=False,
+    )
     out.print(f"tokens: {d['tokens']}  [dim]({escape_markup(d['token_source'])})[/]", highlight=False)
-    out.print(f"own argmax = next forced token at {agree} of {len(forced_next)} positions; smallest logit margin "
-              f"{min(d['margin'][:-1] or d['margin']):.3g}", highlight=False)  # fmt: skip
+    out.print(
+        f"own argmax = next forced token at {agree} of {len(forced_next)} positions; smallest logit margin "
+        f"{min(d['margin'][:-1] or d['margin']):.3g}",
+        highlight=False,
+    )
 
 
 @app.command("crossfeed")
 def crossfeed_command(
     model: ModelOpt = None,
-    audio: Annotated[Path | None, typer.Option(help="Audio file (first 30 s window). Default: the shipped clip.")] = None,
+    audio: Annotated[
+        Path | None, typer.Option(help="Audio file (first 30 s window). Default: the shipped clip.")
+    ] = None,
     encoder: Annotated[str, typer.Option(metavar="<max|torch>", help="The candidate encoder: max or torch.")] = "max",
     decoder: Annotated[str, typer.Option(metavar="<max|torch>", help="The candidate decoder: max or torch.")] = "max",
-    encoder_inject: Annotated[list[str] | None, typer.Option("--encoder-inject", metavar="FAULT", help="Encoder bug (repeatable).")] = None,
-    decoder_inject: Annotated[list[str] | None, typer.Option("--decoder-inject", metavar="FAULT", help="Decoder bug (repeatable).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: the verdict, its explanation and the four transcripts.")] = False,
+    encoder_inject: Annotated[
+        list[str] | None, typer.Option("--encoder-inject", metavar="FAULT", help="Encoder bug (repeatable).")
+    ] = None,
+    decoder_inject: Annotated[
+        list[str] | None, typer.Option("--decoder-inject", metavar="FAULT", help="Decoder bug (repeatable).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object: the verdict, its explanation and the four transcripts.")
+    ] = False,
 ):
     """Encoder or decoder? Each encoder's output through each decoder: a 2 x 2 table of transcripts."""
     from whisperdiff.analysis.crossfeed import VERDICTS, crossfeed
 
-    result = crossfeed(model, audio=audio, encoder=encoder, decoder=decoder, encoder_inject=encoder_inject,
-                       decoder_inject=decoder_inject)  # fmt: skip
+    result = crossfeed(
+        model,
+        audio=audio,
+        encoder=encoder,
+        decoder=decoder,
+        encoder_inject=encoder_inject,
+        decoder_inject=decoder_inject,
+    )
     if as_json:
         print(json.dumps(result.to_json(), indent=1))
         return
@@ -1078,8 +1497,13 @@ def crossfeed_command(
         table.add_column(col)
     for e in ("reference", "candidate"):
         label = "reference encoder (openai-whisper)" if e == "reference" else f"candidate encoder ({encoder})"
-        table.add_row(label, *[f"{escape_markup(result.texts[(e, d)])} [dim](WER {wers[(e, d)]:.0%})[/]"
-                               for d in ("reference", "candidate")])  # fmt: skip
+        table.add_row(
+            label,
+            *[
+                f"{escape_markup(result.texts[(e, d)])} [dim](WER {wers[(e, d)]:.0%})[/]"
+                for d in ("reference", "candidate")
+            ],
+        )
     out.print(table)
     colour = "green" if result.verdict == "neither" else "bold red"
     out.print(f"[{colour}]{result.verdict}[/]: {VERDICTS[result.verdict]}", highlight=False)
@@ -1139,8 +1563,12 @@ def main() -> None:
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort) as e:
         if isinstance(e.__cause__, EOFError):  # click turns EOFError (a file that ends early) into Abort
-            err.print(f"error: a file ended before its data did (truncated or empty): {_one_line(e.__cause__) or 'EOF'}",
-                      highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+            err.print(
+                f"error: a file ended before its data did (truncated or empty): {_one_line(e.__cause__) or 'EOF'}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
             sys.exit(2)
         err.print(_interrupted(), highlight=False, markup=False, soft_wrap=True)
         sys.exit(130)

@@ -17,8 +17,15 @@ from matplotlib import rc_context
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-STYLE = {"svg.fonttype": "none", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
-         "axes.spines.top": False, "axes.spines.right": False, "svg.hashsalt": "whisperdiff"}  # fmt: skip
+STYLE = {
+    "svg.fonttype": "none",
+    "font.size": 9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "svg.hashsalt": "whisperdiff",
+}
 A_COLOR, B_COLOR, BAD, INTRO, GOOD = "#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#2e9e49"
 FLOOR = 1e-12  # log scales cannot show 0: exact zeros are drawn as their own marker at the floor
 WIDTH = 12.6  # inches at 100 dpi: fits the report's 1400 px page with its margins
@@ -31,8 +38,13 @@ def label(text) -> str:
 
 def render(fig: Figure, fmt: str = "svg") -> tuple[str, bytes]:
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=100 if fmt == "png" else None, bbox_inches="tight",
-                metadata={"Date": None} if fmt == "svg" else None)  # fmt: skip
+    fig.savefig(
+        buf,
+        format=fmt,
+        dpi=100 if fmt == "png" else None,
+        bbox_inches="tight",
+        metadata={"Date": None} if fmt == "svg" else None,
+    )
     return ("image/svg+xml" if fmt == "svg" else "image/png"), buf.getvalue()
 
 
@@ -53,8 +65,7 @@ def _log_series(ax, x, values, style: str, color: str, name: str, **kw) -> None:
     zero = values == 0
     ax.plot(x, np.where(zero, np.nan, values), style, color=color, label=name, **kw)
     if zero.any():
-        ax.plot(x[zero], np.full(zero.sum(), FLOOR), "o", mfc="none", color=color, ms=5,
-                label=f"{name}: exactly 0")  # fmt: skip
+        ax.plot(x[zero], np.full(zero.sum(), FLOOR), "o", mfc="none", color=color, ms=5, label=f"{name}: exactly 0")
 
 
 def divergence(table: pd.DataFrame, first: str | None, min_cosine: float | None, max_rel_l2: float | None) -> Figure:
@@ -70,7 +81,9 @@ def divergence(table: pd.DataFrame, first: str | None, min_cosine: float | None,
             ax.bar(x, shown, color=INTRO, alpha=0.45, width=0.8, label="introduced by the op (replayed on B's inputs)")
         rel = table["rel_l2"].to_numpy(float)
         _log_series(ax, x, rel, "o-", A_COLOR, "relative L2 error (total)", ms=3)
-        _log_series(ax, x, np.clip(1 - table["cosine"].to_numpy(float), 0, 2), "s-", B_COLOR, "1 - cosine", ms=2.5, lw=1)
+        _log_series(
+            ax, x, np.clip(1 - table["cosine"].to_numpy(float), 0, 2), "s-", B_COLOR, "1 - cosine", ms=2.5, lw=1
+        )
         missing = np.isnan(rel) & table["status"].isin(["missing_in_b", "missing_in_a", "shape_mismatch"]).to_numpy()
         if missing.any():
             ax.plot(x[missing], np.full(missing.sum(), 1.0), "x", color=BAD, ms=8, mew=2, label="missing or unmatched")
@@ -84,9 +97,15 @@ def divergence(table: pd.DataFrame, first: str | None, min_cosine: float | None,
         ax.set_ylabel("error (log scale)")
         _op_axis(ax, names, first)
         if first in names:
-            ax.annotate(label(f"first divergence: {first}"), (names.index(first), ax.get_ylim()[1] / 3), color=BAD,
-                        fontsize=9, ha="right" if names.index(first) > len(names) / 2 else "left", xytext=(4, 0),
-                        textcoords="offset points")  # fmt: skip
+            ax.annotate(
+                label(f"first divergence: {first}"),
+                (names.index(first), ax.get_ylim()[1] / 3),
+                color=BAD,
+                fontsize=9,
+                ha="right" if names.index(first) > len(names) / 2 else "left",
+                xytext=(4, 0),
+                textcoords="offset points",
+            )
         ax.legend(loc="lower left", bbox_to_anchor=(0, 1.01), fontsize=7.5, ncol=4, frameon=False)
         return fig
 
@@ -98,8 +117,9 @@ def _band_limits(ax, deviation: np.ndarray, centre: float, band: float | None, f
     ax.set_ylim(centre - span if floor is None else max(floor, centre - span), centre + span)
 
 
-def statistics(table: pd.DataFrame, first: str | None, max_rel_l2: float | None = None,
-               max_std_ratio_dev: float | None = None) -> Figure:  # fmt: skip
+def statistics(
+    table: pd.DataFrame, first: str | None, max_rel_l2: float | None = None, max_std_ratio_dev: float | None = None
+) -> Figure:
     """Per op, B's std as a ratio of A's and B's mean shift in units of A's std, against the tolerance.
 
     A shift of the mean or of the spread alone already gives a relative L2 error of at least
@@ -113,7 +133,9 @@ def statistics(table: pd.DataFrame, first: str | None, max_rel_l2: float | None 
         ratio = std_b / std_a
         shift = (mean_b - mean_a) / std_a
         rms_over_std = np.sqrt(std_a**2 + mean_a**2) / std_a
-    band = max_rel_l2 * np.nanmedian(rms_over_std) if max_rel_l2 is not None and np.isfinite(rms_over_std).any() else None
+    band = (
+        max_rel_l2 * np.nanmedian(rms_over_std) if max_rel_l2 is not None and np.isfinite(rms_over_std).any() else None
+    )
     with rc_context(STYLE):
         fig = Figure(figsize=(WIDTH, 5.0))
         top, bottom = fig.subplots(2, 1, sharex=True)
@@ -122,7 +144,9 @@ def statistics(table: pd.DataFrame, first: str | None, max_rel_l2: float | None 
             (bottom, shift, 0.0, band, "(mean B - mean A) / std A"),
         ):
             if limit is not None:
-                ax.axhspan(centre - limit, centre + limit, color=GOOD, alpha=0.15, lw=0, label=f"tolerance ±{limit:.2g}")
+                ax.axhspan(
+                    centre - limit, centre + limit, color=GOOD, alpha=0.15, lw=0, label=f"tolerance ±{limit:.2g}"
+                )
             ax.axhline(centre, color="#888", lw=0.8)
             outside = np.abs(values - centre) > (limit if limit is not None else np.inf)
             ax.plot(x, values, "o-", ms=3, color=A_COLOR, lw=1)
@@ -169,16 +193,19 @@ def error_heatmap(err_tc: np.ndarray, op: str, audio_steps: int | None) -> Figur
         ax = fig.subplots()
         shown = np.ma.masked_where(err_tc.T == 0, np.maximum(err_tc.T, norm.vmin))
         cmap = _cmap("magma")
-        im = ax.imshow(shown, aspect="auto", origin="lower", norm=norm, cmap=cmap, interpolation="nearest",
-                       extent=(0, t, 0, c))  # fmt: skip
+        im = ax.imshow(
+            shown, aspect="auto", origin="lower", norm=norm, cmap=cmap, interpolation="nearest", extent=(0, t, 0, c)
+        )
         if audio_steps and audio_steps < t:
             ax.axvline(audio_steps, color="#00e5ff", lw=1, ls="--")
             ax.text(audio_steps, c * 0.97, " audio ends, padding after", color="#00e5ff", va="top", fontsize=8)
         ax.set_xlabel("time step")
         ax.set_ylabel("channel")
         zeros = int((err_tc == 0).sum())
-        ax.set_title(label(f"|B - A| at {op}" + (f" (grey: exactly 0, {zeros / err_tc.size:.0%} of cells)" if zeros else "")),
-                     fontsize=9)  # fmt: skip
+        ax.set_title(
+            label(f"|B - A| at {op}" + (f" (grey: exactly 0, {zeros / err_tc.size:.0%} of cells)" if zeros else "")),
+            fontsize=9,
+        )
         fig.colorbar(im, ax=ax, pad=0.01, label="absolute error")
         return fig
 
@@ -189,8 +216,9 @@ def _cmap(name: str):
     return colormaps[name].with_extremes(bad="#bbbbbb")  # masked cells: exact zeros
 
 
-def step_error(step_rel_error: np.ndarray, step_cosine: np.ndarray, op: str, audio_steps: int | None,
-               within: bool | None = None) -> Figure:  # fmt: skip
+def step_error(
+    step_rel_error: np.ndarray, step_cosine: np.ndarray, op: str, audio_steps: int | None, within: bool | None = None
+) -> Figure:
     """Relative error and cosine per time step: padding and positional bugs show as a slope or a step.
 
     The cosine axis never zooms in past 0.99..1, so a flat cosine of 1.0 stays a flat line at the top."""
@@ -236,8 +264,12 @@ def attention(pa: np.ndarray, pb: np.ndarray, op: str, head: int) -> Figure:
         positive = diff[np.isfinite(diff) & (diff > 0)]
         top = float(positive.max()) if positive.size else 1.0
         dn = LogNorm(vmin=max(top * 1e-5, FLOOR), vmax=max(top, 2 * FLOOR))
-        im = axes[2].imshow(np.ma.masked_where(diff == 0, np.maximum(diff, dn.vmin)), norm=dn, cmap=_cmap("magma"),
-                            interpolation="nearest")  # fmt: skip
+        im = axes[2].imshow(
+            np.ma.masked_where(diff == 0, np.maximum(diff, dn.vmin)),
+            norm=dn,
+            cmap=_cmap("magma"),
+            interpolation="nearest",
+        )
         axes[2].set_title(f"|B - A|, head {head}" + (" (grey: exactly 0)" if (diff == 0).any() else ""), fontsize=9)
         axes[2].set_xlabel("key step")
         fig.colorbar(im, ax=axes[2], pad=0.01, shrink=0.85, label="absolute difference")
@@ -271,8 +303,12 @@ def patching(ops: list[str], restored: list[float], cause: str | None, threshold
         return fig
 
 
-def positions(step_errors: dict[str, np.ndarray], kl: list[float] | None, argmax_changes: list[int],
-              first: tuple[str, int] | None = None) -> Figure:  # fmt: skip
+def positions(
+    step_errors: dict[str, np.ndarray],
+    kl: list[float] | None,
+    argmax_changes: list[int],
+    first: tuple[str, int] | None = None,
+) -> Figure:
     """Decoder traces: relative error per token position of the logits and of each block's output (top),
     KL(A || B) of the next-token distributions per position with the positions whose argmax differs (bottom).
     A KV-cache or position bug starts at the position where it acts; an encoder-side error is there from 0."""
@@ -283,25 +319,46 @@ def positions(step_errors: dict[str, np.ndarray], kl: list[float] | None, argmax
         for i, (op, err) in enumerate(step_errors.items()):
             x = np.arange(len(err))
             style = "-" if op == "decoder.logits" else ":"
-            _log_series(ax, x, np.asarray(err, float), style, BAD if op == "decoder.logits" else f"C{i % 10}", op,
-                        marker=".", lw=1.2 if op == "decoder.logits" else 0.8)  # fmt: skip
+            _log_series(
+                ax,
+                x,
+                np.asarray(err, float),
+                style,
+                BAD if op == "decoder.logits" else f"C{i % 10}",
+                op,
+                marker=".",
+                lw=1.2 if op == "decoder.logits" else 0.8,
+            )
         ax.set_yscale("log")
         ax.set_ylabel("relative error (log)")
         ax.legend(loc="upper left", fontsize=7, ncol=3)
         if first is not None:
             ax.axvline(first[1], color=BAD, ls="--", lw=1)
-            ax.set_title(label(f"error per token position; first divergence {first[0]} at position {first[1]}"), fontsize=9)
+            ax.set_title(
+                label(f"error per token position; first divergence {first[0]} at position {first[1]}"), fontsize=9
+            )
         else:
             ax.set_title("error per token position", fontsize=9)
         if kl is not None:
             axk = axes[1]
             x = np.arange(len(kl))
-            axk.plot(x, np.maximum(np.asarray(kl, float), FLOOR), "-o", ms=3, color=B_COLOR, label="KL(A || B) of the next token")
+            axk.plot(
+                x,
+                np.maximum(np.asarray(kl, float), FLOOR),
+                "-o",
+                ms=3,
+                color=B_COLOR,
+                label="KL(A || B) of the next token",
+            )
             for p in argmax_changes:
                 axk.axvline(p, color=BAD, alpha=0.3, lw=4)
             axk.set_yscale("log")
             axk.set_ylabel("KL (log)")
-            axk.legend(loc="upper left", fontsize=7.5, title="shaded: argmax differs" if argmax_changes else None,
-                       title_fontsize=7.5)  # fmt: skip
+            axk.legend(
+                loc="upper left",
+                fontsize=7.5,
+                title="shaded: argmax differs" if argmax_changes else None,
+                title_fontsize=7.5,
+            )
         axes[-1].set_xlabel("token position")
         return fig

@@ -55,8 +55,10 @@ TOP_INTRODUCERS = 5
 def _environment():
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    return Environment(loader=PackageLoader("whisperdiff.present", "templates"),
-                       autoescape=select_autoescape(["html", "j2"], default=True))
+    return Environment(
+        loader=PackageLoader("whisperdiff.present", "templates"),
+        autoescape=select_autoescape(["html", "j2"], default=True),
+    )
 
 
 def template(name: str):
@@ -67,8 +69,15 @@ def default_path(c: Comparison, directory: str | Path = "reports") -> Path:
     return Path(directory) / f"{c.a.name}--vs--{c.b.name}.html"
 
 
-def write_report(c: Comparison, path: str | Path | None = None, *, ops: list[str] = (), head: int | None = None,
-                 patching=None, on_figure=None) -> Path:  # fmt: skip
+def write_report(
+    c: Comparison,
+    path: str | Path | None = None,
+    *,
+    ops: list[str] = (),
+    head: int | None = None,
+    patching=None,
+    on_figure=None,
+) -> Path:
     """Render `c` and write it atomically (a half-written report never replaces a good one).
     on_figure(done, total) is called as the figures are drawn (progress)."""
     path = Path(path) if path is not None else default_path(c)
@@ -98,30 +107,61 @@ def render(c: Comparison, *, ops: list[str] = (), head: int | None = None, patch
 
     t = c.tolerance
     network = [
-        figure(plots.divergence(c.table, c.first_divergence, t.min_cosine, t.max_rel_l2),
-               "Relative L2 error and 1 - cosine per op, log scale, with the error each op introduces",
-               "Lines: total error of B at each op. Green bars: the error the op itself introduces (recomputed on B's "
-               "own inputs); where the line is far above the bar, the error is inherited from earlier ops. Dotted: the "
-               "tolerance. Dashed red: the first divergent op. Hollow circles on the floor: exactly 0."),
-        figure(plots.statistics(c.table, c.first_divergence, t.max_rel_l2, t.max_std_ratio_dev),
-               "Std ratio and mean shift of B against A per op, with the tolerance band",
-               "Top: B's std over A's. Bottom: B's mean minus A's, in units of A's std. Green band: the shift that alone "
-               "would use up the rel L2 tolerance. Red points are outside it: a normalisation or scale is wrong there. "
-               "Inside the band while the error above is large: the statistics look right, the content is not."),
-    ]  # fmt: skip
+        figure(
+            plots.divergence(c.table, c.first_divergence, t.min_cosine, t.max_rel_l2),
+            "Relative L2 error and 1 - cosine per op, log scale, with the error each op introduces",
+            "Lines: total error of B at each op. Green bars: the error the op itself introduces (recomputed on B's "
+            "own inputs); where the line is far above the bar, the error is inherited from earlier ops. Dotted: the "
+            "tolerance. Dashed red: the first divergent op. Hollow circles on the floor: exactly 0.",
+        ),
+        figure(
+            plots.statistics(c.table, c.first_divergence, t.max_rel_l2, t.max_std_ratio_dev),
+            "Std ratio and mean shift of B against A per op, with the tolerance band",
+            "Top: B's std over A's. Bottom: B's mean minus A's, in units of A's std. Green band: the shift that alone "
+            "would use up the rel L2 tolerance. Red points are outside it: a normalisation or scale is wrong there. "
+            "Inside the band while the error above is large: the statistics look right, the content is not.",
+        ),
+    ]
     context = {
-        "csp": Markup(CSP), "style": Markup(STYLE), "a_name": c.a.name, "b_name": c.b.name, "a_path": str(c.a), "b_path": str(c.b),
-        "version": versions().get("whisperdiff"), "now": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "verdict": _verdict(c), "first": c.first_divergence, "transcripts": _transcripts(c),
-        "offer_transcribe": _offer_transcribe(c), "findings": _findings(c.findings[:MAX_FINDINGS]),
-        "more_findings": len(c.findings) - MAX_FINDINGS, "warnings": c.warnings,
-        "patching": _patching(patching, figure) if patching else None, "network": network,
-        "up_close": [_up_close(c, op, head, figure, why="first divergence" if op == c.first_divergence else
-                               "largest error" if i == 0 and op not in ops else "asked for")
-                     for i, op in enumerate(focus)],
-        "decoder": _decoder(c, figure), "top": top_introducers(c), **_table(c), "manifest_rows": _manifest_rows(c),
-        "raw_manifests": [(side, json.dumps(_short(m), indent=1)) for side, m in (("A", c.manifest_a), ("B", c.manifest_b))],
-    }  # fmt: skip
+        "csp": Markup(CSP),
+        "style": Markup(STYLE),
+        "a_name": c.a.name,
+        "b_name": c.b.name,
+        "a_path": str(c.a),
+        "b_path": str(c.b),
+        "version": versions().get("whisperdiff"),
+        "now": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "verdict": _verdict(c),
+        "first": c.first_divergence,
+        "transcripts": _transcripts(c),
+        "offer_transcribe": _offer_transcribe(c),
+        "findings": _findings(c.findings[:MAX_FINDINGS]),
+        "more_findings": len(c.findings) - MAX_FINDINGS,
+        "warnings": c.warnings,
+        "patching": _patching(patching, figure) if patching else None,
+        "network": network,
+        "up_close": [
+            _up_close(
+                c,
+                op,
+                head,
+                figure,
+                why="first divergence"
+                if op == c.first_divergence
+                else "largest error"
+                if i == 0 and op not in ops
+                else "asked for",
+            )
+            for i, op in enumerate(focus)
+        ],
+        "decoder": _decoder(c, figure),
+        "top": top_introducers(c),
+        **_table(c),
+        "manifest_rows": _manifest_rows(c),
+        "raw_manifests": [
+            (side, json.dumps(_short(m), indent=1)) for side, m in (("A", c.manifest_a), ("B", c.manifest_b))
+        ],
+    }
     if on_figure is not None:
         on_figure(done[0], done[0])  # the estimate becomes the count drawn
     return template("report.html.j2").render(**context).lstrip()
@@ -176,9 +216,18 @@ def _verdict(c: Comparison) -> dict:
 
 
 def _findings(findings) -> list[dict]:
-    return [{"kind": f.kind, "op": f.op or "(whole run)", "confidence": f.confidence, "message": f.message,
-             "severity": f.severity, "plain": KINDS.get(f.kind, ""), "also_at": list(f.also_at or [])}
-            for f in findings]  # fmt: skip
+    return [
+        {
+            "kind": f.kind,
+            "op": f.op or "(whole run)",
+            "confidence": f.confidence,
+            "message": f.message,
+            "severity": f.severity,
+            "plain": KINDS.get(f.kind, ""),
+            "also_at": list(f.also_at or []),
+        }
+        for f in findings
+    ]
 
 
 def _transcripts(c: Comparison) -> dict | None:
@@ -203,15 +252,21 @@ def _patching(p, figure) -> dict:
     from whisperdiff.analysis.transcript import cap_note
 
     cause = p.result(p.cause) if p.cause else None
-    return {"cause": p.cause, "unpatched_wer": p.unpatched_wer, "note": cap_note(p.max_tokens),
-            "cause_restored": cause.restored if cause else None, "cause_wer": cause.wer if cause else None,
-            "rows": p.results,
-            "figure": figure(plots.patching([r.op for r in p.results], [r.restored for r in p.results], p.cause,
-                                            RESTORED),
-                             "Share of B's final error restored by patching each op",
-                             "Each bar: B re-run with A's activation substituted at that op; how much of B's final "
-                             "error (rel L2 of the last op against A) disappears. The cause is the earliest bar that "
-                             "reaches the dashed line.")}  # fmt: skip
+    return {
+        "cause": p.cause,
+        "unpatched_wer": p.unpatched_wer,
+        "note": cap_note(p.max_tokens),
+        "cause_restored": cause.restored if cause else None,
+        "cause_wer": cause.wer if cause else None,
+        "rows": p.results,
+        "figure": figure(
+            plots.patching([r.op for r in p.results], [r.restored for r in p.results], p.cause, RESTORED),
+            "Share of B's final error restored by patching each op",
+            "Each bar: B re-run with A's activation substituted at that op; how much of B's final "
+            "error (rel L2 of the last op against A) disappears. The cause is the earliest bar that "
+            "reaches the dashed line.",
+        ),
+    }
 
 
 def _up_close(c: Comparison, op: str, head: int | None, figure, why: str) -> dict:
@@ -220,35 +275,53 @@ def _up_close(c: Comparison, op: str, head: int | None, figure, why: str) -> dic
     within = not bool(row["diverged"])
     layout = row["layout"] if isinstance(row["layout"], str) else None
     spec_layout = _layout(c, op)
-    facts = (f"cosine {row['cosine']:.6f} · rel L2 {row['rel_l2']:.3g} · introduced {_num(row['introduced_rel_l2'])} · "
-             f"inherited {_num(row['inherited_rel_l2'])} · max |B - A| {row['max_abs']:.3g} at {row['max_abs_index']} · "
-             f"std B/A {row['std_ratio']:.4f} · shape {tuple(a.shape)}" + (f" (B stored {layout})" if layout else "")
-             + (f" · within tolerance ({limits_text(c)})" if within else f" · fails: {row['failures']}"))  # fmt: skip
-    figures = [figure(plots.histograms(a, b, op), f"Value histograms of A and B at {op}",
-                      "Overlaid distributions; a shifted, squeezed or clipped B shows here.")]  # fmt: skip
+    facts = (
+        f"cosine {row['cosine']:.6f} · rel L2 {row['rel_l2']:.3g} · introduced {_num(row['introduced_rel_l2'])} · "
+        f"inherited {_num(row['inherited_rel_l2'])} · max |B - A| {row['max_abs']:.3g} at {row['max_abs_index']} · "
+        f"std B/A {row['std_ratio']:.4f} · shape {tuple(a.shape)}"
+        + (f" (B stored {layout})" if layout else "")
+        + (f" · within tolerance ({limits_text(c)})" if within else f" · fails: {row['failures']}")
+    )
+    figures = [
+        figure(
+            plots.histograms(a, b, op),
+            f"Value histograms of A and B at {op}",
+            "Overlaid distributions; a shifted, squeezed or clipped B shows here.",
+        )
+    ]
     audio_steps = _audio_steps(c, a.shape, spec_layout)
     if spec_layout == "B,H,T_q,T_k":
         figures.append(_attention(c, op, head, figure))
     else:
         err_tc = _as_time_channel(np.abs(b.astype(np.float64) - a), spec_layout)
         if err_tc is not None:
-            figures.append(figure(plots.error_heatmap(err_tc, op, audio_steps), f"Absolute error at {op}, time step x channel",
-                                  "Bright columns: time steps that go wrong; bright rows: channels (a wrong weight row "
-                                  "or bias). Grey: exactly 0.", "png"))  # fmt: skip
+            figures.append(
+                figure(
+                    plots.error_heatmap(err_tc, op, audio_steps),
+                    f"Absolute error at {op}, time step x channel",
+                    "Bright columns: time steps that go wrong; bright rows: channels (a wrong weight row "
+                    "or bias). Grey: exactly 0.",
+                    "png",
+                )
+            )
     profile = c.profiles.get(op)
     if profile is not None and len(profile["step_rel_error"]) > 1:
-        figures.append(figure(plots.step_error(profile["step_rel_error"], profile["step_cosine"], op, audio_steps, within),
-                              f"Error per time step at {op}",
-                              "Flat: every step equally wrong. A slope or a jump at the end of the audio: positions or "
-                              "padding."))  # fmt: skip
+        figures.append(
+            figure(
+                plots.step_error(profile["step_rel_error"], profile["step_cosine"], op, audio_steps, within),
+                f"Error per time step at {op}",
+                "Flat: every step equally wrong. A slope or a jump at the end of the audio: positions or padding.",
+            )
+        )
     block = op.split(".")[1] if op.startswith("blocks.") else None
     weights = f"blocks.{block}.attn.weights" if block is not None else None
     note = None
     if weights and weights != op and weights in c.views:
         figures.append(_attention(c, weights, head, figure))
     elif weights and weights != op:
-        note = (f"Attention probabilities of block {block} are not in both traces; trace with --taps all to see "
-                "them here.")  # fmt: skip
+        note = (
+            f"Attention probabilities of block {block} are not in both traces; trace with --taps all to see them here."
+        )
     return {"op": op, "within": within, "why": why, "facts": facts, "figures": figures, "note": note}
 
 
@@ -259,14 +332,32 @@ def _attention(c: Comparison, op: str, head: int | None, figure) -> dict:
         head = int(np.argmax([np.abs(b[0, h].astype(np.float64) - a[0, h]).sum() for h in range(n_head)]))
     if not 0 <= head < n_head:
         raise WhisperdiffError(f"--head {head} is out of range: {op} has heads 0..{n_head - 1}")
-    return figure(plots.attention(np.asarray(a[0, head]), np.asarray(b[0, head]), op, head),
-                  f"Attention probabilities of head {head} at {op}: A, B and their difference",
-                  f"Head {head} of {n_head} (pick another with --head). A transposed or mis-scaled softmax shows as a "
-                  "mirrored or blurred pattern.", "png")  # fmt: skip
+    return figure(
+        plots.attention(np.asarray(a[0, head]), np.asarray(b[0, head]), op, head),
+        f"Attention probabilities of head {head} at {op}: A, B and their difference",
+        f"Head {head} of {n_head} (pick another with --head). A transposed or mis-scaled softmax shows as a "
+        "mirrored or blurred pattern.",
+        "png",
+    )
 
 
-COLUMNS = ["#", "op", "status", "cosine", "worst step cos (step)", "rel L2", "introduced", "inherited",
-           "max |B-A|", "std B/A", "mean A", "mean B", "NaN/Inf B", "shape", "fails"]  # fmt: skip
+COLUMNS = [
+    "#",
+    "op",
+    "status",
+    "cosine",
+    "worst step cos (step)",
+    "rel L2",
+    "introduced",
+    "inherited",
+    "max |B-A|",
+    "std B/A",
+    "mean A",
+    "mean B",
+    "NaN/Inf B",
+    "shape",
+    "fails",
+]
 
 
 def _table(c: Comparison) -> dict:
@@ -275,26 +366,38 @@ def _table(c: Comparison) -> dict:
     rows = []
     for i, r in enumerate(c.table.to_dict("records")):
         introduces = r["diverged"] and not (r["introduced_rel_l2"] <= (t.max_rel_l2 or 0))  # NaN (no replay) counts
-        cls = ("first" if r["op"] == c.first_divergence else "introduces" if introduces and r["status"] == "diverged"
-               else r["status"].replace("_", "-"))  # fmt: skip
+        cls = (
+            "first"
+            if r["op"] == c.first_divergence
+            else "introduces"
+            if introduces and r["status"] == "diverged"
+            else r["status"].replace("_", "-")
+        )
         failed = {part.split()[0] for part in (r["failures"] or "").split("; ") if part}
         shape = r["a_shape"] if r["a_shape"] is not None and not _isnan(r["a_shape"]) else r["b_shape"]
         if r["status"] == "shape_mismatch":
             shape = f"A {r['a_shape']} / B {r['b_shape']}"
         renamed = r["b_name"] if isinstance(r["b_name"], str) and r["b_name"] != r["op"] else None
         cells = [
-            {"text": i}, {"text": r["op"], "code": True, "small": f"B: {renamed}" if renamed else None},
-            {"text": r["status"].replace("_", " ")}, {"text": _num(r["cosine"], ".6f"), "bad": "cosine" in failed},
-            {"text": _num(r["worst_step_cosine"], ".5f") + (f" ({_int(r['worst_step'])})" if not _isnan(r["worst_step"]) else "")},
+            {"text": i},
+            {"text": r["op"], "code": True, "small": f"B: {renamed}" if renamed else None},
+            {"text": r["status"].replace("_", " ")},
+            {"text": _num(r["cosine"], ".6f"), "bad": "cosine" in failed},
+            {
+                "text": _num(r["worst_step_cosine"], ".5f")
+                + (f" ({_int(r['worst_step'])})" if not _isnan(r["worst_step"]) else "")
+            },
             {"text": _num(r["rel_l2"]), "bad": "rel_l2" in failed},
             {"text": _num(r["introduced_rel_l2"]), "bad": r["introduced_rel_l2"] > (t.max_rel_l2 or 0)},
-            {"text": _num(r["inherited_rel_l2"])}, {"text": _num(r["max_abs"]), "bad": "max_abs" in failed},
+            {"text": _num(r["inherited_rel_l2"])},
+            {"text": _num(r["max_abs"]), "bad": "max_abs" in failed},
             {"text": _num(r["std_ratio"], ".4f"), "bad": "std_ratio_dev" in failed},
-            {"text": _num(r["mean_a"], ".3g")}, {"text": _num(r["mean_b"], ".3g")},
+            {"text": _num(r["mean_a"], ".3g")},
+            {"text": _num(r["mean_b"], ".3g")},
             {"text": f"{_int(r['nan_b'])}/{_int(r['inf_b'])}", "bad": "nonfinite" in failed},
             {"text": "x".join(map(str, shape)) if isinstance(shape, (list, tuple)) else shape},
             {"text": r["failures"] or "", "wrap": True},
-        ]  # fmt: skip
+        ]
         rows.append({"op": r["op"], "cls": cls, "cells": cells})
     wanted = [c.first_divergence, *(x["op"] for x in top_introducers(c))]
     by_op = {row["op"]: row for row in rows}
@@ -314,11 +417,14 @@ def _manifest_rows(c: Comparison) -> list[dict]:
 
 
 MANIFEST_FIELDS = [
-    ("trace", lambda m, p: str(p)), ("implementation", lambda m, p: m.get("impl")),
+    ("trace", lambda m, p: str(p)),
+    ("implementation", lambda m, p: m.get("impl")),
     ("runner", lambda m, p: m.get("runner", {}).get("encoder")),
-    ("device", lambda m, p: m.get("device")), ("dtype", lambda m, p: m.get("dtype")),
+    ("device", lambda m, p: m.get("device")),
+    ("dtype", lambda m, p: m.get("dtype")),
     ("threads", lambda m, p: m.get("runner", {}).get("threads")),
-    ("model", lambda m, p: m.get("model", {}).get("id")), ("model source", lambda m, p: m.get("model", {}).get("source")),
+    ("model", lambda m, p: m.get("model", {}).get("id")),
+    ("model source", lambda m, p: m.get("model", {}).get("source")),
     ("weights sha256", lambda m, p: m.get("model", {}).get("weights_sha256")),
     ("dims", lambda m, p: json.dumps(m.get("model", {}).get("dims"))),
     ("input", lambda m, p: m.get("input", {}).get("path")),
@@ -327,14 +433,15 @@ MANIFEST_FIELDS = [
     ("window", lambda m, p: f"{m.get('input', {}).get('window')} of {m.get('input', {}).get('n_windows')}"),
     ("frontend", lambda m, p: m.get("input", {}).get("frontend")),
     ("log-mel sha256", lambda m, p: m.get("input", {}).get("mel_sha256")),
-    ("taps", lambda m, p: m.get("taps")), ("ops", lambda m, p: len(m.get("ops", []))),
+    ("taps", lambda m, p: m.get("taps")),
+    ("ops", lambda m, p: len(m.get("ops", []))),
     ("injected bugs", lambda m, p: ", ".join(str(f.get("name")) for f in m.get("injected") or []) or "none"),
     ("versions", lambda m, p: ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items())),
     ("started", lambda m, p: m.get("run", {}).get("started")),
     ("run time s", lambda m, p: m.get("run", {}).get("total_seconds")),
     ("encoder s", lambda m, p: m.get("run", {}).get("encoder_seconds")),
     ("compile cache hit", lambda m, p: m.get("run", {}).get("compile_cache_hit")),
-]  # fmt: skip
+]
 
 
 # -- notebook: the short HTML a Comparison, CheckResult or Trace shows as a cell's result ---------
@@ -350,46 +457,70 @@ def comparison_html(c: Comparison) -> str:
     hidden = len(short) - NOTEBOOK_ROWS
     table = _styled(short.head(NOTEBOOK_ROWS)[cols], highlight=c.first_divergence)
     return template("notebook.html.j2").render(
-        cls=cls, headline=headline, lines=[f"A {c.a}", f"B {c.b}", f"tolerance: {limits_text(c)}"],
-        findings=_findings(c.findings[:3]), table=table,
+        cls=cls,
+        headline=headline,
+        lines=[f"A {c.a}", f"B {c.b}", f"tolerance: {limits_text(c)}"],
+        findings=_findings(c.findings[:3]),
+        table=table,
         more=f"{hidden} more diverged ops; all {len(t)} in c.table" if hidden > 0 else f"all {len(t)} ops in c.table",
-    )  # fmt: skip
+    )
 
 
 def check_html(r) -> str:
     failures = r.failures
-    rows = "".join(f"<tr><td>{_e(f.op)}</td><td>{_e(f.metric)}</td><td>{'' if _isnan(f.value) else f'{f.value:.4g}'}"
-                   f"</td><td>{_e(f.limit)}</td></tr>" for f in failures[:NOTEBOOK_ROWS])  # fmt: skip
-    table = Markup(f"<table><thead><tr><th>op</th><th>metric</th><th>value</th><th>limit</th></tr></thead>"
-                   f"<tbody>{rows}</tbody></table>") if failures else None  # fmt: skip
+    rows = "".join(
+        f"<tr><td>{_e(f.op)}</td><td>{_e(f.metric)}</td><td>{'' if _isnan(f.value) else f'{f.value:.4g}'}"
+        f"</td><td>{_e(f.limit)}</td></tr>"
+        for f in failures[:NOTEBOOK_ROWS]
+    )
+    table = (
+        Markup(
+            f"<table><thead><tr><th>op</th><th>metric</th><th>value</th><th>limit</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>"
+        )
+        if failures
+        else None
+    )
     more = len(failures) - NOTEBOOK_ROWS
     return template("notebook.html.j2").render(
-        cls="good" if r.passed else "bad", headline=r.summary(), lines=[f"A {r.reference}", f"B {r.candidate}"],
-        findings=_findings(r.findings[:1]), table=table, more=f"{more} more failures in r.failures" if more > 0 else "",
-    )  # fmt: skip
+        cls="good" if r.passed else "bad",
+        headline=r.summary(),
+        lines=[f"A {r.reference}", f"B {r.candidate}"],
+        findings=_findings(r.findings[:1]),
+        table=table,
+        more=f"{more} more failures in r.failures" if more > 0 else "",
+    )
 
 
 def trace_html(tr) -> str:
     m = tr.manifest
     model = m.get("model", {})
     inp = m.get("input", {})
-    lines = [f"{m.get('impl')} on {m.get('device')}, {m.get('dtype')}; {len(tr)} ops; taps {m.get('taps')}",
-             f"model {model.get('id')} (weights sha256 {str(model.get('weights_sha256'))[:16]})",
-             f"input {inp.get('path')} (sha256 {str(inp.get('sha256'))[:16]})"]  # fmt: skip
+    lines = [
+        f"{m.get('impl')} on {m.get('device')}, {m.get('dtype')}; {len(tr)} ops; taps {m.get('taps')}",
+        f"model {model.get('id')} (weights sha256 {str(model.get('weights_sha256'))[:16]})",
+        f"input {inp.get('path')} (sha256 {str(inp.get('sha256'))[:16]})",
+    ]
     injected = [f.get("name") for f in m.get("injected") or []]
     if injected:
         lines.append(f"injected bugs: {', '.join(map(str, injected))}")
     if "transcript" in m:
         lines.append(f"transcript: {m['transcript'].get('text')}")
-    shapes = [{"op": o["name"], "shape": "x".join(map(str, o["shape"])), "dtype": o.get("dtype")} for o in m.get("ops", [])]
+    shapes = [
+        {"op": o["name"], "shape": "x".join(map(str, o["shape"])), "dtype": o.get("dtype")} for o in m.get("ops", [])
+    ]
     import pandas as pd
 
     df = pd.DataFrame(shapes[:NOTEBOOK_ROWS]).set_index("op") if shapes else None
     more = len(shapes) - NOTEBOOK_ROWS
     return template("notebook.html.j2").render(
-        cls="trace", headline=f"Trace {tr.path}", lines=lines, findings=[],
+        cls="trace",
+        headline=f"Trace {tr.path}",
+        lines=lines,
+        findings=[],
         table=_styled(df) if df is not None else None,
-        more=f"{more} more ops: t.summary() has the statistics of all {len(shapes)}" if more > 0 else "")  # fmt: skip
+        more=f"{more} more ops: t.summary() has the statistics of all {len(shapes)}" if more > 0 else "",
+    )
 
 
 def _styled(df, highlight: str | None = None):
@@ -497,16 +628,36 @@ def _decoder(c: Comparison, figure) -> dict | None:
     d = c.decoder
     if not d:
         return None
-    wanted = [op for op in c.profiles if op in ("decoder.ln", "decoder.logits") or re.fullmatch(r"decoder\.blocks\.\d+\.out", op)]
+    wanted = [
+        op
+        for op in c.profiles
+        if op in ("decoder.ln", "decoder.logits") or re.fullmatch(r"decoder\.blocks\.\d+\.out", op)
+    ]
     errors = {op: c.profiles[op]["step_rel_error"] for op in wanted}
     logits = d.get("logits") or {}
     first = d.get("first_divergence") or {}
-    at = (first["op"], first["position"]) if first.get("position") is not None and first.get("axis") == "token position" else None
+    at = (
+        (first["op"], first["position"])
+        if first.get("position") is not None and first.get("axis") == "token position"
+        else None
+    )
     argmax_a, argmax_b = d.get("argmax_a") or [], d.get("argmax_b") or []
     changes = [p for p, (x, y) in enumerate(zip(argmax_a, argmax_b, strict=False)) if x != y]
-    fig = figure(plots.positions(errors, logits.get("kl"), changes, at),
-                 "Relative error per token position of the logits and each decoder block; KL of the next-token distributions",
-                 "Top: each op's relative error at each token position (teacher-forced: both sides saw the same tokens). "
-                 "Bottom: KL(A || B) of the next-token distributions; shaded positions are where the two argmaxes differ.") if errors else None  # fmt: skip
-    return {"first": first or None, "warning": d.get("warning"), "figure": fig,
-            "top1": logits.get("top1_agreement"), "max_kl": logits.get("max_kl"), "change": logits.get("first_argmax_change")}
+    fig = (
+        figure(
+            plots.positions(errors, logits.get("kl"), changes, at),
+            "Relative error per token position of the logits and each decoder block; KL of the next-token distributions",
+            "Top: each op's relative error at each token position (teacher-forced: both sides saw the same tokens). "
+            "Bottom: KL(A || B) of the next-token distributions; shaded positions are where the two argmaxes differ.",
+        )
+        if errors
+        else None
+    )
+    return {
+        "first": first or None,
+        "warning": d.get("warning"),
+        "figure": fig,
+        "top1": logits.get("top1_agreement"),
+        "max_kl": logits.get("max_kl"),
+        "change": logits.get("first_argmax_change"),
+    }

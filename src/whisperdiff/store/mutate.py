@@ -137,8 +137,13 @@ def _makers(ops: list[str], files: dict[str, Path], outside: Path) -> dict[str, 
     def extend(rng):
         op, rel = tensor(rng)
         extra = rng.choice([1, 4, 4096])
-        return Mutation("extend", "error", op, f"+{extra} bytes",
-                        lambda t: (t / rel).write_bytes((t / rel).read_bytes() + b"\0" * extra))  # fmt: skip
+        return Mutation(
+            "extend",
+            "error",
+            op,
+            f"+{extra} bytes",
+            lambda t: (t / rel).write_bytes((t / rel).read_bytes() + b"\0" * extra),
+        )
 
     def body_bit(rng):
         op, rel = tensor(rng)
@@ -185,9 +190,14 @@ def _makers(ops: list[str], files: dict[str, Path], outside: Path) -> dict[str, 
         def apply(t):
             header, data, fields = _npy_parts(t / rel)
             shape = tuple(fields["shape"])
-            new = {"reverse": shape[::-1], "flat": (int(np.prod(shape)),), "extra-dim": (1, *shape),
-                   "bigger": (shape[0] + 1, *shape[1:]), "negative": (-1, *shape[1:]),
-                   "huge": (2**62, *shape[1:])}[how]  # fmt: skip
+            new = {
+                "reverse": shape[::-1],
+                "flat": (int(np.prod(shape)),),
+                "extra-dim": (1, *shape),
+                "bigger": (shape[0] + 1, *shape[1:]),
+                "negative": (-1, *shape[1:]),
+                "huge": (2**62, *shape[1:]),
+            }[how]
             (t / rel).write_bytes(_header(fields["descr"], False, new) + data)
 
         # reverse/flat of a shape whose reverse is itself stays the same
@@ -279,12 +289,50 @@ def _makers(ops: list[str], files: dict[str, Path], outside: Path) -> dict[str, 
 
     def manifest_type(rng):
         op = rng.choice(ops)
-        where = rng.choice(["op.shape", "op.file", "op.dtype", "op.name", "op.nbytes", "op.sha256", "op.file_bytes",
-                            "impl", "model", "input", "runner", "run", "ops", "schema_version", "taps", "injected",
-                            "model.id", "model.source", "model.dims", "input.path", "input.window", "model.dims.n_mels",
-                            "transcript"])  # fmt: skip
-        value = rng.choice([None, 7, -1, 2**70, 1.5, True, "x", [], [1, "a"], {}, {"a": 1}, "../../etc/passwd",
-                            "tensors/" + "a" * 5000 + ".npy"])  # fmt: skip
+        where = rng.choice(
+            [
+                "op.shape",
+                "op.file",
+                "op.dtype",
+                "op.name",
+                "op.nbytes",
+                "op.sha256",
+                "op.file_bytes",
+                "impl",
+                "model",
+                "input",
+                "runner",
+                "run",
+                "ops",
+                "schema_version",
+                "taps",
+                "injected",
+                "model.id",
+                "model.source",
+                "model.dims",
+                "input.path",
+                "input.window",
+                "model.dims.n_mels",
+                "transcript",
+            ]
+        )
+        value = rng.choice(
+            [
+                None,
+                7,
+                -1,
+                2**70,
+                1.5,
+                True,
+                "x",
+                [],
+                [1, "a"],
+                {},
+                {"a": 1},
+                "../../etc/passwd",
+                "tensors/" + "a" * 5000 + ".npy",
+            ]
+        )
 
         def apply(t):
             m = _manifest(t)
@@ -295,13 +343,29 @@ def _makers(ops: list[str], files: dict[str, Path], outside: Path) -> dict[str, 
                 _set_path(m, tuple(where.split(".")), value)
             _write_manifest(t, m)
 
-        return Mutation("manifest-type", "error-or-same", op if where.startswith("op.") else None,
-                        f"{where} = {value!r:.40}", apply)  # fmt: skip
+        return Mutation(
+            "manifest-type", "error-or-same", op if where.startswith("op.") else None, f"{where} = {value!r:.40}", apply
+        )
 
     def manifest_key(rng):
         op = rng.choice(ops)
-        how = rng.choice(["drop-op-key", "drop-required", "drop-optional", "unknown-key", "duplicate-op", "empty-ops",
-                          "schema", "schema-version", "nan-constant", "not-json", "deep", "bad-utf8", "big-int"])  # fmt: skip
+        how = rng.choice(
+            [
+                "drop-op-key",
+                "drop-required",
+                "drop-optional",
+                "unknown-key",
+                "duplicate-op",
+                "empty-ops",
+                "schema",
+                "schema-version",
+                "nan-constant",
+                "not-json",
+                "deep",
+                "bad-utf8",
+                "big-int",
+            ]
+        )
         key = rng.choice(["name", "file", "shape", "dtype", "nbytes", "sha256"])
         required = rng.choice(["ops", "impl", "schema", "schema_version"])
         optional = rng.choice(["runner", "versions", "run", "device"])
@@ -343,15 +407,29 @@ def _makers(ops: list[str], files: dict[str, Path], outside: Path) -> dict[str, 
                 text = json.dumps(m)
             (t / MANIFEST).write_text(text)
 
-        detail = {"drop-op-key": key, "drop-required": required, "drop-optional": optional,
-                  "schema-version": repr(version)}.get(how, "")  # fmt: skip
+        detail = {
+            "drop-op-key": key,
+            "drop-required": required,
+            "drop-optional": optional,
+            "schema-version": repr(version),
+        }.get(how, "")
         return Mutation("manifest-key", expect, op, f"{how} {detail}".strip(), apply)
 
     def hostile_string(rng):
         name = rng.choice(sorted(HOSTILE) + sorted(BAD_STRINGS))
         text = HOSTILE.get(name) or BAD_STRINGS[name]
-        where = rng.choice([("impl",), ("model", "id"), ("model", "source"), ("input", "path"), ("runner", "encoder"),
-                            ("transcript", "text"), ("run", "started"), ("injected",)])  # fmt: skip
+        where = rng.choice(
+            [
+                ("impl",),
+                ("model", "id"),
+                ("model", "source"),
+                ("input", "path"),
+                ("runner", "encoder"),
+                ("transcript", "text"),
+                ("run", "started"),
+                ("injected",),
+            ]
+        )
         expect = "same" if name in HOSTILE else "error"
 
         def apply(t):
@@ -368,15 +446,23 @@ def _makers(ops: list[str], files: dict[str, Path], outside: Path) -> dict[str, 
 
     def values(rng):
         op = rng.choice(ops)
-        how = rng.choice(["nan", "+inf", "-inf", "float32-max", "-float32-max", "1e30", "tiny", "zero-all", "negate",
-                          "scale-2"])  # fmt: skip
+        how = rng.choice(
+            ["nan", "+inf", "-inf", "float32-max", "-float32-max", "1e30", "tiny", "zero-all", "negate", "scale-2"]
+        )
         index = rng.random()
 
         def change(x):
             flat = x.reshape(-1)
             i = int(index * (flat.size - 1))
-            fixed = {"nan": np.nan, "+inf": np.inf, "-inf": -np.inf, "float32-max": np.finfo(np.float32).max,
-                     "-float32-max": -np.finfo(np.float32).max, "1e30": 1e30, "tiny": 1e-45}  # fmt: skip
+            fixed = {
+                "nan": np.nan,
+                "+inf": np.inf,
+                "-inf": -np.inf,
+                "float32-max": np.finfo(np.float32).max,
+                "-float32-max": -np.finfo(np.float32).max,
+                "1e30": 1e30,
+                "tiny": 1e-45,
+            }
             if how in fixed:
                 if flat[i] == fixed[how] or (flat[i] != 0 and abs(flat[i]) < 1e-30):
                     flat[i] = 1.0  # make sure the value really changes
@@ -401,19 +487,39 @@ def _makers(ops: list[str], files: dict[str, Path], outside: Path) -> dict[str, 
             flat[int(index * (flat.size - 1))] = {"nan": np.nan, "+inf": np.inf, "-inf": -np.inf}[how]
             return x
 
-        return Mutation("reference-values", "finding", op, f"{how} in A (digest re-written)",
-                        lambda t: _rewrite(t, op, change), side="a")  # fmt: skip
+        return Mutation(
+            "reference-values",
+            "finding",
+            op,
+            f"{how} in A (digest re-written)",
+            lambda t: _rewrite(t, op, change),
+            side="a",
+        )
 
-    return {"truncate": truncate, "extend": extend, "body-bit": body_bit, "header-bit": header_bit,
-            "header-dtype": header_dtype, "header-shape": header_shape, "header-order": header_order,
-            "pickled": pickled, "symlink": symlink, "special-file": special_file, "manifest-type": manifest_type,
-            "manifest-key": manifest_key, "hostile-string": hostile_string, "values": values,
-            "reference-values": reference_values}  # fmt: skip
+    return {
+        "truncate": truncate,
+        "extend": extend,
+        "body-bit": body_bit,
+        "header-bit": header_bit,
+        "header-dtype": header_dtype,
+        "header-shape": header_shape,
+        "header-order": header_order,
+        "pickled": pickled,
+        "symlink": symlink,
+        "special-file": special_file,
+        "manifest-type": manifest_type,
+        "manifest-key": manifest_key,
+        "hostile-string": hostile_string,
+        "values": values,
+        "reference-values": reference_values,
+    }
 
 
 OUTCOMES = ("clean error", "correct finding", "silent-wrong", "misreport", "internal error", "hang")
-_WORST = {o: i for i, o in enumerate(("correct finding", "clean error", "misreport", "silent-wrong", "internal error",
-                                      "hang"))}  # fmt: skip
+_WORST = {
+    o: i
+    for i, o in enumerate(("correct finding", "clean error", "misreport", "silent-wrong", "internal error", "hang"))
+}
 # kinds whose damage the cheap checks of `ls` must see (a flipped data bit or a re-written value needs a read)
 _LS_SEES = ("truncate", "extend", "header-dtype", "header-order", "pickled", "symlink", "special-file")
 

@@ -47,8 +47,20 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
 _TENSOR_FILE = re.compile(r"^tensors/[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}\.npy$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # dtypes a trace may hold (what runners record); anything else in a manifest is damage
-DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-          "bool")  # fmt: skip
+DTYPES = (
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+)
 MAX_MANIFEST_BYTES = 256 << 20
 MAX_NDIM = 8
 COMMITTED: list[Path] = []  # traces this process renamed into place (the CLI's interrupt message names them)
@@ -173,7 +185,9 @@ class TraceWriter:
     def __init__(self, path: str | Path, manifest: dict):
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
-            raise WhisperdiffError(f"refusing to overwrite {self.path}: it is a file, not a trace directory; choose another --out")
+            raise WhisperdiffError(
+                f"refusing to overwrite {self.path}: it is a file, not a trace directory; choose another --out"
+            )
         if self.path.exists() and not (self.path / MANIFEST).exists() and any(self.path.iterdir()):
             raise WhisperdiffError(
                 f"refusing to overwrite {self.path}: it exists and is not a whisperdiff trace; choose another --out"
@@ -214,8 +228,10 @@ class TraceWriter:
             raise WhisperdiffError(f"op {name!r} recorded twice in one trace")
         array = np.ascontiguousarray(array)
         if array.dtype.name not in DTYPES or array.ndim > MAX_NDIM:
-            raise WhisperdiffError(f"op {name!r}: cannot store {array.dtype.name} with {array.ndim} dims in a trace "
-                                   f"(one of {', '.join(DTYPES)}, at most {MAX_NDIM} dims)")  # fmt: skip
+            raise WhisperdiffError(
+                f"op {name!r}: cannot store {array.dtype.name} with {array.ndim} dims in a trace "
+                f"(one of {', '.join(DTYPES)}, at most {MAX_NDIM} dims)"
+            )
         if array.dtype.byteorder == ">":
             array = array.astype(array.dtype.newbyteorder("="))
         rel = f"{TENSOR_DIR}/{name}.npy"
@@ -432,8 +448,9 @@ def open_inside(root: Path, rel: str) -> int:
     dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
     try:
         for part in parts[:-1]:
-            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
-                              dir_fd=dir_fd)  # fmt: skip
+            next_fd = os.open(
+                part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=dir_fd
+            )
             os.close(dir_fd)
             dir_fd = next_fd
         fd = os.open(parts[-1], _OPEN_FLAGS, dir_fd=dir_fd)
@@ -485,8 +502,12 @@ def open_tensor(path: Path, op: dict):
         if dtype.hasobject:
             raise _damaged(path, op, "holds pickled Python objects, which whisperdiff never loads")
         if dtype != want:
-            raise _damaged(path, op, f"holds {dtype.str} ({dtype.name}, byte order {dtype.byteorder!r}), "
-                                     f"the manifest says {want.str} ({want.name})")  # fmt: skip
+            raise _damaged(
+                path,
+                op,
+                f"holds {dtype.str} ({dtype.name}, byte order {dtype.byteorder!r}), "
+                f"the manifest says {want.str} ({want.name})",
+            )
         if list(shape) != op["shape"]:
             raise _damaged(path, op, f"holds shape {list(shape)}, the manifest says {op['shape']}")
         if fortran:
@@ -522,7 +543,9 @@ def read_manifest(path: Path) -> dict:
     with os.fdopen(fd, "rb") as f:
         raw = f.read(MAX_MANIFEST_BYTES + 1)
     if len(raw) > MAX_MANIFEST_BYTES:
-        raise WhisperdiffError(f"{file} is over {MAX_MANIFEST_BYTES >> 20} MB; the trace is damaged: re-run `whisperdiff trace`")
+        raise WhisperdiffError(
+            f"{file} is over {MAX_MANIFEST_BYTES >> 20} MB; the trace is damaged: re-run `whisperdiff trace`"
+        )
 
     def no_constant(name):
         raise ValueError(f"{name} is not JSON")
@@ -531,7 +554,9 @@ def read_manifest(path: Path) -> dict:
         manifest = json.loads(raw.decode("utf-8"), parse_constant=no_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         why = " ".join(str(e).split())[:200] or type(e).__name__
-        raise WhisperdiffError(f"{file} is not valid JSON ({why}); the trace is damaged: re-run `whisperdiff trace`") from None
+        raise WhisperdiffError(
+            f"{file} is not valid JSON ({why}); the trace is damaged: re-run `whisperdiff trace`"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         found = manifest.get("schema") if isinstance(manifest, dict) else None
         raise WhisperdiffError(f"{file} is not a whisperdiff trace manifest (schema {_short(found)})")
@@ -581,12 +606,22 @@ def _bad_string(value, where: str, depth: int = 0) -> str | None:
 
 
 # Top-level keys: the type each must have when present, and whether it must be there.
-_TOP = {"impl": (str, True), "device": (str, False), "dtype": (str, False), "runner": (dict, False),
-        "model": (dict, False), "input": (dict, False), "taps": (str, False), "injected": (list, False),
-        "versions": (dict, False), "run": (dict, False), "transcript": (dict, False), "ops": (list, True)}  # fmt: skip
+_TOP = {
+    "impl": (str, True),
+    "device": (str, False),
+    "dtype": (str, False),
+    "runner": (dict, False),
+    "model": (dict, False),
+    "input": (dict, False),
+    "taps": (str, False),
+    "injected": (list, False),
+    "versions": (dict, False),
+    "run": (dict, False),
+    "transcript": (dict, False),
+    "ops": (list, True),
+}
 _MODEL = {"id": str, "source": str, "dims": dict, "weights_sha256": str, "tensor_sha256": dict}
-_INPUT = {"path": str, "sha256": str, "mel_sha256": str, "kind": str, "frontend": str, "window": int,
-          "n_windows": int}  # fmt: skip
+_INPUT = {"path": str, "sha256": str, "mel_sha256": str, "kind": str, "frontend": str, "window": int, "n_windows": int}
 
 
 def _schema_problem(m: dict) -> str | None:
@@ -638,14 +673,20 @@ def _schema_problem(m: dict) -> str | None:
             return f"op {name!r} shares its file {file} with another op"
         files.add(file)
         shape = op.get("shape")
-        if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(_is_int(d) and 0 <= d < 1 << 40 for d in shape):
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_NDIM
+            or not all(_is_int(d) and 0 <= d < 1 << 40 for d in shape)
+        ):
             return f"op {name!r} has shape {_short(shape)}, not a list of at most {MAX_NDIM} sizes >= 0"
         if op.get("dtype") not in DTYPES:
             return f"op {name!r} has dtype {_short(op.get('dtype'))}, not one of {', '.join(DTYPES)}"
         nbytes = math.prod(shape) * np.dtype(op["dtype"]).itemsize
         if not _is_int(op.get("nbytes")) or op["nbytes"] != nbytes:
             return f"op {name!r} says nbytes {_short(op.get('nbytes'))}, but {op['dtype']}{shape} is {nbytes} bytes"
-        if "file_bytes" in op and (not _is_int(op["file_bytes"]) or not nbytes <= op["file_bytes"] <= nbytes + (1 << 20)):
+        if "file_bytes" in op and (
+            not _is_int(op["file_bytes"]) or not nbytes <= op["file_bytes"] <= nbytes + (1 << 20)
+        ):
             return f"op {name!r} has file_bytes {_short(op['file_bytes'])}, which cannot hold {nbytes} bytes of data"
         if not isinstance(op.get("sha256"), str) or not _SHA256.match(op["sha256"]):
             return f"op {name!r} has no sha256 digest (each op's bytes are verified against it)"
@@ -702,8 +743,12 @@ def _listing(path: Path) -> Listing | None:
     if leftover:  # never listed as complete, whatever it holds
         if leftover.group(2) == "partial":
             return Listing(path, "incomplete", None)
-        return Listing(path, f"incomplete: the previous {leftover.group(1)}, kept by an interrupted replace; "
-                             "the next trace to that name restores or removes it", None)  # fmt: skip
+        return Listing(
+            path,
+            f"incomplete: the previous {leftover.group(1)}, kept by an interrupted replace; "
+            "the next trace to that name restores or removes it",
+            None,
+        )
     if not (path / MANIFEST).exists() and not (path / MANIFEST).is_symlink():
         return Listing(path, "incomplete", None) if (path / TENSOR_DIR).is_dir() else None
     try:
