@@ -1,6 +1,6 @@
 """Fuzz campaign (issue 13): hundreds of mutated traces read by `ls`, `show` and `check`, counted by outcome.
 
-A pair of real torch traces of a small random model is made, then each mutation (whisperdiff.store.mutate:
+A pair of real torch traces of a small random model is made, then each mutation (whisperdiff.gate.fuzz:
 truncation, bit flips in headers and bodies, header dtype/shape/order edits, pickled arrays, symlinks in
 and out, FIFOs, directories, manifest type/key/schema edits, hostile strings with ANSI/NUL/markup/
 surrogates, NaN/Inf and extreme values with re-written digests) is applied to a fresh copy and read:
@@ -41,7 +41,7 @@ CONTROL = [chr(c) for c in range(32) if chr(c) not in "\n\t"] + [chr(c) for c in
 
 def worker(conn, root: str, n: int, seed: int) -> None:
     """Judges mutation i of the campaign for each i received (regenerated here: mutations hold closures)."""
-    from whisperdiff.store.mutate import judge, mutations
+    from whisperdiff.gate.fuzz import judge, mutations
 
     root = Path(root)
     muts = mutations(root / "src" / "b", random.Random(seed), n, outside=root / "outside")
@@ -142,7 +142,7 @@ def main() -> int:
 
     import whisperdiff as wd
     from whisperdiff.gate.check import check
-    from whisperdiff.store.mutate import OUTCOMES, SENTINEL_ENV, mutations
+    from whisperdiff.gate.fuzz import OUTCOMES, SENTINEL_ENV, mutations
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="whisperdiff-fuzz-") as tmp:

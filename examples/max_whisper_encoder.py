@@ -98,10 +98,10 @@ def trace_fixed(
     from max.dtype import DType
     from max.graph import DeviceRef, Graph
 
-    from whisperdiff.analysis.maps import read_map
-    from whisperdiff.analysis.weightmap import from_rules, propose
     from whisperdiff.capture.graph_capture import capture, trace_captured
     from whisperdiff.capture.preflight import preflight
+    from whisperdiff.mapping.maps import read_map
+    from whisperdiff.mapping.weightmap import from_rules, propose
 
     fixed = fixed_encoder_module(plant)
     config = whisper_config(model.dims)

@@ -2,7 +2,7 @@
 them one by one; `python examples/notebook.py [OUT_DIR]` runs them all).
 
 A notebook shows a cell's last value: a Trace, a Comparison and a CheckResult show their verdict and
-a short table (`_repr_html_`), `c.plot()` a matplotlib Figure. Run as a script, each cell prints
+a short table (IPython shows it: present/notebook.py), `wd.plot(c)` a matplotlib Figure. Run as a script, each cell prints
 what a notebook would show and writes the HTML of those cells to OUT_DIR/cells.html, so you can
 see them in a browser. Set WHISPERDIFF_NOTEBOOK_IMPL=torch to skip MAX (the planted bug then acts
 on the input instead: mel-frontend).
@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import whisperdiff as wd
+from whisperdiff.present.notebook import to_html
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "notebook-out")
 impl = os.environ.get("WHISPERDIFF_NOTEBOOK_IMPL", "max")
@@ -23,7 +24,7 @@ cells: list[tuple[str, str]] = []  # (title, HTML) as a notebook would render ea
 
 def show(title: str, value) -> None:
     """What a notebook does with a cell's last value: its HTML if it has one, else its repr."""
-    html = value._repr_html_() if hasattr(value, "_repr_html_") else f"<pre>{value!r}</pre>"
+    html = to_html(value) or f"<pre>{value!r}</pre>"
     cells.append((title, html))
     print(f"--- {title}\n{value!r}\n")
 
@@ -49,9 +50,9 @@ print("diverged ops:", len(c.table[c.table["diverged"]]), "of", len(c.table), "\
 
 # %% Plots are matplotlib Figures: shown inline in a notebook, saved here
 for kind in ("divergence", "statistics", "histogram"):
-    fig = c.plot(kind)
+    fig = wd.plot(c, kind)
     fig.savefig(out / f"plot-{kind}.png", dpi=80, bbox_inches="tight")
-    print(f"c.plot({kind!r}) -> {type(fig).__name__} with {len(fig.axes)} axes, saved {out / f'plot-{kind}.png'}")
+    print(f"wd.plot(c, {kind!r}) -> {type(fig).__name__} with {len(fig.axes)} axes, saved {out / f'plot-{kind}.png'}")
 
 # %% Gate it: check against the shipped float32 tolerances (what CI runs)
 r = wd.check(a, b, wd.load_tolerances("float32"))

@@ -15,11 +15,11 @@ from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorType, TensorValue, ops
 
 import whisperdiff as wd
-from whisperdiff.analysis.automap import automap
-from whisperdiff.analysis.maps import read_map
-from whisperdiff.analysis.weightmap import from_rules, propose
 from whisperdiff.capture.graph_capture import capture
 from whisperdiff.capture.preflight import preflight
+from whisperdiff.mapping.automap import automap
+from whisperdiff.mapping.maps import read_map
+from whisperdiff.mapping.weightmap import from_rules, propose
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 CPU = DeviceRef.CPU()

@@ -14,7 +14,7 @@ from whisperdiff.capture.faults import FAULTS
 from whisperdiff.gate.check import check, check_golden, junit_xml
 from whisperdiff.gate.golden import load_golden, save_golden
 from whisperdiff.gate.testing import assert_traces_close
-from whisperdiff.gate.tolerances import Tolerance, load_tolerances, parse_tolerances, propose
+from whisperdiff.measure.tolerances import Tolerance, load_tolerances, parse_tolerances, propose
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from conftest import assert_one_line_error, run_cli
 
 import whisperdiff as wd
 from whisperdiff.analysis.compare import compare
-from whisperdiff.analysis.metrics import op_metrics
+from whisperdiff.measure.metrics import op_metrics
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_numpy_rounding_to_half_precision_is_torchs(dtype):
     """The precision floor is computed in NumPy (compare need not import torch); it must round as torch does."""
     import torch
 
-    from whisperdiff.analysis.metrics import round_to
+    from whisperdiff.measure.metrics import round_to
 
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(200_000) * np.exp(rng.uniform(-30, 30, 200_000))).astype(np.float32)

@@ -133,21 +133,21 @@ def test_plots(runs):
     from whisperdiff.present import plots
 
     clean = wd.compare(runs["a"], runs["clean"])
-    fig = clean.plot("divergence")
+    fig = wd.plot(clean, "divergence")
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert any("exactly 0" in text for text in labels)  # the clean run's zeros are marked, not drawn at 1e-12
-    stats = clean.plot("statistics")
+    stats = wd.plot(clean, "statistics")
     top, bottom = stats.axes[:2]
     assert top.get_ylabel() == "std B / std A" and bottom.get_ylabel() == "(mean B - mean A) / std A"
     low, high = top.get_ylim()
     assert low <= 1 - 1e-4 and high >= 1 + 1e-4  # the tolerance band shows; 1.0 is not zoomed into noise
-    steps = clean.plot("steps", op="blocks.0.mlp.fc1")
+    steps = wd.plot(clean, "steps", op="blocks.0.mlp.fc1")
     assert steps.axes[1].get_ylim()[0] <= 0.99 and "(within tolerance)" in steps.axes[0].get_title()
     bars = plots.patching(["mel", "conv1", "ln_post"], [0.1, 0.95, 1.0], "conv1")
     assert bars.axes[0].get_ylabel() == "% of B's final error restored"
     assert [round(p.get_height()) for p in bars.axes[0].patches] == [10, 95, 100]
     for kind in ("histogram", "heatmap"):
-        assert isinstance(clean.plot(kind, op="conv1"), Figure)
+        assert isinstance(wd.plot(clean, kind, op="conv1"), Figure)
 
 
 # -- 3. not comparable stops compare, report and check; --force goes on ---------------------------
@@ -171,7 +171,7 @@ def test_not_comparable_stops_with_the_reasons_unless_forced(runs, tmp_path):
 
 # -- 4. one cap for every WER ----------------------------------------------------------------------
 def test_a_stored_transcript_is_capped_exactly_as_a_capped_decode(default_trace, tiny_en):
-    from whisperdiff.analysis.transcript import Decoder, capped, token_cap
+    from whisperdiff.capture.transcript import Decoder, capped, token_cap
 
     decoder = Decoder(tiny_en)
     reference = decoder(np.asarray(default_trace["ln_post"]))
@@ -186,7 +186,7 @@ def test_a_stored_transcript_is_capped_exactly_as_a_capped_decode(default_trace,
 def test_compare_and_patch_report_the_same_wer(tmp_path, tiny_en):
     a = wd.trace("torch", model=tiny_en, out=tmp_path / "a", taps="output", transcribe=True)
     b = wd.trace("torch", model=tiny_en, out=tmp_path / "b", taps="output", transcribe=True, inject=["mel-frontend"])
-    from whisperdiff.analysis.patch import patch
+    from whisperdiff.experiments.patch import patch
 
     c = wd.compare(a, b, replay=False)
     p = patch(a, b, ops="mel")
@@ -229,13 +229,18 @@ def test_notebook_api(runs, tmp_path):
     assert row["op"] == "ln_post" and row["status"] == "diverged"
     summary = runs["a"].summary()
     assert summary.loc["ln_post", "op"] == "ln_post" and "op" in c.table.columns  # one column name in both
-    html = c._repr_html_()
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()  # a real IPython shell: what a notebook's kernel runs
+    wd._register_notebook_display()  # what `import whisperdiff` does inside IPython
+    html = shell.display_formatter.format(c)[0]["text/html"]
     assert "B diverges from A first at mel" in html and "input_mismatch" in html and "<table" in html
     assert "tensor_sha256" not in html and len(html) < 60_000  # a short table, not the manifests
-    assert isinstance(c.plot(), Figure) and isinstance(c.plot("statistics"), Figure)
+    assert isinstance(wd.plot(c), Figure) and isinstance(wd.plot(c, "statistics"), Figure)
     r = wd.check(runs["a"], runs["bug"], wd.load_tolerances("float32"))
-    assert "FAIL" in r._repr_html_() and "mel" in r._repr_html_()
-    t_html = runs["a"]._repr_html_()
+    r_html = shell.display_formatter.format(r)[0]["text/html"]
+    assert "FAIL" in r_html and "mel" in r_html
+    t_html = shell.display_formatter.format(runs["a"])[0]["text/html"]
     assert str(runs["a"].path) in t_html and "weights sha256" in t_html and "tensor_sha256" not in t_html
     assert len(t_html) < 20_000
 

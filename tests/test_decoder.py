@@ -16,12 +16,12 @@ import whisper
 
 from tests.conftest import assert_one_line_error, run_cli
 from whisperdiff.analysis.compare import compare
-from whisperdiff.analysis.crossfeed import crossfeed
-from whisperdiff.analysis.metrics import op_metrics
 from whisperdiff.capture.decoder import encoder_features, greedy, prompt_tokens, trace_decoder
 from whisperdiff.capture.faults import DECODER_FAULTS, get_faults
 from whisperdiff.errors import WhisperdiffError
+from whisperdiff.experiments.crossfeed import crossfeed
 from whisperdiff.inputs.audio import prepare_input
+from whisperdiff.measure.metrics import op_metrics
 from whisperdiff.names import decoder_op_specs, position_axis
 
 

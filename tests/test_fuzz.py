@@ -10,7 +10,7 @@ from collections import Counter
 
 import whisperdiff as wd
 from whisperdiff.gate.check import check
-from whisperdiff.store.mutate import SENTINEL_ENV, judge, mutations
+from whisperdiff.gate.fuzz import SENTINEL_ENV, judge, mutations
 
 SMALL = "random:tiny,n_audio_layer=1,n_audio_state=64,n_audio_head=2,n_text_layer=1,n_text_state=64,n_text_head=2"
 N, SEED = 200, 13

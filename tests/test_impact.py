@@ -10,9 +10,9 @@ import pytest
 from conftest import run_cli
 
 import whisperdiff as wd
-from whisperdiff.analysis.patch import patch
-from whisperdiff.analysis.transcript import cer, wer, word_diff
-from whisperdiff.api import Session
+from whisperdiff.capture.session import Session
+from whisperdiff.capture.transcript import cer, wer, word_diff
+from whisperdiff.experiments.patch import patch
 from whisperdiff.inputs.audio import default_audio_path
 
 

@@ -14,7 +14,7 @@ import whisperdiff as wd
 from whisperdiff.analysis.compare import compare
 from whisperdiff.capture.faults import FAULTS
 from whisperdiff.capture.max_runner import MaxRunner
-from whisperdiff.gate.tolerances import Tolerance
+from whisperdiff.measure.tolerances import Tolerance
 
 
 def agreement(a, b) -> tuple[float, float]:

@@ -14,7 +14,7 @@ from conftest import SMALL_RANDOM, assert_one_line_error, run_cli
 
 import whisperdiff as wd
 from whisperdiff.gate.check import check
-from whisperdiff.gate.tolerances import load_tolerances
+from whisperdiff.measure.tolerances import load_tolerances
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

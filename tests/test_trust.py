@@ -17,9 +17,9 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 
 import whisperdiff as wd
-from whisperdiff.analysis.patch import patch
+from whisperdiff.experiments.patch import patch
 from whisperdiff.gate.check import check
-from whisperdiff.gate.tolerances import Tolerance
+from whisperdiff.measure.tolerances import Tolerance
 from whisperdiff.provenance import sha256_bytes
 from whisperdiff.store import trace as store
 from whisperdiff.store.trace import MANIFEST, TraceWriter, list_traces, load_trace

@@ -21,6 +21,7 @@ The package follows the flow of the work:
 Names are imported lazily, so `import whisperdiff` (and `whisperdiff --help`) stays fast.
 """
 
+import sys
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
@@ -31,8 +32,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 # public name -> module that defines it
 _API = {
-    "trace": "whisperdiff.api",
-    "Session": "whisperdiff.api",
+    "trace": "whisperdiff.capture.session",
+    "Session": "whisperdiff.capture.session",
     "compare": "whisperdiff.analysis.compare",
     "Comparison": "whisperdiff.analysis.compare",
     "check": "whisperdiff.gate.check",
@@ -42,7 +43,7 @@ _API = {
     "instrument": "whisperdiff.capture.instrument",
     "mark_all": "whisperdiff.capture.graph_capture",  # (not "capture": that is the subpackage's name)
     "preflight": "whisperdiff.capture.preflight",
-    "automap": "whisperdiff.analysis.automap",
+    "automap": "whisperdiff.mapping.automap",
     "Tracer": "whisperdiff.capture.tracer",
     "LoadedModel": "whisperdiff.inputs.models",
     "load_model": "whisperdiff.inputs.models",
@@ -52,13 +53,14 @@ _API = {
     "op_specs": "whisperdiff.names",
     "select_taps": "whisperdiff.names",
     "write_report": "whisperdiff.present.report",
+    "plot": "whisperdiff.present.plots",
     "Trace": "whisperdiff.store.trace",
     "TraceWriter": "whisperdiff.store.trace",
     "list_traces": "whisperdiff.store.trace",
     "load_trace": "whisperdiff.store.trace",
-    "Tolerance": "whisperdiff.gate.tolerances",
-    "ToleranceSet": "whisperdiff.gate.tolerances",
-    "load_tolerances": "whisperdiff.gate.tolerances",
+    "Tolerance": "whisperdiff.measure.tolerances",
+    "ToleranceSet": "whisperdiff.measure.tolerances",
+    "load_tolerances": "whisperdiff.measure.tolerances",
 }
 
 __all__ = ["__version__", *_API]
@@ -74,3 +76,17 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(__all__)
+
+
+def _register_notebook_display() -> None:
+    """Inside IPython, show a Comparison, CheckResult or Trace as HTML (present/notebook.py); the
+    data types themselves carry no rendering code."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    if shell is not None:
+        from whisperdiff.present.notebook import register
+
+        register(shell)
+
+
+_register_notebook_display()

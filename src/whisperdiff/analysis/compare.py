@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from whisperdiff.analysis.align import Pair, align, load_rename_rules
 from whisperdiff.analysis.diagnose import (
     Finding,
     diagnosis_context,
@@ -29,10 +28,12 @@ from whisperdiff.analysis.diagnose import (
     pair_swaps,
     untapped,
 )
+from whisperdiff.analysis.hypotheses import explain as explain_op
 from whisperdiff.analysis.logits import decoder_layouts, decoder_summary
-from whisperdiff.analysis.metrics import op_metrics, rounding_error
 from whisperdiff.errors import WhisperdiffError
-from whisperdiff.gate.tolerances import Tolerance, ToleranceSet
+from whisperdiff.mapping.align import Pair, align, load_rename_rules
+from whisperdiff.measure.metrics import op_metrics, rounding_error
+from whisperdiff.measure.tolerances import Tolerance, ToleranceSet
 from whisperdiff.store.trace import Trace, load_trace
 
 
@@ -55,6 +56,7 @@ class Comparison:
     traces: tuple[Trace, Trace] | None = field(default=None, repr=False)
     views: dict = field(default_factory=dict, repr=False)  # op -> B's array in A's layout
     decoder: dict | None = None  # decoder traces: first divergence as (op, position), logits measures (logits.py)
+    layouts: dict[str, str | None] = field(default_factory=dict)  # op -> its canonical layout ("B,T,C", ...)
 
     def values(self, op: str) -> tuple[np.ndarray, np.ndarray]:
         """A's and B's arrays at a matched op, B converted to A's layout (memory-mapped where possible)."""
@@ -86,45 +88,6 @@ class Comparison:
             f"first_divergence={self.first_divergence!r}, findings={[f.kind for f in self.findings[:3]]}, "
             f"ops={len(self.table)}, diverged={int(self.table['diverged'].sum())})"
         )
-
-    def _repr_html_(self) -> str:  # a notebook cell: the verdict, top findings, the diverged rows
-        from whisperdiff.present.report import comparison_html
-
-        return comparison_html(self)
-
-    def plot(self, kind: str = "divergence", op: str | None = None, head: int | None = None):
-        """A matplotlib Figure (matplotlib is imported only here): kind "divergence" (error per op),
-        "statistics" (std ratio and mean shift per op), or for one op (default: the first divergence)
-        "histogram", "heatmap", "steps", "attention"."""
-        from whisperdiff.present import plots
-
-        t = self.tolerance
-        if kind == "divergence":
-            return plots.divergence(self.table, self.first_divergence, t.min_cosine, t.max_rel_l2)
-        if kind == "statistics":
-            return plots.statistics(self.table, self.first_divergence, t.max_rel_l2, t.max_std_ratio_dev)
-        kinds = ("divergence", "statistics", "histogram", "heatmap", "steps", "attention")
-        if kind not in kinds:
-            raise WhisperdiffError(f"plot kind {kind!r}: use one of {', '.join(kinds)}")
-        op = op or self.first_divergence or str(self.table["rel_l2"].idxmax())
-        a, b = self.values(op)
-        if kind == "histogram":
-            return plots.histograms(a, b, op)
-        if kind == "attention":
-            if a.ndim != 4:
-                raise WhisperdiffError(f"{op} is not an attention-probability op (blocks.N.attn.weights)")
-            head = int(np.argmax(np.abs(b[0].astype(np.float64) - a[0]).sum(axis=(1, 2)))) if head is None else head
-            return plots.attention(np.asarray(a[0, head]), np.asarray(b[0, head]), op, head)
-        if kind == "steps":
-            profile = self.profiles[op]
-            return plots.step_error(
-                profile["step_rel_error"], profile["step_cosine"], op, None, not bool(self.table.loc[op, "diverged"])
-            )
-        layout = {s["name"]: s.get("layout") for s in _specs(self.manifest_a)}.get(op) or ""
-        err = np.abs(b.astype(np.float64) - a)
-        if err.ndim != 3 or not (layout.startswith("B,T,") or layout.endswith((",T", ",T_in"))):
-            raise WhisperdiffError(f"{op} has no time x channel layout to draw as a heatmap")
-        return plots.error_heatmap(err[0] if layout.startswith("B,T,") else err[0].T, op, None)
 
     def to_json(self) -> dict:
         ops = []
@@ -281,7 +244,7 @@ def compare(
                 if rep is not None:
 
                     def explain(n=pair.name, i=inputs):
-                        return replayer.explain(n, [b_value(x) for x in i] + [b_value(n)], diag)  # noqa: E731
+                        return explain_op(replayer, n, [b_value(x) for x in i] + [b_value(n)], diag)
 
                 f = op_finding(
                     row,
@@ -370,13 +333,14 @@ def compare(
         (ta, tb),
         {n: (b_names[n], views[n]) for n in b_names},
         decoder,
+        layouts,
     )
 
 
 def transcript_comparison(a: Trace, b: Trace, decode: bool = False, model=None) -> dict | None:
     """Both transcripts and B's word and character error rates against A's: from the manifests
     (`trace --transcribe`), or decoded now with openai-whisper's decoder when `decode`."""
-    from whisperdiff.analysis.transcript import Decoder, capped, cer, token_cap, wer
+    from whisperdiff.capture.transcript import Decoder, capped, cer, token_cap, wer
 
     texts = [t.manifest.get("transcript", {}).get("text") for t in (a, b)]
     if decode and None in texts and "ln_post" in a and "ln_post" in b:

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from whisperdiff.measure.metrics import new_nonfinite
+
 KINDS = {
     "input_mismatch": "the encoders were fed different inputs (audio or log-mel frontend)",
     "weights_mismatch": "the two runs used different weights",
@@ -115,11 +117,6 @@ def not_comparable_reasons(warnings: list[str]) -> str:
 def untapped(ma: dict, mb: dict) -> bool:
     """B recorded a subset of A's ops on purpose (`--taps default`, a plugin...): ops absent from it are not bugs."""
     return mb.get("taps") not in (None, "all") and ma.get("taps") != mb.get("taps")
-
-
-def new_nonfinite(row: dict) -> bool:
-    """B has NaN/Inf that A does not."""
-    return row["nan_b"] + row["inf_b"] > row["nan_a"] + row["inf_a"]
 
 
 def op_finding(

@@ -565,3 +565,14 @@ def mel_hypotheses(a: np.ndarray, b: np.ndarray) -> list[tuple]:
             )
         )
     return out
+
+
+def explain(replayer: Replayer, op: str, inputs: list[np.ndarray], context: dict | None = None) -> dict:
+    """The replay plus every hypothesis of the op's type, each scored against the candidate:
+    {"introduced", "expected" (the replay, numpy), "hypotheses": [(kind, explain, rel err, extra)]}."""
+    recipe = replayer.recipe(op)
+    *xs, out = replayer.tensors(inputs)
+    with replayer.torch.no_grad():
+        expected = recipe.fn(*xs)
+        found = list(hypotheses_for(replayer, recipe, xs, out, expected, context or {}))
+    return {"introduced": rel(expected, out), "expected": expected.numpy(), "hypotheses": found}

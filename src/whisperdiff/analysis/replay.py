@@ -194,18 +194,6 @@ class Replayer:
             expected = recipe.fn(*xs)
         return {"introduced": rel(expected, out), "replay_scale": float(expected.norm()), "hypotheses": []}
 
-    def explain(self, op: str, inputs: list[np.ndarray], context: dict | None = None) -> dict:
-        """The replay plus every hypothesis of the op's type, each scored against the candidate:
-        {"introduced", "expected" (the replay, numpy), "hypotheses": [(kind, explain, rel err, extra)]}."""
-        from whisperdiff.analysis.hypotheses import hypotheses_for
-
-        recipe = self.recipe(op)
-        *xs, out = self.tensors(inputs)
-        with self.torch.no_grad():
-            expected = recipe.fn(*xs)
-            found = list(hypotheses_for(self, recipe, xs, out, expected, context or {}))
-        return {"introduced": rel(expected, out), "expected": expected.numpy(), "hypotheses": found}
-
     def inputs_of(self, op: str) -> tuple[str, ...] | None:
         recipe = self.recipe(op)
         return recipe.inputs if recipe else None

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from whisperdiff.analysis.metrics import time_axis
+from whisperdiff.measure.metrics import time_axis
 
 
 def valid_steps(manifest: dict, mel: np.ndarray | None = None) -> int | None:

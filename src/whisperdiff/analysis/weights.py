@@ -75,7 +75,7 @@ def load_weights(spec: str | Path) -> tuple[dict[str, np.ndarray], str]:
 
 
 def _canonical(name: str, rules) -> str:
-    from whisperdiff.analysis.align import rename
+    from whisperdiff.mapping.align import rename
 
     name = rename(name, rules) if rules else name
     return name if name.startswith(("encoder.", "decoder.")) else f"encoder.{name}"

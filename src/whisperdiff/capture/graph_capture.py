@@ -15,7 +15,7 @@ module's state dict) and your file:line. A value's key is `path:op#n` (the n-th 
 that module), or the module path itself for a module's output, so keys stay the same from run to run.
 `outputs(select)` picks what becomes graph outputs: "all", "canonical" (every value whose static
 shape could be a canonical op of the model, under a known layout) or patterns (`layers.*.mlp.fc1`,
-`*` = one dotted segment, the one syntax of whisperdiff's maps). `analysis/automap.py` then decides
+`*` = one dotted segment, the one syntax of whisperdiff's maps). `mapping/automap.py` then decides
 which value is which canonical op. When the build raises, what was recorded up to there is kept.
 """
 
@@ -290,7 +290,7 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         if what == "canonical":
             if dims is None:
                 raise WhisperdiffError('select="canonical" needs the model dims (e.g. load_model(...).dims)')
-            from whisperdiff.analysis.align import layout_view
+            from whisperdiff.mapping.align import layout_view
             from whisperdiff.names import op_specs
 
             # (not the optional attention probabilities: n_head x T x T each, and tapping them stops fusion)
@@ -302,7 +302,7 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
                 for c, shape in runs
                 if all(isinstance(d, int) for d in shape) and any(layout_view(s, shape) for s in shapes)
             ]
-        from whisperdiff.analysis.maps import pattern_regex
+        from whisperdiff.mapping.maps import pattern_regex
 
         patterns = [what] if isinstance(what, str) else list(what)
         regexes = [pattern_regex(p.strip()) for p in patterns for p in p.split(",") if p.strip()]
@@ -366,8 +366,8 @@ def trace_captured(
     of a saved map, used first. map_path: where to write the map (with `weights`, a [weights] section).
     untapped(mel) -> the same graph's own output built without the extra outputs: how far the tapped
     graph's own output is from it (extra outputs can change what the compiler fuses) goes in the manifest."""
-    from whisperdiff.analysis.automap import automap
     from whisperdiff.capture.tracer import Tracer
+    from whisperdiff.mapping.automap import automap
 
     with Tracer(out, impl=impl, model=model, info=info) as t:
         results = list(execute(t.mel))

@@ -26,9 +26,9 @@ import re
 
 import numpy as np
 
-from whisperdiff.analysis.align import rename
 from whisperdiff.capture.graph_capture import module_paths
 from whisperdiff.errors import WhisperdiffError
+from whisperdiff.mapping.align import rename
 
 
 class instrument:  # noqa: N801 - used like a function: `with wd.instrument(module) as taps`

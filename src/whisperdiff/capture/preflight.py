@@ -118,7 +118,7 @@ _AXES = {3: ["out", "in", "k"], 2: ["out", "in"]}
 
 def check_weights(module, reference: dict[str, np.ndarray], report: PreflightReport):
     """The module's declared weights against the checkpoint's; returns the proposed WeightMap."""
-    from whisperdiff.analysis.weightmap import propose
+    from whisperdiff.mapping.weightmap import propose
 
     declared = {k: tuple(int(d) for d in w.shape) for k, w in module.raw_state_dict().items()}
     ref = {k: v for k, v in reference.items() if k.startswith("encoder.")}

@@ -16,7 +16,7 @@ from pathlib import Path
 from whisperdiff.analysis.compare import compare
 from whisperdiff.analysis.diagnose import Finding, manifest_findings, not_comparable_reasons
 from whisperdiff.errors import WhisperdiffError
-from whisperdiff.gate.tolerances import ToleranceSet
+from whisperdiff.measure.tolerances import ToleranceSet
 from whisperdiff.store.trace import Trace, load_trace
 
 
@@ -63,11 +63,6 @@ class CheckResult:
 
     def __repr__(self) -> str:
         return f"CheckResult({self.summary()!r}, reference={str(self.reference)!r}, candidate={str(self.candidate)!r})"
-
-    def _repr_html_(self) -> str:  # a notebook cell: PASS/FAIL, the failing ops, the likely cause
-        from whisperdiff.present.report import check_html
-
-        return check_html(self)
 
     def summary(self) -> str:
         if self.passed:

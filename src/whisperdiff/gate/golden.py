@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from whisperdiff.analysis.diagnose import untapped
-from whisperdiff.analysis.metrics import op_metrics
 from whisperdiff.errors import WhisperdiffError
-from whisperdiff.gate.tolerances import ToleranceSet
+from whisperdiff.measure.metrics import op_metrics
+from whisperdiff.measure.tolerances import ToleranceSet
 from whisperdiff.provenance import sha256_file
 from whisperdiff.store.stats import tensor_stats
 from whisperdiff.store.trace import Trace, atomic_write, load_trace, open_inside

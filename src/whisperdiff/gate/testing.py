@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from whisperdiff.gate.check import check, check_golden
-from whisperdiff.gate.tolerances import ToleranceSet, load_tolerances
+from whisperdiff.measure.tolerances import ToleranceSet, load_tolerances
 from whisperdiff.store.trace import Trace
 
 

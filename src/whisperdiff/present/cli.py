@@ -224,7 +224,7 @@ def trace(
     """Run an encoder on one input and save every intermediate activation under canonical names."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from whisperdiff.api import Session
+    from whisperdiff.capture.session import Session
 
     inject = _faults(inject)
 
@@ -365,7 +365,7 @@ def transcribe(
     Each window is traced like `trace` and its transcript stored in the trace's manifest."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from whisperdiff.api import Session
+    from whisperdiff.capture.session import Session
 
     inject = _faults(inject)
     with Progress(
@@ -569,7 +569,7 @@ def _run_compare(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from whisperdiff.analysis.compare import compare as run_compare
-    from whisperdiff.gate.tolerances import Tolerance, load_tolerances
+    from whisperdiff.measure.tolerances import Tolerance, load_tolerances
 
     tolerance = (
         load_tolerances(tolerances)
@@ -748,7 +748,7 @@ def report(
     out.print(f"wrote {path}  ({_size(path.stat().st_size)})", highlight=False)
     out.print(f"[{colour}]{escape_markup(headline)}[/]", highlight=False)
     if result.transcripts:
-        from whisperdiff.analysis.transcript import cap_note
+        from whisperdiff.capture.transcript import cap_note
 
         t = result.transcripts
         out.print(
@@ -794,7 +794,7 @@ def check(
     """Pass (exit 0) when every op of B is within tolerance of A, fail (exit 1) naming each op that is not."""
     from whisperdiff.gate.check import check as run_check
     from whisperdiff.gate.check import check_golden, junit_xml
-    from whisperdiff.gate.tolerances import load_tolerances
+    from whisperdiff.measure.tolerances import load_tolerances
 
     want = 1 if golden is not None else 2
     if len(traces) != want:
@@ -863,8 +863,8 @@ def tolerances(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from whisperdiff.analysis.compare import compare as run_compare
-    from whisperdiff.api import float64_twin
-    from whisperdiff.gate.tolerances import propose
+    from whisperdiff.capture.session import float64_twin
+    from whisperdiff.measure.tolerances import propose
     from whisperdiff.store.trace import load_trace
 
     output = output or output_alias
@@ -946,7 +946,7 @@ def _run_patch(trace_a, trace_b, **kwargs):
     """patch() with "k of n" patch points on a terminal (shared by `patch` and `report --patch`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from whisperdiff.analysis.patch import patch as run_patch
+    from whisperdiff.experiments.patch import patch as run_patch
 
     with Progress(
         TextColumn("[bold]patching"),
@@ -1020,7 +1020,7 @@ def patch_command(
     if as_json:
         print(json.dumps(result.to_json(), indent=1))
         return
-    from whisperdiff.analysis.transcript import cap_note
+    from whisperdiff.capture.transcript import cap_note
 
     table = Table(caption=f"WER: {cap_note(result.max_tokens)}, as in compare and report" if transcribe else None)
     for col in ("patched op", "final rel L2", "restored", "WER", "transcript"):
@@ -1087,8 +1087,8 @@ def weights_command(
 ):
     """Per tensor: did B load A's weights? Missing, transposed, scaled or substituted tensors are named.
     Exit 0 when every tensor matches, 1 when any does not."""
-    from whisperdiff.analysis.align import load_rename_rules
     from whisperdiff.analysis.weights import compare_weights, load_weights
+    from whisperdiff.mapping.align import load_rename_rules
 
     a, source_a = load_weights(reference)
     b, source_b = load_weights(candidate)
@@ -1145,7 +1145,7 @@ def _shown_rows(c, show_all: bool) -> list[int]:
 def _print_comparison(c, show_all: bool = False) -> None:
     from rich.markup import escape
 
-    from whisperdiff.analysis.transcript import cap_note
+    from whisperdiff.capture.transcript import cap_note
 
     ma, mb = c.manifest_a, c.manifest_b
     for side, path, m in (("A", c.a, ma), ("B", c.b, mb)):
@@ -1478,7 +1478,7 @@ def crossfeed_command(
     ] = False,
 ):
     """Encoder or decoder? Each encoder's output through each decoder: a 2 x 2 table of transcripts."""
-    from whisperdiff.analysis.crossfeed import VERDICTS, crossfeed
+    from whisperdiff.experiments.crossfeed import VERDICTS, crossfeed
 
     result = crossfeed(
         model,

@@ -17,6 +17,8 @@ from matplotlib import rc_context
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from whisperdiff.errors import WhisperdiffError
+
 STYLE = {
     "svg.fonttype": "none",
     "font.size": 9,
@@ -362,3 +364,37 @@ def positions(
             )
         axes[-1].set_xlabel("token position")
         return fig
+
+
+PLOT_KINDS = ("divergence", "statistics", "histogram", "heatmap", "steps", "attention")
+
+
+def plot(c, kind: str = "divergence", op: str | None = None, head: int | None = None) -> Figure:
+    """One figure of a Comparison: kind "divergence" (error per op), "statistics" (std ratio and mean
+    shift per op), or for one op (default: the first divergence) "histogram", "heatmap", "steps", "attention"."""
+    t = c.tolerance
+    if kind == "divergence":
+        return divergence(c.table, c.first_divergence, t.min_cosine, t.max_rel_l2)
+    if kind == "statistics":
+        return statistics(c.table, c.first_divergence, t.max_rel_l2, t.max_std_ratio_dev)
+    if kind not in PLOT_KINDS:
+        raise WhisperdiffError(f"plot kind {kind!r}: use one of {', '.join(PLOT_KINDS)}")
+    op = op or c.first_divergence or str(c.table["rel_l2"].idxmax())
+    a, b = c.values(op)
+    if kind == "histogram":
+        return histograms(a, b, op)
+    if kind == "attention":
+        if a.ndim != 4:
+            raise WhisperdiffError(f"{op} is not an attention-probability op (blocks.N.attn.weights)")
+        head = int(np.argmax(np.abs(b[0].astype(np.float64) - a[0]).sum(axis=(1, 2)))) if head is None else head
+        return attention(np.asarray(a[0, head]), np.asarray(b[0, head]), op, head)
+    if kind == "steps":
+        profile = c.profiles[op]
+        return step_error(
+            profile["step_rel_error"], profile["step_cosine"], op, None, not bool(c.table.loc[op, "diverged"])
+        )
+    layout = c.layouts.get(op) or ""
+    err = np.abs(b.astype(np.float64) - a)
+    if err.ndim != 3 or not (layout.startswith("B,T,") or layout.endswith((",T", ",T_in"))):
+        raise WhisperdiffError(f"{op} has no time x channel layout to draw as a heatmap")
+    return error_heatmap(err[0] if layout.startswith("B,T,") else err[0].T, op, None)

@@ -10,9 +10,6 @@ manifests. Markup lives in templates/report.html.j2, rendered by Jinja2 with aut
 string taken from a trace is escaped by default, and a Content-Security-Policy forbids scripts
 outright, so a trace whose op name is `<script>...` shows that text and runs nothing. Figures come
 from plots.py, embedded as data: URIs, so the file needs no network and no other file.
-
-The same module renders the short HTML a notebook shows for a Comparison, a CheckResult or a Trace
-(their `_repr_html_`).
 """
 
 from __future__ import annotations
@@ -31,6 +28,7 @@ from markupsafe import Markup
 from whisperdiff.analysis.compare import Comparison
 from whisperdiff.analysis.diagnose import KINDS, not_comparable_reasons
 from whisperdiff.errors import WhisperdiffError
+from whisperdiff.names import is_decoder_op
 from whisperdiff.provenance import versions
 from whisperdiff.store.trace import write_text_atomic
 
@@ -231,7 +229,7 @@ def _findings(findings) -> list[dict]:
 
 
 def _transcripts(c: Comparison) -> dict | None:
-    from whisperdiff.analysis.transcript import cap_note, word_diff
+    from whisperdiff.capture.transcript import cap_note, word_diff
 
     t = c.transcripts
     if not t:
@@ -248,8 +246,8 @@ def _offer_transcribe(c: Comparison) -> str | None:
 
 
 def _patching(p, figure) -> dict:
-    from whisperdiff.analysis.patch import RESTORED
-    from whisperdiff.analysis.transcript import cap_note
+    from whisperdiff.capture.transcript import cap_note
+    from whisperdiff.experiments.patch import RESTORED
 
     cause = p.result(p.cause) if p.cause else None
     return {
@@ -445,101 +443,6 @@ MANIFEST_FIELDS = [
 
 
 # -- notebook: the short HTML a Comparison, CheckResult or Trace shows as a cell's result ---------
-NOTEBOOK_ROWS = 12
-
-
-def comparison_html(c: Comparison) -> str:
-    """Verdict, top findings and a short styled table (the diverged rows, or the largest errors)."""
-    cls, headline = verdict(c)
-    t = c.table
-    cols = ["status", "cosine", "rel_l2", "introduced_rel_l2", "std_ratio"]
-    short = t[t["diverged"]] if t["diverged"].any() else t.nlargest(5, "rel_l2")
-    hidden = len(short) - NOTEBOOK_ROWS
-    table = _styled(short.head(NOTEBOOK_ROWS)[cols], highlight=c.first_divergence)
-    return template("notebook.html.j2").render(
-        cls=cls,
-        headline=headline,
-        lines=[f"A {c.a}", f"B {c.b}", f"tolerance: {limits_text(c)}"],
-        findings=_findings(c.findings[:3]),
-        table=table,
-        more=f"{hidden} more diverged ops; all {len(t)} in c.table" if hidden > 0 else f"all {len(t)} ops in c.table",
-    )
-
-
-def check_html(r) -> str:
-    failures = r.failures
-    rows = "".join(
-        f"<tr><td>{_e(f.op)}</td><td>{_e(f.metric)}</td><td>{'' if _isnan(f.value) else f'{f.value:.4g}'}"
-        f"</td><td>{_e(f.limit)}</td></tr>"
-        for f in failures[:NOTEBOOK_ROWS]
-    )
-    table = (
-        Markup(
-            f"<table><thead><tr><th>op</th><th>metric</th><th>value</th><th>limit</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>"
-        )
-        if failures
-        else None
-    )
-    more = len(failures) - NOTEBOOK_ROWS
-    return template("notebook.html.j2").render(
-        cls="good" if r.passed else "bad",
-        headline=r.summary(),
-        lines=[f"A {r.reference}", f"B {r.candidate}"],
-        findings=_findings(r.findings[:1]),
-        table=table,
-        more=f"{more} more failures in r.failures" if more > 0 else "",
-    )
-
-
-def trace_html(tr) -> str:
-    m = tr.manifest
-    model = m.get("model", {})
-    inp = m.get("input", {})
-    lines = [
-        f"{m.get('impl')} on {m.get('device')}, {m.get('dtype')}; {len(tr)} ops; taps {m.get('taps')}",
-        f"model {model.get('id')} (weights sha256 {str(model.get('weights_sha256'))[:16]})",
-        f"input {inp.get('path')} (sha256 {str(inp.get('sha256'))[:16]})",
-    ]
-    injected = [f.get("name") for f in m.get("injected") or []]
-    if injected:
-        lines.append(f"injected bugs: {', '.join(map(str, injected))}")
-    if "transcript" in m:
-        lines.append(f"transcript: {m['transcript'].get('text')}")
-    shapes = [
-        {"op": o["name"], "shape": "x".join(map(str, o["shape"])), "dtype": o.get("dtype")} for o in m.get("ops", [])
-    ]
-    import pandas as pd
-
-    df = pd.DataFrame(shapes[:NOTEBOOK_ROWS]).set_index("op") if shapes else None
-    more = len(shapes) - NOTEBOOK_ROWS
-    return template("notebook.html.j2").render(
-        cls="trace",
-        headline=f"Trace {tr.path}",
-        lines=lines,
-        findings=[],
-        table=_styled(df) if df is not None else None,
-        more=f"{more} more ops: t.summary() has the statistics of all {len(shapes)}" if more > 0 else "",
-    )
-
-
-def _styled(df, highlight: str | None = None):
-    """A pandas Styler as HTML: numbers formatted, the highlighted op's row in red."""
-    fmt = {c: "{:.3g}" for c in df.columns if df[c].dtype.kind == "f"}
-    if "cosine" in fmt:
-        fmt["cosine"] = "{:.6f}"
-    style = df.style.format(fmt, na_rep="")
-    if highlight is not None:
-        style = style.apply(lambda row: ["background:#ffd6d6" if row.name == highlight else "" for _ in row], axis=1)
-    return Markup(style.to_html())
-
-
-def _e(value) -> str:
-    from markupsafe import escape
-
-    return str(escape(str(value)))
-
-
 # -- helpers -------------------------------------------------------------------------------------
 def _isnan(v) -> bool:
     return isinstance(v, float) and math.isnan(v)
@@ -554,9 +457,8 @@ def _int(v) -> str:
 
 
 def _layout(c: Comparison, op: str) -> str | None:
-    from whisperdiff.analysis.compare import _specs
-
-    return {s["name"]: s.get("layout") for s in _specs(c.manifest_a)}.get(op)
+    """An encoder op's time x channel layout (decoder ops' position axis is drawn in their own section)."""
+    return None if is_decoder_op(op) else c.layouts.get(op)
 
 
 def _as_time_channel(x: np.ndarray, layout: str | None) -> np.ndarray | None:

@@ -393,11 +393,6 @@ class Trace:
             )
         return pd.DataFrame(rows, index=[r["op"] for r in rows])  # t.summary().loc["ln_post"], as compare's table
 
-    def _repr_html_(self) -> str:  # a notebook cell: provenance and the first ops, not the whole manifest
-        from whisperdiff.present.report import trace_html
-
-        return trace_html(self)
-
     def __repr__(self) -> str:
         m = self.manifest
         return f"Trace({str(self.path)!r}, impl={m.get('impl')!r}, model={m.get('model', {}).get('id')!r}, ops={len(self)})"

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from whisperdiff.analysis.diagnose import not_comparable_reasons
-from whisperdiff.analysis.metrics import rel_l2
 from whisperdiff.errors import WhisperdiffError
+from whisperdiff.measure.metrics import rel_l2
 from whisperdiff.store.trace import Trace, load_trace
 
 RESTORED = 0.9  # a patch "restores" the output when it removes at least this share of the final error
@@ -122,8 +122,8 @@ def patch(
 
     impl: what re-runs B (default: B's impl when it is torch or max; any other must be named here)."""
     from whisperdiff.analysis.compare import compare
-    from whisperdiff.analysis.transcript import token_cap, wer
-    from whisperdiff.api import Session
+    from whisperdiff.capture.session import Session
+    from whisperdiff.capture.transcript import token_cap, wer
     from whisperdiff.inputs.models import model_of
     from whisperdiff.provenance import sha256_array
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from whisperdiff.analysis.align import layout_view
-from whisperdiff.analysis.maps import expand, generalise, write_map
-from whisperdiff.analysis.metrics import rel_l2
+from whisperdiff.mapping.align import layout_view
+from whisperdiff.mapping.maps import expand, generalise, write_map
+from whisperdiff.measure.metrics import rel_l2
 
 AGREE = 1e-3  # rel L2 under which a value is taken to be the reference's op (float32 ports: ~1e-6)
 WINDOW = 60  # candidates looked at after the previous op's match

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 
-from whisperdiff.analysis.diagnose import new_nonfinite
-from whisperdiff.analysis.metrics import DEFAULT_ATOL, DEFAULT_RTOL
 from whisperdiff.errors import WhisperdiffError
+from whisperdiff.measure.metrics import DEFAULT_ATOL, DEFAULT_RTOL, new_nonfinite
 
 FIELDS = {
     "min_cosine": "an op fails below this cosine",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from whisperdiff.analysis.transcript import token_cap, wer
+from whisperdiff.capture.transcript import token_cap, wer
 
 VERDICTS = {
     "encoder": "the encoder is wrong: its output changes the reference decoder's transcript; the decoder is not",

@@ -23,8 +23,8 @@ from itertools import permutations
 
 import numpy as np
 
-from whisperdiff.analysis.maps import expand, generalise, write_map
 from whisperdiff.errors import WhisperdiffError
+from whisperdiff.mapping.maps import expand, generalise, write_map
 
 # What a port may call each part of a Whisper encoder layer (lower case, matched per name segment).
 ROLES = {

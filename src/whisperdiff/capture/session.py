@@ -94,7 +94,7 @@ class Session:
         self._decoder = None
 
     def decode(self, features, max_tokens: int | None = None) -> str:
-        from whisperdiff.analysis.transcript import Decoder
+        from whisperdiff.capture.transcript import Decoder
 
         if self.decoder_impl == "max":  # openai-whisper's greedy search with the MAX decoder's logits
             from whisperdiff.capture.decoder import greedy
@@ -173,7 +173,7 @@ class Session:
                     f"{self.impl} runner did not record ops as asked (missing: {missing[:5]}, got {len(recorded)} of {len(tap_names)})"
                 )
             if transcribe:
-                from whisperdiff.analysis.transcript import DECODER
+                from whisperdiff.capture.transcript import DECODER
 
                 t1 = time.perf_counter()
                 decoder = (

@@ -1,0 +1,1 @@
+"""Experiments that re-run an implementation to ask whether a divergence matters: patching, cross-feeding."""

@@ -1,0 +1,1 @@
+"""Pure measures of two arrays (per-op metrics) and the limits they are held to (tolerances)."""
