@@ -8,14 +8,16 @@ nox.options.sessions = ["lint", "tests"]
 
 @nox.session
 def tests(session):
-    session.install("-c", "constraints.txt", "-e", ".[dev,ports]")
+    session.install("-c", "constraints.txt", "-e", ".[dev,ports,ray]")
     session.run("pytest", *session.posargs)
 
 
 @nox.session
 def lint(session):
-    session.install("ruff")
+    session.install("-c", "constraints.txt", "-e", ".[dev]")
     session.run("ruff", "check", "src", "tests", "noxfile.py", "benchmarks", "examples")
+    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py", "benchmarks", "examples")
+    session.run("lint-imports")  # the layer contract in pyproject.toml
 
 
 @nox.session

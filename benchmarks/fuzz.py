@@ -2,10 +2,11 @@
 
 A pair of real torch traces of a small random model is made, then each mutation (whisperdiff.gate.fuzz:
 truncation, bit flips in headers and bodies, header dtype/shape/order edits, pickled arrays, symlinks in
-and out, FIFOs, directories, manifest type/key/schema edits, hostile strings with ANSI/NUL/markup/
-surrogates, NaN/Inf and extreme values with re-written digests) is applied to a fresh copy and read:
+and out, FIFOs, directories, manifest type/key/schema edits, a dropped `input` or `model` record or
+digest, hostile strings with ANSI/NUL/markup/surrogates, NaN/Inf and extreme values with re-written
+digests) is applied to a fresh copy and read:
 
-- through the Python API (ls, show, check) in a worker process, killed and counted as a hang past
+- through the Python API (ls, ls --verify, show, check) in a worker process, killed and counted as a hang past
   --timeout seconds;
 - through the real CLI (`whisperdiff check A B --no-replay`, `whisperdiff show B`, and for hostile
   strings `whisperdiff report`) for every hostile string and every --cli-every'th other mutation, each a subprocess with the same timeout: exit 3 or a

@@ -17,6 +17,19 @@ SMALL_RANDOM = (
 )
 
 
+# The `slow` marker (declared in pyproject.toml): a test that runs the real tiny.en model end to end, compiles
+# a MAX graph or runs a whole benchmark. `pytest -m "not slow"` is the quick loop; plain `pytest` (what CI
+# runs) runs everything. A test that needs the tiny.en fixtures is slow by what it needs; the others are
+# marked where they are.
+TINY_EN_FIXTURES = {"tiny_en", "default_trace"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if TINY_EN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_en() -> wd.LoadedModel:
     return wd.load_model()

@@ -233,6 +233,7 @@ def test_a_capture_of_a_model_that_is_not_whisper_gets_a_listing(small_random):
 
 
 # -- alignment with no names (compiles one small graph) --------------------------------------------------
+@pytest.mark.slow
 def test_the_max_nn_example_captured_with_no_names_aligns_every_op(tmp_path, small_random):
     import os
     import subprocess

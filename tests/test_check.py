@@ -77,13 +77,13 @@ def test_failures_name_metric_value_and_limit():
         "inf_b": 0,
     }
     tol = Tolerance(min_cosine=0.99, max_rel_l2=0.1, max_abs=1.0, max_mismatch=0.1, max_std_ratio_dev=0.5)
-    assert [(m, lim) for m, _, lim in tol.failures(row)] == [
+    assert [(f.metric, f.limit) for f in tol.failures(row)] == [
         ("cosine", ">= 0.99"),
         ("rel_l2", "<= 0.1"),
         ("max_abs", "<= 1"),
         ("mismatch_share", "<= 0.1"),
     ]
-    assert tol.failures({**row, "nan_b": 3})[0][0] == "nonfinite"
+    assert tol.failures({**row, "nan_b": 3})[0].metric == "nonfinite"
     assert Tolerance(min_cosine=None, max_rel_l2=None).failures(row) == []
 
 
@@ -105,6 +105,7 @@ def test_propose_folds_blocks_and_rounds_up():
 
 
 # -- check against a reference trace ---------------------------------------------------------------
+@pytest.mark.slow
 def test_clean_max_passes_and_every_bug_fails_first_where_it_acts(runs, small_random):
     ref, cands, _ = runs
     tol = load_tolerances("float32")
@@ -114,6 +115,7 @@ def test_clean_max_passes_and_every_bug_fails_first_where_it_acts(runs, small_ra
         assert not result.passed and result.first_failure == fault.first_op_for(small_random.dims.n_audio_layer), name
 
 
+@pytest.mark.slow
 def test_cli_check_exit_codes_and_junit(runs, tmp_path):
     ref, cands, _ = runs
     proc = run_cli("check", str(ref.path), str(cands["clean"].path), "-t", "float32", "--no-replay")
@@ -136,6 +138,7 @@ def test_cli_check_exit_codes_and_junit(runs, tmp_path):
     assert cases[-1].find("failure").get("type") in ("cosine", "rel_l2")
 
 
+@pytest.mark.slow
 def test_cli_check_bad_input_is_exit_2(runs, tmp_path):
     ref, cands, _ = runs
     bad = tmp_path / "bad.toml"
@@ -151,6 +154,7 @@ def test_cli_check_bad_input_is_exit_2(runs, tmp_path):
 
 
 # -- golden sets -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_golden_set_catches_every_bug_at_its_op(runs, small_random):
     ref, cands, golden = runs
     g = load_golden(golden)
@@ -176,6 +180,7 @@ def test_golden_set_for_tiny_fits_in_git_and_checks_from_the_cli(default_trace, 
 
 
 # -- the pytest helper and proposed tolerances ------------------------------------------------------
+@pytest.mark.slow
 def test_assert_traces_close(runs):
     ref, cands, golden = runs
     assert_traces_close(ref, cands["clean"])
@@ -188,6 +193,7 @@ def test_assert_traces_close(runs):
         assert_traces_close(golden, cands["conv-middle-tap"], golden=True)
 
 
+@pytest.mark.slow
 def test_cli_tolerances_from_a_float64_rerun_and_from_another_run(runs, tmp_path):
     ref, cands, _ = runs
     out = tmp_path / "proposed.toml"
@@ -202,6 +208,7 @@ def test_cli_tolerances_from_a_float64_rerun_and_from_another_run(runs, tmp_path
     assert check(ref, cands["clean"], parse_tolerances(proc.stdout, "stdout"), replay=False).passed
 
 
+@pytest.mark.slow
 def test_the_float64_rerun_reads_the_traces_own_mel_not_a_path_its_manifest_names(runs, tmp_path):
     """Reading a trace is inert: `tolerances REF` re-runs on REF's recorded (verified) log-mel, so a manifest
     whose input path is gone, or names something else, changes nothing."""

@@ -22,8 +22,9 @@ def workdir(tmp_path_factory):
     return cwd
 
 
+@pytest.mark.slow
 def test_main_job_traces_the_embedded_default(workdir):
-    listing = json.loads(run_cli("ls", "--json", cwd=workdir, check=True).stdout)
+    listing = json.loads(run_cli("ls", "--json", cwd=workdir, check=True).stdout)["traces"]
     assert len(listing) == 1
     entry = listing[0]
     assert (entry["status"], entry["impl"], entry["model"], entry["input"], entry["ops"]) == (
@@ -35,6 +36,7 @@ def test_main_job_traces_the_embedded_default(workdir):
     )  # every op but the 4 optional attention probabilities
 
 
+@pytest.mark.slow
 def test_show_reports_normalised_output_and_large_residual_stream(workdir):
     shown = json.loads(run_cli("show", "traces/torch-tiny.en-speech", "--json", cwd=workdir, check=True).stdout)
     ops = {row["op"]: row for row in shown["ops"]}
@@ -108,6 +110,7 @@ def bad_inputs(workdir, tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,fragment", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_error(bad_inputs, args, fragment):
     before = sorted(p.name for p in bad_inputs.iterdir())
@@ -116,6 +119,7 @@ def test_bad_input_is_one_line_error(bad_inputs, args, fragment):
     assert sorted(p.name for p in bad_inputs.iterdir()) == before  # nothing written, nothing lost
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_killed_trace_never_looks_complete(tmp_path, sig):
     proc = subprocess.Popen(
@@ -142,7 +146,7 @@ def test_killed_trace_never_looks_complete(tmp_path, sig):
     assert not (traces / "torch-tiny.en-speech").exists()
     listing = run_cli("ls", "--json", cwd=tmp_path)
     if sig == signal.SIGKILL:  # no chance to clean up: listed, but as incomplete
-        assert [e["status"] for e in json.loads(listing.stdout)] == ["incomplete"]
+        assert [e["status"] for e in json.loads(listing.stdout)["traces"]] == ["incomplete"]
     else:  # SIGTERM / Ctrl-C unwind and remove the partial directory
         assert_one_line_error(listing, "no traces")
         assert "interrupted" in stderr

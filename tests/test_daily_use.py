@@ -69,6 +69,7 @@ def _terminal(*args: str, cwd: Path) -> tuple[int, str]:
 
 
 # -- 1. the MAX compile says what it does; the headline says how long it took ---------------------
+@pytest.mark.slow
 def test_max_compile_is_announced_and_timed_in_the_headline(small_random, tmp_path):
     seen = []
     # The graph test_max_encoder.py compiles (small dims, all taps, float32): loaded from MAX's cache here.
@@ -321,7 +322,7 @@ def test_ls_finds_traces_in_subfolders(small_random, tmp_path):
     proc = run_cli("ls", str(tmp_path), "--json", check=True)
     import json
 
-    assert sorted(Path(row["trace"]).name for row in json.loads(proc.stdout)) == ["one", "two"]
+    assert sorted(Path(row["trace"]).name for row in json.loads(proc.stdout)["traces"]) == ["one", "two"]
 
 
 # -- 8. progress with totals -----------------------------------------------------------------------

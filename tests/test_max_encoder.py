@@ -16,6 +16,8 @@ from whisperdiff.capture.faults import FAULTS
 from whisperdiff.capture.max_runner import MaxRunner
 from whisperdiff.measure.tolerances import Tolerance
 
+pytestmark = pytest.mark.slow  # every test here compiles or runs a MAX graph
+
 
 def agreement(a, b) -> tuple[float, float]:
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()

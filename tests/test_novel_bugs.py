@@ -117,6 +117,7 @@ def test_scoring_rules():
     assert diagnosis.score(bf16, op, Finding("sign_flip", op, 0.9, ""))["verdict"] == "misleading"
 
 
+@pytest.mark.slow  # the whole novel-bug benchmark (the bench fixture)
 def test_every_bug_changes_exactly_its_expected_op_first(bench):
     """(a) the set's own validity: every op before the expected one is bit-identical to the clean run."""
     assert len(bench["bugs"]) == len(nb.BUGS)
@@ -124,6 +125,7 @@ def test_every_bug_changes_exactly_its_expected_op_first(bench):
     assert not bad
 
 
+@pytest.mark.slow
 def test_clean_runs_raise_no_error_findings(bench):
     """(b) the independent encoder, clean, in float32 and in float64, against the torch reference."""
     assert bench["clean"]["float32"]["alarms"] == []
@@ -139,14 +141,17 @@ def _report(bench) -> str:
     )
 
 
+@pytest.mark.slow
 def test_no_misleading_findings(bench):
     """(c) a specific kind that is wrong sends the user to the wrong place: worse than `divergence`."""
     assert bench["figures"]["misleading"] == 0, _report(bench)
 
 
+@pytest.mark.slow
 def test_diagnosis_localises_novel_bugs(bench):
     assert bench["figures"]["op_accuracy"] >= 0.95, _report(bench)
 
 
+@pytest.mark.slow
 def test_diagnosis_names_novel_bugs(bench):
     assert bench["figures"]["kind_accuracy"] >= 0.90, _report(bench)

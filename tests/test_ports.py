@@ -126,6 +126,7 @@ def test_instrument_maps_module_paths_without_compiling(small_random):
     assert raw._hook not in layer._LAYER_HOOKS and taps._hook not in layer._LAYER_HOOKS  # hooks removed
 
 
+@pytest.mark.slow
 def test_max_nn_encoder_instrumented_unedited_localises_its_bug(tmp_path):
     """Compiles one max.nn graph (small dims): the example's encoder with layer-norm eps 1e-3."""
     ref = wd.trace("torch", model=SMALL_RANDOM, out=tmp_path / "torch")

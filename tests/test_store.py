@@ -6,9 +6,12 @@ import pytest
 import whisperdiff as wd
 from whisperdiff.store.trace import MANIFEST, TraceWriter, list_traces, load_trace
 
+# what every trace records: the weights' and the input's digests (a manifest without them is damaged)
+PROVENANCE = {"model": {"id": "test", "weights_sha256": "0" * 64}, "input": {"path": "test.wav", "sha256": "1" * 64}}
+
 
 def write(path, ops=("mel", "ln_post"), **manifest):
-    with TraceWriter(path, {"impl": "test", **manifest}) as w:
+    with TraceWriter(path, {"impl": "test", **PROVENANCE, **manifest}) as w:
         for i, name in enumerate(ops):
             w.record(name, np.full((2, 3), i, np.float32))
     return load_trace(path)
@@ -95,7 +98,7 @@ def test_listing_marks_incomplete_runs(tmp_path):
 
 
 def test_summary_statistics(tmp_path):
-    with TraceWriter(tmp_path / "t", {"impl": "test"}) as w:
+    with TraceWriter(tmp_path / "t", {"impl": "test", **PROVENANCE}) as w:
         w.record("ln_post", np.array([1.0, 2.0, 3.0, np.nan, np.inf], np.float32))
     row = load_trace(tmp_path / "t").summary().iloc[0]
     assert (row["mean"], row["min"], row["max"], row["nan"], row["inf"]) == (2.0, 1.0, 3.0, 1, 1)
@@ -110,7 +113,7 @@ def test_op_names_must_be_safe_file_names(tmp_path):
 
 
 def test_a_manifest_cannot_point_outside_its_trace(tmp_path):
-    with TraceWriter(tmp_path / "t", {"impl": "x"}) as w:
+    with TraceWriter(tmp_path / "t", {"impl": "x", **PROVENANCE}) as w:
         w.record("conv1", np.ones((2, 3), np.float32))
     np.save(tmp_path / "outside.npy", np.zeros((2, 3), np.float32))
     manifest = json.loads((tmp_path / "t" / MANIFEST).read_text())

@@ -26,6 +26,8 @@ from whisperdiff.store.trace import MANIFEST, TraceWriter, list_traces, load_tra
 
 SMALL = "random:tiny,n_audio_layer=1,n_audio_state=64,n_audio_head=2,n_text_layer=1,n_text_state=64,n_text_head=2"
 TAPS = "conv1,blocks.0.out,ln_post"
+# what every trace records: the weights' and the input's digests (a manifest without them is damaged)
+PROVENANCE = {"model": {"id": "test", "weights_sha256": "0" * 64}, "input": {"path": "test.wav", "sha256": "1" * 64}}
 
 
 @pytest.fixture(scope="module")
@@ -359,7 +361,7 @@ def test_one_bad_entry_never_breaks_the_listing(pair, tmp_path):
     assert statuses["good"] == "complete"
     assert statuses["badjson"].startswith("damaged") and statuses["fifo"].startswith("damaged")
     proc = run_cli("ls", str(tmp_path), "--json")
-    assert proc.returncode == 0 and {e["trace"].rsplit("/", 1)[-1] for e in json.loads(proc.stdout)} >= {
+    assert proc.returncode == 0 and {e["trace"].rsplit("/", 1)[-1] for e in json.loads(proc.stdout)["traces"]} >= {
         "good",
         "badjson",
     }
@@ -370,7 +372,7 @@ def test_one_bad_entry_never_breaks_the_listing(pair, tmp_path):
 
 def test_a_signal_at_the_commit_rename_never_loses_the_previous_trace(tmp_path, monkeypatch):
     def write(ops):
-        with TraceWriter(tmp_path / "t", {"impl": "test"}) as w:
+        with TraceWriter(tmp_path / "t", {"impl": "test", **PROVENANCE}) as w:
             for i, name in enumerate(ops):
                 w.record(name, np.full(3, i, np.float32))
 
@@ -426,7 +428,7 @@ def test_leftovers_of_a_killed_commit_are_never_complete_and_are_cleaned_up(pair
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"] and load_trace(tmp_path / "t").ops
     copy(pair[1], tmp_path / f".t.old-{dead}")  # the next run removes an .old whose trace is in place
-    with TraceWriter(tmp_path / "t", {"impl": "test"}) as w:
+    with TraceWriter(tmp_path / "t", {"impl": "test", **PROVENANCE}) as w:
         w.record("mel", np.zeros(2, np.float32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
 

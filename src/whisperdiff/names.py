@@ -27,6 +27,8 @@ import fnmatch
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from whisperdiff.errors import WhisperdiffError
+
 # Ops inside each residual block, in execution order.
 BLOCK_OPS = (
     "attn_ln",
@@ -110,8 +112,6 @@ def select_taps(dims, taps: str | None = "default") -> list[str]:
     "output": only ln_post (the untapped mode); otherwise a comma-separated list of
     names or globs ("blocks.0.*,ln_post"). `mel` is always recorded: it is the input.
     """
-    from whisperdiff.errors import WhisperdiffError
-
     specs = op_specs(dims)
     taps = (taps or "default").strip()
     if taps == "default":
@@ -209,8 +209,6 @@ def position_axis(layout: str | None) -> int | None:
 def select_decoder_taps(dims, taps: str | None = "default", n_tokens: int = 1) -> list[str]:
     """As select_taps, for the decoder: "default" (all but cross-attention probabilities), "all",
     "output" (logits only) or names/globs. The input (ln_post) is always recorded."""
-    from whisperdiff.errors import WhisperdiffError
-
     specs = decoder_op_specs(dims, n_tokens)
     names = [s.name for s in specs]
     taps = (taps or "default").strip()

@@ -3,6 +3,7 @@
     import whisperdiff as wd
     c = wd.compare("traces/torch-tiny.en-speech", "traces/max-tiny.en-speech")
     c.first_divergence, c.findings[:1], c.table      # table: a pandas DataFrame, one row per op
+    c.result("ln_post").failures                     # the typed per-op results the table is a view of
 
 A is the reference, B the candidate. Ops are read one at a time (memory-mapped), so memory is
 bounded by the largest op, not by the trace. Nothing here prints: cli.py renders a Comparison.
@@ -13,11 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from whisperdiff.analysis.comparability import Comparability
 from whisperdiff.analysis.diagnose import (
     Finding,
     diagnosis_context,
@@ -30,10 +33,12 @@ from whisperdiff.analysis.diagnose import (
 )
 from whisperdiff.analysis.hypotheses import explain as explain_op
 from whisperdiff.analysis.logits import decoder_layouts, decoder_summary
+from whisperdiff.analysis.results import COLUMNS, OpResult
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.mapping.align import Pair, align, load_rename_rules
 from whisperdiff.measure.metrics import op_metrics, rounding_error
-from whisperdiff.measure.tolerances import Tolerance, ToleranceSet
+from whisperdiff.measure.tolerances import OpFailure, Tolerance, ToleranceSet
+from whisperdiff.store.documents import document
 from whisperdiff.store.trace import Trace, load_trace
 
 
@@ -43,25 +48,51 @@ class Comparison:
     b: Path
     manifest_a: dict
     manifest_b: dict
-    table: pd.DataFrame  # one row per op (see COLUMNS)
+    ops: list[OpResult]  # one per op: A's ops in order, then those only in B
     first_divergence: str | None
     findings: list[Finding]
-    comparable: bool
+    comparability: Comparability  # truthy when A and B are comparable; else the reasons (other weights...)
     warnings: list[str]
     tolerance: Tolerance  # the default; per-op limits are in `tolerances`
     profiles: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # per-time-step cosine/error
     tolerances: ToleranceSet = field(default_factory=ToleranceSet)
-    op_failures: dict[str, list[tuple[str, float, str]]] = field(default_factory=dict)  # op -> (metric, value, limit)
     transcripts: dict | None = None  # {"a", "b", "wer", "cer"} when both traces were transcribed
     traces: tuple[Trace, Trace] | None = field(default=None, repr=False)
     views: dict = field(default_factory=dict, repr=False)  # op -> B's array in A's layout
     decoder: dict | None = None  # decoder traces: first divergence as (op, position), logits measures (logits.py)
     layouts: dict[str, str | None] = field(default_factory=dict)  # op -> its canonical layout ("B,T,C", ...)
 
+    @cached_property
+    def table(self) -> pd.DataFrame:
+        """A view of `ops`: one row per op (analysis.results.COLUMNS), indexed by op: c.table.loc["ln_post"]."""
+        table = pd.DataFrame([r.row() for r in self.ops], columns=COLUMNS)
+        table.index = pd.Index(table["op"].tolist())  # "op" as in Trace.summary()
+        return table
+
+    def result(self, op: str) -> OpResult:
+        """The typed result of one op (its failures, metrics, layout)."""
+        found = self._by_op.get(op)
+        if found is None:
+            raise WhisperdiffError(f"op {op!r} is in neither trace; pick one of: {', '.join(list(self._by_op)[:8])}...")
+        return found
+
+    @cached_property
+    def _by_op(self) -> dict[str, OpResult]:
+        return {r.op: r for r in self.ops}
+
+    @property
+    def op_failures(self) -> dict[str, list[OpFailure]]:
+        """op -> its failures, for every op that has any."""
+        return {r.op: r.failures for r in self.ops if r.failures}
+
+    @property
+    def comparable(self) -> bool:
+        return self.comparability.comparable
+
     def values(self, op: str) -> tuple[np.ndarray, np.ndarray]:
         """A's and B's arrays at a matched op, B converted to A's layout (memory-mapped where possible)."""
         if self.traces is None or op not in self.views:
-            matched = [name for name in self.table["op"] if name in self.views]
+            matched = [r.op for r in self.ops if r.op in self.views]
             raise WhisperdiffError(f"op {op!r} is not in both traces; pick one of: {', '.join(matched[:8])}...")
         ta, tb = self.traces
         b_name, view = self.views[op]
@@ -86,14 +117,12 @@ class Comparison:
         return (
             f"Comparison(a={str(self.a)!r}, b={str(self.b)!r}, comparable={self.comparable}, "
             f"first_divergence={self.first_divergence!r}, findings={[f.kind for f in self.findings[:3]]}, "
-            f"ops={len(self.table)}, diverged={int(self.table['diverged'].sum())})"
+            f"ops={len(self.ops)}, diverged={sum(r.diverged for r in self.ops)})"
         )
 
     def to_json(self) -> dict:
-        ops = []
-        for row in self.table.to_dict("records"):
-            ops.append({k: _jsonable(v) for k, v in row.items()})
-        return {
+        """The document of `compare --json`: schema whisperdiff.compare (docs/json.md)."""
+        body = {
             "a": str(self.a),
             "b": str(self.b),
             "comparable": self.comparable,
@@ -104,54 +133,9 @@ class Comparison:
             "decoder": self.decoder,
             "tolerance": self.tolerance.__dict__,
             "tolerances": self.tolerances.source,
-            "ops": ops,
+            "ops": [r.to_json() for r in self.ops],
         }
-
-
-COLUMNS = [
-    "name",
-    "status",
-    "diverged",
-    "failures",
-    "cosine",
-    "worst_step_cosine",
-    "worst_step",
-    "rel_l2",
-    "l2",
-    "max_abs",
-    "max_abs_index",
-    "mean_a",
-    "std_a",
-    "mean_b",
-    "std_b",
-    "mean_diff",
-    "std_ratio",
-    "snr_db",
-    "mismatch_share",
-    "nan_a",
-    "inf_a",
-    "nan_b",
-    "inf_b",
-    "introduced_rel_l2",
-    "inherited_rel_l2",
-    "a_shape",
-    "b_shape",
-    "b_name",
-    "layout",
-]
-
-
-def _jsonable(v):
-    if isinstance(v, (np.floating, float)):
-        v = float(v)
-        return None if math.isnan(v) else (str(v) if math.isinf(v) else v)
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, np.bool_):
-        return bool(v)
-    if isinstance(v, tuple):
-        return list(v)
-    return v
+        return document("whisperdiff.compare", body)
 
 
 def compare(
@@ -199,30 +183,37 @@ def compare(
     def b_value(name):
         return views[name](np.asarray(tb[b_names[name]]))
 
-    rows, profiles, op_findings, not_traced, op_failures = [], {}, [], [], {}
+    results, profiles, op_findings, not_traced = [], {}, [], []
     rel_l2_of = {}  # op -> its rel L2, for the ops done so far (the inherited error of the ops that read them)
     if on_total is not None:  # how many on_op calls to expect (progress bars with a total)
         on_total(len(pairs))
     first = None
     diag = diagnosis_context(ta, replayer)
     for pair in pairs:
-        row = _row(pair)
+        result = OpResult(
+            pair.name,
+            _status(pair),
+            a_shape=pair.a_shape,
+            b_shape=pair.b_shape,
+            b_name=pair.b_name,
+            b_layout=pair.layout,
+            layout=layouts.get(pair.name),
+        )
         if pair.matched:
             tol = tolerances.for_op(pair.name)
             m = op_metrics(
                 ta[pair.name], b_value(pair.name), layout=layouts.get(pair.name), atol=tol.atol, rtol=tol.rtol
             )
             profiles[pair.name] = {"step_cosine": m.pop("step_cosine"), "step_rel_error": m.pop("step_rel_error")}
-            row.update(m)
-            failures = op_failures[pair.name] = tol.failures(row)
-            row["diverged"] = bool(failures)
-            row["failures"] = "; ".join(f"{metric} {value:.4g} (limit {limit})" for metric, value, limit in failures)
-            row["status"] = "diverged" if row["diverged"] else "ok"
-            inputs, rep = _replay(replayer, pair.name, b_names, b_value, sample=1 if row["diverged"] else 8)
+            result.metrics = m
+            result.failures = tol.failures(m, op=pair.name)
+            result.status = "diverged" if result.diverged else "ok"
+            inputs, rep = _replay(replayer, pair.name, b_names, b_value, sample=1 if result.diverged else 8)
             if rep is not None:
-                row["introduced_rel_l2"] = rep["introduced"]
+                result.introduced_rel_l2 = rep["introduced"]
             if inputs:
-                row["inherited_rel_l2"] = max((rel_l2_of.get(i, math.nan) for i in inputs), default=math.nan)
+                result.inherited_rel_l2 = max((rel_l2_of.get(i, math.nan) for i in inputs), default=math.nan)
+            row = {**result.row(), "name": pair.name}  # what the diagnosis reads
             if row["diverged"] and first is None:
                 first = pair.name
             if row["nan_a"] + row["inf_a"]:  # the metrics skip them: without this a NaN reference reads as rel L2 0
@@ -237,7 +228,7 @@ def compare(
                     )
                 )
             bar = tol.max_rel_l2 if tol.max_rel_l2 is not None else Tolerance.max_rel_l2
-            introduces = rep["introduced"] > bar if rep is not None else row["diverged"] and _jumps(row, rows)
+            introduces = rep["introduced"] > bar if rep is not None else row["diverged"] and _jumps(row, results)
             if (row["diverged"] and introduces) or (pair.name == "mel" and row["diverged"]):
                 rounding = {dt: rounding_error(ta[pair.name], dt) for dt in ("float16", "bfloat16")}
                 explain = None  # hypotheses by op type, run only here where the op introduces error
@@ -269,16 +260,16 @@ def compare(
                 )
         elif pair.problem:
             op_findings.append(Finding("shape_mismatch", pair.name, 1.0, f"{pair.name}: {pair.problem}"))
-            op_failures[pair.name] = [("shape", math.nan, pair.problem)]
+            result.failures = [OpFailure(pair.name, "shape", math.nan, pair.problem)]
             first = first or pair.name
         elif pair.b_shape is None:
             if untapped(ta.manifest, tb.manifest):  # B chose not to record it: a note, not a bug
                 not_traced.append(pair.name)
-                row.update(diverged=False, status="not_traced", failures="")
+                result.status = "not_traced"
             else:
                 first = first or pair.name
                 op_findings.append(Finding("missing_op", pair.name, 0.9, f"{pair.name} is in A but not in B"))
-                op_failures[pair.name] = [("missing", math.nan, "present in B")]
+                result.failures = [OpFailure(pair.name, "missing", math.nan, "present in B")]
         elif pair.b_name in canonical:  # an op A's model has, that A chose not to record
             warnings.append(
                 f"{pair.b_name} is only in B: it is a canonical op of A's model, but A did not record it "
@@ -286,8 +277,8 @@ def compare(
             )
         else:
             warnings.append(f"{pair.b_name} is only in B (no canonical op of A's model has that name; see --rename)")
-        rows.append(row)
-        rel_l2_of[row["name"]] = row["rel_l2"]
+        results.append(result)
+        rel_l2_of[result.op] = result.metric("rel_l2")
         if on_op is not None:
             on_op(pair.name)
 
@@ -312,28 +303,25 @@ def compare(
         ta, tb, first, tolerances, lambda n: views.get(n) if n in b_names else None
     )
     all_findings = decoder_found + all_findings  # the decoder test that names the bug at (op, position) first
-    table = pd.DataFrame(rows, columns=COLUMNS).rename(columns={"name": "op"})
-    table.index = pd.Index(table["op"].tolist())  # c.table.loc["ln_post"]; "op" as in Trace.summary()
     transcripts = transcript_comparison(ta, tb, decode=transcribe, model=model)
     return Comparison(
-        ta.path,
-        tb.path,
-        ta.manifest,
-        tb.manifest,
-        table,
-        first,
-        all_findings,
-        comparable,
-        warnings,
-        tolerances.default,
-        profiles,
-        tolerances,
-        op_failures,
-        transcripts,
-        (ta, tb),
-        {n: (b_names[n], views[n]) for n in b_names},
-        decoder,
-        layouts,
+        a=ta.path,
+        b=tb.path,
+        manifest_a=ta.manifest,
+        manifest_b=tb.manifest,
+        ops=results,
+        first_divergence=first,
+        findings=all_findings,
+        comparability=comparable,
+        warnings=warnings,
+        tolerance=tolerances.default,
+        profiles=profiles,
+        tolerances=tolerances,
+        transcripts=transcripts,
+        traces=(ta, tb),
+        views={n: (b_names[n], views[n]) for n in b_names},
+        decoder=decoder,
+        layouts=layouts,
     )
 
 
@@ -371,40 +359,20 @@ def _decoder_context(name: str) -> dict:
     return {"audio_frames": None, "valid_steps": {}} if is_decoder_op(name) else {}
 
 
-def _row(pair: Pair) -> dict:
-    row = dict.fromkeys(COLUMNS, math.nan)
-    row.update(
-        name=pair.name,
-        a_shape=pair.a_shape,
-        b_shape=pair.b_shape,
-        b_name=pair.b_name,
-        layout=pair.layout,
-        max_abs_index=None,
-        diverged=False,
-        failures="",
-        nan_a=0,
-        inf_a=0,
-        nan_b=0,
-        inf_b=0,
-    )
-    row["status"] = (
-        "shape_mismatch"
-        if pair.problem
-        else "missing_in_b"
-        if pair.b_shape is None
-        else "missing_in_a"
-        if pair.a_shape is None
-        else "ok"
-    )
-    row["diverged"] = pair.problem is not None or pair.b_shape is None
-    if row["diverged"]:
-        row["failures"] = pair.problem or "missing in B"
-    return row
+def _status(pair: Pair) -> str:
+    """An op's status from the pairing alone (a matched op becomes ok or diverged once measured)."""
+    if pair.problem:
+        return "shape_mismatch"
+    if pair.b_shape is None:
+        return "missing_in_b"
+    if pair.a_shape is None:
+        return "missing_in_a"
+    return "ok"
 
 
-def _jumps(row: dict, previous: list[dict]) -> bool:
+def _jumps(row: dict, previous: list[OpResult]) -> bool:
     """Without replay: an op introduces error when its error is 10x the previous op's."""
-    before = [r["rel_l2"] for r in previous if not math.isnan(r["rel_l2"])]
+    before = [r.metric("rel_l2") for r in previous if not math.isnan(r.metric("rel_l2"))]
     return not before or row["rel_l2"] > 10 * max(before[-1], 1e-12)
 
 

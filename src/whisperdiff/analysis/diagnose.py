@@ -6,10 +6,14 @@ Pure functions over the rows `compare` produced; nothing here reads a trace or r
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from whisperdiff.analysis.comparability import Comparability, comparability
+from whisperdiff.analysis.hypotheses import mel_hypotheses
+from whisperdiff.analysis.residual import describe, representable_share, steps_with_audio, valid_steps
 from whisperdiff.measure.metrics import new_nonfinite
 
 KINDS = {
@@ -64,19 +68,13 @@ class Finding:
         return asdict(self)
 
 
-def manifest_findings(ma: dict, mb: dict) -> tuple[list[Finding], list[str], bool]:
-    """(findings, warnings, comparable) from the two manifests alone."""
-    findings, warnings = [], []
-    comparable = True
-    da, db = ma.get("model", {}).get("dims"), mb.get("model", {}).get("dims")
-    if da and db and da != db:
-        comparable = False
-        diff = ", ".join(f"{k} {da.get(k)} vs {db.get(k)}" for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k))
-        warnings.append(f"NOT COMPARABLE: different model dims ({diff})")
-    wa, wb = ma.get("model", {}).get("weights_sha256"), mb.get("model", {}).get("weights_sha256")
-    if wa and wb and wa != wb:
-        comparable = False
-        warnings.append(f"NOT COMPARABLE: different weights (sha256 {wa[:12]} vs {wb[:12]})")
+def manifest_findings(ma: Mapping, mb: Mapping) -> tuple[list[Finding], list[str], Comparability]:
+    """(findings, warnings, comparability) from the two manifests alone. The comparability is truthy
+    when the traces are comparable; its reasons are among the warnings too ("NOT COMPARABLE: ...")."""
+    found = comparability(ma, mb)
+    findings, warnings = [], found.warnings
+    if found.reason("weights") is not None:
+        wa, wb = ma["model"]["weights_sha256"], mb["model"]["weights_sha256"]
         findings.append(
             Finding(
                 "weights_mismatch",
@@ -87,9 +85,7 @@ def manifest_findings(ma: dict, mb: dict) -> tuple[list[Finding], list[str], boo
             )
         )
     ia, ib = ma.get("input", {}), mb.get("input", {})
-    if ia.get("sha256") and ib.get("sha256") and ia["sha256"] != ib["sha256"]:
-        comparable = False
-        warnings.append(f"NOT COMPARABLE: different inputs ({ia.get('path')} vs {ib.get('path')})")
+    if found.reason("input") is not None:
         findings.append(
             Finding(
                 "input_mismatch",
@@ -106,12 +102,7 @@ def manifest_findings(ma: dict, mb: dict) -> tuple[list[Finding], list[str], boo
     for side, m in (("A", ma), ("B", mb)):
         for bug in m.get("injected") or []:
             warnings.append(f"trace {side} has an injected bug: {bug.get('name')} (acts at {bug.get('first_op')})")
-    return findings, warnings, comparable
-
-
-def not_comparable_reasons(warnings: list[str]) -> str:
-    """The NOT COMPARABLE warnings of manifest_findings, as one clause ("different weights (...); ...")."""
-    return "; ".join(w.removeprefix("NOT COMPARABLE: ") for w in warnings if w.startswith("NOT COMPARABLE"))
+    return findings, warnings, found
 
 
 def untapped(ma: dict, mb: dict) -> bool:
@@ -183,8 +174,6 @@ def op_finding(
     facts = ""
     e = replay.get("expected") if replay else a
     if e is not None and b is not None:
-        from whisperdiff.analysis.residual import describe
-
         facts = describe(
             b,
             e,
@@ -258,8 +247,6 @@ def _hypotheses_against_a(a, b) -> list[tuple]:
 
 def _precision_finding(name, b, a, introduced, rounding, where, within: float) -> Finding | None:
     """B holds only values a lower precision can represent, and its error is the size of that rounding."""
-    from whisperdiff.analysis.residual import representable_share
-
     for dtype in ("bfloat16", "float16"):
         share = representable_share(b, dtype)
         floor = rounding.get(dtype)
@@ -283,8 +270,6 @@ def _precision_finding(name, b, a, introduced, rounding, where, within: float) -
 def _mel_finding(row: dict, a=None, b=None) -> Finding:
     which = ""
     if a is not None and b is not None:
-        from whisperdiff.analysis.hypotheses import mel_hypotheses
-
         found = sorted(mel_hypotheses(a, b), key=lambda h: h[1])
         if found and found[0][1] < REPRODUCES * row["rel_l2"]:
             which = f"; B is {found[0][0]} (reproduces B to rel L2 {found[0][1]:.1e})"
@@ -301,15 +286,11 @@ def _mel_finding(row: dict, a=None, b=None) -> Finding:
 
 def diagnosis_context(ta, replayer=None) -> dict:
     """What op_finding needs beyond one op's arrays: the audio length (padding), heads, the model's vectors."""
-    from whisperdiff.analysis.residual import valid_steps
-
     dims = ta.manifest.get("model", {}).get("dims") or {}
     mel = np.asarray(ta["mel"]) if "mel" in ta else None
     frames = valid_steps(ta.manifest, mel)
     ctx = {"audio_frames": frames, "n_head": dims.get("n_audio_head"), "vectors": None, "valid_steps": {}}
     if frames:
-        from whisperdiff.analysis.residual import steps_with_audio
-
         n_ctx = dims.get("n_audio_ctx", 1500)
         ctx["valid_steps"] = {t: steps_with_audio(frames, t) for t in (n_ctx, 2 * n_ctx)}
     if replayer is not None:

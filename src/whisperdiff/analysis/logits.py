@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from whisperdiff.analysis.comparability import comparability
 from whisperdiff.analysis.diagnose import Finding
 from whisperdiff.names import decoder_block_op, decoder_op_specs, is_decoder_op, position_axis
 
@@ -218,8 +219,8 @@ def decoder_summary(ta, tb, first: str | None, tolerances, view_of) -> tuple[dic
         "margin_a": ta.manifest.get("decoder", {}).get("margin"),
         "margin_b": tb.manifest.get("decoder", {}).get("margin"),
     }
-    if not is_decoder_trace(tb.manifest):
-        out["warning"] = "NOT COMPARABLE: A is a decoder trace, B is not (make B with `whisperdiff trace-decoder`)"
+    if (part := comparability(ta.manifest, tb.manifest).reason("part")) is not None:
+        out["warning"] = part.warning
     elif tokens != tb.manifest.get("decoder", {}).get("tokens"):
         out["warning"] = (
             "the two decoder traces were not teacher-forced on the same tokens: positions are not comparable"

@@ -84,8 +84,8 @@ def describe(
         if const > 0.3:
             fact = f"{const:.0%} of it is constant over time per channel"
             if vectors:
-                name, coef, cos = _closest(mean_t.ravel(), vectors)
-                if name:
+                name, coef, cos = closest_vector(mean_t.ravel(), vectors)
+                if name and abs(cos) > 0.5:
                     fact += f" (closest model vector: {coef:+.3g} x {name.removeprefix('encoder.')}, cosine {cos:.3f})"
             facts.append(fact)
     valid = steps_with_audio(audio_frames, steps)
@@ -128,7 +128,10 @@ def _channel_axis(layout: str | None, ndim: int) -> int | None:
     return None
 
 
-def _closest(d, vectors):
+def closest_vector(d, vectors: dict) -> tuple[str | None, float, float]:
+    """(name, coefficient, cosine) of the 1-D vector in `vectors` most parallel to `d` (same length), with
+    d ~ coefficient x vectors[name]; (None, 0.0, 0.0) when `d` is zero or no vector has its length."""
+    d = np.asarray(d, np.float64)
     best = (None, 0.0, 0.0)
     dn = float(np.linalg.norm(d))
     if dn == 0:
@@ -143,7 +146,7 @@ def _closest(d, vectors):
         cos = float(d @ v) / (dn * vn)
         if abs(cos) > abs(best[2]):
             best = (name, float(d @ v) / vn**2, cos)
-    return best if abs(best[2]) > 0.5 else (None, 0.0, 0.0)
+    return best
 
 
 def _ranges(idx: list[int], limit: int = 4) -> str:

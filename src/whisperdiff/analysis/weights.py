@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from whisperdiff.errors import WhisperdiffError
+from whisperdiff.inputs.models import load_model
+from whisperdiff.mapping.align import rename
 
 STATUS_ORDER = ["missing", "substituted", "transposed", "layout", "scaled", "different", "shape", "unexpected", "ok"]
 
@@ -68,15 +70,12 @@ def load_weights(spec: str | Path) -> tuple[dict[str, np.ndarray], str]:
         if not isinstance(sd, dict):
             raise WhisperdiffError(f"{path} holds no state dict")
         return {k: v.float().numpy() for k, v in sd.items() if hasattr(v, "numpy")}, f"openai-whisper:{path}"
-    from whisperdiff.inputs.models import load_model
 
     m = load_model(str(spec))
     return {k: v.float().numpy() for k, v in m.state_dict.items()}, m.source
 
 
 def _canonical(name: str, rules) -> str:
-    from whisperdiff.mapping.align import rename
-
     name = rename(name, rules) if rules else name
     return name if name.startswith(("encoder.", "decoder.")) else f"encoder.{name}"
 

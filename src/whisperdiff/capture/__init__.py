@@ -1,12 +1,14 @@
-"""Capture: run an encoder with every canonical op tapped. Backend runners behind one interface (runner.py);
-`make_runner` picks one by --impl name. Also the fault catalogue, `Tracer` for any implementation and
-`instrument` for `max.nn` models."""
+"""Capture: run an encoder or a decoder with every canonical op tapped. Backend runners behind one interface
+per kind (runner.py); `make_runner` and `make_decoder_runner` pick one by --impl name through runner.py's
+registry. Also the fault catalogue, `Tracer` for any implementation and `instrument` for `max.nn` models."""
 
 from __future__ import annotations
 
+from whisperdiff.capture.runner import RUNNERS, runner_class
 from whisperdiff.errors import WhisperdiffError
 
-IMPLS = ("torch", "max")
+IMPLS = tuple(RUNNERS["encoder"])
+DECODER_IMPLS = tuple(RUNNERS["decoder"])
 
 
 def make_runner(
@@ -18,22 +20,35 @@ def make_runner(
     faults=(),
     patchable: bool = False,
 ):
-    """A runner for `impl`; `faults` are encoder-side porting bugs (faults.py) to switch on.
+    """A runner for `impl`: a built-in one, or else a plugin (module.path:factory, file.py:factory, or an
+    installed plugin's name). `faults` are encoder-side porting bugs (faults.py) to switch on.
     patchable: the runner's `run` also takes patch=(op, value) (activation patching, patch.py)."""
     encoder_faults = [f for f in faults if f.controls is not None]
-    if encoder_faults and impl != "max":
+    cls = runner_class("encoder", impl)
+    if encoder_faults and not (cls and cls.takes_faults):
         raise WhisperdiffError(
             f"fault {encoder_faults[0].name!r} acts inside the MAX encoder; use --impl max "
             "(only input-side faults such as mel-frontend work with every implementation)"
         )
-    if impl == "torch":
-        from whisperdiff.capture.torch_runner import TorchRunner
+    if cls is None:
+        from whisperdiff.capture.plugin import PluginRunner
 
-        return TorchRunner(model, device=device, dtype=dtype, taps=taps)  # torch hooks can always patch
-    if impl == "max":
-        from whisperdiff.capture.max_runner import MaxRunner
+        return PluginRunner(impl, model, device=device, dtype=dtype, taps=taps)
+    return cls(model, device=device, dtype=dtype, taps=taps, faults=encoder_faults, patchable=patchable)
 
-        return MaxRunner(model, device=device, dtype=dtype, taps=taps, faults=encoder_faults, patchable=patchable)
-    from whisperdiff.capture.plugin import PluginRunner  # module.path:factory, file.py:factory, or an installed plugin
 
-    return PluginRunner(impl, model, device=device, dtype=dtype, taps=taps)
+def decoder_runner_class(impl: str, faults=()) -> type:
+    """The decoder runner class for `impl` (torch or max), checked against the decoder `faults` asked for."""
+    cls = runner_class("decoder", impl)
+    if cls is None:
+        raise WhisperdiffError(f"unknown decoder implementation {impl!r}; use one of {', '.join(DECODER_IMPLS)}")
+    if faults and not cls.takes_faults:
+        raise WhisperdiffError(
+            "decoder faults are run-time switches of the MAX decoder graph; use --impl max to inject them"
+        )
+    return cls
+
+
+def make_decoder_runner(impl: str, model, taps: list[str] | None = None, faults=(), device: str = "cpu"):
+    """A decoder runner for `impl` (torch or max); `faults` are decoder porting bugs (MAX only)."""
+    return decoder_runner_class(impl, faults)(model, taps=taps, faults=faults, device=device)

@@ -26,22 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from whisperdiff.capture import decoder_runner_class, make_decoder_runner, make_runner
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.names import DECODER_INPUT, decoder_op_specs, position_axis, select_decoder_taps
-
-DECODER_IMPLS = ("torch", "max")
-
-
-def make_decoder_runner(impl: str, model, taps: list[str] | None = None, faults=()):
-    if impl == "torch":
-        from whisperdiff.capture.torch_decoder import TorchDecoderRunner
-
-        return TorchDecoderRunner(model, taps=taps, faults=faults)
-    if impl == "max":
-        from whisperdiff.capture.max_decoder import MaxDecoderRunner
-
-        return MaxDecoderRunner(model, taps=taps, faults=faults)
-    raise WhisperdiffError(f"unknown decoder implementation {impl!r}; use one of {', '.join(DECODER_IMPLS)}")
+from whisperdiff.provenance import sha256_array
+from whisperdiff.store.manifest import build_manifest
+from whisperdiff.store.trace import TraceWriter, load_trace
 
 
 def decoding_options(model, max_tokens: int | None = None):
@@ -147,7 +137,6 @@ def argmax_and_margin(logits: np.ndarray) -> tuple[list[int], list[float]]:
 
 def encoder_features(loaded, mel: np.ndarray, impl: str = "torch", faults=()) -> np.ndarray:
     """The encoder output (ln_post) of `impl` on this mel (taps: the output only... or the suite's graph)."""
-    from whisperdiff.capture import make_runner
     from whisperdiff.names import select_taps
 
     kept = {}
@@ -210,18 +199,11 @@ def trace_decoder(
     from whisperdiff.capture.faults import get_faults
     from whisperdiff.inputs.audio import prepare_input
     from whisperdiff.inputs.models import LoadedModel, load_model
-    from whisperdiff.provenance import sha256_array, versions
-    from whisperdiff.store.trace import TraceWriter, load_trace
 
     started, t0 = datetime.now(UTC), time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     faults = get_faults(inject, part="decoder")
-    if faults and impl != "max":
-        raise WhisperdiffError(
-            "decoder faults are run-time switches of the MAX decoder graph; use --impl max to inject them"
-        )
-    if impl not in DECODER_IMPLS:
-        raise WhisperdiffError(f"unknown decoder implementation {impl!r}; use one of {', '.join(DECODER_IMPLS)}")
+    decoder_runner_class(impl, faults)  # an unknown impl, or faults it cannot take: say so before any work
     enc_faults = get_faults(encoder_inject)
     encoder_input = prepare_input(loaded.dims.n_mels, audio=audio)
     if features is None:
@@ -229,10 +211,8 @@ def trace_decoder(
     prompt = prompt_tokens(loaded)
     source = "given"
     if tokens is None:
-        from whisperdiff.capture.torch_decoder import TorchDecoderRunner
-
         tokens, source = (
-            greedy(TorchDecoderRunner(loaded), loaded, features)[1],
+            greedy(make_decoder_runner("torch", loaded), loaded, features)[1],
             "greedy (openai-whisper, this encoder output)",
         )
     tokens = [int(t) for t in tokens]
@@ -249,26 +229,25 @@ def trace_decoder(
     runner = runner or make_decoder_runner(impl, loaded, taps=tap_names, faults=faults)
     if out is None:
         out = Path("traces") / f"decoder-{impl}-{loaded.model_id.replace(':', '_').replace(',', '_')}"
-    manifest = {
-        "impl": impl,
-        "part": "decoder",
-        "device": "cpu",
-        "dtype": "float32",
-        "runner": runner.facts(),
-        "model": loaded.manifest(),
-        "input": encoder_input.provenance,
-        "taps": taps,
-        "injected": [
+    manifest = build_manifest(
+        impl,
+        part="decoder",
+        device="cpu",
+        dtype="float32",
+        runner=runner.facts(),
+        model=loaded.manifest(),
+        input=encoder_input.provenance,
+        taps=taps,
+        injected=[
             {"name": f.name, "first_op": f.first_op_for(loaded.dims.n_text_layer), "description": f.description}
             for f in faults
         ],
-        "encoder": {
+        encoder={
             "impl": encoder,
             "injected": [f.name for f in enc_faults],
             "ln_post_sha256": sha256_array(np.asarray(features, np.float32)),
         },
-        "versions": versions(),
-    }
+    )
     with TraceWriter(out, manifest) as writer:
         writer.record(DECODER_INPUT, np.asarray(features, np.float32))
         facts = teacher_forced(

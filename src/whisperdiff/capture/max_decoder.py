@@ -1,15 +1,17 @@
 """openai-whisper's TextDecoder in MAX Graph, op for op, with every canonical decoder op as a tap.
 
 Read it beside whisper/model.py (TextDecoder, ResidualAttentionBlock with cross-attention) and
-max_encoder.py, whose LayerNorm and Linear it reuses. The same two rules as the encoder:
+max_encoder.py, whose layer classes (LayerNorm, Linear, MLP, MultiHeadAttention, Context) it builds from.
+The same two rules as the encoder:
 - Weights are `max.graph.Weight`s named as openai-whisper's state dict, fed through `weights_registry`.
 - Porting bugs are run-time inputs (`DecoderControls`): the correct decoder and every injectable bug
   share one compiled graph.
-And one more: the self-attention KV cache is a graph input and output with a symbolic length
-("n_past"), and the step's tokens have a symbolic length ("n_new"), so the same compiled graph runs the
-prompt step, every one-token step after it and a full-sequence step. Positions and the causal mask
-come from those lengths inside the graph. Cross-attention K/V are recomputed from the encoder output
-each step (cheap on tiny; the canonical cross_attn.k/v are taken from the first step).
+And the caches are graph inputs and outputs with symbolic lengths, so one compiled graph runs every step:
+- the self-attention KV cache ("n_past" positions) grows by the step's tokens ("n_new"); positions and
+  the causal mask come from those lengths inside the graph;
+- cross-attention K/V are computed once per window, as openai-whisper's kv_cache does: the first step
+  feeds the encoder output ("n_xa" = n_audio_ctx frames) and an empty cross cache, later steps an empty
+  encoder output and the cross cache the first step returned ("n_cross" frames), so they project nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorType, TensorValue, ops
 
-from whisperdiff.capture.max_encoder import LayerNorm, Linear, mix
+from whisperdiff.capture.max_encoder import MLP, Context, LayerNorm, MultiHeadAttention, mix
 from whisperdiff.capture.runner import Record
 from whisperdiff.names import decoder_block_op
 
@@ -43,52 +45,12 @@ class DecoderControls:
         return [np.array(getattr(self, n), np.float32) for n in self.NAMES]
 
 
-class DecoderContext:
-    """What every module needs while the graph is built (the interface max_encoder's modules use)."""
+class DecoderContext(Context):
+    """The encoder's build context (float32, no encoder switches) with the decoder's run-time switches."""
 
     def __init__(self, device: DeviceRef, controls: list[TensorValue], taps: set[str]):
-        self.dtype, self.device, self.taps = DType.float32, device, taps
+        super().__init__(DType.float32, device, taps)
         (self.kv_off_by_one, self.pos_restart, self.no_causal_mask, self.cross_kv_block0, self.ln_skip) = controls
-        self.ln_eps = ops.constant(1e-5, DType.float32, device)
-        self.outputs: list[tuple[str, TensorValue]] = []
-
-    def tap(self, name: str, x: TensorValue) -> TensorValue:
-        if name in self.taps:
-            self.outputs.append((name, x))
-        return x
-
-    def weight(self, name: str, shape: list[int], dtype: DType | None = None) -> TensorValue:
-        from max.graph import Weight
-
-        return Weight(name, dtype or self.dtype, shape, self.device)
-
-    def float32(self, x: TensorValue) -> TensorValue:
-        return x
-
-    def compute(self, x: TensorValue) -> TensorValue:
-        return x
-
-
-class MultiHeadAttention:
-    def __init__(self, cx: DecoderContext, name: str, n_state: int, n_head: int):
-        self.cx, self.n_head = cx, n_head
-        self.query = Linear(cx, f"{name}.query", n_state, n_state)
-        self.key = Linear(cx, f"{name}.key", n_state, n_state, bias=False)
-        self.value = Linear(cx, f"{name}.value", n_state, n_state)
-        self.out = Linear(cx, f"{name}.out", n_state, n_state)
-
-    def attend(self, q: TensorValue, k: TensorValue, v: TensorValue, mask: TensorValue | None, tap) -> TensorValue:
-        """softmax((q s)(k s)^T + mask) v, heads split as openai-whisper's qkv_attention."""
-        b, n, c = q.shape
-        m, h = k.shape[1], self.n_head
-        scale = (int(c) // h) ** -0.25
-        qh = ops.permute(ops.reshape(q, [b, n, h, int(c) // h]), [0, 2, 1, 3])
-        kh = ops.permute(ops.reshape(k, [b, m, h, int(c) // h]), [0, 2, 3, 1])
-        vh = ops.permute(ops.reshape(v, [b, m, h, int(c) // h]), [0, 2, 1, 3])
-        scores = (qh * scale) @ (kh * scale)
-        w = ops.softmax(scores + mask if mask is not None else scores)
-        tap(w)
-        return ops.reshape(ops.permute(w @ vh, [0, 2, 1, 3]), [b, n, c])
 
 
 class ResidualAttentionBlock:
@@ -99,42 +61,45 @@ class ResidualAttentionBlock:
         self.attn_ln = LayerNorm(cx, f"{name}.attn_ln", n_state)
         self.cross_attn = MultiHeadAttention(cx, f"{name}.cross_attn", n_state, n_head)
         self.cross_attn_ln = LayerNorm(cx, f"{name}.cross_attn_ln", n_state)
-        self.mlp_fc1 = Linear(cx, f"{name}.mlp.0", n_state, 4 * n_state)
-        self.mlp_fc2 = Linear(cx, f"{name}.mlp.2", 4 * n_state, n_state)
+        self.mlp = MLP(cx, f"{name}.mlp", n_state)
         self.mlp_ln = LayerNorm(cx, f"{name}.mlp_ln", n_state)
 
-    def __call__(self, x, xa, past_k, past_v, mask, cross_kv0):
-        """Returns (x, this block's full self-attention K and V for the cache, its cross K/V projections)."""
+    def __call__(self, x, xa, past_k, past_v, mask, cross_k, cross_v, cross_kv0):
+        """Returns (x, this block's full self-attention K and V for the cache, its cross-attention K and V for
+        the cross cache, its own cross K/V projections of xa)."""
         cx, i = self.cx, self.i
 
         def t(op, value):
             return cx.tap(decoder_block_op(i, op), value)
+
+        def attention(prefix, attn, q, k, v, mask):
+            wv, w = attn.attend(q, k, v, mask)
+            t(f"{prefix}.weights", w)
+            return t(f"{prefix}.wv", wv)
 
         h = t("attn_ln", self.attn_ln(x))
         q = t("attn.q", self.attn.query(h))
         k = t("attn.k", self.attn.key(h))
         v = t("attn.v", self.attn.value(h))
         k_all, v_all = ops.concat([past_k, k], axis=1), ops.concat([past_v, v], axis=1)
-        wv = t("attn.wv", self.attn.attend(q, k_all, v_all, mask, lambda w: t("attn.weights", w)))
+        wv = attention("attn", self.attn, q, k_all, v_all, mask)
         x = t("attn_residual", x + t("attn.out", self.attn.out(wv)))
 
         h = t("cross_attn_ln", self.cross_attn_ln(x))
         q = t("cross_attn.q", self.cross_attn.query(h))
-        own = (self.cross_attn.key(xa), self.cross_attn.value(xa))
-        ck, cv = (
+        own = (self.cross_attn.key(xa), self.cross_attn.value(xa))  # no rows once the cross cache is filled
+        new_k, new_v = (
             own
             if cross_kv0 is None
             else (mix(cx.cross_kv_block0, own[0], cross_kv0[0]), mix(cx.cross_kv_block0, own[1], cross_kv0[1]))
         )
-        ck, cv = t("cross_attn.k", ck), t("cross_attn.v", cv)
-        wv = t("cross_attn.wv", self.cross_attn.attend(q, ck, cv, None, lambda w: t("cross_attn.weights", w)))
+        ck = t("cross_attn.k", ops.concat([cross_k, new_k], axis=1))
+        cv = t("cross_attn.v", ops.concat([cross_v, new_v], axis=1))
+        wv = attention("cross_attn", self.cross_attn, q, ck, cv, None)
         x = t("cross_attn_residual", x + t("cross_attn.out", self.cross_attn.out(wv)))
 
         h = t("mlp_ln", self.mlp_ln(x))
-        h = t("mlp.fc1", self.mlp_fc1(h))
-        h = t("mlp.gelu", ops.gelu(h))
-        h = t("mlp.fc2", self.mlp_fc2(h))
-        return t("out", x + h), k_all, v_all, own
+        return t("out", x + self.mlp(h, t)), k_all, v_all, ck, cv, own
 
 
 class TextDecoder:
@@ -145,9 +110,11 @@ class TextDecoder:
         self.blocks = [ResidualAttentionBlock(cx, i, n_state, n_head) for i in range(n_layer)]
         self.ln = LayerNorm(cx, "decoder.ln", n_state)
 
-    def __call__(self, tokens, xa, past_k, past_v):
-        """tokens [1, n_new] at positions n_past.. n_past + n_new - 1; past_k/v [n_layer, 1, n_past, C].
-        Returns (logits [1, n_new, n_vocab], new cache K and V [n_layer, 1, n_past + n_new, C])."""
+    def __call__(self, tokens, xa, past_k, past_v, cross_k, cross_v):
+        """tokens [1, n_new] at positions n_past.. n_past + n_new - 1; past_k/v [n_layer, 1, n_past, C];
+        xa [1, n_xa, C] and cross_k/v [n_layer, 1, n_cross, C]: the encoder output or the cross cache.
+        Returns (logits [1, n_new, n_vocab], new cache K and V [n_layer, 1, n_past + n_new, C], cross cache
+        K and V [n_layer, 1, n_cross + n_xa, C])."""
         cx, dev, f = self.cx, self.cx.device, DType.float32
         n_new, n_past = tokens.shape[1], past_k.shape[2]
         offset = ops.cast(ops.reshape(ops.shape_to_tensor([n_past]), []), f)
@@ -163,38 +130,42 @@ class TextDecoder:
         newest = ops.cast(ops.equal(ops.reshape(keys, [1, -1]) + 1.0, offset), f)
         hidden = ops.greater(later + newest * cx.kv_off_by_one * 2.0, 0.0)
         mask = ops.where(hidden, ops.constant(float("-inf"), f, dev), ops.constant(0.0, f, dev))
-        ks, vs, cross0 = [], [], None
+        caches, cross0 = [], None
         for i, block in enumerate(self.blocks):
-            x, k, v, own = block(x, xa, past_k[i], past_v[i], mask, cross0)
+            x, *cache, own = block(x, xa, past_k[i], past_v[i], mask, cross_k[i], cross_v[i], cross0)
             cross0 = own if i == 0 else cross0
-            ks.append(k)
-            vs.append(v)
+            caches.append(cache)
         x = cx.tap("decoder.ln", mix(cx.ln_skip, self.ln(x), x))
         logits = x @ ops.transpose(self.token_embedding, 0, 1)  # tied to the token embedding
-        return cx.tap("decoder.logits", logits), ops.stack(ks, axis=0), ops.stack(vs, axis=0)
+        return cx.tap("decoder.logits", logits), *(ops.stack(list(c), axis=0) for c in zip(*caches, strict=True))
 
 
 def build_decoder_graph(dims, taps: list[str], device: DeviceRef | None = None) -> tuple[Graph, list[str]]:
-    """The decoder graph: inputs (tokens, encoder output, cache K, cache V, controls...), outputs
-    (logits, new cache K, new cache V, then every tap); returns (graph, tap names in output order)."""
+    """The decoder graph: inputs (tokens, encoder output, cache K, cache V, cross cache K, cross cache V,
+    controls...), outputs (logits, new cache K, V, cross cache K, V, then every tap); returns (graph, tap
+    names in output order)."""
     device = device or DeviceRef.CPU()
     d, f = dims, DType.float32
     c, n = d.n_text_state, d.n_text_layer
     cache = TensorType(f, [n, 1, "n_past", c], device=device)
+    cross_cache = TensorType(f, [n, 1, "n_cross", c], device=device)
     scalar = TensorType(f, [], device=device)
     inputs = [
         TensorType(DType.int64, [1, "n_new"], device=device),
-        TensorType(f, [1, d.n_audio_ctx, d.n_audio_state], device=device),
+        TensorType(f, [1, "n_xa", d.n_audio_state], device=device),
         cache,
         cache,
+        cross_cache,
+        cross_cache,
         *[scalar] * len(DecoderControls.NAMES),
     ]
     key = f"whisper_decoder_{d.n_vocab}_{d.n_text_ctx}_{c}_{d.n_text_head}_{n}_{d.n_audio_ctx}"
     with Graph(key, input_types=inputs) as graph:
-        tokens, xa, past_k, past_v, *controls = (v.tensor for v in graph.inputs)
+        tokens, xa, *caches = (v.tensor for v in graph.inputs)
+        caches, controls = caches[:4], caches[4:]
         cx = DecoderContext(device, controls, {t for t in taps if t != "decoder.logits"})
-        logits, new_k, new_v = TextDecoder(cx, d.n_vocab, d.n_text_ctx, c, d.n_text_head, n)(tokens, xa, past_k, past_v)
-        graph.output(logits, new_k, new_v, *(value for _, value in cx.outputs))
+        logits, *new_caches = TextDecoder(cx, d.n_vocab, d.n_text_ctx, c, d.n_text_head, n)(tokens, xa, *caches)
+        graph.output(logits, *new_caches, *(value for _, value in cx.outputs))
     return graph, [name for name, _ in cx.outputs]
 
 
@@ -213,6 +184,7 @@ class MaxDecoderRunner:
     The graph's taps are fixed at build time; which decoder faults act is chosen per run (set_faults)."""
 
     impl = "max"
+    takes_faults = True  # decoder faults are run-time switches of this graph
 
     def __init__(self, model, taps: list[str] | None = None, faults=(), device: str = "cpu"):
         from max import engine
@@ -233,7 +205,7 @@ class MaxDecoderRunner:
         self.model = session.load(graph, weights_registry=decoder_weights(model))
         self.compile_seconds = time.perf_counter() - start
         self.cache_hit = _cache_entries() == before
-        self.k = self.v = self.xa = None
+        self.close()
 
     def set_faults(self, faults=()) -> None:
         """Switch decoder faults for the next runs (the same compiled graph)."""
@@ -256,14 +228,17 @@ class MaxDecoderRunner:
         d = self.loaded.dims
         self.xa = np.ascontiguousarray(features, np.float32)
         self.k = self.v = np.zeros((d.n_text_layer, 1, 0, d.n_text_state), np.float32)
+        self.cross_k = self.cross_v = self.k  # filled by the first step
 
     def step(self, tokens: np.ndarray, record: Record | None = None) -> np.ndarray:
         from max.driver import Buffer
 
-        inputs = [np.ascontiguousarray(tokens, np.int64), self.xa, self.k, self.v, *self.controls.arrays()]
+        inputs = [np.ascontiguousarray(tokens, np.int64), self.xa, self.k, self.v, self.cross_k, self.cross_v]
+        inputs += self.controls.arrays()
         if self.device != "cpu":
             inputs = [Buffer.from_numpy(a).to(self.driver_device) for a in inputs]
-        logits, self.k, self.v, *taps = (r.to_numpy() for r in self.model.execute(*inputs))
+        logits, self.k, self.v, self.cross_k, self.cross_v, *taps = (r.to_numpy() for r in self.model.execute(*inputs))
+        self.xa = self.xa[:, :0]  # the cross cache holds its K/V now: later steps project no frames
         if record is not None:
             for name, value in zip(self.outputs, taps, strict=True):
                 if name in self.taps:
@@ -271,3 +246,6 @@ class MaxDecoderRunner:
             if "decoder.logits" in self.taps:
                 record("decoder.logits", logits)
         return logits
+
+    def close(self) -> None:
+        self.k = self.v = self.cross_k = self.cross_v = self.xa = None

@@ -286,6 +286,34 @@ class MultiHeadAttention:
         cx.tap(block_op(i, "attn.weights"), cx.compute(w))  # never a patch point (see PATCH_EXCLUDED)
         return cx.compute(ops.reshape((w @ v).transpose(1, 2), [b, t, c]))
 
+    def attend(self, q: TensorValue, k: TensorValue, v: TensorValue, mask: TensorValue | None):
+        """openai-whisper's own qkv_attention, for queries and keys of any lengths (the decoder's self-attention
+        over its KV cache, its cross-attention over the encoder output): softmax((q s)(k s)^T + mask) v,
+        s = d_head^-0.25, heads split as whisper does. Returns (wv [B, n, C], probabilities [B, H, n, m])."""
+        b, n, c = q.shape
+        m, h = k.shape[1], self.n_head
+        scale = (int(c) // h) ** -0.25
+        qh = ops.permute(ops.reshape(q, [b, n, h, int(c) // h]), [0, 2, 1, 3])
+        kh = ops.permute(ops.reshape(k, [b, m, h, int(c) // h]), [0, 2, 3, 1])
+        vh = ops.permute(ops.reshape(v, [b, m, h, int(c) // h]), [0, 2, 1, 3])
+        scores = (qh * scale) @ (kh * scale)
+        w = ops.softmax(scores + mask if mask is not None else scores)
+        return ops.reshape(ops.permute(w @ vh, [0, 2, 1, 3]), [b, n, c]), w
+
+
+class MLP:
+    """openai-whisper's block MLP: Linear(C, 4C), GELU, Linear(4C, C); `tap(op, value)` sees (and may
+    round) each step's value: mlp.fc1, mlp.gelu, mlp.fc2."""
+
+    def __init__(self, cx: Context, name: str, n_state: int):
+        self.fc1 = Linear(cx, f"{name}.0", n_state, 4 * n_state)
+        self.fc2 = Linear(cx, f"{name}.2", 4 * n_state, n_state)
+
+    def __call__(self, x: TensorValue, tap, gelu=ops.gelu) -> TensorValue:
+        h = tap("mlp.fc1", self.fc1(x))
+        h = tap("mlp.gelu", gelu(h))
+        return tap("mlp.fc2", self.fc2(h))
+
 
 class ResidualAttentionBlock:
     def __init__(self, cx: Context, i: int, n_state: int, n_head: int):
@@ -293,8 +321,7 @@ class ResidualAttentionBlock:
         self.cx, self.i = cx, i
         self.attn = MultiHeadAttention(cx, f"{name}.attn", n_state, n_head)
         self.attn_ln = LayerNorm(cx, f"{name}.attn_ln", n_state)
-        self.mlp_fc1 = Linear(cx, f"{name}.mlp.0", n_state, 4 * n_state)
-        self.mlp_fc2 = Linear(cx, f"{name}.mlp.2", 4 * n_state, n_state)
+        self.mlp = MLP(cx, f"{name}.mlp", n_state)
         self.mlp_ln = LayerNorm(cx, f"{name}.mlp_ln", n_state)
 
     def __call__(self, x: TensorValue) -> TensorValue:
@@ -312,11 +339,11 @@ class ResidualAttentionBlock:
             half(x + self.attn(cx.tap(block_op(i, "attn_ln"), half(self.attn_ln(x))), i, half)),
         )
         h = cx.tap(block_op(i, "mlp_ln"), half(self.mlp_ln(x)))
-        h = cx.tap(block_op(i, "mlp.fc1"), half(self.mlp_fc1(h)))
-        h = cx.tap(
-            block_op(i, "mlp.gelu"), half(cx.bug("gelu_tanh", ops.gelu(h), lambda: ops.gelu(h, approximate="tanh")))
+        h = self.mlp(
+            h,
+            lambda op, y: cx.tap(block_op(i, op), half(y)),
+            gelu=lambda h: cx.bug("gelu_tanh", ops.gelu(h), lambda: ops.gelu(h, approximate="tanh")),
         )
-        h = cx.tap(block_op(i, "mlp.fc2"), half(self.mlp_fc2(h)))
         residual = cx.mlp_residual[i] * x if cx.debug else x  # the drop-residual bug; 1.0 * x (exact) when clean
         return cx.tap(block_op(i, "out"), half(h + residual))
 

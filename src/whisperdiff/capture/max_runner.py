@@ -73,6 +73,8 @@ class MaxRunner:
     every fault and patch run of a model shares it, whatever taps each asks for."""
 
     impl = "max"
+    takes_faults = True  # porting bugs are run-time inputs of the debug graph
+    patch_points: list[str]
 
     def __init__(
         self,

@@ -65,7 +65,9 @@ def load_factory(spec: str):
 class PluginRunner:
     """Runs a user's encoder through the plugin interface and records what it yields."""
 
+    impl: str
     patch_points: list[str] = []
+    takes_faults = False  # faults are run-time switches of the MAX graphs
     records_what_it_yields = True  # no fixed tap list: the trace holds the ops the plugin yields
 
     def __init__(self, spec: str, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None):

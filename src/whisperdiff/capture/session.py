@@ -15,7 +15,8 @@ from whisperdiff.errors import WhisperdiffError
 from whisperdiff.inputs.audio import EncoderInput, prepare_input
 from whisperdiff.inputs.models import LoadedModel, load_model
 from whisperdiff.names import select_taps
-from whisperdiff.provenance import sha256_array, versions
+from whisperdiff.provenance import sha256_array
+from whisperdiff.store.manifest import build_manifest
 from whisperdiff.store.trace import Trace, TraceWriter, load_trace
 
 DEFAULT_TRACE_DIR = Path("traces")
@@ -97,10 +98,10 @@ class Session:
         from whisperdiff.capture.transcript import Decoder
 
         if self.decoder_impl == "max":  # openai-whisper's greedy search with the MAX decoder's logits
+            from whisperdiff.capture import make_decoder_runner
             from whisperdiff.capture.decoder import greedy
-            from whisperdiff.capture.max_decoder import MaxDecoderRunner
 
-            self._decoder = self._decoder or MaxDecoderRunner(self.loaded)
+            self._decoder = self._decoder or make_decoder_runner("max", self.loaded)
             return greedy(self._decoder, self.loaded, features, max_tokens)[0]
         self._decoder = self._decoder or Decoder(self.loaded)
         return self._decoder(features, max_tokens)
@@ -139,19 +140,17 @@ class Session:
             if encoder_input.provenance.get("n_windows", 1) > 1:
                 out = out.with_name(f"{out.name}.w{window}")
         out = Path(out)
-        manifest = {
-            "impl": self.impl,
-            **{k: v for k, v in runner.facts().items() if k in ("device", "dtype")},
-            "runner": runner.facts(),
-            "model": loaded.manifest(),
-            "input": encoder_input.provenance,
-            "taps": self.taps,
-            "injected": [
+        manifest = build_manifest(
+            self.impl,
+            runner=runner.facts(),
+            model=loaded.manifest(),
+            input=encoder_input.provenance,
+            taps=self.taps,
+            injected=[
                 {"name": f.name, "first_op": f.first_op_for(loaded.dims.n_audio_layer), "description": f.description}
                 for f in self.faults
             ],
-            "versions": versions(),
-        }
+        )
         with TraceWriter(out, manifest) as writer:
             outputs = {}
 
@@ -196,18 +195,30 @@ class Session:
         return load_trace(out)
 
     def trace_windows(
-        self, *, audio=None, out=None, transcribe: bool = True, on_window: Callable[[int, int], None] | None = None
+        self,
+        *,
+        audio=None,
+        out=None,
+        transcribe: bool = True,
+        on_op: Callable[[str], None] | None = None,
+        on_total: Callable[[int], None] | None = None,
+        on_status: Callable[[str], None] | None = None,
     ) -> list[Trace]:
-        """Every 30 s window of a clip, one trace each (`OUT.w0`, `OUT.w1`, ...; just OUT for a short clip)."""
+        """Every 30 s window of a clip, one trace each (`OUT.w0`, `OUT.w1`, ...; just OUT for a short clip).
+        Progress: on_total(number of windows), on_status("window k of n") while one runs, on_op after each."""
         from whisperdiff.inputs.audio import default_audio_path, load_audio, n_windows
 
         count = n_windows(len(load_audio(audio if audio is not None else default_audio_path())[0]))
         traces = []
+        if on_total is not None:
+            on_total(count)
         for w in range(count):
-            if on_window is not None:
-                on_window(w, count)
+            if on_status is not None:
+                on_status(f"window {w + 1} of {count}")
             path = None if out is None else (Path(out) if count == 1 else Path(out).with_name(f"{Path(out).name}.w{w}"))
             traces.append(self.trace(audio=audio, out=path, window=w, transcribe=transcribe))
+            if on_op is not None:
+                on_op(f"window {w + 1} of {count}")
         return traces
 
 
@@ -216,7 +227,7 @@ def float64_twin(ref: Trace, out: str | Path | None = None, on_op: Callable[[str
     reference `whisperdiff tolerances` measures a float32 run against."""
     from whisperdiff.inputs.models import model_of
 
-    if ref.manifest.get("injected"):
+    if ref.manifest.injected:
         raise WhisperdiffError(f"{ref.path} has injected bugs; measure the noise floor on a clean reference")
     model, reasons = model_of([ref.manifest])
     if model is None:
@@ -225,7 +236,6 @@ def float64_twin(ref: Trace, out: str | Path | None = None, on_op: Callable[[str
         raise WhisperdiffError(f"{ref.path} did not record its input (op mel); pass --from OTHER_TRACE instead")
     # The input is the trace's own recorded (and digest-verified) log-mel: reading a trace never opens a path
     # its manifest names.
-    recorded = EncoderInput(np.array(ref["mel"], dtype=np.float32), dict(ref.manifest.get("input") or {}))
-    taps = ref.manifest.get("taps") or "default"
-    session = Session("torch", model=model, dtype="float64", taps=taps if isinstance(taps, str) else "default")
+    recorded = EncoderInput(np.array(ref["mel"], dtype=np.float32), ref.manifest.input.to_json())
+    session = Session("torch", model=model, dtype="float64", taps=ref.manifest.taps or "default")
     return session.trace(out=out, on_op=on_op, given_input=recorded)

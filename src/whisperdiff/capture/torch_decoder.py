@@ -1,24 +1,13 @@
 """The reference decoder: openai-whisper's own TextDecoder, unmodified, with its own kv_cache hooks,
 tapped with forward hooks, one step at a time.
 
-A decoder runner (this one and max_decoder.MaxDecoderRunner) has two calls:
-    start(features)            a new sequence attending to this encoder output [1, n_audio_ctx, C]
-    step(tokens, record)       tokens [1, L] at the next L positions -> logits [1, L, n_vocab]; calls
-                               record(op, value) with this step's value of each tapped op
-decoder.py concatenates the steps along the token-position axis.
+A decoder runner (runner.DecoderRunner): start(features), step(tokens, record) -> logits, close().
 
-Where each canonical op is read:
-    decoder.tok_embed                    hook on decoder.token_embedding
-    decoder.pos_embed                    pre-hook on blocks[0] (or ln)
-    blocks.i.attn_ln / cross_attn_ln / mlp_ln, q/k/v, out, mlp.*   hooks on the modules of the same name;
-                                         k and v hooks run before the kv_cache hooks, so they see this step's
-                                         projections (cross-attention K/V run once: the first step)
-    blocks.i.*attn.weights               pre-hook on *attn.out: softmax((q s)(k s)^T + causal mask) in float32
-                                         from this step's q and the cached k, as whisper's non-SDPA path
-    blocks.i.*attn.wv                    pre-hook on *attn.out (its input)
-    blocks.i.attn_residual               pre-hook on cross_attn_ln; cross_attn_residual: pre-hook on mlp_ln
-    blocks.i.out                         hook on the block; decoder.ln: hook on decoder.ln
-    decoder.logits                       what TextDecoder.forward returns
+Where each canonical op is read: torch_hooks.hook_table, derived from names.py, the same table as the
+encoder's (decoder.logits: what TextDecoder.forward returns). Our k and v hooks run before the kv_cache
+hooks, so they see this step's projections (cross-attention K/V run once: the first step).
+blocks.i.*attn.weights is computed before *attn.out runs: softmax((q s)(k s)^T + causal mask) in float32
+from this step's q and the cached k, as whisper's non-SDPA path.
 """
 
 from __future__ import annotations
@@ -26,13 +15,15 @@ from __future__ import annotations
 import numpy as np
 
 from whisperdiff.capture.runner import Record
-from whisperdiff.names import decoder_block_op
+from whisperdiff.capture.torch_hooks import IN, hook_table
+from whisperdiff.names import DECODER_BLOCK_OPS, DECODER_INPUT, decoder_op_specs
 
 
 class TorchDecoderRunner:
     impl = "torch"
+    takes_faults = False  # decoder faults are run-time switches of the MAX decoder graph
 
-    def __init__(self, model, taps: list[str] | None = None, faults=()):
+    def __init__(self, model, taps: list[str] | None = None, faults=(), device: str = "cpu"):
         import torch
 
         if faults:
@@ -77,9 +68,7 @@ class TorchDecoderRunner:
         self._step_len = tokens.shape[-1]
         with torch.inference_mode():
             logits = self.decoder(torch.from_numpy(np.asarray(tokens, np.int64)), self.xa, kv_cache=self.cache)
-        logits = logits.float().numpy()
-        if record is not None and self.wants("decoder.logits"):
-            record("decoder.logits", logits)
+        logits = logits.float().numpy()  # recorded by the hook on the decoder itself (hook_table)
         self.length += self._step_len
         return logits
 
@@ -103,35 +92,14 @@ class TorchDecoderRunner:
             else:
                 handles.append(module.register_forward_hook(lambda m, args, out: emit(name, out)))
 
-        tap(dec.token_embedding, "decoder.tok_embed")
-        tap(dec.blocks[0] if len(dec.blocks) else dec.ln, "decoder.pos_embed", pre=True)
-        for i, block in enumerate(dec.blocks):
-
-            def name(op, i=i):
-                return decoder_block_op(i, op)
-
-            for prefix, attn, ln in (
-                ("attn", block.attn, block.attn_ln),
-                ("cross_attn", block.cross_attn, block.cross_attn_ln),
-            ):
-                tap(ln, name(f"{prefix}_ln"))
-                tap(attn.query, name(f"{prefix}.q"))
-                tap(attn.key, name(f"{prefix}.k"))
-                tap(attn.value, name(f"{prefix}.v"))
-                if self.wants(name(f"{prefix}.weights")):
-                    handles.extend(
-                        self._attention_probabilities(attn, name(f"{prefix}.weights"), causal=prefix == "attn")
-                    )
-                tap(attn.out, name(f"{prefix}.wv"), pre=True)
-                tap(attn.out, name(f"{prefix}.out"))
-            tap(block.cross_attn_ln, name("attn_residual"), pre=True)
-            tap(block.mlp_ln, name("cross_attn_residual"), pre=True)
-            tap(block.mlp_ln, name("mlp_ln"))
-            tap(block.mlp[0], name("mlp.fc1"))
-            tap(block.mlp[1], name("mlp.gelu"))
-            tap(block.mlp[2], name("mlp.fc2"))
-            tap(block, name("out"))
-        tap(dec.ln, "decoder.ln")
+        ops = [s.name for s in decoder_op_specs(self.loaded.dims, 1) if s.name != DECODER_INPUT]
+        for hook in hook_table(ops, DECODER_BLOCK_OPS, prefix="decoder."):
+            if hook.compute == "weights":
+                if self.wants(hook.op):
+                    attn = dec.get_submodule(hook.module.rsplit(".", 1)[0])
+                    handles.extend(self._attention_probabilities(attn, hook.op, causal=".attn." in hook.op))
+                continue
+            tap(dec.get_submodule(hook.module), hook.op, pre=hook.side == IN)
         return handles
 
     def _attention_probabilities(self, attn, name: str, causal: bool) -> list:

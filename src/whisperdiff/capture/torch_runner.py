@@ -1,25 +1,11 @@
 """The reference: openai-whisper's own AudioEncoder, unmodified, tapped with forward hooks.
 
-Where each canonical op is read (nothing in the forward pass is replaced, so the encoder's
-numerics are exactly those of `model.encoder(mel)`):
-
-    conv1, conv2                 forward hook on encoder.conv1 / conv2 (output)
-    conv1.gelu                   forward pre-hook on encoder.conv2 (its input)
-    conv2.gelu                   forward hook on conv2: F.gelu of its output, the same call on the same
-                                 tensor that AudioEncoder.forward makes next, so bitwise the same values
-    pos_embed                    pre-hook on blocks[0] (or ln_post when there are no blocks)
-    blocks.i.attn_ln             hook on block.attn_ln
-    blocks.i.attn.q / k / v      hooks on attn.query / key / value
-    blocks.i.attn.weights        pre-hook on attn.out: softmax((q s)(k s)^T), s = d_head^-0.25, recomputed in
-                                 float32 from the tapped q and k, as openai-whisper's non-SDPA path does;
-                                 the encoder itself keeps its SDPA path, so its output is untouched
-    blocks.i.attn.wv             pre-hook on attn.out (its input)
-    blocks.i.attn.out            hook on attn.out
-    blocks.i.attn_residual       pre-hook on block.mlp_ln (x + attn output)
-    blocks.i.mlp_ln              hook on block.mlp_ln
-    blocks.i.mlp.fc1/gelu/fc2    hooks on block.mlp[0] / [1] / [2]
-    blocks.i.out                 hook on the block
-    ln_post                      hook on encoder.ln_post
+Where each canonical op is read: torch_hooks.hook_table, derived from names.py. Nothing in the forward pass
+is replaced, so the encoder's numerics are exactly those of `model.encoder(mel)`. Two ops are computed from
+what a hook sees: conv2.gelu is F.gelu of conv2's output, the same call on the same tensor that
+AudioEncoder.forward makes next (bitwise the same values); blocks.i.attn.weights is softmax((q s)(k s)^T),
+s = d_head^-0.25, recomputed in float32 from the tapped q and k before attn.out runs, as openai-whisper's
+non-SDPA path does (the encoder itself keeps its SDPA path, so its output is untouched).
 """
 
 from __future__ import annotations
@@ -29,8 +15,9 @@ import time
 import numpy as np
 
 from whisperdiff.capture.runner import Record
+from whisperdiff.capture.torch_hooks import IN, hook_table
 from whisperdiff.errors import WhisperdiffError
-from whisperdiff.names import block_op
+from whisperdiff.names import BLOCK_OPS, op_names
 
 DTYPES = ("float32", "float64", "float16", "bfloat16")  # float64: the noise-floor reference (`whisperdiff tolerances`)
 
@@ -63,8 +50,17 @@ class TorchRunner:
     """Runs openai-whisper's encoder and records every requested canonical op."""
 
     impl = "torch"
+    takes_faults = False  # faults are run-time switches of the MAX graphs
 
-    def __init__(self, model, device: str = "auto", dtype: str = "float32", taps: list[str] | None = None):
+    def __init__(
+        self,
+        model,
+        device: str = "auto",
+        dtype: str = "float32",
+        taps: list[str] | None = None,
+        faults=(),
+        patchable: bool = True,  # torch hooks can always patch
+    ):
         import torch
 
         if dtype not in DTYPES:
@@ -104,8 +100,6 @@ class TorchRunner:
         """Ops whose value a hook can replace without editing openai-whisper's forward: not conv2.gelu
         (computed inside AudioEncoder.forward), attn.weights (SDPA never materialises it) or
         attn_residual (the residual sum feeds mlp_ln and the block's second residual)."""
-        from whisperdiff.names import op_names
-
         excluded = ("mel", "conv2.gelu")
         return [
             n
@@ -166,28 +160,14 @@ class TorchRunner:
                 module.register_forward_pre_hook(pre_hook) if pre else module.register_forward_hook(post_hook)
             )
 
-        tap(enc.conv1, "conv1")
-        tap(enc.conv2, "conv1.gelu", pre=True)
-        tap(enc.conv2, "conv2")
-        tap(enc.conv2, "conv2.gelu", fn=F.gelu)
-        tap(enc.blocks[0] if len(enc.blocks) else enc.ln_post, "pos_embed", pre=True)
-        for i, block in enumerate(enc.blocks):
-            attn, name = block.attn, (lambda op, i=i: block_op(i, op))
-            tap(block.attn_ln, name("attn_ln"))
-            tap(attn.query, name("attn.q"))
-            tap(attn.key, name("attn.k"))
-            tap(attn.value, name("attn.v"))
-            if self.wants(name("attn.weights")):
-                handles.extend(self._attention_probabilities(attn, name("attn.weights"), record))
-            tap(attn.out, name("attn.wv"), pre=True)
-            tap(attn.out, name("attn.out"))
-            tap(block.mlp_ln, name("attn_residual"), pre=True)
-            tap(block.mlp_ln, name("mlp_ln"))
-            tap(block.mlp[0], name("mlp.fc1"))
-            tap(block.mlp[1], name("mlp.gelu"))
-            tap(block.mlp[2], name("mlp.fc2"))
-            tap(block, name("out"))
-        tap(enc.ln_post, "ln_post")
+        for hook in hook_table([n for n in op_names(self.loaded.dims) if n != "mel"], BLOCK_OPS):
+            if hook.compute == "weights":
+                if self.wants(hook.op):
+                    attn = enc.get_submodule(hook.module.rsplit(".", 1)[0])
+                    handles.extend(self._attention_probabilities(attn, hook.op, record))
+                continue
+            fn = F.gelu if hook.compute == "gelu" else None
+            tap(enc.get_submodule(hook.module), hook.op, pre=hook.side == IN, fn=fn)
         return handles
 
     @staticmethod

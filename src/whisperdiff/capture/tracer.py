@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from whisperdiff.errors import WhisperdiffError
+from whisperdiff.store.manifest import build_manifest
 from whisperdiff.store.trace import TraceWriter, load_trace
 
 
@@ -48,7 +49,6 @@ class Tracer:
         from whisperdiff.inputs.audio import prepare_input
         from whisperdiff.inputs.models import LoadedModel, load_model
         from whisperdiff.names import op_specs
-        from whisperdiff.provenance import versions
 
         if not impl or not isinstance(impl, str):
             raise WhisperdiffError("Tracer needs impl=NAME: what implementation this trace comes from")
@@ -58,19 +58,16 @@ class Tracer:
         self._shapes = {s.name: tuple(s.shape) for s in op_specs(self.model.dims)}
         self._decoder = self._decoder_mode(tokens)  # tokens: a decoder trace, teacher-forced on these tokens
         self._started, self._t0 = datetime.now(UTC), time.perf_counter()
-        manifest = {
-            "impl": impl,
-            "device": device,
-            "dtype": dtype,
-            "runner": {"device": device, "dtype": dtype, "encoder": f"{impl} (whisperdiff.Tracer)", **(info or {})},
-            "model": self.model.manifest(),
-            "input": encoder_input.provenance,
-            "taps": "tracer",
-            "injected": [],
-            "versions": versions(),
-        }
-        if self._decoder is not None:
-            manifest.update(part="decoder", decoder=self._decoder)
+        manifest = build_manifest(
+            impl,
+            device=device,
+            dtype=dtype,
+            runner={"device": device, "dtype": dtype, "encoder": f"{impl} (whisperdiff.Tracer)", **(info or {})},
+            model=self.model.manifest(),
+            input=encoder_input.provenance,
+            taps="tracer",
+            **({"part": "decoder", "decoder": self._decoder} if self._decoder is not None else {}),
+        )
         self._writer = TraceWriter(path, manifest)
         self.path = Path(path)
 

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from whisperdiff.capture import make_decoder_runner
+from whisperdiff.capture.decoder import encoder_features as run_encoder
+from whisperdiff.capture.decoder import greedy
+from whisperdiff.capture.faults import get_faults
 from whisperdiff.capture.transcript import token_cap, wer
+from whisperdiff.inputs.audio import prepare_input
+from whisperdiff.inputs.models import LoadedModel, load_model
 
 VERDICTS = {
     "encoder": "the encoder is wrong: its output changes the reference decoder's transcript; the decoder is not",
@@ -80,13 +86,6 @@ def crossfeed(
     *_inject: porting bugs planted in them. decoder_runner: a candidate decoder runner already built (its
     faults are switched to decoder_inject). encoder_features: {"reference": array, "candidate": array} to
     use instead of running the encoders."""
-    from whisperdiff.capture.decoder import encoder_features as run_encoder
-    from whisperdiff.capture.decoder import greedy, make_decoder_runner
-    from whisperdiff.capture.faults import get_faults
-    from whisperdiff.capture.torch_decoder import TorchDecoderRunner
-    from whisperdiff.inputs.audio import prepare_input
-    from whisperdiff.inputs.models import LoadedModel, load_model
-
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     enc_faults, dec_faults = get_faults(encoder_inject), get_faults(decoder_inject, part="decoder")
     if encoder_features is None:
@@ -99,7 +98,7 @@ def crossfeed(
         decoder_runner = make_decoder_runner(decoder, loaded, faults=dec_faults)
     elif hasattr(decoder_runner, "set_faults"):
         decoder_runner.set_faults(dec_faults)
-    decoders = {"reference": TorchDecoderRunner(loaded), "candidate": decoder_runner}
+    decoders = {"reference": make_decoder_runner("torch", loaded), "candidate": decoder_runner}
     texts = {("reference", "reference"): greedy(decoders["reference"], loaded, encoder_features["reference"])[0]}
     cap = token_cap(texts[("reference", "reference")])
     for e in ("reference", "candidate"):

@@ -28,9 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from whisperdiff.analysis.diagnose import not_comparable_reasons
+from whisperdiff.analysis.compare import compare
+from whisperdiff.capture import IMPLS
+from whisperdiff.capture.faults import get_faults
+from whisperdiff.capture.session import Session
+from whisperdiff.capture.transcript import token_cap, wer
 from whisperdiff.errors import WhisperdiffError
+from whisperdiff.inputs.models import model_of
 from whisperdiff.measure.metrics import rel_l2
+from whisperdiff.provenance import sha256_array
 from whisperdiff.store.trace import Trace, load_trace
 
 RESTORED = 0.9  # a patch "restores" the output when it removes at least this share of the final error
@@ -90,8 +96,6 @@ def default_points(ops: list[str], first_divergence: str | None, n_layer: int) -
 def rerun_impl(manifest_impl, impl: str | None) -> tuple[str, list[str]]:
     """The implementation that re-runs B, and notes: `impl` when the caller names one, else B's own
     only when it is built in (torch, max). A plugin named by a trace is never imported from it."""
-    from whisperdiff.capture import IMPLS
-
     named = manifest_impl if isinstance(manifest_impl, str) else None
     if impl is not None:
         notes = []
@@ -115,25 +119,22 @@ def patch(
     model=None,
     device: str = "auto",
     impl: str | None = None,
-    on_point: Callable[[str], None] | None = None,
-    on_progress: Callable[[int, int, str], None] | None = None,
+    on_op: Callable[[str], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
 ) -> Patching:
     """Patch B's implementation with A's activations, one op at a time (ops: a glob, default: see default_points).
 
-    impl: what re-runs B (default: B's impl when it is torch or max; any other must be named here)."""
-    from whisperdiff.analysis.compare import compare
-    from whisperdiff.capture.session import Session
-    from whisperdiff.capture.transcript import token_cap, wer
-    from whisperdiff.inputs.models import model_of
-    from whisperdiff.provenance import sha256_array
-
+    impl: what re-runs B (default: B's impl when it is torch or max; any other must be named here).
+    Progress, as compare and trace report it: on_total(n patch points), on_status(text) while one runs,
+    on_op(op) after each."""
     ta = a if isinstance(a, Trace) else load_trace(a)
     tb = b if isinstance(b, Trace) else load_trace(b)
     if "ln_post" not in ta:
         raise WhisperdiffError(f"{ta.path} has no ln_post (the encoder output); trace A with the default taps")
     c = compare(ta, tb, replay=False)
     if not c.comparable:
-        raise WhisperdiffError(f"cannot patch: the traces are not comparable ({not_comparable_reasons(c.warnings)})")
+        raise WhisperdiffError(f"cannot patch: the traces are not comparable ({c.comparability.summary})")
     mb = tb.manifest
     impl, notes = rerun_impl(mb.get("impl"), impl)
     if "mel" not in tb:
@@ -193,17 +194,19 @@ def patch(
     result = Patching(
         ta.path, tb.path, impl, base_err, ref_text, base_text, base_wer, max_tokens=max_tokens, notes=notes
     )
-    for k, op in enumerate(points):
-        if on_point is not None:
-            on_point(op)
-        if on_progress is not None:  # k of n patch points done, the next one named
-            on_progress(k, len(points), op)
+    if on_total is not None:
+        on_total(len(points))
+    for op in points:
+        if on_status is not None:
+            on_status(f"patching {op}")
         value = np.asarray(ta[op], np.float32)
         output = run(mel=value) if op == "mel" else run(patch_value=(op, value))
         err = rel_l2(reference, output)
         text, w = text_of(output)
         restored = 1.0 - err / base_err if base_err > 0 else 1.0
         result.results.append(PatchResult(op, err, restored, text, w))
+        if on_op is not None:
+            on_op(op)
     if base_err > NOTHING_TO_RESTORE:
         for r in result.results:  # the earliest op whose patch restores the output (and the text)
             if r.restored >= RESTORED and (r.wer is None or r.wer == 0):
@@ -215,6 +218,4 @@ def patch(
 def _encoder_side(name: str) -> bool:
     """A fault that acts inside the encoder (re-applied on the re-run); an input-side fault is already
     in B's recorded mel, so applying it again would apply it twice."""
-    from whisperdiff.capture.faults import get_faults
-
     return all(f.controls is not None for f in get_faults([name]))

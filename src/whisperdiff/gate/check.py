@@ -1,5 +1,5 @@
 """`check`: pass or fail a candidate trace against a reference (a trace or a golden set) on per-op
-tolerances, for CI. Pure verdicts over `compare`'s table; JUnit XML for CI systems.
+tolerances, for CI. Pure verdicts over `compare`'s typed per-op results; JUnit XML for CI.
 
     r = check("traces/torch-tiny.en-speech", "traces/max-tiny.en-speech", load_tolerances("float32"))
     r.passed, r.first_failure, r.failures        # [OpFailure(op, metric, value, limit), ...] in encoder order
@@ -8,28 +8,16 @@ tolerances, for CI. Pure verdicts over `compare`'s table; JUnit XML for CI syste
 
 from __future__ import annotations
 
-import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from whisperdiff.analysis.compare import compare
-from whisperdiff.analysis.diagnose import Finding, manifest_findings, not_comparable_reasons
+from whisperdiff.analysis.diagnose import Finding, manifest_findings
 from whisperdiff.errors import WhisperdiffError
-from whisperdiff.measure.tolerances import ToleranceSet
+from whisperdiff.measure.tolerances import OpFailure, ToleranceSet
+from whisperdiff.store.documents import document
 from whisperdiff.store.trace import Trace, load_trace
-
-
-@dataclass(frozen=True)
-class OpFailure:
-    op: str
-    metric: str  # cosine, rel_l2, max_abs, mismatch_share, std_ratio_dev, nonfinite, missing, shape
-    value: float
-    limit: str  # e.g. "<= 0.0001"
-
-    def __str__(self) -> str:
-        value = "" if math.isnan(self.value) else f"{self.value:.4g} "
-        return f"{self.op}: {self.metric} {value}(limit {self.limit})"
 
 
 @dataclass
@@ -37,13 +25,14 @@ class CheckResult:
     reference: Path  # a trace or a golden set
     candidate: Path
     ops: list[dict]  # per op: name, status (ok, diverged, missing_in_b, shape_mismatch, not_traced), failures
+    # (a list of OpFailure)
     tolerances: ToleranceSet
     warnings: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)  # what compare thinks is wrong (empty for golden)
 
     @property
     def failures(self) -> list[OpFailure]:
-        return [OpFailure(r["name"], *f) for r in self.ops for f in r["failures"]]
+        return [f for r in self.ops for f in r["failures"]]
 
     @property
     def failed_ops(self) -> list[str]:
@@ -63,6 +52,19 @@ class CheckResult:
 
     def __repr__(self) -> str:
         return f"CheckResult({self.summary()!r}, reference={str(self.reference)!r}, candidate={str(self.candidate)!r})"
+
+    def to_json(self) -> dict:
+        """The document of `check --json`: schema whisperdiff.check (docs/json.md)."""
+        return document(
+            "whisperdiff.check",
+            {
+                "passed": self.passed,
+                "first_failure": self.first_failure,
+                "summary": self.summary(),
+                "failures": [f.to_json() for f in self.failures],
+                "warnings": self.warnings,
+            },
+        )
 
     def summary(self) -> str:
         if self.passed:
@@ -90,13 +92,9 @@ def check(
     c = compare(a, b, tolerance=tolerances, rename=rename, model=model, replay=replay)
     if not c.comparable and not force:
         raise WhisperdiffError(
-            f"cannot check: the traces are not comparable ({not_comparable_reasons(c.warnings)}); trace both with the same model and input (--force checks them anyway)"
+            f"cannot check: the traces are not comparable ({c.comparability.summary}); trace both with the same model and input (--force checks them anyway)"
         )
-    ops = [
-        {"name": r["op"], "status": r["status"], "failures": c.op_failures.get(r["op"], [])}
-        for r in c.table.to_dict("records")
-        if r["status"] != "missing_in_a"
-    ]
+    ops = [{"name": r.op, "status": r.status, "failures": r.failures} for r in c.ops if r.status != "missing_in_a"]
     return CheckResult(c.a, c.b, ops, tolerances, c.warnings, [f for f in c.findings if f.severity == "error"])
 
 
@@ -107,11 +105,10 @@ def check_golden(golden: str | Path, b: str | Path | Trace, tolerances: Toleranc
     g = load_golden(golden)
     tb = b if isinstance(b, Trace) else load_trace(b)
     tolerances = tolerances or ToleranceSet()
-    _, warnings, comparable = manifest_findings(g.manifest, tb.manifest)
-    if not comparable:
+    _, warnings, comparability = manifest_findings(g.manifest, tb.manifest)
+    if not comparability:
         raise WhisperdiffError(
-            f"cannot check: {tb.path} is not comparable with the golden set {g.path} "
-            f"({not_comparable_reasons(warnings)})"
+            f"cannot check: {tb.path} is not comparable with the golden set {g.path} ({comparability.summary})"
         )
     rows = golden_rows(g, tb, tolerances)
     not_traced = [r["name"] for r in rows if r["status"] == "not_traced"]
@@ -148,7 +145,7 @@ def junit_xml(result: CheckResult) -> str:
         if r["status"] == "not_traced":
             ET.SubElement(case, "skipped", message="not traced in the candidate")
         elif r["failures"]:
-            failures = [OpFailure(r["name"], *f) for f in r["failures"]]
+            failures = r["failures"]
             failure = ET.SubElement(case, "failure", type=failures[0].metric, message=str(failures[0]))
             failure.text = "\n".join(str(f) for f in failures)
     root = ET.Element("testsuites", name="whisperdiff", tests=suite.get("tests"), failures=suite.get("failures"))

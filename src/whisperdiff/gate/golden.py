@@ -28,7 +28,7 @@ import numpy as np
 from whisperdiff.analysis.diagnose import untapped
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.measure.metrics import op_metrics
-from whisperdiff.measure.tolerances import ToleranceSet
+from whisperdiff.measure.tolerances import OpFailure, ToleranceSet
 from whisperdiff.provenance import sha256_file
 from whisperdiff.store.stats import tensor_stats
 from whisperdiff.store.trace import Trace, atomic_write, load_trace, open_inside
@@ -245,13 +245,15 @@ def golden_rows(golden: Golden, trace: Trace, tolerances: ToleranceSet) -> list[
             skipped = untapped(golden.manifest, trace.manifest)
             row["status"] = "not_traced" if skipped else "missing_in_b"
             if not skipped:
-                row["failures"] = [("missing", float("nan"), "present in B")]
+                row["failures"] = [OpFailure(name, "missing", float("nan"), "present in B")]
             rows.append(row)
             continue
         b = np.asarray(trace[name])
         if list(b.shape) != op["shape"]:
             row["status"] = "shape_mismatch"
-            row["failures"] = [("shape", float("nan"), f"B is {list(b.shape)}, the golden set {op['shape']}")]
+            row["failures"] = [
+                OpFailure(name, "shape", float("nan"), f"B is {list(b.shape)}, the golden set {op['shape']}")
+            ]
             rows.append(row)
             continue
         idx, ref = golden.samples[name]

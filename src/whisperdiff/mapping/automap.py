@@ -27,6 +27,7 @@ import numpy as np
 from whisperdiff.mapping.align import layout_view
 from whisperdiff.mapping.maps import expand, generalise, write_map
 from whisperdiff.measure.metrics import rel_l2
+from whisperdiff.names import op_specs
 
 AGREE = 1e-3  # rel L2 under which a value is taken to be the reference's op (float32 ports: ~1e-6)
 WINDOW = 60  # candidates looked at after the previous op's match
@@ -136,8 +137,6 @@ def automap(
 
     values: the captured values' numbers by key (None: shapes and structure only). reference: a Trace or
     {op: array} with the canonical values. dims: the model's dims (default: the reference's)."""
-    from whisperdiff.names import op_specs
-
     if dims is None:
         dims = reference.model_dims if hasattr(reference, "model_dims") else None
     if dims is None:

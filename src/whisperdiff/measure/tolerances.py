@@ -39,6 +39,37 @@ SHIPPED = ("float32", "half")
 
 
 @dataclass(frozen=True)
+class OpFailure:
+    """One limit one op breaks: what `check` fails on, what compare's table and the report show."""
+
+    op: str
+    metric: str  # cosine, rel_l2, max_abs, mismatch_share, std_ratio_dev, nonfinite(_reference), missing, shape
+    value: float  # NaN where there is no number (missing, shape)
+    limit: str  # e.g. "<= 0.0001"; for shape, what differs
+
+    def __str__(self) -> str:
+        value = "" if math.isnan(self.value) else f"{self.value:.4g} "
+        return f"{self.op}: {self.metric} {value}(limit {self.limit})"
+
+    @property
+    def text(self) -> str:
+        """The failure without the op's name, as compare's table shows it."""
+        if self.metric == "shape":
+            return self.limit
+        if self.metric == "missing":
+            return "missing in B"
+        return f"{self.metric} {self.value:.4g} (limit {self.limit})"
+
+    def to_json(self) -> dict:
+        return {
+            "op": self.op,
+            "metric": self.metric,
+            "value": None if math.isnan(self.value) else self.value,
+            "limit": self.limit,
+        }
+
+
+@dataclass(frozen=True)
 class Tolerance:
     """The limits for one op. None: that limit is not checked.
 
@@ -65,14 +96,19 @@ class Tolerance:
             if f.name in ("min_cosine", "max_mismatch") and value > 1:
                 raise WhisperdiffError(f"{f.name} = {value!r} must be between 0 and 1")
 
-    def failures(self, row: dict) -> list[tuple[str, float, str]]:
-        """(metric, value, limit as text) for every limit the row breaks; [] when the op holds."""
+    def failures(self, row: dict, op: str | None = None) -> list[OpFailure]:
+        """Every limit the row breaks; [] when the op holds. op: the op's name (default: the row's)."""
+        op = op if op is not None else str(row.get("op") or row.get("name") or "")
         out = []
         ref_bad = row.get("nan_a", 0) + row.get("inf_a", 0)
         if ref_bad:  # the metrics leave non-finite elements out: a broken reference must not pass as "rel L2 0"
-            out.append(("nonfinite_reference", float(ref_bad), "0 NaN/Inf in the reference A"))
+            out.append(OpFailure(op, "nonfinite_reference", float(ref_bad), "0 NaN/Inf in the reference A"))
         if new_nonfinite(row):
-            out.append(("nonfinite", float(row["nan_b"] + row["inf_b"]), f"<= {row['nan_a'] + row['inf_a']} NaN/Inf"))
+            out.append(
+                OpFailure(
+                    op, "nonfinite", float(row["nan_b"] + row["inf_b"]), f"<= {row['nan_a'] + row['inf_a']} NaN/Inf"
+                )
+            )
         checks = [
             ("cosine", row.get("cosine"), self.min_cosine, lambda v, lim: v >= lim, ">="),
             ("rel_l2", row.get("rel_l2"), self.max_rel_l2, lambda v, lim: v <= lim, "<="),
@@ -91,10 +127,10 @@ class Tolerance:
                 continue
             if isinstance(value, float) and math.isnan(value):
                 if metric in ("cosine", "rel_l2"):  # no number where one is required (e.g. A all zero)
-                    out.append((metric, value, f"{sign} {limit:g}"))
+                    out.append(OpFailure(op, metric, value, f"{sign} {limit:g}"))
                 continue
             if not holds(value, limit):
-                out.append((metric, float(value), f"{sign} {limit:g}"))
+                out.append(OpFailure(op, metric, float(value), f"{sign} {limit:g}"))
         return out
 
     def diverged(self, row: dict) -> bool:

@@ -10,7 +10,8 @@ from markupsafe import Markup, escape
 
 from whisperdiff.analysis.compare import Comparison
 from whisperdiff.gate.check import CheckResult
-from whisperdiff.present.report import _findings, _isnan, limits_text, template, verdict
+from whisperdiff.present.report import _findings, limits_text, template, verdict
+from whisperdiff.present.report_tables import isnan
 from whisperdiff.store.trace import Trace
 
 NOTEBOOK_ROWS = 12
@@ -37,7 +38,7 @@ def comparison_html(c: Comparison) -> str:
 def check_html(r) -> str:
     failures = r.failures
     rows = "".join(
-        f"<tr><td>{_e(f.op)}</td><td>{_e(f.metric)}</td><td>{'' if _isnan(f.value) else f'{f.value:.4g}'}"
+        f"<tr><td>{_e(f.op)}</td><td>{_e(f.metric)}</td><td>{'' if isnan(f.value) else f'{f.value:.4g}'}"
         f"</td><td>{_e(f.limit)}</td></tr>"
         for f in failures[:NOTEBOOK_ROWS]
     )

@@ -390,10 +390,8 @@ def plot(c, kind: str = "divergence", op: str | None = None, head: int | None = 
         return attention(np.asarray(a[0, head]), np.asarray(b[0, head]), op, head)
     if kind == "steps":
         profile = c.profiles[op]
-        return step_error(
-            profile["step_rel_error"], profile["step_cosine"], op, None, not bool(c.table.loc[op, "diverged"])
-        )
-    layout = c.layouts.get(op) or ""
+        return step_error(profile["step_rel_error"], profile["step_cosine"], op, None, not c.result(op).diverged)
+    layout = c.result(op).layout or ""
     err = np.abs(b.astype(np.float64) - a)
     if err.ndim != 3 or not (layout.startswith("B,T,") or layout.endswith((",T", ",T_in"))):
         raise WhisperdiffError(f"{op} has no time x channel layout to draw as a heatmap")

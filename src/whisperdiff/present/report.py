@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import re
 from datetime import UTC, datetime
 from functools import cache
@@ -25,10 +24,18 @@ from pathlib import Path
 import numpy as np
 from markupsafe import Markup
 
+from whisperdiff.analysis.comparability import PREFIX
 from whisperdiff.analysis.compare import Comparison
-from whisperdiff.analysis.diagnose import KINDS, not_comparable_reasons
+from whisperdiff.analysis.diagnose import KINDS
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.names import is_decoder_op
+from whisperdiff.present.report_tables import (
+    manifest_rows,
+    num,
+    op_table,
+    short_manifest,
+    top_introducers,
+)
 from whisperdiff.provenance import versions
 from whisperdiff.store.trace import write_text_atomic
 
@@ -46,7 +53,6 @@ plots = _Plots()
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 MAX_FINDINGS = 6
-TOP_INTRODUCERS = 5
 
 
 @cache
@@ -74,20 +80,23 @@ def write_report(
     ops: list[str] = (),
     head: int | None = None,
     patching=None,
-    on_figure=None,
+    on_op=None,
+    on_total=None,
 ) -> Path:
     """Render `c` and write it atomically (a half-written report never replaces a good one).
-    on_figure(done, total) is called as the figures are drawn (progress)."""
+    Progress, as compare reports it: on_total(figures to draw), on_op(figure) after each is drawn."""
     path = Path(path) if path is not None else default_path(c)
     if path.suffix.lower() not in (".html", ".htm"):
         raise WhisperdiffError(f"report path {path} should end in .html")
-    page = render(c, ops=ops, head=head, patching=patching, on_figure=on_figure)
+    page = render(c, ops=ops, head=head, patching=patching, on_op=on_op, on_total=on_total)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, page)
     return path
 
 
-def render(c: Comparison, *, ops: list[str] = (), head: int | None = None, patching=None, on_figure=None) -> str:
+def render(
+    c: Comparison, *, ops: list[str] = (), head: int | None = None, patching=None, on_op=None, on_total=None
+) -> str:
     """The whole report as one HTML string. patching: a patch.Patching to chart (optional)."""
     unknown = [op for op in ops if op not in c.views]
     if unknown:
@@ -95,12 +104,14 @@ def render(c: Comparison, *, ops: list[str] = (), head: int | None = None, patch
     focus = list(dict.fromkeys([*focus_ops(c), *ops]))
     n_figures = 2 + 4 * len(focus) + (1 if patching else 0) + (1 if c.decoder else 0)
     done = [0]
+    if on_total is not None:
+        on_total(n_figures)
 
     def figure(fig, alt: str, caption: str, fmt: str = "svg") -> dict:
         mime, data = plots.render(fig, fmt)
         done[0] += 1
-        if on_figure is not None:
-            on_figure(min(done[0], n_figures), n_figures)
+        if on_op is not None:
+            on_op(f"figure {done[0]}")
         return {"alt": alt, "caption": caption, "src": f"data:{mime};base64,{base64.b64encode(data).decode()}"}
 
     t = c.tolerance
@@ -154,14 +165,14 @@ def render(c: Comparison, *, ops: list[str] = (), head: int | None = None, patch
         ],
         "decoder": _decoder(c, figure),
         "top": top_introducers(c),
-        **_table(c),
-        "manifest_rows": _manifest_rows(c),
+        **op_table(c),
+        "manifest_rows": manifest_rows(c),
         "raw_manifests": [
-            (side, json.dumps(_short(m), indent=1)) for side, m in (("A", c.manifest_a), ("B", c.manifest_b))
+            (side, json.dumps(short_manifest(m), indent=1)) for side, m in (("A", c.manifest_a), ("B", c.manifest_b))
         ],
     }
-    if on_figure is not None:
-        on_figure(done[0], done[0])  # the estimate becomes the count drawn
+    if on_total is not None:
+        on_total(done[0])  # the estimate becomes the count drawn
     return template("report.html.j2").render(**context).lstrip()
 
 
@@ -174,21 +185,13 @@ def focus_ops(c: Comparison) -> list[str]:
     return [str(rel.idxmax())] if len(rel) else []
 
 
-def top_introducers(c: Comparison, n: int = TOP_INTRODUCERS) -> list[dict]:
-    """The ops that diverge and introduce the most error themselves, largest first."""
-    t = c.table
-    limit = c.tolerance.max_rel_l2 or 0
-    hits = t[t["diverged"] & (t["introduced_rel_l2"] > limit)].nlargest(n, "introduced_rel_l2")
-    return [{"op": op, "introduced": float(v)} for op, v in hits["introduced_rel_l2"].items()]
-
-
 # -- sections ------------------------------------------------------------------------------------
 def verdict(c: Comparison) -> tuple[str, str]:
     """(css class, headline): the one sentence at the top of the report."""
     rows = c.table
     matched = rows[rows["rel_l2"].notna()]
     if not c.comparable:
-        return "incomparable", "NOT COMPARABLE: " + not_comparable_reasons(c.warnings)
+        return "incomparable", PREFIX + c.comparability.summary
     if c.first_divergence is None:
         return "good", f"No divergence: B matches A on all {len(matched)} ops within tolerance"
     n_div = int(rows["diverged"].sum())
@@ -269,16 +272,16 @@ def _patching(p, figure) -> dict:
 
 def _up_close(c: Comparison, op: str, head: int | None, figure, why: str) -> dict:
     a, b = c.values(op)
-    row = c.table.loc[op]
-    within = not bool(row["diverged"])
-    layout = row["layout"] if isinstance(row["layout"], str) else None
+    r = c.result(op)
+    within = not r.diverged
     spec_layout = _layout(c, op)
+    m = r.metric
     facts = (
-        f"cosine {row['cosine']:.6f} · rel L2 {row['rel_l2']:.3g} · introduced {_num(row['introduced_rel_l2'])} · "
-        f"inherited {_num(row['inherited_rel_l2'])} · max |B - A| {row['max_abs']:.3g} at {row['max_abs_index']} · "
-        f"std B/A {row['std_ratio']:.4f} · shape {tuple(a.shape)}"
-        + (f" (B stored {layout})" if layout else "")
-        + (f" · within tolerance ({limits_text(c)})" if within else f" · fails: {row['failures']}")
+        f"cosine {m('cosine'):.6f} · rel L2 {m('rel_l2'):.3g} · introduced {num(r.introduced_rel_l2)} · "
+        f"inherited {num(r.inherited_rel_l2)} · max |B - A| {m('max_abs'):.3g} at {m('max_abs_index')} · "
+        f"std B/A {m('std_ratio'):.4f} · shape {tuple(a.shape)}"
+        + (f" (B stored {r.b_layout})" if r.b_layout else "")
+        + (f" · within tolerance ({limits_text(c)})" if within else f" · fails: {r.failures_text}")
     )
     figures = [
         figure(
@@ -339,123 +342,7 @@ def _attention(c: Comparison, op: str, head: int | None, figure) -> dict:
     )
 
 
-COLUMNS = [
-    "#",
-    "op",
-    "status",
-    "cosine",
-    "worst step cos (step)",
-    "rel L2",
-    "introduced",
-    "inherited",
-    "max |B-A|",
-    "std B/A",
-    "mean A",
-    "mean B",
-    "NaN/Inf B",
-    "shape",
-    "fails",
-]
-
-
-def _table(c: Comparison) -> dict:
-    """The every-op table: all rows in encoder order, and the rows where it goes wrong pinned first."""
-    t = c.tolerance
-    rows = []
-    for i, r in enumerate(c.table.to_dict("records")):
-        introduces = r["diverged"] and not (r["introduced_rel_l2"] <= (t.max_rel_l2 or 0))  # NaN (no replay) counts
-        cls = (
-            "first"
-            if r["op"] == c.first_divergence
-            else "introduces"
-            if introduces and r["status"] == "diverged"
-            else r["status"].replace("_", "-")
-        )
-        failed = {part.split()[0] for part in (r["failures"] or "").split("; ") if part}
-        shape = r["a_shape"] if r["a_shape"] is not None and not _isnan(r["a_shape"]) else r["b_shape"]
-        if r["status"] == "shape_mismatch":
-            shape = f"A {r['a_shape']} / B {r['b_shape']}"
-        renamed = r["b_name"] if isinstance(r["b_name"], str) and r["b_name"] != r["op"] else None
-        cells = [
-            {"text": i},
-            {"text": r["op"], "code": True, "small": f"B: {renamed}" if renamed else None},
-            {"text": r["status"].replace("_", " ")},
-            {"text": _num(r["cosine"], ".6f"), "bad": "cosine" in failed},
-            {
-                "text": _num(r["worst_step_cosine"], ".5f")
-                + (f" ({_int(r['worst_step'])})" if not _isnan(r["worst_step"]) else "")
-            },
-            {"text": _num(r["rel_l2"]), "bad": "rel_l2" in failed},
-            {"text": _num(r["introduced_rel_l2"]), "bad": r["introduced_rel_l2"] > (t.max_rel_l2 or 0)},
-            {"text": _num(r["inherited_rel_l2"])},
-            {"text": _num(r["max_abs"]), "bad": "max_abs" in failed},
-            {"text": _num(r["std_ratio"], ".4f"), "bad": "std_ratio_dev" in failed},
-            {"text": _num(r["mean_a"], ".3g")},
-            {"text": _num(r["mean_b"], ".3g")},
-            {"text": f"{_int(r['nan_b'])}/{_int(r['inf_b'])}", "bad": "nonfinite" in failed},
-            {"text": "x".join(map(str, shape)) if isinstance(shape, (list, tuple)) else shape},
-            {"text": r["failures"] or "", "wrap": True},
-        ]
-        rows.append({"op": r["op"], "cls": cls, "cells": cells})
-    wanted = [c.first_divergence, *(x["op"] for x in top_introducers(c))]
-    by_op = {row["op"]: row for row in rows}
-    pinned = [by_op[op] for op in dict.fromkeys(wanted) if op in by_op]
-    return {"columns": COLUMNS, "rows": rows, "pinned": pinned}
-
-
-def _manifest_rows(c: Comparison) -> list[dict]:
-    rows = []
-    for label, get in MANIFEST_FIELDS:
-        va, vb = get(c.manifest_a, c.a), get(c.manifest_b, c.b)
-        if va is None and vb is None:
-            continue
-        differs = label not in ("trace", "started", "run time s", "encoder s") and va != vb
-        rows.append({"label": label, "a": "" if va is None else va, "b": "" if vb is None else vb, "differs": differs})
-    return rows
-
-
-MANIFEST_FIELDS = [
-    ("trace", lambda m, p: str(p)),
-    ("implementation", lambda m, p: m.get("impl")),
-    ("runner", lambda m, p: m.get("runner", {}).get("encoder")),
-    ("device", lambda m, p: m.get("device")),
-    ("dtype", lambda m, p: m.get("dtype")),
-    ("threads", lambda m, p: m.get("runner", {}).get("threads")),
-    ("model", lambda m, p: m.get("model", {}).get("id")),
-    ("model source", lambda m, p: m.get("model", {}).get("source")),
-    ("weights sha256", lambda m, p: m.get("model", {}).get("weights_sha256")),
-    ("dims", lambda m, p: json.dumps(m.get("model", {}).get("dims"))),
-    ("input", lambda m, p: m.get("input", {}).get("path")),
-    ("input sha256", lambda m, p: m.get("input", {}).get("sha256")),
-    ("duration s", lambda m, p: m.get("input", {}).get("duration_s")),
-    ("window", lambda m, p: f"{m.get('input', {}).get('window')} of {m.get('input', {}).get('n_windows')}"),
-    ("frontend", lambda m, p: m.get("input", {}).get("frontend")),
-    ("log-mel sha256", lambda m, p: m.get("input", {}).get("mel_sha256")),
-    ("taps", lambda m, p: m.get("taps")),
-    ("ops", lambda m, p: len(m.get("ops", []))),
-    ("injected bugs", lambda m, p: ", ".join(str(f.get("name")) for f in m.get("injected") or []) or "none"),
-    ("versions", lambda m, p: ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items())),
-    ("started", lambda m, p: m.get("run", {}).get("started")),
-    ("run time s", lambda m, p: m.get("run", {}).get("total_seconds")),
-    ("encoder s", lambda m, p: m.get("run", {}).get("encoder_seconds")),
-    ("compile cache hit", lambda m, p: m.get("run", {}).get("compile_cache_hit")),
-]
-
-
-# -- notebook: the short HTML a Comparison, CheckResult or Trace shows as a cell's result ---------
 # -- helpers -------------------------------------------------------------------------------------
-def _isnan(v) -> bool:
-    return isinstance(v, float) and math.isnan(v)
-
-
-def _num(v, fmt: str = ".3g") -> str:
-    return "" if v is None or _isnan(v) else format(v, fmt)
-
-
-def _int(v) -> str:
-    return "" if v is None or _isnan(v) else str(int(v))
-
-
 def _layout(c: Comparison, op: str) -> str | None:
     """An encoder op's time x channel layout (decoder ops' position axis is drawn in their own section)."""
     return None if is_decoder_op(op) else c.layouts.get(op)
@@ -480,15 +367,6 @@ def _audio_steps(c: Comparison, shape: tuple, layout: str | None) -> int | None:
         return None
     steps = shape[1] if layout.startswith("B,T,") else shape[2]
     return int(round(min(duration, 30.0) / 30.0 * steps))
-
-
-def _short(m: dict) -> dict:
-    """A manifest without its long per-tensor lists (they are in the trace)."""
-    out = {k: v for k, v in m.items() if k != "ops"}
-    if "tensor_sha256" in out.get("model", {}):
-        out["model"] = {**out["model"], "tensor_sha256": f"({len(out['model']['tensor_sha256'])} tensors)"}
-    out["ops"] = f"({len(m.get('ops', []))} ops)"
-    return out
 
 
 STYLE = """

@@ -1,0 +1,3 @@
+from whisperdiff.present.cli import main
+
+main()

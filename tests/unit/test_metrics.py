@@ -1,0 +1,121 @@
+"""measure/metrics.py against values worked out by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from whisperdiff.measure import metrics
+from whisperdiff.measure.metrics import new_nonfinite, op_metrics, rel_l2, round_to, rounding_error, time_axis
+
+
+def test_time_axis_reads_the_layout_and_falls_back_to_the_last_axis():
+    assert time_axis("B,C,T", 3) == 2
+    assert time_axis("B,T,C", 3) == 1
+    assert time_axis("B,H,P,P_k", 4) == 2  # P: the decoder's token position
+    assert time_axis(None, 3) == 2
+    assert time_axis("B,C", 2) == 1
+    assert time_axis(None, 0) == 0
+
+
+def test_op_metrics_of_a_two_element_pair():
+    # A = [3, 4], B = [3, -4] along time: B - A = [0, -8]
+    m = op_metrics(np.array([[3.0, 4.0]]), np.array([[3.0, -4.0]]), layout="B,T")
+    assert m["l2"] == pytest.approx(8.0)
+    assert m["rel_l2"] == pytest.approx(8.0 / 5.0)
+    assert m["cosine"] == pytest.approx((9 - 16) / 25)
+    assert m["max_abs"] == pytest.approx(8.0)
+    assert m["max_abs_index"] == [0, 1]
+    assert (m["mean_a"], m["mean_b"], m["mean_diff"]) == pytest.approx((3.5, -0.5, -4.0))
+    assert (m["std_a"], m["std_b"], m["std_ratio"]) == pytest.approx((0.5, 3.5, 7.0))
+    assert m["snr_db"] == pytest.approx(10 * math.log10(25 / 64))
+    assert m["mismatch_share"] == pytest.approx(0.5)  # only the second element is outside atol + rtol |A|
+    assert m["step_cosine"].tolist() == pytest.approx([1.0, -1.0])
+    assert (m["worst_step"], m["worst_step_cosine"]) == (1, pytest.approx(-1.0))
+    assert m["step_rel_error"].tolist() == pytest.approx([0.0, 8 / (5 / math.sqrt(2))], rel=1e-6)
+    assert (m["nan_a"], m["inf_a"], m["nan_b"], m["inf_b"]) == (0, 0, 0, 0)
+
+
+def test_op_metrics_of_identical_arrays():
+    a = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    m = op_metrics(a, a.copy(), layout="B,C,T")
+    assert (m["rel_l2"], m["l2"], m["max_abs"], m["mismatch_share"]) == (0.0, 0.0, 0.0, 0.0)
+    assert m["cosine"] == pytest.approx(1.0)
+    assert m["snr_db"] == math.inf
+    assert m["std_ratio"] == pytest.approx(1.0)
+
+
+def test_op_metrics_profile_follows_the_layouts_time_axis():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1, 6, 5)).astype(np.float32)  # B, C, T
+    b = a.copy()
+    b[..., 3] *= -1  # time step 3 flipped
+    m = op_metrics(a, b, layout="B,C,T")
+    assert len(m["step_cosine"]) == 5
+    assert m["worst_step"] == 3
+    assert m["worst_step_cosine"] == pytest.approx(-1.0, abs=1e-6)
+    assert m["step_cosine"][[0, 1, 2, 4]].tolist() == pytest.approx([1.0] * 4, abs=1e-6)
+    assert m["max_abs_index"][2] == 3
+
+
+def test_op_metrics_counts_nonfinite_elements_and_leaves_them_out():
+    a = np.array([[1.0, np.nan, 2.0, 2.0]])
+    b = np.array([[1.0, 5.0, np.inf, 2.0]])
+    m = op_metrics(a, b, layout="B,T")
+    assert (m["nan_a"], m["inf_a"], m["nan_b"], m["inf_b"]) == (1, 0, 0, 1)
+    assert m["rel_l2"] == 0.0  # what is left (1 and 1, 2 and 2) agrees
+    assert not new_nonfinite(m)  # one non-finite element on each side
+    m = op_metrics(a, np.array([[np.inf, 5.0, np.inf, 2.0]]), layout="B,T")
+    assert m["inf_b"] == 2 and new_nonfinite(m)
+    assert m["rel_l2"] == 0.0
+
+
+def test_op_metrics_is_the_same_in_small_chunks(monkeypatch):
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((1, 7, 9))
+    b = a + 0.01 * rng.standard_normal(a.shape)
+    whole = op_metrics(a, b, layout="B,T,C")
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 9)  # one time step per chunk
+    chunked = op_metrics(a, b, layout="B,T,C")
+    for key in ("rel_l2", "cosine", "max_abs", "mean_b", "std_b", "mismatch_share", "worst_step"):
+        assert chunked[key] == pytest.approx(whole[key]), key
+    assert chunked["max_abs_index"] == whole["max_abs_index"]
+    assert chunked["step_cosine"].tolist() == pytest.approx(whole["step_cosine"].tolist())
+
+
+def test_op_metrics_refuses_different_shapes():
+    with pytest.raises(ValueError, match="shapes differ"):
+        op_metrics(np.zeros((1, 2)), np.zeros((2, 1)))
+
+
+def test_rel_l2():
+    assert rel_l2([3.0, 4.0], [3.0, 5.0]) == pytest.approx(0.2)
+    assert rel_l2([0.0, 0.0], [0.0, 0.0]) == 0.0
+    assert rel_l2([0.0], [1.0]) == math.inf
+
+
+def test_round_to_bfloat16_rounds_to_nearest_even():
+    one = 1.0
+    x = np.array([one + 2**-8, one + 3 * 2**-8, one + 2**-8 + 2**-20, 3.0, np.nan, np.inf], np.float32)
+    r = round_to(x, "bfloat16")
+    assert r[:4].tolist() == [1.0, 1.0 + 2**-6, 1.0 + 2**-7, 3.0]  # ties go to the even mantissa
+    assert np.isnan(r[4]) and r[5] == np.inf
+
+
+def test_round_to_float16_and_unknown_dtypes():
+    r = round_to(np.array([1.0 + 2**-11, 1.0 + 3 * 2**-11, 70000.0], np.float32), "float16")
+    assert r.tolist() == [1.0, 1.0 + 2**-9, math.inf]
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        round_to(np.ones(2), "tf32")
+
+
+def test_rounding_error_is_the_rel_l2_of_rounding():
+    x = np.array([1.0 + 2**-8], np.float32)
+    assert rounding_error(x, "bfloat16") == pytest.approx(2**-8 / (1 + 2**-8))
+    assert rounding_error(np.array([1.0, 0.5], np.float32), "float16") == 0.0
+
+
+def test_new_nonfinite_only_when_b_has_more():
+    row = {"nan_a": 1, "inf_a": 0, "nan_b": 0, "inf_b": 1}
+    assert not new_nonfinite(row)
+    assert new_nonfinite({**row, "nan_b": 1})
