@@ -8,15 +8,18 @@ Python API (the CLI is a thin layer over it):
     c = wd.compare(t, "traces/max-tiny.en-speech")
     r = wd.check(t, "traces/max-tiny.en-speech", wd.load_tolerances("float32"))
 
-The package follows the flow of the work:
+The package is in layers; each imports only those below it (README "Architecture"; lint-imports checks it):
 
-    inputs/    models (any weights format -> openai-whisper names), audio + Whisper's frontend
-    capture/   runners (torch hooks, our MAX encoder, plugins), faults, Tracer, instrument
-    store/     the trace format: atomic writer, verified lazy reader
-    analysis/  metrics, alignment, replay, diagnosis, compare; transcripts, patching, weights
-    gate/      tolerances, check, golden sets, the pytest helper
-    present/   report + plots (HTML), browser (headless Chromium), cli
-    names.py   the canonical op names every part speaks
+    present/      CLI, HTML reports, plots, notebook display, headless Chromium
+    gate/         check, golden sets, the pytest helper, the fuzz harness
+    experiments/  what re-runs an implementation: patching, cross-feed, calibration, corpus sweeps
+    analysis/     compare -> Comparison of typed OpResults: replay, hypotheses by op type, findings
+    capture/      trace() and Session; torch / MAX / plugin runners (encoder and decoder), Tracer, mark_all
+    mapping/      canonical names for a port's values and weights
+    measure/      per-op metrics and tolerances
+    store/        the trace format: typed Manifest, atomic writer, verified lazy reader, JSON documents
+    inputs/       models, audio + Whisper's frontend, corpora
+    names.py      the canonical op names every part speaks
 
 Names are imported lazily, so `import whisperdiff` (and `whisperdiff --help`) stays fast.
 """

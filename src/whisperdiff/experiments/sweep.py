@@ -339,14 +339,17 @@ def run_sweep(
     *,
     engine="process",
     retry_errors: bool = False,
-    on_plan: Callable[[int, int], None] | None = None,
     on_record: Callable[[dict], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+    on_op: Callable[[str], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
 ) -> SweepResult:
     """Run every job not done yet (records in `spec.out`), append each record as it finishes.
 
     corpus: a folder, a list file or a list of paths. engine: "process" (a SweepWorker here) or an
     engine object with `run(jobs) -> records`, e.g. `sweep_ray.RayEngine(spec)` (closed when done).
-    on_plan(to_run, total) is called once before the first job, on_record(record) after each."""
+    on_record(record) streams each record as it is appended. Progress takes the library's one callback
+    shape: on_total(jobs to run), on_status(what was done before), on_op("clip wN config: status") per job."""
     if not configs:
         raise WhisperdiffError("a sweep needs at least one config (model x dtype x device)")
     from whisperdiff.capture.faults import get_faults
@@ -361,8 +364,10 @@ def run_sweep(
     jobs = plan_jobs(clips, configs)
     done = table.done(retry_errors=retry_errors)
     todo = [j for j in jobs if j.id not in done]
-    if on_plan is not None:
-        on_plan(len(todo), len(jobs))
+    if on_total is not None:
+        on_total(len(todo))
+    if on_status is not None:
+        on_status(f"{len(jobs) - len(todo)} of {len(jobs)} done before")
     if engine == "process":
         worker = SweepWorker(spec)
 
@@ -384,6 +389,9 @@ def run_sweep(
         ran += 1
         if on_record is not None:
             on_record(record)
+        if on_op is not None:
+            clip = Path(str(record.get("clip"))).name
+            on_op(f"{clip} w{record.get('window')} {record.get('config', '')}: {record.get('status')}")
     frame = table.frame()
     errors = [f"{r['job_id']}: {r['error']}" for r in frame.to_dict("records") if r.get("status") == "error"]
     return SweepResult(out, frame, ran, len(jobs) - len(todo), time.perf_counter() - t0, name, errors)

@@ -1,1 +1,2 @@
-"""Pass or fail: per-op tolerances, `check`, golden sets, the pytest helper."""
+"""Pass or fail: `check` (against per-op tolerances from measure/), golden sets, the pytest helper, and the fuzz
+harness that holds every reader to refusing damaged and hostile traces."""

@@ -1,1 +1,2 @@
-"""What a person sees: the HTML report and its plots, headless Chromium to look at it, and the CLI."""
+"""What a person sees: the CLI, the HTML reports (one comparison, one corpus) and their plots, the notebook
+display, and headless Chromium to look at a page."""

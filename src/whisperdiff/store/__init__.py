@@ -1,1 +1,2 @@
-"""The trace format: one verified `.npy` per op plus a manifest with provenance (trace.py), and statistics."""
+"""The trace format: one verified `.npy` per op plus a typed manifest with provenance, listings, statistics, and
+the versioned JSON documents the CLI prints."""

@@ -10,6 +10,7 @@ import typer
 
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.present.cli.app import app, err, escape_markup, out
+from whisperdiff.present.cli.progress import progress
 
 corpus_app = typer.Typer(no_args_is_help=True, help="Build a corpus of clips to sweep a port over.")
 app.add_typer(corpus_app, name="corpus")
@@ -107,9 +108,16 @@ def sweep(
         from whisperdiff.experiments.sweep_ray import RayEngine
 
         engine = RayEngine(spec, address=address, workers=workers, gpu=any(c.needs_gpu for c in plan))
-    with _Progress() as bar:
+    with progress("sweep", eta=True, log=True) as bar:
         result = run_sweep(
-            spec, corpus, plan, engine=engine, retry_errors=retry_errors, on_plan=bar.plan, on_record=bar.record
+            spec,
+            corpus,
+            plan,
+            engine=engine,
+            retry_errors=retry_errors,
+            on_total=bar.on_total,
+            on_op=bar.on_op,
+            on_status=bar.on_status,
         )
     frame = result.records
     counts = frame["status"].value_counts().to_dict() if len(frame) else {}
@@ -148,41 +156,3 @@ def sweep_report(
         out.print(
             f"wrote {escape_markup(str(screenshot))}  ({len(page.broken_images)} broken figures)", highlight=False
         )
-
-
-class _Progress:
-    """done/total with the ETA: a bar on a terminal, one line per finished job otherwise (CI logs)."""
-
-    def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("[bold]sweep"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[last]}", markup=False),
-            console=err,
-            transient=True,
-            disable=not err.is_terminal,
-        )
-        self.bar.__enter__()
-        self.task, self.done, self.total, self.t0 = None, 0, 0, time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.bar.__exit__(*exc)
-
-    def plan(self, todo: int, total: int) -> None:
-        self.total = todo
-        self.task = self.bar.add_task("sweep", total=todo, last=f"{total - todo} of {total} done before")
-        self.t0 = time.perf_counter()
-
-    def record(self, r: dict) -> None:
-        self.done += 1
-        last = f"{Path(str(r.get('clip'))).name} w{r.get('window')} {r.get('config', '')}: {r.get('status')}"
-        self.bar.update(self.task, advance=1, last=last)
-        if not err.is_terminal:
-            eta = (time.perf_counter() - self.t0) / self.done * (self.total - self.done)
-            err.print(f"[{self.done}/{self.total}] {escape_markup(last)}  (ETA {eta:.0f} s)", highlight=False)
