@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from whisperdiff.measure import metrics
-from whisperdiff.measure.metrics import new_nonfinite, op_metrics, rel_l2, round_to, rounding_error, time_axis
+from whisperdiff.measure.metrics import op_metrics, rel_l2, round_to, rounding_error, time_axis
+from whisperdiff.measure.tolerances import new_nonfinite
 
 
 def test_time_axis_reads_the_layout_and_falls_back_to_the_last_axis():

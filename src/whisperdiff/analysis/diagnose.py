@@ -14,7 +14,7 @@ import numpy as np
 from whisperdiff.analysis.comparability import Comparability, comparability
 from whisperdiff.analysis.hypotheses import mel_hypotheses
 from whisperdiff.analysis.residual import describe, representable_share, steps_with_audio, valid_steps
-from whisperdiff.measure.metrics import new_nonfinite
+from whisperdiff.measure.tolerances import new_nonfinite
 
 KINDS = {
     "input_mismatch": "the encoders were fed different inputs (audio or log-mel frontend)",

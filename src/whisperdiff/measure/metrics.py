@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-3
+from whisperdiff.measure.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
+
 _CHUNK_ELEMENTS = 1 << 20  # ~8 MB of float64 per side per chunk: stays in cache
 
 
@@ -142,8 +142,3 @@ def round_to(a, dtype: str) -> np.ndarray:
 def rounding_error(a, dtype: str) -> float:
     """Relative L2 error of rounding `a` to float16 or bfloat16: the floor of that precision for this op."""
     return rel_l2(a, round_to(a, dtype))
-
-
-def new_nonfinite(row: dict) -> bool:
-    """B has NaN/Inf that A does not."""
-    return row["nan_b"] + row["inf_b"] > row["nan_a"] + row["inf_a"]

@@ -24,7 +24,17 @@ from importlib import resources
 from pathlib import Path
 
 from whisperdiff.errors import WhisperdiffError
-from whisperdiff.measure.metrics import DEFAULT_ATOL, DEFAULT_RTOL, new_nonfinite
+
+# The element-wise closeness a mismatch share counts against (measure/metrics.py), and the defaults of
+# Tolerance. They live here, not in metrics, so the CLI can show every default without importing numpy.
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+
+
+def new_nonfinite(row: dict) -> bool:
+    """B has NaN/Inf that A does not."""
+    return row["nan_b"] + row["inf_b"] > row["nan_a"] + row["inf_a"]
+
 
 FIELDS = {
     "min_cosine": "an op fails below this cosine",
