@@ -165,7 +165,7 @@ def compare(
         model = load_model(model)
     tolerances = ToleranceSet.of(tolerance)
     rules = load_rename_rules(rename)
-    findings, warnings, comparable = manifest_findings(ta.manifest, tb.manifest)
+    findings, warnings, comparability = manifest_findings(ta.manifest, tb.manifest)
     pairs, views = align(
         {o["name"]: tuple(o["shape"]) for o in ta.manifest["ops"]},
         {o["name"]: tuple(o["shape"]) for o in tb.manifest["ops"]},
@@ -174,8 +174,8 @@ def compare(
     layouts = {s["name"]: s.get("layout") for s in _specs(ta.manifest)}
     layouts.update(decoder_layouts(ta.manifest))  # decoder ops: their token-position axis
     canonical = set(layouts)
-    replayer = _replayer(model, ta, tb, warnings) if replay and comparable else None
-    if replay and not comparable:
+    replayer = _replayer(model, ta, tb, warnings) if replay and comparability else None
+    if replay and not comparability:
         warnings.append("introduced error not computed: the traces are not comparable")
 
     b_names = {p.name: p.b_name for p in pairs if p.matched}
@@ -312,7 +312,7 @@ def compare(
         ops=results,
         first_divergence=first,
         findings=all_findings,
-        comparability=comparable,
+        comparability=comparability,
         warnings=warnings,
         tolerance=tolerances.default,
         profiles=profiles,
