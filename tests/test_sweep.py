@@ -163,6 +163,39 @@ def test_corpus_report_names_the_property_each_fault_depends_on(in_process, tmp_
     assert html.count(">report</a>") == 1  # job_reports=1: the worst diverging job links to its own report
 
 
+def test_corpus_report_opens_no_path_a_record_names_outside_the_sweep(in_process, tmp_path):
+    """records.jsonl is only a file: a record that names traces elsewhere, or a tolerance file, gets no
+    report of its own, and nothing outside the sweep folder is read."""
+    import shutil
+    from pathlib import Path
+
+    from whisperdiff.present.corpus_report import write_corpus_report
+
+    spec, _, _ = in_process
+
+    def sweep_with(name: str, change) -> Path:
+        sweep = tmp_path / name
+        shutil.copytree(spec.out, sweep, ignore=shutil.ignore_patterns("reports", "*.html"))
+        records = [json.loads(line) for line in (sweep / "records.jsonl").read_text().splitlines()]
+        for r in records:
+            if r.get("trace_b"):
+                change(r)
+        (sweep / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return sweep
+
+    def elsewhere(r: dict) -> None:  # a real trace pair, copied outside the sweep
+        moved = tmp_path / "elsewhere" / Path(r["trace_b"]).parent.name
+        shutil.copytree(Path(r["trace_b"]).parent, moved)
+        r.update(trace_a=str(moved / "b"), trace_b=str(moved / "b"))
+
+    def tolerance_file(r: dict) -> None:
+        r["tolerances"] = str(tmp_path / "limits.toml")
+
+    for sweep in (sweep_with("outside", elsewhere), sweep_with("tolerances", tolerance_file)):
+        html = write_corpus_report(sweep, job_reports=3).read_text()
+        assert ">report</a>" not in html and not (sweep / "reports").exists()
+
+
 def test_sweep_cli_resumes_and_bad_input_is_one_line(in_process, corpus, tmp_path):
     spec, _, _ = in_process
     args = [sys.executable, "-m", "whisperdiff", "sweep", "--corpus", str(corpus), "-o", spec.out, "--no-report"]

@@ -167,22 +167,31 @@ def _fmt(v, pattern: str = "%.2e") -> str:
 def _job_reports(frame, out: Path, base: Path, limit: int) -> dict[str, str]:
     """Per-job reports for the worst diverging jobs whose traces were kept: job id -> relative link."""
     from whisperdiff.analysis.compare import compare
-    from whisperdiff.measure.tolerances import load_tolerances
+    from whisperdiff.measure.tolerances import SHIPPED, load_tolerances
     from whisperdiff.present.report import write_report
 
     kept = frame[(frame["status"] == "diverged") & (frame.get("trace_b", "").astype(str) != "")]
     kept = kept.assign(_w=kept["worst_rel_l2"].astype(float).fillna(0.0)).sort_values("_w", ascending=False)
     links = {}
     for r in kept.head(limit).to_dict("records"):
-        a, b = Path(r["trace_a"]), Path(r["trace_b"])
-        if not (a.is_dir() and b.is_dir()):
+        # Reading a sweep is inert like reading a trace: a record may only name traces inside the sweep's
+        # own folder and the shipped tolerances, never another path (records.jsonl is just a file).
+        a, b = _inside(out, r["trace_a"]), _inside(out, r["trace_b"])
+        tolerances = r.get("tolerances") or "float32"
+        if a is None or b is None or not (a.is_dir() and b.is_dir()) or tolerances not in SHIPPED:
             continue
-        target = out / "reports" / f"{Path(r['trace_b']).parent.name}.html"
+        target = out / "reports" / f"{b.parent.name}.html"
         if not target.is_file():
-            c = compare(a, b, tolerance=load_tolerances(r.get("tolerances") or "float32"))
+            c = compare(a, b, tolerance=load_tolerances(tolerances))
             write_report(c, target)
         links[r["job_id"]] = str(Path("reports") / target.name) if base == out else str(target.resolve())
     return links
+
+
+def _inside(out: Path, path) -> Path | None:
+    """`path` (as the sweep recorded it) when it lies inside the sweep folder `out`, else None."""
+    where = Path(str(path)).resolve()
+    return where if where.is_relative_to(out.resolve()) else None
 
 
 def _axes(width: float = 9.5, height: float = 3.4):
