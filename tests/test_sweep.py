@@ -17,7 +17,7 @@ import pytest
 from whisperdiff.capture.faults import FAULTS, INPUT_FAULTS
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.experiments.sweep import Config, SweepSpec, plan_jobs, run_sweep
-from whisperdiff.experiments.sweep_table import SweepTable, by_property
+from whisperdiff.experiments.sweep_table import MEASURED, SweepTable, by_property
 from whisperdiff.inputs.corpus import clip_properties, list_corpus, make_corpus
 
 CLIPS = ["short-yes", "loud-sine", "speech-06"]
@@ -108,6 +108,8 @@ def test_sweep_in_process_resumes_records_failures_and_finds_input_faults(in_pro
     assert len(frame) == 12 and frame["job_id"].is_unique
     lines = SweepTable(spec.out).records()
     assert len(lines) == 12  # nothing recorded twice
+    measured = [r for r in lines if r["status"] != "error"]
+    assert measured and all(set(MEASURED) <= set(r) for r in measured)  # the table's schema is what jobs write
     status = {(r["clip_name"], r["config"]): r for r in frame.to_dict("records")}
     for config in (c.key for c in CONFIGS):
         broken = status[("broken.wav", config)]
@@ -163,6 +165,21 @@ def test_corpus_report_names_the_property_each_fault_depends_on(in_process, tmp_
     assert html.count(">report</a>") == 1  # job_reports=1: the worst diverging job links to its own report
 
 
+def test_a_sweep_whose_every_job_failed_still_gets_its_report(in_process, tmp_path):
+    import shutil
+
+    from whisperdiff.present.corpus_report import write_corpus_report
+
+    spec, _, _ = in_process
+    sweep = tmp_path / "failed"
+    shutil.copytree(spec.out, sweep, ignore=shutil.ignore_patterns("reports", "traces", "*.html"))
+    failed = [line for line in (sweep / "records.jsonl").read_text().splitlines() if '"status": "error"' in line]
+    assert failed
+    (sweep / "records.jsonl").write_text("\n".join(failed) + "\n")
+    html = write_corpus_report(sweep).read_text()
+    assert "broken.wav" in html and ">report</a>" not in html
+
+
 def test_corpus_report_opens_no_path_a_record_names_outside_the_sweep(in_process, tmp_path):
     """records.jsonl is only a file: a record that names traces elsewhere, or a tolerance file, gets no
     report of its own, and nothing outside the sweep folder is read."""
@@ -209,6 +226,15 @@ def test_sweep_cli_resumes_and_bad_input_is_one_line(in_process, corpus, tmp_pat
         text=True,
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error: corpus") and len(bad.stderr.splitlines()) == 1
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for argv, fragment in (
+        (["sweep", "--corpus", str(corpus), "-o", str(tmp_path / "o"), "--dtype", "float99"], "unknown dtype"),
+        (["corpus", "make", str(a_file)], "is a file"),
+    ):
+        bad = subprocess.run([sys.executable, "-m", "whisperdiff", *argv], capture_output=True, text=True)
+        assert bad.returncode == 2 and fragment in bad.stderr and "Traceback" not in bad.stderr
+        assert not (tmp_path / "o").exists()  # refused before any job ran
 
 
 def test_ray_sweep_survives_a_killed_worker_and_resumes(in_process, corpus, tmp_path):

@@ -16,6 +16,28 @@ from pathlib import Path
 from whisperdiff.inputs.corpus import PROPERTIES
 
 RECORDS = "records.jsonl"
+# What a measured job records beyond its clip and config (experiments/sweep.py); a failed job has none of
+# them, so a table of failed jobs only still gets these columns (empty) and readers need no special case.
+MEASURED = (
+    "first_divergence",
+    "worst_op",
+    "worst_rel_l2",
+    "failed_ops",
+    "finding",
+    "finding_op",
+    "findings",
+    "ops",
+    "transcript_a",
+    "transcript_b",
+    "wer",
+    "golden",
+    "tolerances",
+    "trace_a",
+    "trace_b",
+    "seconds_a",
+    "seconds_b",
+    "seconds_compare",
+)
 
 
 def job_id(clip: str, window: int, config_key: str) -> str:
@@ -58,7 +80,9 @@ class SweepTable:
         """The latest record of each job as a pandas DataFrame (nested fields stay dicts/lists)."""
         import pandas as pd
 
-        return pd.DataFrame(list(self.latest().values()))
+        frame = pd.DataFrame(list(self.latest().values()))
+        missing = [c for c in MEASURED if c not in frame]
+        return frame.reindex(columns=[*frame.columns, *missing]) if missing else frame
 
 
 def load_records(out: str | Path):

@@ -173,6 +173,8 @@ def make_corpus(
             "espeak-ng is not installed; install it (apt-get install espeak-ng) or use any folder of recordings as the corpus"
         )
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise WhisperdiffError(f"{directory} is a file; pass a folder to write the corpus into")
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     recipes = [r for r in _recipes(rng) if (kinds is None or r[1] in kinds) and (names is None or r[0] in names)]

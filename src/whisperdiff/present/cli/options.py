@@ -38,6 +38,11 @@ def _dtype(value: str) -> str:
     return DTYPES[value.lower()]
 
 
+def parse_dtypes(values: list[str] | None) -> list[str] | None:
+    """A repeatable --dtype, each checked as --dtype is."""
+    return [_dtype(v) for v in values] if values else values
+
+
 def _device(value: str) -> str:
     if value.lower() not in ("auto", "cpu", "cuda", "gpu"):
         raise typer.BadParameter(f"unknown device {value!r}; use auto, cpu, cuda or gpu")

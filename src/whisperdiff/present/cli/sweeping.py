@@ -10,6 +10,7 @@ import typer
 
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.present.cli.app import app, err, escape_markup, out
+from whisperdiff.present.cli.options import parse_dtypes
 from whisperdiff.present.cli.progress import progress
 
 corpus_app = typer.Typer(no_args_is_help=True, help="Build a corpus of clips to sweep a port over.")
@@ -50,7 +51,8 @@ def sweep(
         list[str] | None, typer.Option("--model", metavar="M", help="Models (repeat for several).")
     ] = None,
     dtypes: Annotated[
-        list[str] | None, typer.Option("--dtype", metavar="DTYPE", help="The candidate's dtypes (repeat).")
+        list[str] | None,
+        typer.Option("--dtype", metavar="DTYPE", callback=parse_dtypes, help="The candidate's dtypes (repeat)."),
     ] = None,
     devices: Annotated[
         list[str] | None, typer.Option("--device", metavar="DEVICE", help="Devices: cpu, gpu (repeat).")
