@@ -65,6 +65,7 @@ def patch_command(
 
 def _print_patching(result, transcribe: bool) -> None:
     from whisperdiff.capture.transcript import cap_note
+    from whisperdiff.experiments.patch import NOTHING_TO_RESTORE
 
     table = Table(caption=f"WER: {cap_note(result.max_tokens)}, as in compare and report" if transcribe else None)
     for col in ("patched op", "final rel L2", "restored", "WER", "transcript"):
@@ -97,7 +98,7 @@ def _print_patching(result, transcribe: bool) -> None:
             f"{result.result(result.cause).restored:.0%} of the output; no earlier patch does",
             highlight=False,
         )
-    elif result.unpatched_rel_l2 <= 1e-4:
+    elif result.unpatched_rel_l2 <= NOTHING_TO_RESTORE:
         out.print("[green]B's output already matches A's: nothing to restore[/]")
     else:
         out.print(
