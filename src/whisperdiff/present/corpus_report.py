@@ -170,7 +170,7 @@ def _job_reports(frame, out: Path, base: Path, limit: int) -> dict[str, str]:
     from whisperdiff.measure.tolerances import SHIPPED, load_tolerances
     from whisperdiff.present.report import write_report
 
-    kept = frame[(frame["status"] == "diverged") & (frame["trace_b"].fillna("").astype(str) != "")]
+    kept = frame[(frame["status"] == "diverged") & frame["trace_b"].map(lambda v: isinstance(v, str) and v != "")]
     kept = kept.assign(_w=kept["worst_rel_l2"].astype(float).fillna(0.0)).sort_values("_w", ascending=False)
     links = {}
     for r in kept.head(limit).to_dict("records"):

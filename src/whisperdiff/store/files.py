@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +62,52 @@ def _why(e: OSError) -> str:
     return f"cannot be opened ({e.strerror or e})"
 
 
+# One entry of the header dict: a quoted key, then a quoted string, a bool or a tuple of integers.
+_NPY_ENTRY = re.compile(r"\s*'(\w+)'\s*:\s*('[^'\\]*'|True|False|\(\s*(?:\d+\s*,\s*)*(?:\d+\s*)?\))\s*(?:,|$)")
+_NPY_MAX_HEADER = 1 << 16
+
+
+def read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of a .npy file positioned at its start; leaves it at the data.
+    Parsed here, not by numpy's reader: that one calls ast.literal_eval, which on Python 3.11 fails
+    spuriously when two threads parse at once (the hashing threads do), and a strict grammar of
+    three plain entries is all a trace ever writes."""
+    magic = f.read(8)
+    if len(magic) < 8 or magic[:6] != b"\x93NUMPY":
+        raise ValueError("not a .npy file (bad magic)")
+    major = magic[6]
+    if major == 1:
+        size = int.from_bytes(f.read(2), "little")
+    elif major in (2, 3):
+        size = int.from_bytes(f.read(4), "little")
+    else:
+        raise ValueError(f"unknown .npy version {major}.{magic[7]}")
+    if size > _NPY_MAX_HEADER:
+        raise ValueError(f"header of {size} bytes")
+    raw = f.read(size)
+    if len(raw) < size:
+        raise ValueError("header ends early")
+    text = raw.decode("utf8" if major == 3 else "latin1").strip()
+    if not (text.startswith("{") and text.endswith("}")):
+        raise ValueError("header is not a dict")
+    body, entries, at = text[1:-1].strip(), {}, 0
+    while at < len(body):
+        m = _NPY_ENTRY.match(body, at)
+        if m is None or m.group(1) in entries:
+            raise ValueError(f"unexpected header text {body[at : at + 40]!r}")
+        entries[m.group(1)] = m.group(2)
+        at = m.end()
+    if set(entries) != {"descr", "fortran_order", "shape"}:
+        raise ValueError(f"header keys {sorted(entries)}, expected descr, fortran_order, shape")
+    if not entries["descr"].startswith("'") or entries["fortran_order"] not in ("True", "False"):
+        raise ValueError("header descr or fortran_order has the wrong type")
+    if not entries["shape"].startswith("("):
+        raise ValueError("header shape is not a tuple")
+    shape = tuple(int(n) for n in re.findall(r"\d+", entries["shape"]))
+    dtype = np.dtype(entries["descr"][1:-1])
+    return shape, entries["fortran_order"] == "True", dtype
+
+
 @contextmanager
 def open_tensor(path: Path, op: dict):
     """(file, data offset, stat) of an op's .npy, after checking its header against the manifest:
@@ -76,14 +123,8 @@ def open_tensor(path: Path, op: dict):
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
         try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version in ((2, 0), (3, 0)):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                raise ValueError(f"unknown .npy version {version}")
-        except Exception as e:  # any header that numpy cannot parse is damage, whatever the exception
+            shape, fortran, dtype = read_npy_header(f)
+        except Exception as e:  # any header that cannot be parsed is damage, whatever the exception
             first = (str(e).splitlines() or [type(e).__name__])[0][:200]
             raise damaged(path, op, f"has a truncated or corrupt .npy header ({first})") from None
         offset = f.tell()
