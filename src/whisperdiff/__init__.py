@@ -43,8 +43,10 @@ _API = {
     "CheckResult": "whisperdiff.gate.check",
     "assert_traces_close": "whisperdiff.gate.testing",
     "WhisperdiffError": "whisperdiff.errors",
+    "WhisperdiffWarning": "whisperdiff.errors",
     "instrument": "whisperdiff.capture.instrument",
     "mark_all": "whisperdiff.capture.graph_capture",  # (not "capture": that is the subpackage's name)
+    "trace_captured": "whisperdiff.capture.graph_capture",
     "preflight": "whisperdiff.capture.preflight",
     "automap": "whisperdiff.mapping.automap",
     "Tracer": "whisperdiff.capture.tracer",

@@ -33,6 +33,7 @@ from whisperdiff.analysis.diagnose import (
 )
 from whisperdiff.analysis.hypotheses import explain as explain_op
 from whisperdiff.analysis.logits import decoder_layouts, decoder_summary
+from whisperdiff.analysis.port_output import alignment_notes, captured_port, port_output_findings
 from whisperdiff.analysis.results import COLUMNS, OpResult
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.mapping.align import Pair, align, load_rename_rules
@@ -183,7 +184,9 @@ def compare(
     def b_value(name):
         return views[name](np.asarray(tb[b_names[name]]))
 
-    results, profiles, op_findings, not_traced = [], {}, [], []
+    results, profiles, op_findings, not_traced, not_aligned = [], {}, [], [], []
+    capture = captured_port(tb.manifest)
+    unaligned = set(capture.get("unmatched") or []) if capture else set()
     rel_l2_of = {}  # op -> its rel L2, for the ops done so far (the inherited error of the ops that read them)
     if on_total is not None:  # how many on_op calls to expect (progress bars with a total)
         on_total(len(pairs))
@@ -263,7 +266,10 @@ def compare(
             result.failures = [OpFailure(pair.name, "shape", math.nan, pair.problem)]
             first = first or pair.name
         elif pair.b_shape is None:
-            if untapped(ta.manifest, tb.manifest):  # B chose not to record it: a note, not a bug
+            if pair.name in unaligned:  # B's capture holds no value automap could call this op
+                not_aligned.append(pair.name)
+                result.status = "not_aligned"
+            elif untapped(ta.manifest, tb.manifest):  # B chose not to record it: a note, not a bug
                 not_traced.append(pair.name)
                 result.status = "not_traced"
             else:
@@ -283,10 +289,24 @@ def compare(
             on_op(pair.name)
 
     if not_traced:
+        listed = f"{', '.join(not_traced[:4])}{', ...' if len(not_traced) > 4 else ''}"
         warnings.append(
-            f"{len(not_traced)} ops of A were not traced in B (taps={tb.manifest.get('taps')!r}): "
-            f"{', '.join(not_traced[:4])}{', ...' if len(not_traced) > 4 else ''}; trace B with --taps all"
+            f"{len(not_traced)} optional ops of A are not aligned from a capture (B is a captured port; only the "
+            f"default ops are): {listed}"
+            if capture
+            else f"{len(not_traced)} ops of A were not traced in B (taps={tb.manifest.get('taps')!r}): {listed}; "
+            "trace B with --taps all"
         )
+    if not_aligned:
+        warnings.append(
+            f"{len(not_aligned)} ops of A were not aligned to any value of B's capture (no captured value of "
+            f"their shape and kind was left between their neighbours): {', '.join(not_aligned[:4])}"
+            f"{', ...' if len(not_aligned) > 4 else ''}; name them in the map's [ops] section and pass it back "
+            "(docs/ports.md)"
+        )
+    if capture:
+        op_findings.extend(port_output_findings(capture, rel_l2_of))
+        warnings.extend(alignment_notes(capture))
     # Observer effect (capture/graph_capture.trace_captured): B's extra outputs can change what MAX fuses.
     effect = (tb.manifest.get("runner") or {}).get("observer_effect")
     if isinstance(effect, dict) and isinstance(effect.get("rel_l2"), int | float) and effect["rel_l2"] > 0:

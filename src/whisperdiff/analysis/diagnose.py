@@ -48,6 +48,7 @@ KINDS = {
     "shape_mismatch": "an op's shapes differ under every known layout",
     "layout": "values match after a transpose or reshape",
     "divergence": "the op introduces error no hypothesis reproduces",
+    "port_output": "a captured port's own output is not the value aligned as the final op (ops after it)",
     "causal_mask": "decoder self-attention sees later positions (no causal mask)",
     "kv_cache": "a decoding step attends to the wrong cached positions (KV cache off by one)",
 }
@@ -138,7 +139,7 @@ def op_finding(
             f"(A has {row['nan_a']}, {row['inf_a']})",
         )
     if name == "mel":
-        return _mel_finding(row, a, b)
+        return _mel_finding(row, a, b, ctx.get("audio_frames"))
     introduced = replay["introduced"] if replay else row["rel_l2"]
     where = "introduced here" if replay else "first visible here"
     if b is not None:  # B itself says it: only low-precision values, an error of that rounding's size
@@ -267,9 +268,12 @@ def _precision_finding(name, b, a, introduced, rounding, where, within: float) -
     return None
 
 
-def _mel_finding(row: dict, a=None, b=None) -> Finding:
+def _mel_finding(row: dict, a=None, b=None, audio_frames: int | None = None) -> Finding:
     which = ""
     if a is not None and b is not None:
+        padding = mel_padding(np.asarray(a), np.asarray(b), audio_frames)
+        if padding is not None:
+            return Finding("input_mismatch", "mel", 0.95, padding)
         found = sorted(mel_hypotheses(a, b), key=lambda h: h[1])
         if found and found[0][1] < REPRODUCES * row["rel_l2"]:
             which = f"; B is {found[0][0]} (reproduces B to rel L2 {found[0][1]:.1e})"
@@ -281,6 +285,33 @@ def _mel_finding(row: dict, a=None, b=None) -> Finding:
         f"{row['cosine']:.4f}; mean {row['mean_a']:.3f} vs {row['mean_b']:.3f}, std {row['std_a']:.3f} vs "
         f"{row['std_b']:.3f}){which}: a different frontend or normalisation, not an encoder bug; "
         "compute B's features with whisper.log_mel_spectrogram",
+    )
+
+
+def mel_padding(a: np.ndarray, b: np.ndarray, audio_frames: int | None) -> str | None:
+    """The message when B's log-mel differs from A's (almost) only in the frames after the audio, with
+    what B's padding holds; None when the audio frames differ too (or the audio length is unknown)."""
+    t = a.shape[-1]
+    if not audio_frames or audio_frames >= t or a.shape != b.shape:
+        return None
+    d = (b.astype(np.float64) - a.astype(np.float64)).reshape(-1, t)
+    total = float((d * d).sum())
+    pad_share = float((d[:, audio_frames:] ** 2).sum()) / total if total > 0 else 0.0
+    if pad_share < 0.99:
+        return None
+    audio = np.linalg.norm(d[:, :audio_frames]) / max(np.linalg.norm(a.reshape(-1, t)[:, :audio_frames]), 1e-30)
+    pad_b, pad_a = b.reshape(-1, t)[:, audio_frames:], a.reshape(-1, t)[:, audio_frames:]
+    held = (
+        f"the constant {float(pad_b.flat[0]):.4g}"
+        if np.ptp(pad_b) == 0
+        else f"values from {pad_b.min():.4g} to {pad_b.max():.4g}"
+    )
+    return (
+        f"the log-mels differ only in the padding after the audio ({pad_share:.1%} of the difference lies in "
+        f"frames >= {audio_frames} of {t}; the audio frames agree to rel L2 {audio:.1e}): B's padding holds "
+        f"{held}, Whisper's holds the log-mel of zero-padded audio ({pad_a.min():.4g} to {pad_a.max():.4g}); "
+        "pad the waveform with zeros to 30 s before the log-mel (whisper.pad_or_trim on the audio), "
+        "not the log-mel afterwards"
     )
 
 

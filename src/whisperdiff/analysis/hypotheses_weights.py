@@ -37,6 +37,26 @@ def conv_hypotheses(rp, recipe, xs, out, e, ctx, add):
             f"{name} uses only the {kept} kernel tap{'s' if sum(taps) > 1 else ''} of 3",
             rp.conv(name, x, stride, weight=w * mask),
         )
+    for j, frame in ((0, "t-1"), (1, "t"), (2, "t+1")):  # every tap reads the same input frame
+        collapsed = rp.torch.zeros_like(w)
+        collapsed[..., j] = w.sum(-1)
+        add(
+            "conv_kernel",
+            f"{name}'s 3 kernel taps all read frame {frame} (the taps collapsed onto one frame)",
+            rp.conv(name, x, stride, weight=collapsed),
+        )
+    if stride > 1:  # the stride as decimation of a stride-1 output, keeping the other phase
+        full = rp.conv(name, x, 1)
+        for phase in range(1, stride):
+            y = full[..., phase::stride]
+            if y.shape == out.shape:
+                add(
+                    "conv_stride",
+                    f"{name} computed at stride 1 then decimated from frame {phase} (every {stride}nd frame "
+                    f"from {phase}, not 0)",
+                    y,
+                    phase=phase,
+                )
     for label, w2 in filter_layouts(w).items():
         add("weight_layout", f"{name}'s filter {label}", rp.conv(name, x, stride, weight=w2))
     add("bias_error", f"{name} without its bias", rp.conv(name, x, stride, bias=False))

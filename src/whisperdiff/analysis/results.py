@@ -71,7 +71,7 @@ class OpResult:
     """One op of a comparison: its status, metrics, failures and where its error comes from."""
 
     op: str
-    status: str  # ok, diverged, missing_in_b, missing_in_a, shape_mismatch, not_traced
+    status: str  # ok, diverged, missing_in_b, missing_in_a, shape_mismatch, not_traced, not_aligned
     failures: list[OpFailure] = field(default_factory=list)  # [] when the op holds (or was not compared)
     metrics: dict = field(default_factory=dict)  # METRICS -> value; empty where the op is not in both traces
     introduced_rel_l2: float = math.nan  # the error the op adds on B's own inputs (replay); NaN: not computed

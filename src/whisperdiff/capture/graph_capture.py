@@ -23,35 +23,11 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from whisperdiff.capture.captured import Captured, rank, short_path
 from whisperdiff.errors import WhisperdiffError
-
-
-@dataclass
-class Captured:
-    """One value the graph computes (the numbers come later, from the compiled graph's outputs)."""
-
-    index: int  # graph order
-    key: str  # "layers.0.attention.wq" for a module's output, else "layers.0.attention:reshape#1"
-    op: str  # the MAX op that made it: "matmul", "add", "gelu", "layer_norm", ...
-    shape: tuple  # ints, or strings for symbolic dimensions
-    dtype: str
-    module: str  # module path ("" outside any module)
-    where: str  # the user's file:line that made it
-    outputs_of: list[str] = field(default_factory=list)  # modules that returned this value
-    inputs_of: list[str] = field(default_factory=list)  # modules that were called with it
-    from_weight: bool = False  # one operand is a weight (a bias add, the positional add)
-    value: object = field(default=None, repr=False)  # the graph's TensorValue
-
-    @property
-    def static(self) -> bool:
-        return all(isinstance(d, int) for d in self.shape)
-
-    def describe(self) -> dict:
-        return {"key": self.key, "op": self.op, "shape": list(self.shape), "module": self.module, "where": self.where}
 
 
 def module_paths(module, prefix: str = "") -> dict[int, str]:
@@ -122,14 +98,6 @@ def _is_library(filename: str) -> bool:
     return filename.startswith(_library_dirs()) or (filename.startswith(stdlib) and "site-packages" not in filename)
 
 
-def short_path(filename: str) -> str:
-    """A file as the user knows it: relative to the working directory, or to site-packages."""
-    if "site-packages" + os.sep in filename:
-        return filename.split("site-packages" + os.sep, 1)[1]
-    rel = os.path.relpath(filename)
-    return filename if rel.startswith(".." + os.sep) else rel
-
-
 class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as cap`
     """Record every tensor value created while the block runs (see the module docstring).
 
@@ -151,6 +119,7 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         self._saved = None
         self.error: BaseException | None = None  # what the build raised, if it did
         self.calls: list[tuple[str, object, tuple, object]] = []  # (module path, layer, args, outputs)
+        self.output_keys: list[str | None] = []  # what the code itself passed to graph.output, by key
 
     # --- recording --------------------------------------------------------------------------------
     def _where(self) -> tuple[str, str]:
@@ -176,10 +145,19 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         module, where = self._where()
         name = _op_name(op)
         operands = list(args) + list(kwargs.values())
-        weighty = any(
-            isinstance(a, Weight) or getattr(self._by_id.get(_key(a)), "op", "").startswith("constant")
-            for a in operands
-        )
+        operands += [x for a in operands if isinstance(a, list | tuple) for x in a]  # concat([...]) and the like
+        seen = [(a, self._by_id.get(_key(a))) for a in operands]
+        reads = list(dict.fromkeys(c.index for _, c in seen if c is not None and not c.weight_only))
+        # weights: Weight objects, and values made from weights and constants alone (a transposed filter);
+        # float ones with an axis longer than 1 only (a scalar epsilon or scale is no weight of the model)
+        weights = [shape_of(a) for a, _ in seen if isinstance(a, Weight)]
+        weights += [c.shape for _, c in seen if c is not None and c.weight_only and c.dtype.startswith(("float", "bf"))]
+        weight_rank = max((rank(s) for s in weights), default=0)
+        # an activation operand: any tensor that is no weight (a graph input such as the mel is one too)
+        others = [
+            a for a, c in seen if isinstance(a, TensorValue) and not isinstance(a, Weight) and not (c and c.weight_only)
+        ]
+        weight_only = not others and (name.startswith("constant") or name == "weight" or bool(weights))
         for result in results:
             if not isinstance(result, TensorValue):
                 continue
@@ -194,7 +172,10 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
                 str(result.dtype).removeprefix("DType."),
                 module,
                 where,
-                from_weight=weighty or name in ("constant", "weight"),
+                from_weight=weight_rank > 0,
+                operands=reads,
+                weight_rank=weight_rank,
+                weight_only=weight_only,
                 value=result,
             )
             self.values.append(c)
@@ -253,6 +234,8 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         output = Graph.output
 
         def graph_output(graph, *values):
+            if me._recording:  # the port's own outputs: always compared (trace_captured)
+                me.output_keys = [getattr(me._by_id.get(_key(v)), "key", None) for v in values]
             if me._select is not None and me._recording:
                 me.n_outputs = len(values)
                 values = (*values, *me.outputs(me._select, me._dims))
@@ -279,6 +262,11 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         if exc is not None and not isinstance(exc, KeyboardInterrupt | WhisperdiffError):
             self.error = exc
             self.error_tb = tb
+        if exc is None and not self.values:  # never a silent empty capture
+            raise WhisperdiffError(
+                "mark_all recorded no MAX op: build the graph (call your module on graph.inputs) inside the "
+                "with block; for a torch module, pass the module to trace_captured"
+            )
         return False
 
     # --- choosing outputs -------------------------------------------------------------------------
@@ -347,7 +335,7 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
 
 def trace_captured(
     out,
-    cap: capture,
+    cap,
     execute,
     *,
     model,
@@ -359,21 +347,26 @@ def trace_captured(
     weights: dict | None = None,
     untapped=None,
 ):
-    """Run the compiled graph on the Tracer's mel, line the captured values up with the canonical ops
-    (automap) and write them as a trace. execute(mel) -> the graph's results. Returns the AutoMap.
+    """Run the captured port on the Tracer's mel, line the captured values up with the canonical ops
+    (automap) and write them as a trace. execute(mel) -> the port's results. Returns the AutoMap.
 
-    reference: a trace (or {op: array}) whose values decide which value is which op; saved: the [ops]
-    of a saved map, used first. map_path: where to write the map (with `weights`, a [weights] section).
-    untapped(mel) -> the same graph's own output built without the extra outputs: how far the tapped
-    graph's own output is from it (extra outputs can change what the compiler fuses) goes in the manifest."""
+    The port's own output (what its graph returns, or its forward) is always the final canonical op,
+    ln_post, whatever intermediate value agrees with the reference: a port that scales its output after
+    the last layer norm must not read as clean. Where automap aligned ln_post to another value, the
+    manifest says which, and lists the ops between it and the output (compare reports them).
+
+    cap: a MAX capture (mark_all while the graph was built: its outputs are the port's own first) or a
+    torch capture (capture/torch_capture.py: execute runs inside it). reference: a trace (or {op: array})
+    whose values decide which value is which op; saved: the [ops] of a saved map, used first. map_path:
+    where to write the map (with `weights`, a [weights] section). untapped(mel) -> the same graph's own
+    output built without the extra outputs: how far the tapped graph's own output is from it (extra
+    outputs can change what the compiler fuses) goes in the manifest."""
     from whisperdiff.capture.tracer import Tracer
     from whisperdiff.mapping.automap import automap
 
     with Tracer(out, impl=impl, model=model, info=info) as t:
-        results = list(execute(t.mel))
-        values = cap.named(results)
-        if untapped is not None and cap.n_outputs:
-            own = np.asarray(results[0].to_numpy() if hasattr(results[0], "to_numpy") else results[0], np.float64)
+        own, own_key, values = _run_port(cap, execute, t.mel)
+        if untapped is not None:
             plain = np.asarray(untapped(t.mel), np.float64)
             t._writer.manifest["runner"]["observer_effect"] = {
                 "output": "the graph's own first output, tapped vs untapped",
@@ -381,6 +374,7 @@ def trace_captured(
                 "rel_l2": float(np.linalg.norm(own - plain) / max(np.linalg.norm(plain), 1e-30)),
             }
         amap = automap(cap.values, values, reference=reference, dims=t.model.dims, saved=saved)
+        output = _bind_output(amap, cap, own, own_key, values, t.model.dims)
         for name, value in amap.canonical_values(values).items():
             t.record(name, value)
         t._writer.manifest["runner"]["capture"] = {
@@ -389,10 +383,82 @@ def trace_captured(
             "summary": amap.summary(),
             "unmatched": amap.unmatched,
             "low_confidence": {m.name: f"{m.basis} {m.confidence:.2f}" for m in amap.matches if m.confidence < 0.9},
+            "notes": amap.notes,
+            "output": output,
         }
     if map_path is not None:
         amap.write(map_path, weights)
     return amap
 
 
-mark_all = capture  # the public name (wd.mark_all), after Polygraphy's "mark all"
+def _numpy(x) -> np.ndarray:
+    if hasattr(x, "to_numpy"):
+        return x.to_numpy()
+    if hasattr(x, "detach"):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def _run_port(cap, execute, mel) -> tuple[np.ndarray, str | None, dict[str, np.ndarray]]:
+    """(the port's own output, its captured key, {key: captured value}) of one run on `mel`."""
+    if hasattr(cap, "run"):  # a torch capture records while the port runs
+        result = cap.run(execute, mel)
+        return cap.output(result), cap.output_key, cap.named()
+    results = list(execute(mel))
+    chosen = getattr(cap, "chosen", None) or []
+    n_own = cap.n_outputs if cap.n_outputs is not None else len(results) - len(chosen)
+    if n_own < 1 or not cap.output_keys:
+        raise WhisperdiffError(
+            "whisperdiff compares the port's own output, and this graph returns only the chosen values: "
+            "build it with mark_all(..., select=...) and graph.output(<your encoder's output>)"
+        )
+    values = cap.named(results if cap._select is not None else results[n_own:])
+    return np.asarray(_numpy(results[0]), np.float32), cap.output_keys[0], values
+
+
+def _bind_output(amap, cap, own: np.ndarray, own_key: str | None, values: dict, dims) -> dict:
+    """Make the port's own output the final canonical op in `amap` (in place); what that changed."""
+    from whisperdiff.mapping.align import layout_view
+    from whisperdiff.mapping.automap import OpMatch
+    from whisperdiff.names import op_specs
+
+    final = [s for s in op_specs(dims) if not s.optional][-1]
+    fit = layout_view(final.shape, own.shape)
+    if fit is None:
+        raise WhisperdiffError(
+            f"the port's own output has shape {list(own.shape)}, but the encoder's output {final.name} is "
+            f"{list(final.shape)}: return the encoder's output first from the graph (or the forward)"
+        )
+    key = own_key or "<port output>"
+    values[key] = own
+    aligned = amap.by_name.get(final.name)
+    where = next((c.where for c in cap.values if c.key == own_key), "")
+    match = OpMatch(final.name, key, tuple(own.shape), fit[1], "output", 1.0, None, where)
+    amap.matches = [m for m in amap.matches if m.name != final.name] + [match]
+    amap.unmatched = [n for n in amap.unmatched if n != final.name]
+    amap.views[final.name] = fit[0]
+    record = {"op": final.name, "key": key, "aligned_key": aligned.key if aligned else None, "after": []}
+    if aligned is not None and aligned.key != key:
+        index = {c.key: c.index for c in cap.values}
+        lo, hi = index.get(aligned.key, -1), index.get(own_key, len(cap.values))
+        record["after"] = [
+            {"key": c.key, "op": c.op, "where": c.where}
+            for c in cap.values
+            if lo < c.index <= hi and not c.weight_only  # (not the constants it multiplies by)
+        ][:20]
+        if aligned.key in values:
+            a = np.asarray(amap.views[final.name](np.asarray(values[aligned.key])), np.float64)
+            b = np.asarray(fit[0](own), np.float64)
+            record["rel_l2_output_vs_aligned"] = float(np.linalg.norm(b - a) / max(np.linalg.norm(a), 1e-30))
+    return record
+
+
+def mark_all(module=None, *, select: str | list[str] | None = None, dims=None):
+    """Record every value a port computes (after Polygraphy's "mark all"): for a MAX module or build
+    function, a `capture` used around the graph's build; for a torch.nn.Module, a TorchCapture
+    (capture/torch_capture.py) that records while the port runs."""
+    from whisperdiff.capture.torch_capture import TorchCapture, is_torch_module
+
+    if is_torch_module(module):
+        return TorchCapture(module, select=select, dims=dims)
+    return capture(module, select=select, dims=dims)

@@ -33,6 +33,18 @@ from whisperdiff.mapping.align import rename
 
 class instrument:  # noqa: N801 - used like a function: `with wd.instrument(module) as taps`
     def __init__(self, module, names: dict[str, str] | None = None, *, include_unnamed: bool = False):
+        from whisperdiff.capture.torch_capture import is_torch_module
+
+        if is_torch_module(module):
+            raise WhisperdiffError(
+                "instrument taps max.nn modules while their graph is built; a torch module is captured as it "
+                "runs: wd.mark_all(module) and trace_captured (docs/ports.md)"
+            )
+        if not hasattr(module, "sublayers"):
+            raise WhisperdiffError(
+                f"instrument needs a max.nn Module (with submodules to tap); {type(module).__name__} is not one: "
+                "capture it with wd.mark_all (docs/ports.md)"
+            )
         self.paths = module_paths(module)
         names = names or {}
         self.exact = {k: v for k, v in names.items() if "*" not in k}
@@ -79,11 +91,19 @@ class instrument:  # noqa: N801 - used like a function: `with wd.instrument(modu
         add_layer_hook(self._hook)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         from max.nn.layer import layer as layer_module
 
         if self._hook in layer_module._LAYER_HOOKS:  # remove only ours (clear_hooks would drop others')
             layer_module._LAYER_HOOKS.remove(self._hook)
+        if exc is None and not self._taps:
+            raise WhisperdiffError(self._nothing())
+
+    def _nothing(self) -> str:
+        return (
+            f"instrument tapped nothing: no call of the module's {len(self.paths)} submodules matched `names`"
+            " (or none ran inside the with block); check the names against the module's paths, or use wd.mark_all"
+        )
 
     @property
     def names(self) -> list[str]:
@@ -91,6 +111,8 @@ class instrument:  # noqa: N801 - used like a function: `with wd.instrument(modu
 
     @property
     def outputs(self) -> list:
+        if not self._taps:
+            raise WhisperdiffError(self._nothing())
         return [v for _, v in self._taps]
 
     def named(self, results) -> dict[str, np.ndarray]:

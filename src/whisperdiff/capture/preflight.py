@@ -88,6 +88,17 @@ def _frame_where(tb, not_of=None) -> tuple[str, str]:
     return found
 
 
+def _innermost(e: BaseException) -> tuple[str, str]:
+    """(function, file:line) of the innermost frame of e's traceback outside whisperdiff."""
+    found, tb = ("", ""), e.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_filename.find(os.sep + "whisperdiff" + os.sep) < 0:
+            found = (code.co_name, f"{os.path.basename(code.co_filename)}:{tb.tb_lineno}")
+        tb = tb.tb_next
+    return found
+
+
 def check_construction(factory, report: PreflightReport):
     """Call factory(); a missing attribute becomes a finding. Returns the module or None."""
     try:
@@ -111,6 +122,11 @@ def check_construction(factory, report: PreflightReport):
             + f": set {attr} on the config object, or read the attribute it has",
         )
         return None
+    except Exception as e:  # noqa: BLE001 - whatever construction raises is a finding, never a traceback
+        where, line = _frame_where(e.__traceback__) if _frame_where(e.__traceback__)[0] else _innermost(e)
+        first = (str(e).splitlines() or [""])[0][:200]
+        report.add("build", where, f"constructing it raised {type(e).__name__} at {where} ({line}): {first}")
+        return None
 
 
 _AXES = {3: ["out", "in", "k"], 2: ["out", "in"]}
@@ -120,9 +136,14 @@ def check_weights(module, reference: dict[str, np.ndarray], report: PreflightRep
     """The module's declared weights against the checkpoint's; returns the proposed WeightMap."""
     from whisperdiff.mapping.weightmap import propose
 
-    declared = {k: tuple(int(d) for d in w.shape) for k, w in module.raw_state_dict().items()}
+    if hasattr(module, "raw_state_dict"):  # max.nn: declared weights, no values yet
+        declared = {k: tuple(int(d) for d in w.shape) for k, w in module.raw_state_dict().items()}
+        port = declared
+    else:  # torch: the values it holds (matched by value when loaded, else by shape and name)
+        port = {k: v.detach().float().cpu().numpy() for k, v in module.state_dict().items() if v.is_floating_point()}
+        declared = {k: tuple(v.shape) for k, v in port.items()}
     ref = {k: v for k, v in reference.items() if k.startswith("encoder.")}
-    wmap = propose(declared, ref)
+    wmap = propose(port, ref)
     plain = {k.removeprefix("encoder.") for k in ref} | set(ref)
     foreign = [m for m in wmap.matches if m.port not in plain]
     if foreign:
@@ -364,6 +385,19 @@ def preflight(factory, model, *, workaround=None, input_types=None) -> Preflight
         return report
     report.module = module
     reference = {k: v.float().numpy() for k, v in model.state_dict.items()}
+    from whisperdiff.capture.torch_capture import is_torch_module
+
+    if is_torch_module(module):
+        return _preflight_torch(module, reference, dims, report)
+    if not hasattr(module, "raw_state_dict") or not hasattr(module, "sublayers"):
+        report.add(
+            "scope",
+            type(module).__name__,
+            f"{type(module).__name__} is neither a max.nn Module nor a torch Module, so its weights and build "
+            "cannot be checked before it runs (nothing was checked); capture it as it runs: mark_all and "
+            "trace_captured (docs/ports.md)",
+        )
+        return report
     wmap = check_weights(module, reference, report)
     try:
         module.load_state_dict(wmap.load(reference), strict=False)  # names the weights; values are the checkpoint's
@@ -389,4 +423,27 @@ def preflight(factory, model, *, workaround=None, input_types=None) -> Preflight
                     )
         finally:
             undo()
+    return report
+
+
+def _preflight_torch(module, reference: dict, dims, report: PreflightReport) -> PreflightReport:
+    """A torch module: its weights against the checkpoint, then one forward on Whisper's input (zeros,
+    the checkpoint loaded through the proposed map): what raises becomes a finding with its file:line."""
+    import torch
+
+    wmap = check_weights(module, reference, report)
+    mel = torch.zeros(1, dims.n_mels, 2 * dims.n_audio_ctx)
+    try:
+        loaded = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in wmap.load(reference).items()}
+        module.load_state_dict(loaded, strict=False)
+        with torch.no_grad():
+            module.eval()(mel)
+    except Exception as e:  # noqa: BLE001 - a failed forward is what preflight reports
+        where, line = _frame_where(e.__traceback__) if _frame_where(e.__traceback__)[0] else _innermost(e)
+        first = (str(e).splitlines() or [""])[0][:200]
+        report.add(
+            "build",
+            where,
+            f"a forward on Whisper's input {_dims(mel.shape)} raised {type(e).__name__} at {where} ({line}): {first}",
+        )
     return report

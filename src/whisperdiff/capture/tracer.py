@@ -57,6 +57,7 @@ class Tracer:
         self.mel = encoder_input.mel
         self._shapes = {s.name: tuple(s.shape) for s in op_specs(self.model.dims)}
         self._decoder = self._decoder_mode(tokens)  # tokens: a decoder trace, teacher-forced on these tokens
+        self._required = self._required_ops()
         self._started, self._t0 = datetime.now(UTC), time.perf_counter()
         manifest = build_manifest(
             impl,
@@ -71,6 +72,14 @@ class Tracer:
         self._writer = TraceWriter(path, manifest)
         self.path = Path(path)
 
+    def _required_ops(self) -> list[str]:
+        """The canonical ops a complete trace of this kind holds (not mel, not the optional ones)."""
+        from whisperdiff.names import decoder_op_specs, op_specs
+
+        specs = op_specs(self.model.dims) if self._decoder is None else decoder_op_specs(self.model.dims, 1)
+        optional = {s.name for s in specs if s.optional}
+        return [n for n in self._shapes if n != "mel" and n not in optional]
+
     def _decoder_mode(self, tokens) -> dict | None:
         """A decoder trace: ops `whisperdiff ops --decoder` over prompt + tokens; record ln_post (the encoder
         output your decoder attended to) and the decoder ops, each joined over every position."""
@@ -80,13 +89,13 @@ class Tracer:
         from whisperdiff.names import decoder_op_specs
 
         prompt = prompt_tokens(self.model)
-        tokens = [int(t) for t in tokens]
-        sequence = tokens if tokens[: len(prompt)] == prompt else prompt + tokens
+        sequence = [int(t) for t in tokens]  # as the port fed them: never a prompt of ours added
+        given_prompt = sequence[: len(prompt)] == prompt
         self._shapes = {s.name: tuple(s.shape) for s in decoder_op_specs(self.model.dims, len(sequence))}
         return {
             "tokens": sequence,
-            "prompt_length": len(prompt),
-            "token_source": "given",
+            "prompt_length": len(prompt) if given_prompt else 0,
+            "token_source": "given" if given_prompt else "given, without Whisper's prompt",
             "mode": "whisperdiff.Tracer",
             "argmax": [],
             "margin": [],
@@ -146,6 +155,18 @@ class Tracer:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self._write_mel()
+            missing = [n for n in self._required if n not in {op["name"] for op in self._writer.ops}]
+            if missing:  # said when it is written, not first found by compare
+                import warnings
+
+                from whisperdiff.errors import WhisperdiffWarning
+
+                warnings.warn(
+                    f"{self.path} holds {len(self._required) - len(missing)} of the model's {len(self._required)} "
+                    f"canonical ops; not recorded: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}",
+                    WhisperdiffWarning,
+                    stacklevel=2,
+                )
             self._writer.manifest["run"] = {
                 "started": self._started.isoformat(timespec="seconds"),
                 "total_seconds": round(time.perf_counter() - self._t0, 3),

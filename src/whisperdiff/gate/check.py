@@ -24,7 +24,9 @@ from whisperdiff.store.trace import Trace, load_trace
 class CheckResult:
     reference: Path  # a trace or a golden set
     candidate: Path
-    ops: list[dict]  # per op: name, status (ok, diverged, missing_in_b, shape_mismatch, not_traced), failures
+    ops: list[
+        dict
+    ]  # per op: name, status (ok, diverged, missing_in_b, shape_mismatch, not_traced, not_aligned), failures
     # (a list of OpFailure)
     tolerances: ToleranceSet
     warnings: list[str] = field(default_factory=list)
@@ -44,7 +46,7 @@ class CheckResult:
 
     @property
     def checked(self) -> int:
-        return sum(r["status"] != "not_traced" for r in self.ops)
+        return sum(r["status"] not in ("not_traced", "not_aligned") for r in self.ops)
 
     @property
     def passed(self) -> bool:
@@ -130,7 +132,7 @@ def junit_xml(result: CheckResult) -> str:
         tests=str(len(result.ops)),
         failures=str(len(result.failed_ops)),
         errors="0",
-        skipped=str(sum(r["status"] == "not_traced" for r in result.ops)),
+        skipped=str(sum(r["status"] in ("not_traced", "not_aligned") for r in result.ops)),
     )
     props = ET.SubElement(suite, "properties")
     for key, value in (
@@ -142,8 +144,9 @@ def junit_xml(result: CheckResult) -> str:
     classname = f"whisperdiff.{result.candidate.name}"
     for r in result.ops:
         case = ET.SubElement(suite, "testcase", classname=classname, name=r["name"], time="0")
-        if r["status"] == "not_traced":
-            ET.SubElement(case, "skipped", message="not traced in the candidate")
+        if r["status"] in ("not_traced", "not_aligned"):
+            what = "not traced in" if r["status"] == "not_traced" else "no value aligned to it in the capture of"
+            ET.SubElement(case, "skipped", message=f"{what} the candidate")
         elif r["failures"]:
             failures = r["failures"]
             failure = ET.SubElement(case, "failure", type=failures[0].metric, message=str(failures[0]))

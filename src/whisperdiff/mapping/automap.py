@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from whisperdiff.mapping.align import layout_view
+from whisperdiff.mapping.dataflow import confirm_by_dataflow
 from whisperdiff.mapping.maps import expand, generalise, write_map
 from whisperdiff.measure.metrics import rel_l2
 from whisperdiff.names import op_specs
@@ -51,6 +52,7 @@ class AutoMap:
     unmatched: list[str]
     n_captured: int
     views: dict = field(default_factory=dict, repr=False)  # name -> function viewing the value canonically
+    notes: list[str] = field(default_factory=list)  # where structure overrode or filled a match (dataflow.py)
 
     @property
     def by_name(self) -> dict[str, OpMatch]:
@@ -80,7 +82,7 @@ class AutoMap:
         ]
         if self.unmatched:
             out.append(f"not aligned ({len(self.unmatched)}): {', '.join(self.unmatched)}")
-        return out
+        return out + [f"note: {n}" for n in self.notes]
 
     def summary(self) -> str:
         total = len(self.matches) + len(self.unmatched)
@@ -144,7 +146,7 @@ def automap(
     specs = [s for s in op_specs(dims) if s.name != "mel" and not s.optional and (ops is None or s.name in ops)]
     cands = []
     for c in captured:
-        if not c.dtype.startswith(("float", "bfloat")) or c.op.startswith("constant"):
+        if not c.dtype.startswith(("float", "bfloat")) or c.op.startswith("constant") or c.weight_only:
             continue
         if values is not None:  # the shape it ran with (a symbolic batch axis is now a number)
             if c.key not in values:
@@ -220,7 +222,10 @@ def automap(
             anchor = max(anchor, c.index)
         else:
             anchor = c.index
-    return AutoMap(matches, unmatched, len(cands), views)
+    amap = AutoMap(matches, unmatched, len(cands), views)
+    known = {c.index: c for c in captured} | {c.index: c for c in cands}  # cands: the shapes they ran with
+    amap.notes = confirm_by_dataflow(amap, list(known.values()), values, specs, reference)
+    return amap
 
 
 def _reindex(key: str, j: int, i: int) -> str:

@@ -195,7 +195,7 @@ def verdict(c: Comparison) -> tuple[str, str]:
     if c.first_divergence is None:
         return "good", f"No divergence: B matches A on all {len(matched)} ops within tolerance"
     n_div = int(rows["diverged"].sum())
-    compared = int((rows["status"] != "not_traced").sum())
+    compared = int((~rows["status"].isin(["not_traced", "not_aligned"])).sum())
     return "bad", f"B diverges from A first at {c.first_divergence} ({n_div} of {compared} ops diverge)"
 
 

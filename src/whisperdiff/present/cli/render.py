@@ -28,7 +28,12 @@ def shown_rows(c, show_all: bool) -> list[int]:
     if c.first_divergence in position:
         keys.append(position[c.first_divergence])
     status = t["status"].to_numpy()
-    near = {j for i in keys for j in (i - 1, i, i + 1) if 0 <= j < len(t) and (j == i or status[j] != "not_traced")}
+    near = {
+        j
+        for i in keys
+        for j in (i - 1, i, i + 1)
+        if 0 <= j < len(t) and (j == i or status[j] not in ("not_traced", "not_aligned"))
+    }
     return sorted(near)
 
 
@@ -44,8 +49,8 @@ def _op_table(c, records: list[dict], shown: list[int]) -> Table:
         previous = i
         row = records[i]
         marker = "▶" if row["op"] == c.first_divergence else ""
-        if row["status"] in ("missing_in_b", "missing_in_a", "shape_mismatch", "not_traced"):
-            colour = "dim" if row["status"] == "not_traced" else "red"
+        if row["status"] in ("missing_in_b", "missing_in_a", "shape_mismatch", "not_traced", "not_aligned"):
+            colour = "dim" if row["status"] in ("not_traced", "not_aligned") else "red"
             table.add_row(
                 marker, str(i), escape(row["op"]), f"[{colour}]{row['status'].replace('_', ' ')}[/]", *[""] * 7
             )
