@@ -228,7 +228,7 @@ def test_a_users_decoder_traced_with_tracer_compares_position_by_position(tmp_pa
     import whisperdiff as wd
 
     d = ref.manifest["decoder"]
-    with wd.Tracer(tmp_path / "mine", impl="mine", model=tiny_en, tokens=d["tokens"][d["prompt_length"] :]) as t:
+    with wd.Tracer(tmp_path / "mine", impl="mine", model=tiny_en, tokens=d["tokens"]) as t:  # every token fed
         for op in ref.ops:
             value = np.array(ref[op])
             if op == "decoder.blocks.2.mlp.fc2":
@@ -238,9 +238,14 @@ def test_a_users_decoder_traced_with_tracer_compares_position_by_position(tmp_pa
     assert mine.manifest["decoder"]["tokens"] == d["tokens"] and mine.manifest["decoder"]["argmax"] == d["argmax"]
     c = compare(ref, mine, replay=False)
     assert c.decoder["first_divergence"] == {"op": "decoder.blocks.2.mlp.fc2", "position": 5, "axis": "token position"}
-    with pytest.raises(WhisperdiffError, match="shape"):
+    with pytest.raises(WhisperdiffError, match="shape .* every token the port fed"):
         with wd.Tracer(tmp_path / "bad", impl="mine", model=tiny_en, tokens=[383, 2068]) as t:
             t.record("decoder.tok_embed", np.zeros((1, 3, 384), np.float32))
+    # tokens are kept as the port fed them: never a prompt of whisperdiff's put in front
+    with wd.Tracer(tmp_path / "bare", impl="mine", model=tiny_en, tokens=[383, 2068]) as t:
+        t.record("decoder.tok_embed", np.zeros((1, 2, 384), np.float32))
+    bare = t.trace().manifest["decoder"]
+    assert bare["tokens"] == [383, 2068] and bare["prompt_length"] == 0 and "without Whisper's prompt" in bare["token_source"]
 
 
 def test_transcribe_impl_max_runs_max_for_both_halves(tmp_path, tiny_en, mel, max_decoder):

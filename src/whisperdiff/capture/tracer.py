@@ -138,7 +138,12 @@ class Tracer:
         if want is not None and sorted(array.shape) != sorted(want):
             raise WhisperdiffError(
                 f"{name}: shape {list(array.shape)}, but this model's {name} is {list(want)} "
-                "(canonical shapes and layouts: `whisperdiff ops`)"
+                + (
+                    f"over the {len(self._decoder['tokens'])} tokens given (give tokens= every token the port "
+                    "fed, prompt included)"
+                    if self._decoder is not None
+                    else "(canonical shapes and layouts: `whisperdiff ops`)"
+                )
             )
         if name == "mel":
             if self._mel_written:
