@@ -245,7 +245,11 @@ def test_a_users_decoder_traced_with_tracer_compares_position_by_position(tmp_pa
     with wd.Tracer(tmp_path / "bare", impl="mine", model=tiny_en, tokens=[383, 2068]) as t:
         t.record("decoder.tok_embed", np.zeros((1, 2, 384), np.float32))
     bare = t.trace().manifest["decoder"]
-    assert bare["tokens"] == [383, 2068] and bare["prompt_length"] == 0 and "without Whisper's prompt" in bare["token_source"]
+    assert (
+        bare["tokens"] == [383, 2068]
+        and bare["prompt_length"] == 0
+        and "without Whisper's prompt" in bare["token_source"]
+    )
 
 
 def test_transcribe_impl_max_runs_max_for_both_halves(tmp_path, tiny_en, mel, max_decoder):

@@ -294,6 +294,8 @@ def compare(
             f"{len(not_traced)} optional ops of A are not aligned from a capture (B is a captured port; only the "
             f"default ops are): {listed}"
             if capture
+            else f"{len(not_traced)} ops of A are not in B (a plugin records the ops it names): {listed}"
+            if tb.manifest.get("taps") == "plugin"
             else f"{len(not_traced)} ops of A were not traced in B (taps={tb.manifest.get('taps')!r}): {listed}; "
             "trace B with --taps all"
         )

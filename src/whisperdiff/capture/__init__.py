@@ -38,10 +38,18 @@ def make_runner(
 
 
 def decoder_runner_class(impl: str, faults=()) -> type:
-    """The decoder runner class for `impl` (torch or max), checked against the decoder `faults` asked for."""
+    """The decoder runner class for `impl` (torch, max, or a plugin: module:factory, file.py:factory),
+    checked against the decoder `faults` asked for."""
     cls = runner_class("decoder", impl)
+    if cls is None and ":" in impl:
+        from whisperdiff.capture.plugin import PluginDecoderRunner
+
+        cls = PluginDecoderRunner
     if cls is None:
-        raise WhisperdiffError(f"unknown decoder implementation {impl!r}; use one of {', '.join(DECODER_IMPLS)}")
+        raise WhisperdiffError(
+            f"unknown decoder implementation {impl!r}; use one of {', '.join(DECODER_IMPLS)}, "
+            "module.path:factory or file.py:factory"
+        )
     if faults and not cls.takes_faults:
         raise WhisperdiffError(
             "decoder faults are run-time switches of the MAX decoder graph; use --impl max to inject them"
@@ -50,5 +58,8 @@ def decoder_runner_class(impl: str, faults=()) -> type:
 
 
 def make_decoder_runner(impl: str, model, taps: list[str] | None = None, faults=(), device: str = "cpu"):
-    """A decoder runner for `impl` (torch or max); `faults` are decoder porting bugs (MAX only)."""
-    return decoder_runner_class(impl, faults)(model, taps=taps, faults=faults, device=device)
+    """A decoder runner for `impl` (torch, max or a plugin); `faults` are decoder porting bugs (MAX only)."""
+    cls = decoder_runner_class(impl, faults)
+    if getattr(cls, "records_what_it_records", False):
+        return cls(impl, model, taps=taps, faults=faults, device=device)
+    return cls(model, taps=taps, faults=faults, device=device)

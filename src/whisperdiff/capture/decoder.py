@@ -114,6 +114,10 @@ class Steps:
         self.n_tokens = n_tokens
 
     def record(self, name: str, value: np.ndarray) -> None:
+        if name not in self.specs:
+            raise WhisperdiffError(
+                f"the decoder recorded {name!r}, no decoder op of this model (`whisperdiff ops --decoder`)"
+            )
         if position_axis(self.specs[name].layout) is None and self.parts[name]:
             return  # computed once (cross-attention K/V): the first step's value is the op's
         self.parts[name].append(np.array(value, np.float32))
@@ -162,6 +166,11 @@ def teacher_forced(
     for chunk in chunks:
         runner.step(np.array([chunk], np.int64), steps.record)
     seconds = time.perf_counter() - start
+    for name, parts in steps.parts.items():  # a plugin records what it can name: at every step, or never
+        if position_axis(steps.specs[name].layout) is not None and len(parts) != len(chunks):
+            raise WhisperdiffError(
+                f"the decoder recorded {name} at {len(parts)} of its {len(chunks)} steps; record it at every step"
+            )
     logits = None
     for name in steps.specs:
         if name in steps.parts:
@@ -228,7 +237,8 @@ def trace_decoder(
         tap_names.append("decoder.logits")
     runner = runner or make_decoder_runner(impl, loaded, taps=tap_names, faults=faults)
     if out is None:
-        out = Path("traces") / f"decoder-{impl}-{loaded.model_id.replace(':', '_').replace(',', '_')}"
+        safe = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in Path(impl.split(":")[0]).stem or impl)
+        out = Path("traces") / f"decoder-{safe}-{loaded.model_id.replace(':', '_').replace(',', '_')}"
     manifest = build_manifest(
         impl,
         part="decoder",
@@ -237,7 +247,7 @@ def trace_decoder(
         runner=runner.facts(),
         model=loaded.manifest(),
         input=encoder_input.provenance,
-        taps=taps,
+        taps="plugin" if getattr(runner, "records_what_it_records", False) else taps,
         injected=[
             {"name": f.name, "first_op": f.first_op_for(loaded.dims.n_text_layer), "description": f.description}
             for f in faults

@@ -96,3 +96,76 @@ class PluginRunner:
             if self.taps is None or name in self.taps:
                 record(name, np.asarray(value))
         return {"encoder_seconds": time.perf_counter() - start}
+
+
+class PluginDecoderRunner:
+    """A user's decoder through the decoder runner interface (runner.py's DecoderRunner):
+
+        def factory(model, device: str, dtype: str):
+            return MyDecoder(...)
+
+        class MyDecoder:
+            def start(self, features): ...           # encoder output [1, n_audio_ctx, C]: a new sequence
+            def step(self, tokens, record=None):     # tokens [1, L] at the next L positions (its KV cache
+                ...                                  # or not) -> logits [1, L, n_vocab]; record(op, value)
+                return logits                        # for the decoder ops it can name (`ops --decoder`)
+            def close(self): ...                     # optional
+
+    Used by trace-decoder, crossfeed and transcribe as `--impl file.py:factory` (or module:factory)."""
+
+    takes_faults = False
+    records_what_it_records = True
+
+    def __init__(self, spec: str, model, *, taps=None, faults=(), device: str = "cpu", dtype: str = "float32"):
+        self.impl, self.device, self.dtype = spec, ("cpu" if device == "auto" else device), dtype
+        self.taps = set(taps) if taps is not None else None
+        factory = load_factory(spec)
+        try:
+            self.decoder = factory(model, device=self.device, dtype=dtype)
+        except Exception as e:
+            raise WhisperdiffError(f"--impl {spec}: the factory failed ({type(e).__name__}: {e})") from None
+        missing = [m for m in ("start", "step") if not callable(getattr(self.decoder, m, None))]
+        if missing:
+            raise WhisperdiffError(
+                f"--impl {spec}: the factory's result has no {' or '.join(f'{m}()' for m in missing)}; a decoder "
+                "plugin has start(features) and step(tokens, record=None) -> logits (capture/plugin.py)"
+            )
+
+    def facts(self) -> dict:
+        return {"device": self.device, "dtype": self.dtype, "decoder": f"{self.impl} (plugin)"}
+
+    def start(self, features: np.ndarray) -> None:
+        self._call("start", np.ascontiguousarray(features, dtype=np.float32))
+
+    def step(self, tokens: np.ndarray, record: Record | None = None) -> np.ndarray:
+        said = set()
+
+        def keep(name, value):
+            said.add(name)
+            if record is not None and (self.taps is None or name in self.taps):
+                record(name, np.asarray(value.detach().float().cpu().numpy() if hasattr(value, "detach") else value))
+
+        logits = self._call("step", np.asarray(tokens), keep)
+        logits = np.asarray(logits.detach().float().cpu().numpy() if hasattr(logits, "detach") else logits)
+        if logits.ndim != 3 or logits.shape[:2] != np.shape(tokens)[:2]:
+            raise WhisperdiffError(
+                f"--impl {self.impl}: step() returned logits of shape {list(logits.shape)} for tokens of shape "
+                f"{list(np.shape(tokens))}; return [1, L, n_vocab]"
+            )
+        if record is not None and "decoder.logits" not in said:  # what it returns is its logits
+            record("decoder.logits", logits.astype(np.float32))
+        return logits.astype(np.float32)
+
+    def close(self) -> None:
+        if callable(getattr(self.decoder, "close", None)):
+            self._call("close")
+
+    def _call(self, method: str, *args):
+        try:
+            return getattr(self.decoder, method)(*args)
+        except WhisperdiffError:
+            raise
+        except Exception as e:  # the user's code raised: one line that says where
+            raise WhisperdiffError(
+                f"--impl {self.impl}: its {method}() raised {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            ) from None

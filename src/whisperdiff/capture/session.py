@@ -97,11 +97,11 @@ class Session:
     def decode(self, features, max_tokens: int | None = None) -> str:
         from whisperdiff.capture.transcript import Decoder
 
-        if self.decoder_impl == "max":  # openai-whisper's greedy search with the MAX decoder's logits
+        if self.decoder_impl != "torch":  # openai-whisper's greedy search with this decoder's logits (MAX, plugin)
             from whisperdiff.capture import make_decoder_runner
             from whisperdiff.capture.decoder import greedy
 
-            self._decoder = self._decoder or make_decoder_runner("max", self.loaded)
+            self._decoder = self._decoder or make_decoder_runner(self.decoder_impl, self.loaded)
             return greedy(self._decoder, self.loaded, features, max_tokens)[0]
         self._decoder = self._decoder or Decoder(self.loaded)
         return self._decoder(features, max_tokens)
@@ -175,10 +175,8 @@ class Session:
                 from whisperdiff.capture.transcript import DECODER
 
                 t1 = time.perf_counter()
-                decoder = (
-                    DECODER
-                    if self.decoder_impl == "torch"
-                    else DECODER.replace("openai-whisper decode", "MAX decoder graph")
+                decoder = {"torch": DECODER, "max": DECODER.replace("openai-whisper decode", "MAX decoder graph")}.get(
+                    self.decoder_impl, DECODER.replace("openai-whisper decode", f"decoder plugin {self.decoder_impl}")
                 )
                 writer.manifest["transcript"] = {
                     "text": self.decode(outputs["ln_post"]),

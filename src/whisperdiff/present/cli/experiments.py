@@ -111,7 +111,12 @@ def crossfeed_command(
     model: ModelOpt = None,
     audio: AudioOpt = None,
     encoder: Annotated[str, typer.Option(metavar="<max|torch>", help="The candidate encoder: max or torch.")] = "max",
-    decoder: Annotated[str, typer.Option(metavar="<max|torch>", help="The candidate decoder: max or torch.")] = "max",
+    decoder: Annotated[
+        str,
+        typer.Option(
+            metavar="<max|torch|FILE.py:FACTORY>", help="The candidate decoder: max, torch or your own plugin."
+        ),
+    ] = "max",
     encoder_inject: Annotated[
         list[str] | None, typer.Option("--encoder-inject", metavar="FAULT", help="Encoder bug (repeatable).")
     ] = None,

@@ -145,9 +145,9 @@ def transcribe(
     decoder: Annotated[
         str | None,
         typer.Option(
-            metavar="<torch|max>",
-            help="Decoder: torch (openai-whisper) or max (the MAX decoder graph). "
-            "Default: max with --impl max (MAX for both halves), else torch.",
+            metavar="<torch|max|FILE.py:FACTORY>",
+            help="Decoder: torch (openai-whisper), max (the MAX decoder graph) or your own (module:factory, "
+            "file.py:factory; capture/plugin.py). Default: max with --impl max (MAX for both halves), else torch.",
         ),
     ] = None,
 ):
@@ -157,8 +157,8 @@ def transcribe(
     with progress("transcribing", status="loading model") as bar:
         session = run.session(on_status=bar.on_status)
         session.decoder_impl = decoder or ("max" if run.impl == "max" else "torch")
-        if session.decoder_impl not in ("torch", "max"):
-            raise WhisperdiffError(f"unknown --decoder {decoder!r}; use torch or max")
+        if session.decoder_impl not in ("torch", "max") and ":" not in session.decoder_impl:
+            raise WhisperdiffError(f"unknown --decoder {decoder!r}; use torch, max, module:factory or file.py:factory")
         results = session.trace_windows(
             audio=audio, out=out_dir, transcribe=True, on_op=bar.on_op, on_total=bar.on_total, on_status=bar.on_status
         )
@@ -178,7 +178,9 @@ def trace_decoder_command(
     impl: Annotated[
         str,
         typer.Option(
-            metavar="<torch|max>", help="Decoder: torch (openai-whisper's TextDecoder, hooked) or max (MAX Graph)."
+            metavar="<torch|max|FILE.py:FACTORY>",
+            help="Decoder: torch (openai-whisper's TextDecoder, hooked), max (MAX Graph) or your own "
+            "(module:factory, file.py:factory: start(features), step(tokens, record) -> logits; capture/plugin.py).",
         ),
     ] = "torch",
     model: ModelOpt = None,
