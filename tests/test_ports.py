@@ -4,6 +4,7 @@ max.nn instrumentation (a max.nn encoder, unedited) and the weight-load check.""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -194,3 +195,44 @@ def test_weights_undoes_known_layouts(tiny_en, tmp_path):
     )
     assert missing.returncode == 1 and "missing     encoder.ln_post.bias" in missing.stdout
     assert_one_line_error(run_cli("weights", "default", str(tmp_path / "none.npz")), "does not exist")
+
+
+def test_weights_matches_foreign_names_by_value_and_rules_use_the_printed_names(tiny_en, tmp_path):
+    """transformers' names, no rename rules: B's tensors are matched to A's by the numbers they hold; a scaled
+    one (its numbers are not A's) by shape and name. Rules written against the names the messages print work."""
+    hf = {
+        "attn.query": "self_attn.q_proj",
+        "attn.key": "self_attn.k_proj",
+        "attn.value": "self_attn.v_proj",
+        "attn.out": "self_attn.out_proj",
+        "attn_ln": "self_attn_layer_norm",
+        "mlp.0": "fc1",
+        "mlp.2": "fc2",
+        "mlp_ln": "final_layer_norm",
+    }
+    out = {}
+    for name, value in tiny_en.state_dict.items():
+        if not name.startswith("encoder."):
+            continue
+        name = name.removeprefix("encoder.")
+        m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", name)
+        name = f"layers.{m[1]}.{hf[m[2]]}.{m[3]}" if m else name.replace("positional_embedding", "embed_positions")
+        out[name] = value.float().numpy()
+    out["layers.1.fc1.weight"] = out["layers.1.fc1.weight"] * 0.5
+    np.savez(tmp_path / "hf.npz", **out)
+    proc = run_cli("weights", "default", str(tmp_path / "hf.npz"))
+    assert proc.returncode == 1 and "66 of 67 tensors match" in proc.stdout, proc.stdout
+    assert "B's names are not A's: 66 tensors matched to A's by value, 1 by shape and name" in proc.stdout
+    assert "scaled      encoder.blocks.1.mlp.0.weight [layers.1.fc1.weight, matched by shape]" in proc.stdout
+    # a rule against the printed name (B's odd.weight prints as encoder.odd.weight) is honoured
+    named = {k: v for k, v in tiny_en.state_dict.items() if k.startswith("encoder.")}
+    np.savez(
+        tmp_path / "own.npz",
+        **{
+            ("odd.weight" if k == "encoder.ln_post.weight" else k.removeprefix("encoder.")): v.float().numpy()
+            for k, v in named.items()
+        },
+    )
+    (tmp_path / "rules.toml").write_text('[rename]\n"encoder.odd.weight" = "encoder.ln_post.weight"\n')
+    proc = run_cli("weights", "default", str(tmp_path / "own.npz"), "--rename", str(tmp_path / "rules.toml"))
+    assert proc.returncode == 0 and "67 of 67 tensors match" in proc.stdout, proc.stdout

@@ -5,7 +5,8 @@
 A: the reference weights (any `--model` spec). B: the weights the other implementation used: a
 model spec, an .npz of named arrays (what a port can dump in one line: np.savez(path, **weights)),
 or an openai-whisper .pt read without the shape checks a model load does. Names: openai-whisper's
-(with or without `encoder.`), or mapped with rename rules (align.py). Known layout changes are undone
+(with or without `encoder.`), mapped with rename rules (align.py), or any names at all: then B's tensors
+are matched to A's by the numbers they hold, then by shape and name (match_names). Known layout changes are undone
 before values are compared: transposed linear weights and conv filters in another axis order, when
 that is the implementation's convention (most tensors of the kind), and fused q/k/v
 (`blocks.N.attn.qkv.weight`, [3C, C], split into query, key, value). What is left is reported by name:
@@ -35,6 +36,8 @@ class TensorCheck:
     status: str  # ok, missing, transposed, scaled, substituted, different, shape, unexpected
     layout: str  # how B stores it: "as is", "transposed", "permuted (2, 1, 0)", "from fused qkv", ...
     detail: str
+    b_name: str = ""  # B's own name for it, when B's names were matched to A's by value (or shape and name)
+    matched_by: str = "name"  # name (B uses A's names, or rules map them), value, or shape (and name)
 
 
 def load_weights(spec: str | Path) -> tuple[dict[str, np.ndarray], str]:
@@ -76,17 +79,48 @@ def load_weights(spec: str | Path) -> tuple[dict[str, np.ndarray], str]:
 
 
 def _canonical(name: str, rules) -> str:
-    name = rename(name, rules) if rules else name
+    """A's name for B's tensor `name`: rules apply to the name as the messages print it (with `encoder.`
+    in front when B's has none), else to B's own name."""
+    printed = name if name.startswith(("encoder.", "decoder.")) else f"encoder.{name}"
+    if rules:
+        renamed = rename(printed, rules)
+        if renamed == printed:
+            renamed = rename(name, rules)
+        name = renamed
     return name if name.startswith(("encoder.", "decoder.")) else f"encoder.{name}"
+
+
+def match_names(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict]:
+    """B's tensors under A's names, matched by the numbers they hold (a permuted or fused tensor holds the
+    same numbers), then by shape and name for what no value matches (a scaled or substituted tensor):
+    (B renamed, {A's name: (B's name, "value" | "shape")}). B's tensors nothing matches keep their names."""
+    from whisperdiff.mapping.weightmap import propose
+
+    m = propose(b, a, encoder_only=False)
+    out, how = {}, {}
+    for match in m.matches:
+        value = np.asarray(b[match.port])
+        if match.part is not None:  # one of a fused q/k/v
+            index, n, axis = match.part
+            value = np.split(value, n, axis=axis)[index]
+        out[match.reference] = value
+        how[match.reference] = (match.port, match.basis)
+    for name in m.unmatched_port:
+        out[name] = b[name]
+    return out, how
 
 
 def compare_weights(
     a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, rules=None, encoder_only: bool = True
 ) -> list[TensorCheck]:
-    """Per reference tensor, what B holds for it (see the module docstring). Worst first."""
+    """Per reference tensor, what B holds for it (see the module docstring). Worst first. When most of B's
+    names are none of A's (after the rules), B's tensors are matched to A's by value first (match_names)."""
     b = {_canonical(k, rules): np.asarray(v, np.float32) for k, v in b.items()}
     b = _split_fused(b)
     a = {k: np.asarray(v, np.float32) for k, v in a.items() if not encoder_only or k.startswith("encoder.")}
+    how: dict = {}
+    if sum(k in a for k in b) < len(b) / 2:  # B speaks another naming: its numbers say which is which
+        b, how = match_names(a, {k.removeprefix("encoder."): v for k, v in b.items()})
     candidates = {name: _layouts(ref, b[name]) for name, ref in a.items() if name in b}
     # The implementation's convention per kind of tensor: the layout most tensors of that kind match
     # in, counting only tensors whose shape leaves one reading (not square matrices, not in == out convs).
@@ -133,6 +167,9 @@ def compare_weights(
         if status != "ok" and square and _values(ref, value.T)[0] == "ok":
             status, detail = "transposed", f"a square matrix stored the other way round from the other {kind} tensors"
         checks.append(TensorCheck(name, status, layout, detail))
+    for c in checks:
+        if c.name in how:
+            c.b_name, c.matched_by = how[c.name]
     for name in sorted(set(b) - set(a)):
         if not encoder_only or name.startswith("encoder."):
             checks.append(TensorCheck(name, "unexpected", "", "in B, not a tensor of the reference (see --rename)"))

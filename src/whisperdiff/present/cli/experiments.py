@@ -194,8 +194,18 @@ def weights_command(
         print_json({"a": source_a, "b": source_b, "tensors": [c.__dict__ for c in checks]})
     else:
         out.print(f"A {escape_markup(source_a)}\nB {escape_markup(source_b)}", highlight=False)
+        by = Counter(c.matched_by for c in checks if c.b_name)
+        if by:
+            out.print(
+                f"[dim]B's names are not A's: {by.get('value', 0)} tensors matched to A's by value, "
+                f"{by.get('shape', 0)} by shape and name (B's name in brackets)[/]",
+                highlight=False,
+            )
         for c in bad:
-            out.print(f"[red]{c.status:11}[/] {escape_markup(c.name)}: {escape_markup(c.detail)}", highlight=False)
+            theirs = escape_markup(f" [{c.b_name}, matched by {c.matched_by}]") if c.b_name else ""
+            out.print(
+                f"[red]{c.status:11}[/] {escape_markup(c.name)}{theirs}: {escape_markup(c.detail)}", highlight=False
+            )
         layouts = Counter(c.layout for c in checks if c.status == "ok" and c.layout not in ("", "as is"))
         for layout, n in layouts.items():
             out.print(f"[dim]{n} tensors matched after undoing a known layout change: {layout}[/]", highlight=False)
