@@ -149,7 +149,7 @@ def trace_fixed(
         model=model,
         impl="max.pipelines WhisperEncoder (fixed copy)",
         reference=ref,
-        saved=saved["ops"] if saved else None,
+        saved=saved,  # the whole map: its [graph] is checked against this capture too
         map_path=map_path or f"{out}.map.toml",
         info={"plant": plant, "source": "examples/max_whisper_encoder_fixed.py"},
         weights=wmap.rules(),

@@ -211,3 +211,31 @@ def test_a_max_port_whose_graph_scales_its_output_fails_check(small_random, tmp_
     assert c.first_divergence == "ln_post" and kinds_at(c) == {"ln_post": "scale_mismatch"}
     result = wd.check(reference, tmp_path / "port", wd.load_tolerances("float32"))
     assert not result.passed
+
+
+def test_a_saved_map_used_on_another_graph_says_which_entries_no_longer_fit(hf_port, tiny_en, default_trace, tmp_path):
+    from whisperdiff.mapping.maps import read_map
+
+    cap = wd.mark_all(hf_port, dims=tiny_en.dims)
+    run = lambda mel: hf_port(torch.from_numpy(mel))  # noqa: E731
+    trace_captured(
+        tmp_path / "clean", cap, run, model=tiny_en, impl="hf", reference=default_trace, map_path=tmp_path / "m.toml"
+    )
+    saved = read_map(tmp_path / "m.toml")
+    assert saved["graph"]["values"] == len(cap.values) and len(saved["graph"]["fingerprint"]) == 16
+    port = fresh(hf_port, tiny_en)
+    port.layer_norm = torch.nn.Identity()  # another graph: the final layer norm is gone
+    amap = trace_captured(
+        tmp_path / "edited",
+        wd.mark_all(port, dims=tiny_en.dims),
+        lambda mel: port(torch.from_numpy(mel)),
+        model=tiny_en,
+        impl="hf",
+        reference=default_trace,
+        saved=saved,
+    )
+    assert amap.notes[0].startswith("map: made from another graph") and "1 do not fit" in amap.notes[0]
+    assert "map: ln_post = 'layer_norm' names no value of this capture; aligned without the map" in amap.notes
+    assert sum(m.basis == "map" for m in amap.matches) == len(amap.matches) - 1  # every other entry still fits
+    c = wd.compare(default_trace, tmp_path / "edited")
+    assert any(w.startswith("alignment: map: made from another graph") for w in c.warnings)

@@ -2,7 +2,7 @@
 
     amap = automap(cap.values, values, reference=torch_trace, dims=model.dims)   # values: {key: array}
     amap.write("my-port.map.toml")          # [ops] of the one map file (maps.py): read it, edit it, reuse it
-    amap = automap(..., saved=read_map("my-port.map.toml")["ops"])              # a now-broken port still aligns
+    amap = automap(..., saved=read_map("my-port.map.toml"))    # a now-broken port still aligns; misfits are said
 
 Each canonical op (in encoder order) is looked for among the captured values made after the previous
 op's match (q, k and v in any order), whose shape is the op's under a known layout ([B,T,C] for
@@ -19,6 +19,7 @@ The confidence says which one decided. Canonical ops nothing fits are listed as 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field, replace
 
@@ -53,6 +54,7 @@ class AutoMap:
     n_captured: int
     views: dict = field(default_factory=dict, repr=False)  # name -> function viewing the value canonically
     notes: list[str] = field(default_factory=list)  # where structure overrode or filled a match (dataflow.py)
+    graph: dict = field(default_factory=dict)  # the capture it was made from: values, fingerprint
 
     @property
     def by_name(self) -> dict[str, OpMatch]:
@@ -67,7 +69,7 @@ class AutoMap:
             for m in self.matches
             if m.basis != "value" and "*" not in m.name
         }
-        sections = {"ops": self.rules(), **({"weights": weights} if weights else {})}
+        sections = {"ops": self.rules(), **({"weights": weights} if weights else {}), "graph": self.graph}
         return write_map(path, sections, notes)
 
     def canonical_values(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -135,10 +137,34 @@ def automap(
     saved: dict | None = None,
     ops: list[str] | None = None,
 ) -> AutoMap:
-    """Align captured values (graph_capture.Captured, in graph order) to canonical ops (module docstring).
+    """Align captured values (Captured, in graph order) to canonical ops (module docstring).
 
     values: the captured values' numbers by key (None: shapes and structure only). reference: a Trace or
-    {op: array} with the canonical values. dims: the model's dims (default: the reference's)."""
+    {op: array} with the canonical values. dims: the model's dims (default: the reference's). saved: the
+    [ops] of a saved map, or the whole read_map() result (then its [graph] is checked against this
+    capture too). Entries of a saved map that do not fit this capture are said in `notes`."""
+    saved_graph = None
+    if isinstance(saved, dict) and isinstance(saved.get("ops"), dict):
+        saved, saved_graph = saved["ops"], saved.get("graph") or None
+    return _automap(captured, values, reference=reference, dims=dims, saved=saved, ops=ops, saved_graph=saved_graph)
+
+
+def fingerprint(captured) -> dict:
+    """What identifies a capture's graph: how many values, and a digest of its ops and shapes in order."""
+    text = "\n".join(f"{c.op}:{list(c.shape)}" for c in captured)
+    return {"values": len(captured), "fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
+def _automap(
+    captured,
+    values: dict[str, np.ndarray] | None = None,
+    *,
+    reference=None,
+    dims=None,
+    saved: dict | None = None,
+    ops: list[str] | None = None,
+    saved_graph: dict | None = None,
+) -> AutoMap:
     if dims is None:
         dims = reference.model_dims if hasattr(reference, "model_dims") else None
     if dims is None:
@@ -157,6 +183,7 @@ def automap(
     by_key = {c.key: c for c in cands}
     saved_keys = expand(saved or {}, [s.name for s in specs])
     matches, unmatched, views, anchor, used = [], [], {}, -1, set()
+    map_misses: list[str] = []
     qkv_anchor = None
 
     def ref_value(name):
@@ -177,6 +204,9 @@ def automap(
         key = saved_keys.get(spec.name)
         if key is not None and key in by_key and layout_view(spec.shape, by_key[key].shape) is not None:
             match = (by_key[key], "map", 1.0, None)
+        elif key is not None:  # the map no longer fits this graph here: said, and aligned otherwise
+            why = "names no value of this capture" if key not in by_key else f"has shape {list(by_key[key].shape)}"
+            map_misses.append(f"map: {spec.name} = {key!r} {why}; aligned without the map")
         ref = ref_value(spec.name) if match is None and values is not None else None
         if match is None and ref is not None and pool:
             scored = []
@@ -222,9 +252,16 @@ def automap(
             anchor = max(anchor, c.index)
         else:
             anchor = c.index
-    amap = AutoMap(matches, unmatched, len(cands), views)
+    amap = AutoMap(matches, unmatched, len(cands), views, graph=fingerprint(captured))
+    if saved_graph and saved_graph.get("fingerprint") not in (None, amap.graph["fingerprint"]):
+        map_misses.insert(
+            0,
+            f"map: made from another graph ({saved_graph.get('values')} values, fingerprint "
+            f"{saved_graph.get('fingerprint')}; this one {amap.graph['values']}, {amap.graph['fingerprint']}): "
+            f"each entry was checked; {len(map_misses)} do not fit",
+        )
     known = {c.index: c for c in captured} | {c.index: c for c in cands}  # cands: the shapes they ran with
-    amap.notes = confirm_by_dataflow(amap, list(known.values()), values, specs, reference)
+    amap.notes = map_misses + confirm_by_dataflow(amap, list(known.values()), values, specs, reference)
     return amap
 
 

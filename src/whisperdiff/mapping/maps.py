@@ -8,6 +8,9 @@
     [weights]
     "encoder.blocks.*.attn.query.weight" = "layers.*.attention.wq.weight"
     "encoder.conv1.weight" = { name = "conv1.weight", layout = "permuted (2, 1, 0)" }
+    [graph]
+    values = 344                # the capture the map was made from: a map used on another graph says
+    fingerprint = "9c1e0a..."   # so, and which of its entries no longer fit
 
 `*` means one segment between dots in every place whisperdiff reads a pattern (capture's output
 selection, this file, weight maps); the n-th `*` on the left is the n-th on the right. Written by
@@ -119,7 +122,7 @@ def read_map(path: str | Path) -> dict[str, dict[str, object]]:
         raise WhisperdiffError(f"map {path} not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise WhisperdiffError(f"map {path} is not valid TOML: {e}") from None
-    for section in ("ops", "weights"):
+    for section in ("ops", "weights", "graph"):
         if not isinstance(data.get(section, {}), dict):
             raise WhisperdiffError(f"map {path}: [{section}] must be a table of name = port name")
-    return {"ops": data.get("ops", {}), "weights": data.get("weights", {})}
+    return {"ops": data.get("ops", {}), "weights": data.get("weights", {}), "graph": data.get("graph", {})}
