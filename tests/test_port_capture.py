@@ -239,3 +239,25 @@ def test_a_saved_map_used_on_another_graph_says_which_entries_no_longer_fit(hf_p
     assert sum(m.basis == "map" for m in amap.matches) == len(amap.matches) - 1  # every other entry still fits
     c = wd.compare(default_trace, tmp_path / "edited")
     assert any(w.startswith("alignment: map: made from another graph") for w in c.warnings)
+
+
+def test_patching_a_captured_torch_port_finds_the_op_that_causes_its_error(hf_port, tiny_en, default_trace, tmp_path):
+    """Activation patching for a port whisperdiff did not write: the captured forward re-run with one
+    aligned value replaced by the reference's; the earliest op whose patch restores the output is the cause."""
+    from whisperdiff.capture.torch_capture import CapturedTorchRunner
+
+    port = fresh(hf_port, tiny_en)
+    d_head = tiny_en.dims.n_audio_state // tiny_en.dims.n_audio_head
+
+    def zero_head(module, args):
+        x = args[0].clone()
+        x[..., d_head : 2 * d_head] = 0
+        return (x,)
+
+    port.layers[1].self_attn.out_proj.register_forward_pre_hook(zero_head)
+    cap = wd.mark_all(port, dims=tiny_en.dims)
+    run = lambda mel: port(torch.from_numpy(mel))  # noqa: E731
+    amap = trace_captured(tmp_path / "head", cap, run, model=tiny_en, impl="hf", reference=default_trace)
+    p = wd.patch(default_trace, tmp_path / "head", runner=CapturedTorchRunner(cap, run, amap), transcribe=False)
+    assert p.unpatched_rel_l2 > 0.01 and p.cause == "blocks.1.attn.wv", [(r.op, r.restored) for r in p.results]
+    assert p.result("blocks.1.attn.v").restored < 0.5 and p.result("blocks.1.out").restored > 0.99

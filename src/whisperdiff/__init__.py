@@ -48,6 +48,8 @@ _API = {
     "mark_all": "whisperdiff.capture.graph_capture",  # (not "capture": that is the subpackage's name)
     "trace_captured": "whisperdiff.capture.graph_capture",
     "preflight": "whisperdiff.capture.preflight",
+    "CapturedTorchRunner": "whisperdiff.capture.torch_capture",
+    "patch": "whisperdiff.experiments.patch",
     "automap": "whisperdiff.mapping.automap",
     "Tracer": "whisperdiff.capture.tracer",
     "LoadedModel": "whisperdiff.inputs.models",

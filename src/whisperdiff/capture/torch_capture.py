@@ -94,6 +94,8 @@ class TorchCapture:
         self._by_id: dict[int, tuple[object, Captured]] = {}  # id(tensor) -> (tensor, its Captured)
         self._counts: dict[tuple[str, str], int] = {}
         self._stack: list[str] = []
+        self._replace: dict = {}
+        self._patched_keys: list[str] = []
         self._aliases: list = []
         self._tensor_of: dict[int, object] = {}  # Captured.index -> the tensor that holds its numbers
         self._shapes = None
@@ -192,6 +194,23 @@ class TorchCapture:
             self._by_id[id(r)] = (r, c)
             self._tensor_of[c.index] = r
 
+    def _patched(self, result):
+        """The value to hand on: the patch's, when `result` is the value being patched (activation patching)."""
+        import torch
+
+        if self._replace and isinstance(result, torch.Tensor):
+            entry = self._by_id.get(id(result))
+            if entry is not None and entry[0] is result and entry[1].key in self._replace:
+                return self._replace_with(entry[1].key, result)
+        return result
+
+    def _replace_with(self, key: str, like):
+        import torch
+
+        value = torch.as_tensor(self._replace.pop(key), dtype=like.dtype, device=like.device).reshape(like.shape)
+        self._patched_keys.append(key)
+        return value
+
     def _pre_hook(self, module, args):
         path = self.paths.get(id(module))
         if path is None:
@@ -214,6 +233,10 @@ class TorchCapture:
             entry[1].outputs_of.append(path)
             if len(entry[1].outputs_of) == 1:  # hooks run innermost first: the innermost module names it
                 entry[1].key = path
+            if path in self._replace:  # a module's output being patched: the hook's return value replaces it
+                value = self._replace_with(path, first)
+                return value if not isinstance(output, tuple | list) else type(output)((value, *output[1:]))
+        return None
 
     def _start(self) -> None:
         import torch
@@ -226,7 +249,12 @@ class TorchCapture:
                 me._before(func, args)
                 result = func(*args, **(kwargs or {}))
                 me._record(func, args, kwargs, result)
-                return result
+                if _in_place(func) and args:  # x[i] = v, x += y: the new value lives in x itself
+                    replaced = me._patched(args[0])
+                    if replaced is not args[0]:
+                        args[0].copy_(replaced)
+                    return result
+                return me._patched(result)
 
         self._reset()
         self._hooks = (
@@ -248,11 +276,13 @@ class TorchCapture:
                 "(is this a torch port? for a MAX graph, mark_all the build instead)"
             )
 
-    def run(self, execute, mel):
-        """Run execute(mel) (the port's forward) with recording on; returns what it returned."""
+    def run(self, execute, mel, replace: dict | None = None):
+        """Run execute(mel) (the port's forward) with recording on; returns what it returned.
+        replace: {captured key: array in the port's layout} handed on in place of those values (patching)."""
         import torch
 
         self._start()
+        self._replace, self._patched_keys = dict(replace or {}), []
         try:
             with torch.no_grad():
                 result = execute(mel)
@@ -306,3 +336,47 @@ class TorchCapture:
 
     def table(self) -> list[dict]:
         return [c.describe() for c in self.values]
+
+
+def to_port_layout(value: np.ndarray, view, port_shape: tuple) -> np.ndarray:
+    """Invert a canonical view (mapping/align.layout_view's function): the canonical `value` laid out as
+    the port holds it. Any permutation or reshape view inverts the same way: view the port's flat indices."""
+    index = np.asarray(view(np.arange(int(np.prod(port_shape))).reshape(port_shape)))
+    out = np.empty(int(np.prod(port_shape)), np.float32)
+    out[index.ravel()] = np.asarray(value, np.float32).ravel()
+    return out.reshape(port_shape)
+
+
+class CapturedTorchRunner:
+    """A captured torch port as an encoder runner (runner.py's interface), so experiments/patch.py can
+    re-run it with one canonical op's value replaced by the reference's: activation patching for a port
+    whisperdiff did not write. Built from what trace_captured used and returned:
+
+        runner = CapturedTorchRunner(cap, lambda mel: port(torch.from_numpy(mel)), amap)
+        wd.patch(reference, "traces/my-port", runner=runner).cause
+    """
+
+    takes_faults = False
+
+    def __init__(self, cap: TorchCapture, execute, amap, impl: str = "captured torch port"):
+        self.cap, self.execute, self.amap, self.impl = cap, execute, amap, impl
+        # the port's output is what patching measures; every other aligned op can be patched
+        self.patch_points = [m.name for m in amap.matches if m.basis != "output"]
+
+    def facts(self) -> dict:
+        return {"device": "cpu", "dtype": "float32", "encoder": f"{self.impl} (captured, re-run for patching)"}
+
+    def run(self, mel: np.ndarray, record, patch=None) -> dict:
+        replace = None
+        if patch is not None:
+            op, value = patch
+            m = self.amap.by_name.get(op)
+            if m is None or op not in self.patch_points:
+                raise WhisperdiffError(f"{op} cannot be patched in this port: no captured value is aligned to it")
+            replace = {m.key: to_port_layout(value, self.amap.views[op], m.shape)}
+        result = self.cap.run(self.execute, np.ascontiguousarray(mel, np.float32), replace=replace)
+        if replace and self.cap._replace:  # the value was never computed in this run: patching did nothing
+            raise WhisperdiffError(f"patching {patch[0]}: the port never computed {next(iter(replace))} in this run")
+        out = self.cap.output(result)
+        record("ln_post", np.ascontiguousarray(self.amap.views["ln_post"](out)))
+        return {}

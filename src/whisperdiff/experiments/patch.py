@@ -122,10 +122,13 @@ def patch(
     on_op: Callable[[str], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     on_status: Callable[[str], None] | None = None,
+    runner=None,
 ) -> Patching:
     """Patch B's implementation with A's activations, one op at a time (ops: a glob, default: see default_points).
 
     impl: what re-runs B (default: B's impl when it is torch or max; any other must be named here).
+    runner: an encoder runner that re-runs B itself, given by the caller (a captured port:
+    capture/torch_capture.CapturedTorchRunner); then impl and B's injected faults are not used.
     Progress, as compare and trace report it: on_total(n patch points), on_status(text) while one runs,
     on_op(op) after each."""
     ta = a if isinstance(a, Trace) else load_trace(a)
@@ -136,7 +139,9 @@ def patch(
     if not c.comparable:
         raise WhisperdiffError(f"cannot patch: the traces are not comparable ({c.comparability.summary})")
     mb = tb.manifest
-    impl, notes = rerun_impl(mb.get("impl"), impl)
+    impl, notes = (
+        (getattr(runner, "impl", "the caller's runner"), []) if runner is not None else rerun_impl(mb.get("impl"), impl)
+    )
     if "mel" not in tb:
         raise WhisperdiffError(f"cannot re-run B: {tb.path} has no mel op (its encoder input); re-trace B")
     b_mel = np.array(tb["mel"], np.float32)  # B's own input, read from the trace and checked against its digest
@@ -150,14 +155,16 @@ def patch(
         raise WhisperdiffError(f"cannot re-run B: no loadable model with its weights ({reasons[-1]}); pass --model")
     injected = [f["name"] for f in mb.get("injected") or []]
     session = Session(
-        impl,
+        impl if runner is None else "torch",  # (with the caller's runner: only its decoder is used)
         model=loaded,
         device=device,
         dtype=mb.get("dtype", "float32"),
         taps="output",
-        inject=[name for name in injected if _encoder_side(name)],
-        patchable=True,
+        inject=[name for name in injected if _encoder_side(name)] if runner is None else [],
+        patchable=runner is None,
     )
+    if runner is not None:
+        session.runner = runner
 
     reference = np.asarray(ta["ln_post"], np.float64)
     available = set(session.runner.patch_points) | {"mel"}
