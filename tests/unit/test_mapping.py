@@ -138,7 +138,7 @@ def test_write_map_reads_back(tmp_path):
     text = path.read_text()
     assert text.startswith("# whisperdiff map.")
     assert '"conv1" = "c\\\\1"  # checked by hand' in text
-    assert read_map(path) == sections
+    assert read_map(path) == {**sections, "graph": {}}
 
 
 def test_read_map_errors(tmp_path):
@@ -151,4 +151,4 @@ def test_read_map_errors(tmp_path):
     with pytest.raises(WhisperdiffError, match="\\[ops\\] must be a table"):
         read_map(tmp_path / "flat.toml")
     (tmp_path / "empty.toml").write_text("")
-    assert read_map(tmp_path / "empty.toml") == {"ops": {}, "weights": {}}
+    assert read_map(tmp_path / "empty.toml") == {"ops": {}, "weights": {}, "graph": {}}

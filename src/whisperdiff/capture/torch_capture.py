@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 
 import numpy as np
 
@@ -91,12 +92,13 @@ class TorchCapture:
         self.values: list[Captured] = []
         self.output_key: str | None = None
         self._arrays: dict[str, object] = {}  # key -> the tensor (numbers read once the run is over)
-        self._by_id: dict[int, tuple[object, Captured]] = {}  # id(tensor) -> (tensor, its Captured)
+        # id(tensor) -> (weak reference to it, its Captured): a freed tensor's id may be reused, the weak
+        # reference says so; only values worth comparing are held (in _tensor_of), so memory stays small
+        self._by_id: dict[int, tuple[weakref.ref, Captured]] = {}
         self._counts: dict[tuple[str, str], int] = {}
         self._stack: list[str] = []
         self._replace: dict = {}
         self._patched_keys: list[str] = []
-        self._aliases: list = []
         self._tensor_of: dict[int, object] = {}  # Captured.index -> the tensor that holds its numbers
         self._shapes = None
         if self._dims is not None:
@@ -117,6 +119,11 @@ class TorchCapture:
             frame = frame.f_back
         return ""
 
+    def _entry(self, t) -> Captured | None:
+        """The Captured that tensor `t` holds (or views), if `t` is one this run made."""
+        entry = self._by_id.get(id(t))
+        return entry[1] if entry is not None and entry[0]() is t else None
+
     def _keep_numbers(self, shape: tuple) -> bool:
         if self._shapes is None:
             return True
@@ -128,10 +135,10 @@ class TorchCapture:
         """An in-place op (`x += y`, `x.mul_(c)`) is about to overwrite a recorded value: keep a copy of it."""
         if not _in_place(func) or not args:
             return
-        entry = self._by_id.get(id(args[0]))
-        held = self._tensor_of.get(entry[1].index) if entry is not None and entry[0] is args[0] else None
+        known = self._entry(args[0])
+        held = self._tensor_of.get(known.index) if known is not None else None
         if held is not None and _storage(held) == _storage(args[0]):  # (through a view too)
-            self._tensor_of[entry[1].index] = held.detach().clone()  # the in-place op then records anew
+            self._tensor_of[known.index] = held.detach().clone()  # the in-place op then records anew
 
     def _record(self, func, args, kwargs, result) -> None:
         import torch
@@ -144,17 +151,15 @@ class TorchCapture:
             return
         operands = _tensors(list(args) + list((kwargs or {}).values()))
         if name in _IDENTITIES:  # a copy of its input: the same value, read through
-            source = self._by_id.get(id(operands[0])) if operands else None
+            source = self._entry(operands[0]) if operands else None
             if source is not None and isinstance(result, torch.Tensor) and result is not operands[0]:
-                self._aliases.append(result)
-                self._by_id[id(result)] = (result, source[1])
+                self._by_id[id(result)] = (weakref.ref(result), source)
             return
         shared = {_storage(t) for t in operands} - {None}
         module = self._stack[-1] if self._stack else ""
         reads, weights, others = [], [], 0
         for t in operands:
-            entry = self._by_id.get(id(t))
-            known = entry[1] if entry is not None and entry[0] is t else None
+            known = self._entry(t)
             if isinstance(t, torch.nn.Parameter) or _storage(t) in self.weight_storage or (known and known.weight_only):
                 if t.is_floating_point():
                     weights.append(tuple(t.shape))
@@ -166,13 +171,12 @@ class TorchCapture:
         for r in results:
             if not isinstance(r, torch.Tensor) or not r.is_floating_point():
                 continue
-            if id(r) in self._by_id and not _in_place(func):
+            if self._entry(r) is not None and not _in_place(func):
                 continue
             if _storage(r) in shared and not _in_place(func):  # a view or identity of an operand: read through
-                source = next((self._by_id.get(id(t)) for t in operands if _storage(t) == _storage(r)), None)
-                if source is not None and source[0] is not None:
-                    self._aliases.append(r)  # kept alive, so its id is not reused while recording
-                    self._by_id[id(r)] = (r, source[1])
+                source = next((self._entry(t) for t in operands if _storage(t) == _storage(r)), None)
+                if source is not None:
+                    self._by_id[id(r)] = (weakref.ref(r), source)
                 continue
             n = self._counts.get((module, name), 0)
             self._counts[(module, name)] = n + 1
@@ -191,17 +195,18 @@ class TorchCapture:
                 weight_only=bool(weights) and not others,
             )
             self.values.append(c)
-            self._by_id[id(r)] = (r, c)
-            self._tensor_of[c.index] = r
+            self._by_id[id(r)] = (weakref.ref(r), c)
+            if c.static and self._keep_numbers(c.shape):
+                self._tensor_of[c.index] = r
 
     def _patched(self, result):
         """The value to hand on: the patch's, when `result` is the value being patched (activation patching)."""
         import torch
 
         if self._replace and isinstance(result, torch.Tensor):
-            entry = self._by_id.get(id(result))
-            if entry is not None and entry[0] is result and entry[1].key in self._replace:
-                return self._replace_with(entry[1].key, result)
+            known = self._entry(result)
+            if known is not None and known.key in self._replace:
+                return self._replace_with(known.key, result)
         return result
 
     def _replace_with(self, key: str, like):
@@ -217,9 +222,9 @@ class TorchCapture:
             return
         self._stack.append(path)
         for t in _tensors(args):
-            entry = self._by_id.get(id(t))
-            if entry is not None and entry[0] is t and path:
-                entry[1].inputs_of.append(path)
+            known = self._entry(t)
+            if known is not None and path:
+                known.inputs_of.append(path)
 
     def _post_hook(self, module, args, output):
         path = self.paths.get(id(module))
@@ -228,11 +233,11 @@ class TorchCapture:
         if self._stack and self._stack[-1] == path:
             self._stack.pop()
         first = output if not isinstance(output, tuple | list) else (output[0] if output else None)
-        entry = self._by_id.get(id(first))
-        if entry is not None and entry[0] is first and path:
-            entry[1].outputs_of.append(path)
-            if len(entry[1].outputs_of) == 1:  # hooks run innermost first: the innermost module names it
-                entry[1].key = path
+        known = self._entry(first)
+        if known is not None and path:
+            known.outputs_of.append(path)
+            if len(known.outputs_of) == 1:  # hooks run innermost first: the innermost module names it
+                known.key = path
             if path in self._replace:  # a module's output being patched: the hook's return value replaces it
                 value = self._replace_with(path, first)
                 return value if not isinstance(output, tuple | list) else type(output)((value, *output[1:]))
@@ -290,8 +295,8 @@ class TorchCapture:
             self._stop()
         self._check_recorded()
         self._output = self._first_tensor(result)
-        entry = self._by_id.get(id(self._output))
-        self.output_key = entry[1].key if entry is not None and entry[0] is self._output else None
+        known = self._entry(self._output)
+        self.output_key = known.key if known is not None else None
         return result
 
     def __enter__(self) -> TorchCapture:
@@ -330,7 +335,7 @@ class TorchCapture:
         """{key: numbers} of every recorded value worth comparing (float32)."""
         values = {}
         for c in self.values:
-            if c.static and self._keep_numbers(c.shape):
+            if c.index in self._tensor_of:
                 values[c.key] = self._tensor_of[c.index].detach().float().cpu().numpy()
         return values
 
