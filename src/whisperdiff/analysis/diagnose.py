@@ -34,6 +34,7 @@ KINDS = {
     "attention_mask": "a mask in the (unmasked) encoder attention: causal, padding",
     "attention_scale": "attention scores scaled wrongly (factor solved from the data)",
     "head_split": "heads split or merged in the wrong order",
+    "head_missing": "one attention head contributes nothing (its output zeroed or dropped)",
     "conv_padding": "conv padding wrong: one side only, none, too much",
     "conv_stride": "conv stride wrong",
     "conv_kernel": "a convolution uses the wrong kernel taps (centre only, flipped, missing)",

@@ -1,5 +1,6 @@
 """Hypotheses for attention (its weights and its output): another score scale (solved from the data), the
-softmax over the wrong axis, a causal or padding mask, q and k swapped, heads split or merged in the wrong order.
+softmax over the wrong axis, a causal or padding mask, q and k swapped, heads split or merged in the wrong order,
+one head's output lost.
 
 Each hypothesis function takes (replayer, recipe, inputs, candidate output, replayed output, context, add) and
 calls add(kind, explanation, what the op would output under that hypothesis, **extra) for each.
@@ -76,6 +77,17 @@ def attention_hypotheses(rp, recipe, xs, out, e, ctx, add):
                 run(split=split, merge=merge),
             )
         add("missing_op", "attention returns v unchanged", v)
+        # one head's output lost (zeroed, or left out of the merge): the others are right
+        n_head = e.shape[-1] // rp.d_head
+        for h in range(n_head):
+            dropped = e.clone()
+            dropped[..., h * rp.d_head : (h + 1) * rp.d_head] = 0
+            add(
+                "head_missing",
+                f"head {h} of {n_head} contributes nothing (its output zeroed or dropped)",
+                dropped,
+                head=h,
+            )
 
 
 def solve_scale(rp, q, k, p) -> float | None:

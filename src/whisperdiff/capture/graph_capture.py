@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -120,6 +121,7 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         self.error: BaseException | None = None  # what the build raised, if it did
         self.calls: list[tuple[str, object, tuple, object]] = []  # (module path, layer, args, outputs)
         self.output_keys: list[str | None] = []  # what the code itself passed to graph.output, by key
+        self._inputs_of_graph: dict[int, set] = {}
 
     # --- recording --------------------------------------------------------------------------------
     def _where(self) -> tuple[str, str]:
@@ -136,7 +138,22 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
             frame = frame.f_back
         return module or "", where
 
-    def _record(self, op, args, kwargs, results):
+    def _weight_inputs(self, graph) -> set:
+        """A graph's inputs after the first: a Whisper encoder takes one activation (the mel), so a graph
+        that takes more is being fed its weights (a port that passes weights as graph inputs)."""
+        if graph is None:
+            return set()
+        if id(graph) not in self._inputs_of_graph:
+            keys = set()
+            try:
+                for v in list(graph.inputs)[1:]:
+                    keys.add(getattr(getattr(v, "tensor", v), "_mlir_value", None))
+            except Exception:  # noqa: BLE001 - a graph whose inputs are not tensors: none is a weight
+                keys = set()
+            self._inputs_of_graph[id(graph)] = keys - {None}
+        return self._inputs_of_graph[id(graph)]
+
+    def _record(self, op, args, kwargs, results, graph=None):
         if not self._recording:
             return
         from max.graph import TensorValue
@@ -150,12 +167,19 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         reads = list(dict.fromkeys(c.index for _, c in seen if c is not None and not c.weight_only))
         # weights: Weight objects, and values made from weights and constants alone (a transposed filter);
         # float ones with an axis longer than 1 only (a scalar epsilon or scale is no weight of the model)
-        weights = [shape_of(a) for a, _ in seen if isinstance(a, Weight)]
+        fed = self._weight_inputs(graph)
+        weights = [shape_of(a) for a, _ in seen if isinstance(a, Weight) or (_key(a) is not None and _key(a) in fed)]
         weights += [c.shape for _, c in seen if c is not None and c.weight_only and c.dtype.startswith(("float", "bf"))]
         weight_rank = max((rank(s) for s in weights), default=0)
         # an activation operand: any tensor that is no weight (a graph input such as the mel is one too)
         others = [
-            a for a, c in seen if isinstance(a, TensorValue) and not isinstance(a, Weight) and not (c and c.weight_only)
+            a
+            for a, c in seen
+            if isinstance(a, TensorValue)
+            and not isinstance(a, Weight)
+            and not (c and c.weight_only)
+            and _key(a) not in fed
+            and str(a.dtype).removeprefix("DType.").startswith(("float", "bf"))  # (not indices or masks)
         ]
         weight_only = not others and (name.startswith("constant") or name == "weight" or bool(weights))
         for result in results:
@@ -219,7 +243,7 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
             except Exception:
                 me._failed(op_type, args, kwargs)
                 raise
-            me._record(op_type, args, kwargs, results)
+            me._record(op_type, args, kwargs, results, graph)
             return results
 
         def _add_op_get_op_with_results(graph, op, *args, **kwargs):
@@ -228,7 +252,7 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
             except Exception:
                 me._failed(op, args, kwargs)
                 raise
-            me._record(op, args, kwargs, results)
+            me._record(op, args, kwargs, results, graph)
             return results, staged
 
         output = Graph.output
@@ -404,8 +428,23 @@ def _run_port(cap, execute, mel) -> tuple[np.ndarray, str | None, dict[str, np.n
     if hasattr(cap, "run"):  # a torch capture records while the port runs
         result = cap.run(execute, mel)
         return cap.output(result), cap.output_key, cap.named()
-    results = list(execute(mel))
     chosen = getattr(cap, "chosen", None) or []
+    with _executions() as seen:  # a port that runs its own compiled model may return its output only
+        returned = execute(mel)
+    results = list(returned) if isinstance(returned, list | tuple) else None
+    if results is None or len(results) < len(chosen):
+        full = next((r for r in reversed(seen) if len(r) > len(chosen)), None)
+        if full is None:
+            raise WhisperdiffError(
+                f"the port returned {type(returned).__name__} and ran no compiled model with the {len(chosen)} chosen "
+                "values among its outputs: compile the graph mark_all built, and return what it executes"
+            )
+        own = returned if results is None else results[0]  # what the port itself returns is its output
+        return (
+            np.asarray(_numpy(own), np.float32),
+            cap.output_keys[0] if cap.output_keys else None,
+            cap.named(full if cap._select is not None else full[len(full) - len(chosen) :]),
+        )
     n_own = cap.n_outputs if cap.n_outputs is not None else len(results) - len(chosen)
     if n_own < 1 or not cap.output_keys:
         raise WhisperdiffError(
@@ -414,6 +453,31 @@ def _run_port(cap, execute, mel) -> tuple[np.ndarray, str | None, dict[str, np.n
         )
     values = cap.named(results if cap._select is not None else results[n_own:])
     return np.asarray(_numpy(results[0]), np.float32), cap.output_keys[0], values
+
+
+@contextmanager
+def _executions():
+    """Every compiled MAX model's results while the block runs (max.engine.Model.execute and calls)."""
+    from max.engine import Model
+
+    seen: list[list] = []
+    execute, call = Model.execute, Model.__call__
+
+    def recording_execute(self, *args, **kwargs):
+        results = execute(self, *args, **kwargs)
+        seen.append(list(results))
+        return results
+
+    def recording_call(self, *args, **kwargs):
+        results = call(self, *args, **kwargs)
+        seen.append(list(results) if isinstance(results, list | tuple) else [results])
+        return results
+
+    Model.execute, Model.__call__ = recording_execute, recording_call
+    try:
+        yield seen
+    finally:
+        Model.execute, Model.__call__ = execute, call
 
 
 def _bind_output(amap, cap, own: np.ndarray, own_key: str | None, values: dict, dims) -> dict:

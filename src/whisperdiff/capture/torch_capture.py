@@ -155,7 +155,6 @@ class TorchCapture:
             if source is not None and isinstance(result, torch.Tensor) and result is not operands[0]:
                 self._by_id[id(result)] = (weakref.ref(result), source)
             return
-        shared = {_storage(t) for t in operands} - {None}
         module = self._stack[-1] if self._stack else ""
         reads, weights, others = [], [], 0
         for t in operands:
@@ -164,6 +163,8 @@ class TorchCapture:
                 if t.is_floating_point():
                     weights.append(tuple(t.shape))
                 continue
+            if not t.is_floating_point():
+                continue  # indices, masks: no activation (an embedding of positions is made of weights)
             others += 1  # an activation (or an input of the port, such as the mel)
             if known is not None and known.index not in reads:
                 reads.append(known.index)
@@ -173,11 +174,12 @@ class TorchCapture:
                 continue
             if self._entry(r) is not None and not _in_place(func):
                 continue
-            if _storage(r) in shared and not _in_place(func):  # a view or identity of an operand: read through
-                source = next((self._entry(t) for t in operands if _storage(t) == _storage(r)), None)
+            whole = [t for t in operands if _storage(t) == _storage(r) and t.numel() == r.numel()]
+            if whole and not _in_place(func):  # all of an operand's numbers, another layout: the same value
+                source = next((self._entry(t) for t in whole if self._entry(t) is not None), None)
                 if source is not None:
                     self._by_id[id(r)] = (weakref.ref(r), source)
-                continue
+                continue  # (a slice, a split or a strided view holds part of them: a value of its own)
             n = self._counts.get((module, name), 0)
             self._counts[(module, name)] = n + 1
             key = f"{module}:{name}#{n}" if module else f"{name}#{n}"

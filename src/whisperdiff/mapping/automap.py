@@ -103,6 +103,11 @@ def _block(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _module_block(path: str) -> int | None:
+    """The block a module path names (`layers.1.self_attn`, `enc.stages.1.ff`: 1): its first number segment."""
+    return next((int(s) for s in (path or "").split(".") if s.isdigit()), None)
+
+
 def _kind_fits(op: str, c) -> bool:
     """Could captured value `c` be canonical op `op` by what made it? (structure-only evidence)"""
     suffix = re.sub(r"^blocks\.\d+\.", "", op)
@@ -197,8 +202,14 @@ def _automap(
         if suffix in ("attn.q", "attn.k", "attn.v"):
             qkv_anchor = anchor if suffix == "attn.q" or qkv_anchor is None else qkv_anchor
             start = qkv_anchor
+        block = _block(spec.name)
         pool = [
-            c for c in cands if c.index > start and c.key not in used and layout_view(spec.shape, c.shape) is not None
+            c
+            for c in cands
+            if c.index > start
+            and c.key not in used
+            and layout_view(spec.shape, c.shape) is not None
+            and (block is None or _module_block(c.module) in (None, block))  # not inside another block's module
         ][:WINDOW]
         match = None
         key = saved_keys.get(spec.name)

@@ -78,6 +78,18 @@ def _core(c, by_index):
     return None
 
 
+def _descends(c, ancestor, by_index, depth: int = 4) -> bool:
+    """Is `ancestor` among the values c is computed from, within a few ops?"""
+    if ancestor is None:
+        return False
+    frontier = [c]
+    for _ in range(depth):
+        frontier = [by_index[i] for x in frontier for i in x.operands if i in by_index]
+        if any(x.index == ancestor.index for x in frontier):
+            return True
+    return False
+
+
 def structural_input(consumer, suffix: str, by_index, stream: frozenset = frozenset()) -> list:
     """The values (one value, in its layouts) that canonical op `consumer` reads as its input, from the
     port's dataflow alone; [] where the structure does not say (a decomposed op, a fork). stream: the
@@ -138,6 +150,12 @@ def confirm_by_dataflow(amap, captured, values: dict | None, specs, reference=No
         if not fits:
             continue
         chosen = fits[0]
+        if (
+            current is not None
+            and current.basis == "value"
+            and not _descends(chosen, by_key.get(current.key), by_index)
+        ):
+            continue  # agreement is only overridden by a value computed from the agreeing one (a bug after it)
         view, layout = layout_view(shape_of[producer], chosen.shape)
         rel = None
         if reference is not None and values is not None and producer in reference:
