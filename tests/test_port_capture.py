@@ -49,6 +49,20 @@ def fresh(hf_port, tiny_en) -> WhisperEncoder:
     return port
 
 
+def head_zeroed(hf_port, tiny_en) -> WhisperEncoder:
+    """The port with head 1 of block 1 zeroed between p @ v and the output projection."""
+    port = fresh(hf_port, tiny_en)
+    d_head = tiny_en.dims.n_audio_state // tiny_en.dims.n_audio_head
+
+    def zero_head(module, args):
+        x = args[0].clone()
+        x[..., d_head : 2 * d_head] = 0
+        return (x,)
+
+    port.layers[1].self_attn.out_proj.register_forward_pre_hook(zero_head)
+    return port
+
+
 def capture_and_compare(port, tiny_en, reference, out):
     cap = wd.mark_all(port, dims=tiny_en.dims)
     amap = trace_captured(
@@ -96,15 +110,7 @@ def test_a_port_without_its_final_layer_norm_gets_missing_op(hf_port, tiny_en, d
 def test_a_bug_after_the_value_that_agrees_is_found_where_it_acts(hf_port, tiny_en, default_trace, tmp_path):
     """One head zeroed between p @ v and the output projection: the value just before the bug agrees with
     the reference's attn.wv, but the output projection reads the zeroed one, and that is attn.wv."""
-    port = fresh(hf_port, tiny_en)
-    d_head = tiny_en.dims.n_audio_state // tiny_en.dims.n_audio_head
-
-    def zero_head(module, args):
-        x = args[0].clone()
-        x[..., d_head : 2 * d_head] = 0
-        return (x,)
-
-    port.layers[1].self_attn.out_proj.register_forward_pre_hook(zero_head)
+    port = head_zeroed(hf_port, tiny_en)
     amap, c = capture_and_compare(port, tiny_en, default_trace, tmp_path / "head")
     assert amap.by_name["blocks.1.attn.wv"].basis == "dataflow"
     assert any("blocks.1.attn.wv: aligned by dataflow" in n and "by value it was" in n for n in amap.notes)
@@ -249,15 +255,7 @@ def test_patching_a_captured_torch_port_finds_the_op_that_causes_its_error(hf_po
     aligned value replaced by the reference's; the earliest op whose patch restores the output is the cause."""
     from whisperdiff.capture.torch_capture import CapturedTorchRunner
 
-    port = fresh(hf_port, tiny_en)
-    d_head = tiny_en.dims.n_audio_state // tiny_en.dims.n_audio_head
-
-    def zero_head(module, args):
-        x = args[0].clone()
-        x[..., d_head : 2 * d_head] = 0
-        return (x,)
-
-    port.layers[1].self_attn.out_proj.register_forward_pre_hook(zero_head)
+    port = head_zeroed(hf_port, tiny_en)
     cap = wd.mark_all(port, dims=tiny_en.dims)
     run = lambda mel: port(torch.from_numpy(mel))  # noqa: E731
     amap = trace_captured(tmp_path / "head", cap, run, model=tiny_en, impl="hf", reference=default_trace)

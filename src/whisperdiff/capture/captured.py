@@ -45,3 +45,11 @@ def short_path(filename: str) -> str:
 def rank(shape) -> int:
     """Axes longer than 1 (a symbolic axis counts): 0 a scalar, 1 a vector, 2+ a matrix or filter."""
     return sum(1 for d in shape if not isinstance(d, int) or d > 1)
+
+
+def value_key(counts: dict, module: str, op: str) -> str:
+    """The key of the next value `op` makes in `module`: `module:op#n` (the n-th such), or `op#n` outside any
+    module; counts (module, op) -> how many so far, updated. A module's output is later keyed by its path."""
+    n = counts.get((module, op), 0)
+    counts[(module, op)] = n + 1
+    return f"{module}:{op}#{n}" if module else f"{op}#{n}"

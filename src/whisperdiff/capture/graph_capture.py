@@ -27,7 +27,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from whisperdiff.capture.captured import Captured, rank, short_path
+from whisperdiff.capture.captured import Captured, rank, short_path, value_key
 from whisperdiff.errors import WhisperdiffError
 
 
@@ -185,12 +185,9 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         for result in results:
             if not isinstance(result, TensorValue):
                 continue
-            n = self._counts.get((module, name), 0)
-            self._counts[(module, name)] = n + 1
-            key = f"{module}:{name}#{n}" if module else f"{name}#{n}"
             c = Captured(
                 len(self.values),
-                key,
+                value_key(self._counts, module, name),
                 name,
                 shape_of(result),
                 str(result.dtype).removeprefix("DType."),

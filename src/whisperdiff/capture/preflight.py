@@ -88,6 +88,12 @@ def _frame_where(tb, not_of=None) -> tuple[str, str]:
     return found
 
 
+def _raised_at(e: BaseException) -> tuple[str, str]:
+    """(Class.method or function, file:line) where e was raised in the user's code."""
+    where = _frame_where(e.__traceback__)
+    return where if where[0] else _innermost(e)
+
+
 def _innermost(e: BaseException) -> tuple[str, str]:
     """(function, file:line) of the innermost frame of e's traceback outside whisperdiff."""
     found, tb = ("", ""), e.__traceback__
@@ -123,7 +129,7 @@ def check_construction(factory, report: PreflightReport):
         )
         return None
     except Exception as e:  # noqa: BLE001 - whatever construction raises is a finding, never a traceback
-        where, line = _frame_where(e.__traceback__) if _frame_where(e.__traceback__)[0] else _innermost(e)
+        where, line = _raised_at(e)
         first = (str(e).splitlines() or [""])[0][:200]
         report.add("build", where, f"constructing it raised {type(e).__name__} at {where} ({line}): {first}")
         return None
@@ -439,7 +445,7 @@ def _preflight_torch(module, reference: dict, dims, report: PreflightReport) -> 
         with torch.no_grad():
             module.eval()(mel)
     except Exception as e:  # noqa: BLE001 - a failed forward is what preflight reports
-        where, line = _frame_where(e.__traceback__) if _frame_where(e.__traceback__)[0] else _innermost(e)
+        where, line = _raised_at(e)
         first = (str(e).splitlines() or [""])[0][:200]
         report.add(
             "build",

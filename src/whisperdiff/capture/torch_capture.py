@@ -24,7 +24,7 @@ import weakref
 
 import numpy as np
 
-from whisperdiff.capture.captured import Captured, rank, short_path
+from whisperdiff.capture.captured import Captured, rank, short_path, value_key
 from whisperdiff.errors import WhisperdiffError
 
 # Calls that never make a new value: a copy or a re-tag of their input, not an op of the model.
@@ -180,12 +180,9 @@ class TorchCapture:
                 if source is not None:
                     self._by_id[id(r)] = (weakref.ref(r), source)
                 continue  # (a slice, a split or a strided view holds part of them: a value of its own)
-            n = self._counts.get((module, name), 0)
-            self._counts[(module, name)] = n + 1
-            key = f"{module}:{name}#{n}" if module else f"{name}#{n}"
             c = Captured(
                 len(self.values),
-                key,
+                value_key(self._counts, module, name),
                 name,
                 tuple(r.shape),
                 str(r.dtype).removeprefix("torch."),

@@ -133,6 +133,12 @@ def _boundary(c) -> bool:
     return bool(c.outputs_of or c.inputs_of)
 
 
+def fingerprint(captured) -> dict:
+    """What identifies a capture's graph: how many values, and a digest of its ops and shapes in order."""
+    text = "\n".join(f"{c.op}:{list(c.shape)}" for c in captured)
+    return {"values": len(captured), "fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
 def automap(
     captured,
     values: dict[str, np.ndarray] | None = None,
@@ -151,25 +157,6 @@ def automap(
     saved_graph = None
     if isinstance(saved, dict) and isinstance(saved.get("ops"), dict):
         saved, saved_graph = saved["ops"], saved.get("graph") or None
-    return _automap(captured, values, reference=reference, dims=dims, saved=saved, ops=ops, saved_graph=saved_graph)
-
-
-def fingerprint(captured) -> dict:
-    """What identifies a capture's graph: how many values, and a digest of its ops and shapes in order."""
-    text = "\n".join(f"{c.op}:{list(c.shape)}" for c in captured)
-    return {"values": len(captured), "fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16]}
-
-
-def _automap(
-    captured,
-    values: dict[str, np.ndarray] | None = None,
-    *,
-    reference=None,
-    dims=None,
-    saved: dict | None = None,
-    ops: list[str] | None = None,
-    saved_graph: dict | None = None,
-) -> AutoMap:
     if dims is None:
         dims = reference.model_dims if hasattr(reference, "model_dims") else None
     if dims is None:
