@@ -167,6 +167,8 @@ def _attn_bug(**kw):
         s = (qh @ kh.transpose(-1, -2)) * kw.get("scale", (c // 2) ** -0.5)
         if kw.get("causal"):
             s = s + torch.full((t, t), -math.inf).triu(1)
+        if kw.get("softmax") is not None:  # the softmax alone in another precision
+            return s.to(kw["softmax"]).softmax(-1).float()
         return s.softmax(kw.get("axis", -1))
 
     return bug
@@ -215,7 +217,7 @@ def cases(model):
             {"blocks.1.attn.q": _lin_bug(model, "blocks.1.attn.query", weight="blocks.0.attn.query")},
             "blocks.1.attn.q",
             "wrong_weight",
-            "blocks.0.attn.query",
+            "uses blocks.0.attn.q's weight",
         ),
         (
             {
@@ -235,10 +237,106 @@ def cases(model):
         ({"blocks.1.attn_ln": lambda f, x: round_to(f(x), "float16")}, "blocks.1.attn_ln", "precision", "float16"),
         ({"blocks.0.out": lambda f, x, y: y}, "blocks.0.out", "missing_residual", "residual"),
         ({"blocks.0.mlp.fc2": lambda f, x: -f(x)}, "blocks.0.mlp.fc2", "sign_flip", "negated"),
+        # issue 23's classes, each named in the user's terms
+        ({"blocks.1.mlp.fc1": _reshaped(model, "blocks.1.mlp.0")}, "blocks.1.mlp.fc1", "weight_layout", "reshaped to"),
+        (
+            {"blocks.0.attn.k": _other_bias(model, "blocks.0.attn.query")},
+            "blocks.0.attn.k",
+            "bias_error",
+            "received blocks.0.attn.q's bias",
+        ),
+        ({"conv2": _stride1(model, "conv2", last=True)}, "conv2", "conv_stride", "truncated to its last"),
+        ({"conv1": _dilated(model, "conv1")}, "conv1", "conv_kernel", "dilation 2"),
+        ({"pos_embed": _dropout(0.1)}, "pos_embed", "stochastic", "dropout"),
+        ({"blocks.1.mlp.fc2": _noise(0.02)}, "blocks.1.mlp.fc2", "stochastic", "random noise"),
+        (
+            {"blocks.0.attn.wv": lambda f, p, v: f(p, v).roll(v.shape[-1] // 2, -1)},
+            "blocks.0.attn.wv",
+            "head_order",
+            "exchanged",
+        ),
+        ({"blocks.1.mlp_ln": _ln_stats_half(model, "blocks.1.mlp_ln")}, "blocks.1.mlp_ln", "precision", "statistics"),
+        ({"blocks.1.attn.weights": _attn_bug(softmax=torch.float16)}, "blocks.1.attn.weights", "precision", "softmax"),
+        (
+            {"blocks.0.attn.weights": _attn_bug(scale=64**-0.5)},
+            "blocks.0.attn.weights",
+            "attention_scale",
+            "1/sqrt(d_model)",
+        ),
+        ({"blocks.0.attn_residual": lambda f, x, y: 2 * x + y}, "blocks.0.attn_residual", "wiring", "added twice"),
+        ({"conv1": _replicate_pad(model, "conv1")}, "conv1", "conv_padding", "replicate"),
+        ({"blocks.1.attn.weights": _head_zeroed(1)}, "blocks.1.attn.weights", "head_missing", "head 1 of 2"),
     ]
 
 
-@pytest.mark.parametrize("index", range(26))
+def _replicate_pad(model, name):
+    wt, b = model.state_dict[f"encoder.{name}.weight"].float(), model.state_dict[f"encoder.{name}.bias"].float()
+    return lambda f, x: F.conv1d(F.pad(x, (1, 1), mode="replicate"), wt, b)
+
+
+def _head_zeroed(h):
+    def bug(f, q, k):
+        p = f(q, k).clone()
+        p[:, h] = 0
+        return p
+
+    return bug
+
+
+def _reshaped(model, name):  # W [out, in] reshaped to [in, out] where W.T was meant
+    wt, b = model.state_dict[f"encoder.{name}.weight"].float(), model.state_dict[f"encoder.{name}.bias"].float()
+    return lambda f, x: x @ wt.reshape(wt.shape[1], wt.shape[0]) + b
+
+
+def _other_bias(model, name):
+    return lambda f, x: f(x) + model.state_dict[f"encoder.{name}.bias"].float()
+
+
+def _stride1(model, name, last=False):
+    wt, b = model.state_dict[f"encoder.{name}.weight"].float(), model.state_dict[f"encoder.{name}.bias"].float()
+
+    def bug(f, x):
+        n = f(x).shape[-1]
+        y = F.conv1d(x, wt, b, padding=1)
+        return y[..., -n:] if last else y[..., :n]
+
+    return bug
+
+
+def _dilated(model, name):
+    wt, b = model.state_dict[f"encoder.{name}.weight"].float(), model.state_dict[f"encoder.{name}.bias"].float()
+    return lambda f, x: F.conv1d(x, wt, b, padding=2, dilation=2)
+
+
+def _dropout(p):
+    def bug(f, *xs):
+        g = torch.Generator().manual_seed(0)
+        y = f(*xs)
+        return torch.where(torch.rand(y.shape, generator=g) < p, 0.0, y / (1 - p))
+
+    return bug
+
+
+def _noise(scale):
+    def bug(f, *xs):
+        y = f(*xs)
+        return y + scale * y.std() * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
+
+    return bug
+
+
+def _ln_stats_half(model, name):
+    g, b = model.state_dict[f"encoder.{name}.weight"].float(), model.state_dict[f"encoder.{name}.bias"].float()
+
+    def bug(f, x):
+        mu = x.half().mean(-1, keepdim=True)
+        var = ((x.half() - mu) ** 2).mean(-1, keepdim=True)
+        return (x - mu.float()) / (var.float() + 1e-5).sqrt() * g + b
+
+    return bug
+
+
+@pytest.mark.parametrize("index", range(39))
 def test_planted_bug_is_localised_and_named(ref, small_random, tmp_path, index):
     bugs, op, kind, word = cases(small_random)[index]
     result = compare(ref, traced(ref, small_random, tmp_path / "b", bugs), model=small_random)
@@ -246,7 +344,7 @@ def test_planted_bug_is_localised_and_named(ref, small_random, tmp_path, index):
     assert result.first_divergence == op
     assert (top.op, top.kind) == (op, kind), [f.to_dict() for f in result.findings[:3]]
     assert word.lower() in top.message.lower(), top.message
-    if kind == "precision":  # the other half-precision dtype is not named
+    if word in ("float16", "bfloat16"):  # the other half-precision dtype is not named
         other = {"float16": "bfloat16", "bfloat16": "float16"}[word]
         assert not any(w == other for w in top.message.replace(",", " ").replace("(", " ").replace(")", " ").split())
 

@@ -107,6 +107,19 @@ def test_a_port_without_its_final_layer_norm_gets_missing_op(hf_port, tiny_en, d
     assert c.first_divergence == "ln_post" and kinds_at(c) == {"ln_post": "missing_op"}
 
 
+def test_a_torch_port_left_in_train_mode_is_called_random_not_a_bug_at_one_op(
+    hf_port, tiny_en, default_trace, tmp_path
+):
+    port = WhisperEncoder(hf_config(tiny_en.dims))
+    port.config.dropout = port.dropout = 0.1
+    port.load_state_dict(hf_port.state_dict())
+    port.train()  # the classic slip: no .eval(), so dropout stays on
+    _, c = capture_and_compare(port, tiny_en, default_trace, tmp_path / "train")
+    assert c.first_divergence is not None
+    top = next(f for f in c.findings if f.severity == "error")
+    assert top.kind == "stochastic" and "train mode" in top.message and "model.eval()" in top.message, top.message
+
+
 def test_a_bug_after_the_value_that_agrees_is_found_where_it_acts(hf_port, tiny_en, default_trace, tmp_path):
     """One head zeroed between p @ v and the output projection: the value just before the bug agrees with
     the reference's attn.wv, but the output projection reads the zeroed one, and that is attn.wv."""

@@ -67,6 +67,15 @@ class _Dims(NamedTuple):  # the encoder fields of openai-whisper's ModelDimensio
     n_audio_layer: int
 
 
+class _TextDims(NamedTuple):  # the fields of openai-whisper's ModelDimensions the decoder's ops need
+    n_audio_ctx: int
+    n_audio_state: int
+    n_text_state: int
+    n_text_head: int
+    n_text_layer: int
+    n_vocab: int
+
+
 def block_op(i: int, op: str) -> str:
     """The canonical name of op `op` in residual block `i`: block_op(0, "attn.q") == "blocks.0.attn.q"."""
     return f"blocks.{i}.{op}"
@@ -175,7 +184,10 @@ def is_decoder_op(name: str) -> bool:
 
 
 def decoder_op_specs(dims, n_tokens: int, batch: int = 1) -> list[OpSpec]:
-    """Every canonical decoder op for a model of these dims, teacher-forced on n_tokens tokens, in order."""
+    """Every canonical decoder op for a model of these dims, teacher-forced on n_tokens tokens, in order.
+    dims: as op_specs (a manifest's "dims" mapping works: naming decoder ops imports neither whisper nor torch)."""
+    if isinstance(dims, dict):
+        dims = _TextDims(**{k: dims[k] for k in _TextDims._fields})
     b, p, c, h = batch, n_tokens, dims.n_text_state, dims.n_text_head
     s = dims.n_audio_ctx
     shapes = {

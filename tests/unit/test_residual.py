@@ -36,7 +36,10 @@ def test_error_in_a_few_steps_and_in_the_padding():
     b = E.copy()
     b[:, 30:] += RNG.standard_normal((1, 10, 8))
     # 2250 mel frames of 3000 hold audio: 30 of the op's 40 steps
-    assert "100% of it lies in the padding after the audio (steps >= 30 of 40)" in facts(b, audio_frames=2250)
+    assert (
+        "100% of it lies in the padding after the audio (steps >= 30 of 40), which is 25% of the window: "
+        "concentrated in the padding" in facts(b, audio_frames=2250)
+    )
     assert not any("padding" in f for f in facts(b))
 
 

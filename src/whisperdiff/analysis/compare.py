@@ -11,6 +11,7 @@ bounded by the largest op, not by the trace. Nothing here prints: cli.py renders
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,16 +30,23 @@ from whisperdiff.analysis.diagnose import (
     op_finding,
     order,
     pair_swaps,
+    settle_divergences,
     untapped,
 )
+from whisperdiff.analysis.frontend_replay import audio_at_hand
 from whisperdiff.analysis.hypotheses import explain as explain_op
 from whisperdiff.analysis.logits import decoder_layouts, decoder_summary
-from whisperdiff.analysis.port_output import alignment_notes, captured_port, port_output_findings
+from whisperdiff.analysis.port_output import (
+    alignment_notes,
+    captured_port,
+    port_output_findings,
+    train_mode_findings,
+)
 from whisperdiff.analysis.results import COLUMNS, OpResult
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.mapping.align import Pair, align, load_rename_rules
 from whisperdiff.measure.metrics import op_metrics, rounding_error
-from whisperdiff.measure.tolerances import OpFailure, Tolerance, ToleranceSet
+from whisperdiff.measure.tolerances import OpFailure, Tolerance, ToleranceSet, new_nonfinite
 from whisperdiff.store.documents import document
 from whisperdiff.store.trace import Trace, load_trace
 
@@ -148,6 +156,7 @@ def compare(
     model=None,
     replay: bool = True,
     transcribe: bool = False,
+    audio: str | Path | None = None,
     on_op: Callable[[str], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> Comparison:
@@ -157,7 +166,9 @@ def compare(
     model: weights for the replay (a LoadedModel or a load_model spec); by default the model named in
     B's (then A's) manifest, used only when its weights hash matches. replay=False skips the
     introduced-error replay (then findings come from the metrics alone). Transcripts come from the
-    manifests; transcribe=True decodes the ones missing (openai-whisper's decoder on ln_post)."""
+    manifests; transcribe=True decodes the ones missing (openai-whisper's decoder on ln_post). audio: the
+    traced clip (checked by sha256), to replay frontend variants where the log-mels differ; the shipped clip
+    is found without it."""
     ta = a if isinstance(a, Trace) else load_trace(a)
     tb = b if isinstance(b, Trace) else load_trace(b)
     if isinstance(model, str):  # the user's --model: an unknown one is an error, not silently no replay
@@ -175,7 +186,8 @@ def compare(
     layouts = {s["name"]: s.get("layout") for s in _specs(ta.manifest)}
     layouts.update(decoder_layouts(ta.manifest))  # decoder ops: their token-position axis
     canonical = set(layouts)
-    replayer = _replayer(model, ta, tb, warnings) if replay and comparability else None
+    # The replay (weights, torch) is made at the first op that diverges: a clean pair loads neither.
+    replayer_of = functools.cache(lambda: _replayer(model, ta, tb, warnings) if replay and comparability else None)
     if replay and not comparability:
         warnings.append("introduced error not computed: the traces are not comparable")
 
@@ -191,7 +203,20 @@ def compare(
     if on_total is not None:  # how many on_op calls to expect (progress bars with a total)
         on_total(len(pairs))
     first = None
-    diag = diagnosis_context(ta, replayer)
+    nonfinite_seen = False
+
+    def audio_samples():  # called only where the log-mels differ; never a path the trace names
+        found, why_not = audio_at_hand(ta.manifest, audio)
+        warnings.extend([why_not] if why_not else [])
+        return found
+
+    @functools.cache
+    def diag() -> dict:  # what the diagnosis needs beyond one op's arrays, made with the replayer
+        ctx = diagnosis_context(ta, replayer_of())
+        ctx["b_value"] = lambda n: b_value(n) if n in b_names else None  # B's other values (wiring hypotheses)
+        ctx["audio"] = audio_samples
+        return ctx
+
     for pair in pairs:
         result = OpResult(
             pair.name,
@@ -211,7 +236,9 @@ def compare(
             result.metrics = m
             result.failures = tol.failures(m, op=pair.name)
             result.status = "diverged" if result.diverged else "ok"
-            inputs, rep = _replay(replayer, pair.name, b_names, b_value, sample=1 if result.diverged else 8)
+            # only where an op diverges: the error it introduces vs inherits (a clean op needs neither)
+            replayer = replayer_of() if result.diverged else None
+            inputs, rep = _replay(replayer, pair.name, b_names, b_value)
             if rep is not None:
                 result.introduced_rel_l2 = rep["introduced"]
             if inputs:
@@ -232,13 +259,22 @@ def compare(
                 )
             bar = tol.max_rel_l2 if tol.max_rel_l2 is not None else Tolerance.max_rel_l2
             introduces = rep["introduced"] > bar if rep is not None else row["diverged"] and _jumps(row, results)
-            if (row["diverged"] and introduces) or (pair.name == "mel" and row["diverged"]):
+            first_nonfinite = new_nonfinite(row) and not nonfinite_seen  # NaN/Inf appear here: always a finding
+            nonfinite_seen = nonfinite_seen or new_nonfinite(row)
+            if (row["diverged"] and introduces) or (pair.name == "mel" and row["diverged"]) or first_nonfinite:
                 rounding = {dt: rounding_error(ta[pair.name], dt) for dt in ("float16", "bfloat16")}
                 explain = None  # hypotheses by op type, run only here where the op introduces error
                 if rep is not None:
 
                     def explain(n=pair.name, i=inputs):
-                        return explain_op(replayer, n, [b_value(x) for x in i] + [b_value(n)], diag)
+                        return explain_op(replayer_of(), n, [b_value(x) for x in i] + [b_value(n)], diag())
+
+                elif replayer is not None and inputs and all(x in b_names or x in ta for x in inputs):
+
+                    def explain(n=pair.name, i=inputs):  # B lacks an input (a block it skipped): A's stands in
+                        values = [b_value(x) if x in b_names else np.asarray(ta[x]) for x in i]
+                        found = explain_op(replayer_of(), n, values + [b_value(n)], diag())
+                        return {**found, "inputs_from_a": [x for x in i if x not in b_names]}
 
                 f = op_finding(
                     row,
@@ -246,7 +282,7 @@ def compare(
                     rounding,
                     a=np.asarray(ta[pair.name]),
                     b=b_value(pair.name),
-                    context={**diag, "layout": layouts.get(pair.name), **_decoder_context(pair.name)},
+                    context={**diag(), "layout": layouts.get(pair.name), **_decoder_context(pair.name)},
                     explain=explain,
                 )
                 if f is not None:
@@ -321,10 +357,20 @@ def compare(
         )
     order_names = [p.name for p in pairs]
     all_findings = order(findings + merge_repeats(pair_swaps(op_findings)), order_names)
+    explained = frozenset(f.op for f in op_findings if f.kind not in ("divergence", "layout", "nonfinite_reference"))
     decoder, decoder_found = decoder_summary(
-        ta, tb, first, tolerances, lambda n: views.get(n) if n in b_names else None
+        ta,
+        tb,
+        first,
+        tolerances,
+        lambda n: views.get(n) if n in b_names else None,
+        weights=replayer_of().w if first is not None and replayer_of() is not None else None,
+        explained=explained,
     )
     all_findings = decoder_found + all_findings  # the decoder test that names the bug at (op, position) first
+    all_findings = order(settle_divergences(all_findings, order_names), order_names)
+    if capture:  # a port in train mode: the cause of every divergence, so it comes first
+        all_findings = train_mode_findings(capture, first) + all_findings
     transcripts = transcript_comparison(ta, tb, decode=transcribe, model=model)
     return Comparison(
         a=ta.path,
@@ -375,10 +421,11 @@ def transcript_comparison(a: Trace, b: Trace, decode: bool = False, model=None) 
 
 
 def _decoder_context(name: str) -> dict:
-    """A decoder op's position axis is tokens, not audio frames: no audio-padding analysis there."""
+    """A decoder op's position axis is tokens, not audio frames: no audio-padding analysis of its rows (the
+    cross-attention's keys are still audio frames: valid_steps stays)."""
     from whisperdiff.names import is_decoder_op
 
-    return {"audio_frames": None, "valid_steps": {}} if is_decoder_op(name) else {}
+    return {"audio_frames": None} if is_decoder_op(name) else {}
 
 
 def _status(pair: Pair) -> str:
@@ -430,7 +477,10 @@ def _replayer(model, ta: Trace, tb: Trace, warnings: list[str]):
 
     loaded, reasons = model_of([tb.manifest, ta.manifest], prefer=model)
     if loaded is not None:
-        return Replayer(loaded)
+        rp = Replayer(loaded, parts=("encoder", "decoder") if ta.manifest.get("part") == "decoder" else ("encoder",))
+        run = tb.manifest.get("decoder") or {}  # B's own run: where its incremental (KV cache) steps start
+        rp.decoder_context = {"prompt_length": run.get("prompt_length"), "mode": run.get("mode")}
+        return rp
     warnings.append(
         f"introduced error not computed (no loadable model with the trace's weights; pass --model): {reasons[-1]}"
     )

@@ -6,6 +6,7 @@ Pure functions over the rows `compare` produced; nothing here reads a trace or r
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -13,7 +14,15 @@ import numpy as np
 
 from whisperdiff.analysis.comparability import Comparability, comparability
 from whisperdiff.analysis.hypotheses import mel_hypotheses
-from whisperdiff.analysis.residual import describe, representable_share, steps_with_audio, valid_steps
+from whisperdiff.analysis.residual import (
+    cosine,
+    describe,
+    nonfinite_where,
+    random_noise,
+    representable_share,
+    steps_with_audio,
+    valid_steps,
+)
 from whisperdiff.measure.tolerances import new_nonfinite
 
 KINDS = {
@@ -51,7 +60,12 @@ KINDS = {
     "divergence": "the op introduces error no hypothesis reproduces",
     "port_output": "a captured port's own output is not the value aligned as the final op (ops after it)",
     "causal_mask": "decoder self-attention sees later positions (no causal mask)",
-    "kv_cache": "a decoding step attends to the wrong cached positions (KV cache off by one)",
+    "kv_cache": "a decoding step reads the wrong KV cache: an entry missing, overwritten, stale or written at the "
+    "wrong slot (replayed row by row)",
+    "stochastic": "dropout or noise left on: B differs from its replay by dropped values or random noise",
+    "head_order": "attention heads permuted or duplicated when merged",
+    "suppression": "some tokens' logits overwritten inside the model (set to a large negative value or -inf)",
+    "wiring": "a block wired wrongly: post-norm, a residual added from the wrong value, a block skipped or run twice",
 }
 REPRODUCES = 0.2  # a hypothesis names the bug when it reproduces B to this share of the plain replay's error
 SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
@@ -132,19 +146,34 @@ def op_finding(
     name = row["name"]
     ctx = context or {}
     if new_nonfinite(row):
+        why = ""
+        if explain is not None:  # a hypothesis that gives NaN exactly where B has them (and B's values elsewhere)
+            hyps = [h for h in explain()["hypotheses"] if h[2] < 1e-3]
+            if hyps:
+                why = f"; {min(hyps, key=lambda h: h[2])[1]} reproduces B, NaN included (rel L2 {min(h[2] for h in hyps):.1e})"
         return Finding(
             "nonfinite",
             name,
             1.0,
             f"NaN/Inf first appear at {name}: {row['nan_b']} NaN, {row['inf_b']} Inf in B "
-            f"(A has {row['nan_a']}, {row['inf_a']})",
+            f"(A has {row['nan_a']}, {row['inf_a']}){nonfinite_where(b)}{why}",
         )
     if name == "mel":
-        return _mel_finding(row, a, b, ctx.get("audio_frames"))
+        return _mel_finding(row, a, b, ctx.get("audio_frames"), ctx.get("audio"))
     introduced = replay["introduced"] if replay else row["rel_l2"]
     where = "introduced here" if replay else "first visible here"
     if b is not None:  # B itself says it: only low-precision values, an error of that rounding's size
         f = _precision_finding(name, b, a, introduced, rounding, where, within=10)
+        if f is not None and explain is not None:  # which sub-op: a precision hypothesis says it more precisely
+            replay = explain()
+            best = _reproducing(list(replay["hypotheses"]), introduced)
+            if best is not None and best[0] == "precision":
+                f.message = (
+                    f"{best[1]}: replaying {name} that way on B's own inputs reproduces B to rel L2 {best[2]:.1e}, "
+                    f"against {introduced:.2e} for the correct op (and every value of B is exactly representable "
+                    "in that precision)"
+                )
+            return f
         if f is not None:
             return f
     if explain is not None:
@@ -156,11 +185,13 @@ def op_finding(
     if best is not None:
         kind, text, err, extra = best
         confidence = round(max(0.5, min(0.99, 1 - err / introduced)), 2) if introduced > 0 else 0.5
+        from_a = replay.get("inputs_from_a") if replay else None
+        own = f" (A's {', '.join(from_a)}, which B does not record)" if from_a else ""
         f = Finding(
             kind,
             name,
             confidence,
-            f"{text}: replaying {name} that way on B's own inputs reproduces B to rel L2 {err:.1e}, "
+            f"{text}: replaying {name} that way on B's own inputs{own} reproduces B to rel L2 {err:.1e}, "
             f"against {introduced:.2e} for the correct op (cosine {row['cosine']:.5f}, "
             f"std B/A {row['std_ratio']:.3f})"
             if replay
@@ -173,8 +204,26 @@ def op_finding(
         f = _precision_finding(name, b, a, introduced, rounding, where, within=30)
         if f is not None:
             return f
-    facts = ""
     e = replay.get("expected") if replay else a
+    if name == "decoder.logits" and replay and e is not None and b is not None and cosine(b, e) < 0.1:
+        return Finding(
+            "wrong_weight",
+            name,
+            0.7,
+            f"{name}: B's logits are not the tied projection x @ token_embedding.T in any layout replayed (cosine "
+            f"{cosine(b, e):.3f} with it; rel L2 {introduced:.3g}): the output projection is untied from the token "
+            "embedding (another matrix, or a freshly initialised one); tie it to decoder.token_embedding",
+        )
+    if e is not None and b is not None and (noise := random_noise(b, e)):
+        return Finding(
+            "stochastic",
+            name,
+            0.6,
+            f"{name}: error {where} (rel L2 {introduced:.3g}) that looks like independent random noise: {noise}. "
+            "Noise is added, or a stochastic op (dropout, sampling) is left on; a deterministic port gives the "
+            "same values on a second run",
+        )
+    facts = ""
     if e is not None and b is not None:
         facts = describe(
             b,
@@ -269,15 +318,33 @@ def _precision_finding(name, b, a, introduced, rounding, where, within: float) -
     return None
 
 
-def _mel_finding(row: dict, a=None, b=None, audio_frames: int | None = None) -> Finding:
+def _mel_finding(row: dict, a=None, b=None, audio_frames: int | None = None, audio=None) -> Finding:
     which = ""
     if a is not None and b is not None:
         padding = mel_padding(np.asarray(a), np.asarray(b), audio_frames)
         if padding is not None:
             return Finding("input_mismatch", "mel", 0.95, padding)
-        found = sorted(mel_hypotheses(a, b), key=lambda h: h[1])
-        if found and found[0][1] < REPRODUCES * row["rel_l2"]:
-            which = f"; B is {found[0][0]} (reproduces B to rel L2 {found[0][1]:.1e})"
+        audio = audio() if callable(audio) else audio
+        # what B's log-mel is, from A's alone; without the audio, the clamp hypotheses can only say "consistent"
+        missing_clamp = ("the clamp at max - 8 is missing", "neither the clamp")  # judged on B's own floor values
+        found = [h for h in mel_hypotheses(a, b) if audio is None or not h[0].startswith(missing_clamp)]
+        replayed = []
+        if audio is not None:  # the frontend replayed on the audio, each usual variant
+            from whisperdiff.analysis.frontend_replay import replay_frontend
+
+            replayed = replay_frontend(audio[0], a, b, audio[1])[:1]
+        best = min([(h[1], h[0], False) for h in found] + [(h[1], h[0], True) for h in replayed], default=None)
+        if best is not None and best[0] < REPRODUCES * row["rel_l2"]:
+            if best[2]:
+                return Finding(
+                    "input_mismatch",
+                    "mel",
+                    0.95,
+                    f"B's log-mel is Whisper's frontend with {best[1]}: replaying that frontend on the audio "
+                    f"reproduces B to rel L2 {best[0]:.1e}, against {row['rel_l2']:.3g} for Whisper's "
+                    f"(cosine {row['cosine']:.4f}); a frontend bug, not an encoder bug",
+                )
+            which = f"; B is {best[1]} (reproduces B to rel L2 {best[0]:.1e})"
     return Finding(
         "input_mismatch",
         "mel",
@@ -336,9 +403,13 @@ def pair_swaps(findings: list[Finding]) -> list[Finding]:
     for f in list(by_op.values()):
         other = by_op.get(getattr(f, "_uses", None))
         if other is not None and getattr(other, "_uses", None) == f.op:
+            projections = all(
+                re.search(r"\.(attn|cross_attn)\.[qkv]$|\.out$|mlp\.fc[12]$", n) for n in (f.op, other.op)
+            )
             for g, h in ((f, other), (other, f)):
-                g.kind = "swapped_projections"
-                g.message = f"{g.op} and {h.op} are swapped: " + g.message
+                # two projections exchanged; any other pair (two blocks' layer norms) keeps wrong_weight
+                g.kind = "swapped_projections" if projections else "wrong_weight"
+                g.message = f"{g.op} and {h.op} are swapped (each uses the other's weights): " + g.message
     return findings
 
 
@@ -362,3 +433,25 @@ def order(findings: list[Finding], op_order: list[str]) -> list[Finding]:
     """Most severe first; within a severity, the op nearest the input first (inputs before any op)."""
     index = {name: i for i, name in enumerate(op_order)}
     return sorted(findings, key=lambda f: (SEVERITY_RANK[f.severity], -1 if f.op is None else index.get(f.op, 1 << 30)))
+
+
+def settle_divergences(findings: list[Finding], op_order: list[str]) -> list[Finding]:
+    """An unexplained divergence at an op another finding names is dropped (that finding says it better);
+    one after a named finding becomes a warning that says so: the named bug may be its cause (a bug that
+    acts in every layer), and an error-severity finding stays for what nothing before it explains."""
+    index = {name: i for i, name in enumerate(op_order)}
+    named = [f for f in findings if f.severity == "error" and f.kind != "divergence" and f.op in index]
+    at = {f.op for f in named}
+    out = []
+    for f in findings:
+        if f.kind == "divergence" and f.severity == "error" and f.op in index:
+            if f.op in at:
+                continue
+            before = [n for n in named if index[n.op] < index[f.op]]
+            if before:
+                f.severity = "warning"
+                f.message += (
+                    f" (after {before[0].kind} at {before[0].op}, which may cause it: the same bug in a later layer)"
+                )
+        out.append(f)
+    return out

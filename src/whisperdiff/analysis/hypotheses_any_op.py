@@ -7,6 +7,7 @@ calls add(kind, explanation, what the op would output under that hypothesis, **e
 
 from __future__ import annotations
 
+from whisperdiff.analysis.hypotheses_weights import short_name
 from whisperdiff.analysis.replay import round_to
 from whisperdiff.analysis.residual import closest_vector
 
@@ -30,28 +31,31 @@ def generic_hypotheses(rp, recipe, xs, out, e, ctx, add):
     t_axis = 2 if recipe.type == "conv" or (recipe.type == "activation" and recipe.op.startswith("conv")) else 1
     if out.ndim == 3 and recipe.type != "attention_weights":
         d = (out.double() - e.double()).mean(t_axis, keepdim=True)
-        name, coef, cos = closest_vector(d.flatten(), {k: v for k, v in rp.w.items() if v.ndim == 1})
+        part = recipe.op.split(".")[0] + "." if recipe.op.startswith("decoder.") else "encoder."
+        vectors = {k: v for k, v in rp.w.items() if v.ndim == 1 and k.startswith(part)}
+        name, coef, cos = closest_vector(d.flatten(), vectors)
         if name is not None and name.endswith("bias") and abs(cos) > 0.99:
             v = rp.w[name].double().reshape(d.shape)
-            what = (
-                "is missing"
-                if abs(coef + 1) < 0.05
-                else "is added twice"
-                if abs(coef - 1) < 0.05
-                else f"is added {coef:+.3g} times"
-            )
             own = recipe.params.get("name")
-            label = (
-                name.removeprefix("encoder.")
-                if f"{own}.bias" == name
-                else f"{name.removeprefix('encoder.')} (another op's bias)"
-            )
-            add(
-                "bias_error",
-                f"B - replay is constant over time and equals {coef:+.3g} x {label} (cosine {cos:.4f}): a bias {what}",
-                (e.double() + coef * v).float(),
-                vector=name,
-            )
+            times = "" if abs(coef - 1) < 0.05 else f" {coef:+.3g} times"
+            if f"{own}.bias" == name:
+                what = (
+                    "is missing"
+                    if abs(coef + 1) < 0.05
+                    else "is added twice"
+                    if abs(coef - 1) < 0.05
+                    else f"is added{times}"
+                )
+                text = f"a bias {what}: B - replay is constant over time and equals {coef:+.3g} x {short_name(name)}'s bias"
+            elif abs(coef + 1) < 0.05:
+                text = f"{recipe.op} lacks a bias: B - replay equals -1 x {short_name(name)}'s bias"
+            else:
+                text = (
+                    f"{recipe.op} received {short_name(name)}'s bias{times} (another op's bias; B - replay is "
+                    f"constant over time and equals it)"
+                )
+            add("bias_error", f"{text} (cosine {cos:.4f})", (e.double() + coef * v).float(), vector=name)
+    _dropout_hypotheses(rp, recipe, xs, out, e, add)
     if recipe.type in ("norm",):
         x = xs[0].double()
         add(
@@ -60,6 +64,35 @@ def generic_hypotheses(rp, recipe, xs, out, e, ctx, add):
             "(x - mean) / std, the cosmetic fix that makes mean and std look right",
             ((x - x.mean()) / x.std(correction=0)).float(),
         )
+
+
+def _dropout_hypotheses(rp, recipe, xs, out, e, add):
+    """Dropout left on (the module in train mode): some values exactly zero (or, after a residual add, exactly
+    the residual), the others scaled by 1 / (1 - p), with p solved from the share that was dropped."""
+    torch = rp.torch
+    live = e.abs() > 1e-12
+    dropped = (out == 0) & live
+    share = float(dropped.sum()) / max(int(live.sum()), 1)
+    if 0.002 < share < 0.9:
+        add(
+            "stochastic",
+            f"dropout left on (train mode) after {recipe.op}: {share:.1%} of its values are exactly zero, the rest "
+            f"scaled by 1/(1 - p) = {1 / (1 - share):.3f} (p = {share:.2f})",
+            torch.where(dropped, 0.0, e / (1 - share)),
+            p=share,
+        )
+    if recipe.type == "residual" and len(xs) == 2:
+        x, y = xs
+        kept_x = (out == x) & (y.abs() > 1e-12)  # x + 0 == x exactly: the branch was dropped there
+        share = float(kept_x.sum()) / max(int((y.abs() > 1e-12).sum()), 1)
+        if 0.002 < share < 0.9:
+            add(
+                "stochastic",
+                f"dropout left on (train mode) on the residual branch of {recipe.op}: {share:.1%} of the branch's "
+                f"values are zeroed, the rest scaled by 1/(1 - p) = {1 / (1 - share):.3f} (p = {share:.2f})",
+                torch.where(kept_x, x, x + y / (1 - share)),
+                p=share,
+            )
 
 
 def precision_hypotheses(rp, recipe, xs, out, expected, add):
@@ -82,6 +115,23 @@ def precision_hypotheses(rp, recipe, xs, out, expected, add):
                 round_to(y, dtype),
                 dtype=dtype,
             )
+        if recipe.type == "linear" and dtype == "float16":  # float32 products summed into a float16 accumulator
+            w = rp.w[f"{recipe.params['name']}.weight"]
+            bias = rp.w.get(f"{recipe.params['name']}.bias")
+            for chunk in (16, 32, 64, 128, 256):
+                if chunk >= w.shape[1]:
+                    break
+                acc = None
+                for lo in range(0, w.shape[1], chunk):
+                    part = xs[0][..., lo : lo + chunk] @ w[:, lo : lo + chunk].T
+                    acc = round_to(part if acc is None else acc + part, "float16")
+                add(
+                    "precision",
+                    f"matmul accumulated in float16: the running sum rounded to float16 every {chunk} inputs",
+                    acc + (bias if bias is not None else 0),
+                    dtype=dtype,
+                    chunk=chunk,
+                )
         if recipe.type == "linear" and f"{recipe.params['name']}.bias" in rp.w:  # a low-precision matmul, float32 bias
             name = recipe.params["name"]
             wr = round_to(rp.w[f"{name}.weight"], dtype)

@@ -29,9 +29,10 @@ def sinusoids(length: int, channels: int, base: float = 10000.0, interleave=Fals
 
 def positional_hypotheses(rp, recipe, xs, out, e, ctx, add):
     torch = rp.torch
-    xt = xs[0].permute(0, 2, 1)
+    table = recipe.params.get("table", "encoder.positional_embedding")
+    xt = xs[0] if recipe.params.get("channels_last") else xs[0].permute(0, 2, 1)  # [B, T, C]
     t, c = xt.shape[1], xt.shape[2]
-    pe = rp.w["encoder.positional_embedding"][:t]
+    pe = rp.w[table][:t]
     add("positional", "the positional embedding is not added", xt)
     d = (out - xt).double()
     pn = float((pe.double() ** 2).sum())
@@ -44,7 +45,7 @@ def positional_hypotheses(rp, recipe, xs, out, e, ctx, add):
                 xt + s * pe,
                 factor=s,
             )
-    full = rp.w["encoder.positional_embedding"]
+    full = rp.w[table]
     for k in list(range(-8, 0)) + list(range(1, 9)):
         shifted = torch.zeros_like(pe)
         where = torch.zeros(out.shape, dtype=torch.bool)
@@ -65,6 +66,8 @@ def positional_hypotheses(rp, recipe, xs, out, e, ctx, add):
             xt + pe.roll(-k, 0),
             shift=k,
         )
+    if table != "encoder.positional_embedding":  # the decoder's table is learned: nothing to recompute
+        return
     variants = {
         "Whisper's sinusoids": {},
         "sin and cos interleaved": {"interleave": True},
@@ -119,10 +122,13 @@ def mel_hypotheses(a: np.ndarray, b: np.ndarray) -> list[tuple]:
     if float((va * va).sum()) > 0:
         slope = float((va * (b - b.mean())).sum() / (va * va).sum())
         icpt = float(b.mean() - slope * a.mean())
-        out.append(
-            (
-                f"an affine transform of Whisper's log-mel: B = {slope:.4g} * A {icpt:+.4g} (another normalisation)",
-                score(slope * a + icpt),
+        if abs(slope - 1) < 1e-3:  # log10 power shifted by 4c: the waveform's amplitude scaled by 10^(2c)
+            gain = 10 ** (2 * icpt)
+            label = (
+                f"Whisper's log-mel plus a constant {icpt:+.4g}: the audio's amplitude is scaled by {gain:.4g} "
+                f"(10^(2 x {icpt:.4g}){'; int16 samples not divided by 32768' if abs(gain / 32768 - 1) < 0.01 else ''})"
             )
-        )
+        else:
+            label = f"an affine transform of Whisper's log-mel: B = {slope:.4g} * A {icpt:+.4g} (another normalisation)"
+        out.append((label, score(slope * a + icpt)))
     return out

@@ -9,6 +9,7 @@ calls add(kind, explanation, what the op would output under that hypothesis, **e
 from __future__ import annotations
 
 import math
+import re
 
 
 def activation_hypotheses(rp, recipe, xs, out, e, ctx, add):
@@ -32,7 +33,7 @@ def activation_hypotheses(rp, recipe, xs, out, e, ctx, add):
 # -- layer norm ----------------------------------------------------------------------------------------
 def norm_hypotheses(rp, recipe, xs, out, e, ctx, add):
     name = recipe.params["name"]
-    short = name.removeprefix("encoder.")
+    short = recipe.op
     x = xs[0].double()
     g, b = rp.w[f"{name}.weight"].double(), rp.w[f"{name}.bias"].double()
     mu = x.mean(-1, keepdim=True)
@@ -59,6 +60,29 @@ def norm_hypotheses(rp, recipe, xs, out, e, ctx, add):
             ((x - m_) / (v_ + 1e-5).sqrt() * g + b).float(),
         )
     add("missing_op", f"{short} is the identity: the layer norm is missing", xs[0])
+    for dtype in ("float16", "bfloat16"):  # the statistics alone in low precision, the rest in float32
+        xr = x.to(getattr(rp.torch, dtype))
+        mu_r = xr.mean(-1, keepdim=True)
+        var_r = ((xr - mu_r) ** 2).mean(-1, keepdim=True)
+        add(
+            "precision",
+            f"{short}'s statistics (mean and variance) computed in {dtype}, the rest in float32",
+            ((x - mu_r.double()) / (var_r.double() + 1e-5).sqrt() * g + b).float(),
+            dtype=dtype,
+        )
+    part = name.split(".", 1)[0] + "."
+    for key in rp.w:  # another layer norm's gamma and beta (a block loaded with another block's weights)
+        other = key.removesuffix(".weight")
+        if not key.endswith(".weight") or other == name or not other.startswith(part) or f"{other}.bias" not in rp.w:
+            continue
+        g2, b2 = rp.w[key], rp.w[f"{other}.bias"]
+        if g2.shape == g.shape and g2.ndim == 1:
+            add(
+                "wrong_weight",
+                f"{short} uses {other.removeprefix('encoder.')}'s gamma and beta (another layer norm's weights)",
+                (n * g2.double() + b2.double()).float(),
+                uses=other.removeprefix("encoder."),
+            )
     eps = solve_eps(x, out.double(), g, b)
     if eps is not None and not 0.5e-5 < eps < 2e-5:
         add(
@@ -67,6 +91,7 @@ def norm_hypotheses(rp, recipe, xs, out, e, ctx, add):
             rp.layer_norm(name, xs[0], eps),
             eps=eps,
         )
+    wiring_norm_hypotheses(rp, recipe, xs, out, ctx, add)
 
 
 def solve_eps(x, y, g, b) -> float | None:
@@ -90,4 +115,101 @@ def residual_hypotheses(rp, recipe, xs, out, e, ctx, add):
     x, y = xs
     add("missing_residual", "the residual connection is dropped (only the branch is kept)", y)
     add("missing_op", "the branch is not added (only the residual stream is kept)", x)
-    add("missing_residual", "the residual is added twice", 2 * x + y)
+    add("wiring", f"the residual stream is added twice in {recipe.op} (2x + branch)", 2 * x + y)
+    # the branch added to another value of the block than the residual stream (B's own recorded values)
+    for other, label in _other_streams(recipe, ctx):
+        add(
+            "wiring",
+            f"{recipe.op} adds its branch to {other} ({label}) instead of {recipe.inputs[0]}",
+            other_x(rp, ctx, other, x) + y,
+        )
+
+
+def _other_streams(recipe, ctx) -> list[tuple[str, str]]:
+    """Values a residual add may wrongly take as its stream: the layer norm's output, the block's input."""
+    m = re.fullmatch(r"((?:decoder\.)?blocks\.(\d+))\.(.+)", recipe.op)
+    if not m or "b_value" not in ctx:
+        return []
+    p, i = m.group(1), int(m.group(2))
+    prefix = "decoder." if recipe.op.startswith("decoder.") else ""
+    block_in = f"{prefix}pos_embed" if i == 0 else f"{prefix}blocks.{i - 1}.out"
+    norm_of = {"attn_residual": "attn_ln", "cross_attn_residual": "cross_attn_ln", "out": "mlp_ln"}.get(m.group(3))
+    found = []
+    if norm_of:
+        found.append((f"{p}.{norm_of}", "the layer norm's output: the residual is taken after the layer norm"))
+    if m.group(3) != "attn_residual":
+        found.append((block_in, "the block's input"))
+    return [(o, label) for o, label in found if o != recipe.inputs[0]]
+
+
+def other_x(rp, ctx, name, like):
+    v = ctx["b_value"](name)
+    if v is None:
+        raise ValueError(name)  # not recorded in B: the hypothesis cannot be replayed
+    t = rp.tensors([v])[0]
+    if t.shape != like.shape:
+        raise ValueError(name)
+    return t
+
+
+def wiring_norm_hypotheses(rp, recipe, xs, out, ctx, add):
+    """A block's first layer norm reading something else than the block's input: the block switched to
+    post-norm (the norm of x + attn(x)), or the previous block run twice."""
+    if "b_value" not in ctx:
+        return
+    name = recipe.params["name"]
+    n_layer = rp.dims.n_audio_layer
+    if recipe.op == "ln_post" and n_layer > 0:  # the last block run twice (an off-by-one layer list)
+        add(
+            "wiring",
+            f"blocks.{n_layer - 1} run twice: ln_post reads blocks.{n_layer - 1} applied again to its own output",
+            rp.layer_norm(name, rp.block(n_layer - 1, xs[0])),
+        )
+    m = re.fullmatch(r"((?:decoder\.)?blocks\.(\d+))\.(mlp_ln|cross_attn_ln)", recipe.op)
+    if m:  # the branch fed the block's input, not the residual stream after attention (a parallel block)
+        prefix = "decoder." if recipe.op.startswith("decoder.") else ""
+        i = int(m.group(2))
+        block_in = f"{prefix}pos_embed" if i == 0 else f"{prefix}blocks.{i - 1}.out"
+        try:
+            add(
+                "wiring",
+                f"{recipe.op} normalises the block's input {block_in}, not {recipe.inputs[0]}: the branch runs in "
+                "parallel with the attention instead of after it",
+                rp.layer_norm(name, other_x(rp, ctx, block_in, xs[0])),
+            )
+        except ValueError:
+            pass
+    m = re.fullmatch(r"((?:decoder\.)?blocks\.(\d+))\.attn_ln", recipe.op)
+    if not m:
+        return
+    p, i = m.group(1), int(m.group(2))
+    try:
+        branch = other_x(rp, ctx, f"{p}.attn.out", xs[0])
+        add(
+            "wiring",
+            f"post-norm: {recipe.op} normalises x + attn(x) (the residual sum after the attention), not the block's "
+            "input: the block is post-norm, Whisper is pre-norm",
+            rp.layer_norm(name, xs[0] + branch),
+        )
+    except ValueError:
+        pass
+    prefix = "decoder." if recipe.op.startswith("decoder.") else ""
+    for j in range(-1, i - 1):  # blocks skipped: this block reads an earlier block's output (-1: the embedding)
+        source = f"{prefix}pos_embed" if j < 0 else f"{prefix}blocks.{j}.out"
+        try:
+            earlier = other_x(rp, ctx, source, xs[0])
+        except ValueError:
+            continue
+        skipped = f"{prefix}blocks.{j + 1}" if j + 1 == i - 1 else f"{prefix}blocks.{j + 1}..{i - 1}"
+        add(
+            "missing_op",
+            f"{skipped} skipped: {recipe.op} reads {source}, not {recipe.inputs[0]}",
+            rp.layer_norm(name, earlier),
+        )
+    if i > 0 and not recipe.op.startswith("decoder."):
+        add(
+            "wiring",
+            f"blocks.{i - 1} run twice: {recipe.op} reads blocks.{i - 1} applied again to its own output "
+            "(an off-by-one layer list repeated it)",
+            rp.layer_norm(name, rp.block(i - 1, xs[0])),
+        )

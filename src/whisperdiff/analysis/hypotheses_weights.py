@@ -24,6 +24,25 @@ def conv_hypotheses(rp, recipe, xs, out, e, ctx, add):
                 pad, f"{pad[0]} left, {pad[1]} right"
             )
             add("conv_padding", f"{name} pads {side} instead of 1 on each side", y, pad=pad)
+    F = rp.torch.nn.functional
+    bias = rp.w[f"encoder.{name}.bias"]
+    y = F.conv1d(F.pad(x, (1, 1), mode="replicate"), w, bias, stride=stride)
+    add("conv_padding", f"{name} pads by repeating the edge frames (replicate) instead of zeros", y)
+    y = F.conv1d(F.pad(x, (1, 1), mode="reflect"), w, bias, stride=stride)
+    add("conv_padding", f"{name} pads by reflection instead of zeros", y)
+    valid = F.conv1d(x, w, bias, stride=stride)  # no padding, then the output padded back to length with zeros
+    for left in (0, 1, 2):
+        y = (
+            F.pad(valid, (left, out.shape[-1] - valid.shape[-1] - left))
+            if out.shape[-1] >= valid.shape[-1] + left
+            else None
+        )
+        if y is not None and y.shape == out.shape:
+            add(
+                "conv_padding",
+                f"{name} runs unpadded ('valid') and its output is zero-padded back ({left} frame(s) on the left)",
+                y,
+            )
     add(
         "conv_kernel",
         f"{name} uses the kernel flipped in time (cross-correlation vs convolution)",
@@ -57,6 +76,29 @@ def conv_hypotheses(rp, recipe, xs, out, e, ctx, add):
                     y,
                     phase=phase,
                 )
+    if stride > 1:  # run at stride 1 and cut to the right length instead of striding
+        full = rp.conv(name, x, 1)
+        n = out.shape[-1]
+        if full.shape[-1] > n:
+            add(
+                "conv_stride",
+                f"{name} run with stride 1, not {stride}, and truncated to its first {n} frames",
+                full[..., :n],
+            )
+            add(
+                "conv_stride",
+                f"{name} run with stride 1, not {stride}, and truncated to its last {n} frames",
+                full[..., -n:],
+            )
+    for dilation in (2, 3):  # the taps spread over 2 or 3 frames; padding chosen to keep the length
+        for pad in (dilation, 1):
+            y = F.conv1d(F.pad(x, (pad, pad)), w, rp.w[f"encoder.{name}.bias"], stride=stride, dilation=dilation)
+            if y.shape == out.shape:
+                add(
+                    "conv_kernel",
+                    f"{name} with dilation {dilation} (padding {pad}): its taps are {dilation} frames apart",
+                    y,
+                )
     for label, w2 in filter_layouts(w).items():
         add("weight_layout", f"{name}'s filter {label}", rp.conv(name, x, stride, weight=w2))
     add("bias_error", f"{name} without its bias", rp.conv(name, x, stride, bias=False))
@@ -81,18 +123,29 @@ def filter_layouts(w) -> dict:
 
 
 def _op_of_weight(key: str) -> str | None:
-    m = re.fullmatch(r"encoder\.blocks\.(\d+)\.(.+)\.weight", key)
+    """The canonical op a block weight belongs to ("encoder.blocks.1.mlp.0.weight" -> "blocks.1.mlp.fc1")."""
+    from whisperdiff.analysis.replay_decoder import DECODER_LINEAR_PARAMS
+
+    m = re.fullmatch(r"(encoder|decoder)\.blocks\.(\d+)\.(.+)\.(weight|bias)", key)
     if not m:
         return None
-    for op, param in LINEAR_PARAMS.items():
-        if param == m.group(2):
-            return f"blocks.{m.group(1)}.{op}"
+    params = LINEAR_PARAMS if m.group(1) == "encoder" else DECODER_LINEAR_PARAMS
+    prefix = "" if m.group(1) == "encoder" else "decoder."
+    for op, param in params.items():
+        if param == m.group(3):
+            return f"{prefix}blocks.{m.group(2)}.{op}"
     return None
+
+
+def short_name(key: str) -> str:
+    """A weight's name as the user reads it: the op it belongs to when it has one, else its path."""
+    return _op_of_weight(key) or key.removesuffix(".weight").removesuffix(".bias").removeprefix("encoder.")
 
 
 def linear_hypotheses(rp, recipe, xs, out, e, ctx, add):
     name = recipe.params["name"]
-    short = name.removeprefix("encoder.")
+    short = recipe.op
+    part = name.split(".", 1)[0] + "."  # another layer's weight: from the same encoder or decoder
     x, w = xs[0], rp.w[f"{name}.weight"]
     bias = rp.w.get(f"{name}.bias")
     xw = x @ w.T
@@ -100,13 +153,27 @@ def linear_hypotheses(rp, recipe, xs, out, e, ctx, add):
         add("bias_error", f"{short} without its bias", xw)
         add("bias_error", f"{short} adds its bias twice", xw + 2 * bias)
     bias_or_0 = bias if bias is not None else 0
-    wt = w.T.contiguous().reshape(w.shape)  # square: the transpose; else the same memory read in W's shape
-    add("weight_layout", f"{short}'s weight used transposed (x @ W instead of x @ W.T)", x @ wt.T + bias_or_0)
+    n_out, n_in = w.shape
+    if n_out == n_in:
+        add("weight_layout", f"{short}'s weight used transposed (x @ W instead of x @ W.T)", x @ w + bias_or_0)
+    else:  # a non-square weight cannot be used transposed: it was reshaped, or its memory read in another shape
+        add(
+            "weight_layout",
+            f"{short}'s weight [{n_out}, {n_in}] reshaped to [{n_in}, {n_out}] instead of transposed "
+            f"(x @ W.reshape({n_in}, {n_out}))",
+            x @ w.reshape(n_in, n_out) + bias_or_0,
+        )
+        add(
+            "weight_layout",
+            f"{short}'s weight read from W.T's memory as [{n_out}, {n_in}] (a transposed copy reshaped back, "
+            "not transposed)",
+            x @ w.T.contiguous().reshape(n_out, n_in).T + bias_or_0,
+        )
     for key, other in rp.w.items():
-        if key == f"{name}.weight" or other.shape != w.shape or other.ndim != 2:
+        if key == f"{name}.weight" or other.shape != w.shape or other.ndim != 2 or not key.startswith(part):
             continue
         xo = x @ other.T
-        other_short = key.removesuffix(".weight").removeprefix("encoder.")
+        other_short = short_name(key)
         uses = _op_of_weight(key)
         add("wrong_weight", f"{short} uses {other_short}'s weight", xo + bias_or_0, uses=uses)
         ob = rp.w.get(key.removesuffix("weight") + "bias")
@@ -114,5 +181,63 @@ def linear_hypotheses(rp, recipe, xs, out, e, ctx, add):
             add("wrong_weight", f"{short} uses {other_short}'s weight and bias", xo + ob, uses=uses)
         if bias is not None:
             add("wrong_weight", f"{short} uses {other_short}'s weight, no bias", xo, uses=uses)
+    for key, ob in rp.w.items():  # its own bias replaced by (or, without one, given) another op's bias
+        if key == f"{name}.bias" or not key.endswith(".bias") or ob.shape != (n_out,) or not key.startswith(part):
+            continue
+        add(
+            "bias_error",
+            f"{short} uses {short_name(key)}'s bias instead of its own"
+            if bias is not None
+            else f"{short} received {short_name(key)}'s bias (it has none of its own)",
+            xw + ob,
+            vector=key,
+        )
     if x.shape == out.shape:
         add("missing_op", f"{short} is the identity: the projection is missing", x)
+    if recipe.params.get("tied"):
+        _tied_output_hypotheses(rp, recipe, xs, out, e, add)
+
+
+def _tied_output_hypotheses(rp, recipe, xs, out, e, add):
+    """The logits: the tied projection fed the value before the final layer norm, or some tokens' logits
+    overwritten inside the model (suppression)."""
+    torch = rp.torch
+    w = rp.w[f"{recipe.params['name']}.weight"]
+    before = recipe.params["before"]
+    if len(xs) > 1 and xs[1].shape[-1] == w.shape[1]:
+        add(
+            "missing_op",
+            f"the logits are computed from {before}, before the final layer norm decoder.ln (decoder.ln skipped)",
+            xs[1] @ w.T,
+        )
+    add(
+        "bias_shift",
+        "the logits are log-probabilities: log_softmax applied inside the model (a constant offset per position, "
+        "minus its log-sum-exp)",
+        e.log_softmax(-1),
+    )
+    x = xs[0]
+    for k in (1, -1, 2, -2):  # the vocabulary rows shifted: token t scored with row t + k
+        add(
+            "weight_layout",
+            f"the output projection's vocabulary rows shifted by {k:+d} (token t scored with row t{k:+d})",
+            x @ w.roll(-k, 0).T,
+        )
+    diff = (out - e).abs()
+    finite = torch.isfinite(out)
+    changed = ((diff > 1e-3 * (e.abs().max() + 1)) | ~finite).flatten(0, -2).all(0)  # at every position
+    tokens = [int(t) for t in torch.nonzero(changed).flatten()]
+    if tokens and len(tokens) < 0.05 * w.shape[0]:
+        values = out[..., tokens]
+        if bool((values == values.flatten()[0]).all()) or not bool(torch.isfinite(values).any()):
+            v = float(values.flatten()[0])
+            listed = ", ".join(map(str, tokens[:8])) + (", ..." if len(tokens) > 8 else "")
+            cand = e.clone()
+            cand[..., tokens] = v
+            add(
+                "suppression",
+                f"the logits of {len(tokens)} token(s) ({listed}) are set to {v:g} inside the model at every "
+                "position (suppression belongs to the decoding loop, after the logits)",
+                cand,
+                tokens=tokens,
+            )

@@ -16,7 +16,7 @@ import numpy as np
 
 from whisperdiff.analysis.comparability import comparability
 from whisperdiff.analysis.diagnose import Finding
-from whisperdiff.names import decoder_block_op, decoder_op_specs, is_decoder_op, position_axis
+from whisperdiff.names import DECODER_INPUT, decoder_block_op, decoder_op_specs, is_decoder_op, position_axis
 
 
 def is_decoder_trace(manifest: dict) -> bool:
@@ -29,11 +29,9 @@ def decoder_layouts(manifest: dict) -> dict[str, str]:
     tokens = manifest.get("decoder", {}).get("tokens") or [0]
     if not is_decoder_trace(manifest) or not dims:
         return {}
-    from whisper.model import ModelDimensions
-
     try:
-        return {s.name: s.layout for s in decoder_op_specs(ModelDimensions(**dims), len(tokens))}
-    except TypeError:
+        return {s.name: s.layout for s in decoder_op_specs(dict(dims), len(tokens))}
+    except (TypeError, KeyError):
         return {}
 
 
@@ -44,9 +42,10 @@ def position_errors(a, b, axis: int) -> tuple[np.ndarray, np.ndarray]:
     for p in range(n):
         x = np.asarray(np.take(a, p, axis=axis), np.float64).ravel()
         y = np.asarray(np.take(b, p, axis=axis), np.float64).ravel()
-        na, nb, nd = np.linalg.norm(x), np.linalg.norm(y), np.linalg.norm(y - x)
-        rel[p] = nd / na if na > 0 else (0.0 if nd == 0 else math.inf)
-        cos[p] = 1.0 if na == nb == 0 else (0.0 if na == 0 or nb == 0 else float(x @ y / (na * nb)))
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite B (a -inf logit): rel inf, cosine NaN
+            na, nb, nd = np.linalg.norm(x), np.linalg.norm(y), np.linalg.norm(y - x)
+            rel[p] = nd / na if na > 0 else (0.0 if nd == 0 else math.inf)
+            cos[p] = 1.0 if na == nb == 0 else (0.0 if na == 0 or nb == 0 else float(x @ y / (na * nb)))
     return rel, cos
 
 
@@ -102,15 +101,22 @@ def logit_measures(a, b, tokens: list[int] | None = None) -> dict:
     }
 
 
-def decoder_findings(op: str, position: int | None, a_trace, b_trace, view=lambda x: x) -> list[Finding]:
+def decoder_findings(
+    op: str, position: int | None, a_trace, b_trace, view=lambda x: x, weights=None, explained=frozenset()
+) -> list[Finding]:
     """Name the decoder bug at the first divergent (op, position), from tests on both traces' values.
 
     Each test is a general property of its op type: a positional embedding matched to the position
     it came from; which keys an attention row gives weight to; another block's value for a per-block
     op; an op whose output equals its input."""
+    weights = weights or {}
+    if op == DECODER_INPUT and "encoder.ln_post.weight" in weights:  # the decoder's input, from the encoder
+        f = _decoder_input(np.asarray(a_trace[op]), view(np.asarray(b_trace[op])), weights)
+        return [f] if f is not None else []
     if not is_decoder_op(op) or position is None:
         return []
     a, b = np.asarray(a_trace[op]), view(np.asarray(b_trace[op]))
+    embedding = weights.get("decoder.token_embedding.weight")
     where = f"{op} at position {position}"
     if op == "decoder.pos_embed" and "decoder.tok_embed" in a_trace and "decoder.tok_embed" in b_trace:
         pa = a[0] - np.asarray(a_trace["decoder.tok_embed"])[0]  # A's positional rows, position by position
@@ -128,18 +134,36 @@ def decoder_findings(op: str, position: int | None, a_trace, b_trace, view=lambd
                     "at each decoding step (the KV cache length not added)",
                 )
             ]
-    if op.endswith(".attn.weights") and ".cross_attn." not in op:
+    if op == "decoder.tok_embed" and embedding is not None:
+        f = _token_row(op, position, b[0][position], embedding, a_trace.manifest)
+        if f is not None:
+            return [f]
+    if op.endswith(".attn.weights") and ".cross_attn." not in op and op not in explained:
+        # only when no replayed hypothesis named it: the pattern says which keys, not why
         ra, rb = a[0][:, position], b[0][:, position]  # [H, keys]
         extra, missing = (rb > 1e-6) & (ra <= 1e-12), (ra > 1e-6) & (rb <= 1e-12)
+        prompt = (b_trace.manifest.get("decoder") or {}).get("prompt_length") or 0
         if extra[:, position + 1 :].any():
             keys = sorted({int(k) for k in np.nonzero(extra.any(0))[0]})
+            prompt_rows_ok = prompt > 0 and not (b[0][:, :prompt] > 1e-6)[..., prompt:].any()
+            if position >= prompt and prompt_rows_ok:
+                return [
+                    Finding(
+                        "kv_cache",
+                        op,
+                        0.7,
+                        f"{where}: B's one-token steps give weight to later cache slots {keys[:6]}, which hold no key "
+                        f"of this sequence yet, while the prompt rows (0..{prompt - 1}) are masked right: the cache's "
+                        "valid length is stale (entries left from a previous run are read)",
+                    )
+                ]
             return [
                 Finding(
                     "causal_mask",
                     op,
-                    0.95,
-                    f"{where}: B gives weight to later positions {keys[:6]}; "
-                    "the decoder's self-attention has no causal mask",
+                    0.7,
+                    f"{where}: B gives weight to later positions {keys[:6]}; the causal mask lets this position see "
+                    "later ones (no replayed mask reproduced the values)",
                 )
             ]
         if missing.any():
@@ -148,9 +172,9 @@ def decoder_findings(op: str, position: int | None, a_trace, b_trace, view=lambd
                 Finding(
                     "kv_cache",
                     op,
-                    0.9,
-                    f"{where}: B gives no weight to earlier position(s) {keys[:6]} that A "
-                    "attends to: this step reads the KV cache one short (off by one)",
+                    0.6,
+                    f"{where}: B gives no weight to earlier position(s) {keys[:6]} that A attends to: those "
+                    "entries are not read at this step (no replayed cache layout reproduced the values)",
                 )
             ]
     block = _block_of(op)
@@ -182,6 +206,51 @@ def decoder_findings(op: str, position: int | None, a_trace, b_trace, view=lambd
     return []
 
 
+def _token_row(op, position, row, embedding, manifest) -> Finding | None:
+    """The token whose embedding row B used at `position`, when it is another token than the one fed."""
+    emb = np.asarray(embedding, np.float32)
+    dist = np.linalg.norm(emb - np.asarray(row, np.float32)[None], axis=-1)
+    near = np.nonzero(dist <= 1e-4 * max(float(np.linalg.norm(row)), 1e-12))[0]
+    tokens = (manifest.get("decoder") or {}).get("tokens") or []
+    fed = tokens[position] if position < len(tokens) else None
+    if fed is None or not len(near) or fed in near:
+        return None
+    eot = 50256 if emb.shape[0] < 51865 else 50257  # special tokens first: the usual wrong row is one of them
+    used = sorted((int(t) for t in near), key=lambda t: (t < eot, t))
+    names = {t: token_text(manifest, t) for t in (*used[:3], fed)}
+    which = " or ".join(f"token {t} ({names[t]!r})" for t in used[:3])
+    same = f" (rows equal to within 1e-4: {len(used)} tokens)" if len(used) > 1 else ""
+    return Finding(
+        "input_mismatch",
+        op,
+        0.95,
+        f"{op} at position {position}: B embeds the row of {which}{same}, not the token fed, {fed} "
+        f"({names[fed]!r}): the decoder's input differs (a wrong start-of-transcript, language, task or "
+        "timestamp token)",
+    )
+
+
+def _decoder_input(a, b, weights) -> Finding | None:
+    """B's decoder read another encoder value than ln_post: its input, layer-normed with ln_post, is A's."""
+    if a.shape != b.shape or not np.isfinite(b).all():
+        return None
+    x = np.asarray(b, np.float64)
+    mu = x.mean(-1, keepdims=True)
+    n = (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-5)
+    g, beta = (np.asarray(weights[f"encoder.ln_post.{k}"], np.float64) for k in ("weight", "bias"))
+    err = _rel(a, n * g + beta)
+    if err > 1e-3:
+        return None
+    return Finding(
+        "input_mismatch",
+        DECODER_INPUT,
+        0.95,
+        f"{DECODER_INPUT}: B's decoder was fed the encoder output before the final layer norm (the last block's "
+        f"output): ln_post applied to B's input gives A's to rel L2 {err:.1e}; feed the decoder the encoder's "
+        "ln_post",
+    )
+
+
 def _block_of(op: str) -> int | None:
     parts = op.split(".")
     return int(parts[2]) if len(parts) > 3 and parts[1] == "blocks" and parts[2].isdigit() else None
@@ -202,7 +271,9 @@ def _rel(a, b) -> float:
     return float(np.linalg.norm(b - a) / na) if na > 0 else math.inf
 
 
-def decoder_summary(ta, tb, first: str | None, tolerances, view_of) -> tuple[dict | None, list[Finding]]:
+def decoder_summary(
+    ta, tb, first: str | None, tolerances, view_of, weights=None, explained=frozenset()
+) -> tuple[dict | None, list[Finding]]:
     """For two decoder traces: the first divergence as (op, position), the logits measures and the
     findings that name the decoder bug; (None, []) when A is not a decoder trace.
 
@@ -233,7 +304,7 @@ def decoder_summary(ta, tb, first: str | None, tolerances, view_of) -> tuple[dic
         )
         axis = "audio frame" if position_axis(layouts.get(first)) is None else "token position"
         out["first_divergence"] = {"op": first, "position": position, "axis": axis}
-        findings = decoder_findings(first, position, ta, tb, view)
+        findings = decoder_findings(first, position, ta, tb, view, weights, explained)
     if "decoder.logits" in ta and "decoder.logits" in tb and view_of("decoder.logits") is not None:
         out["logits"] = logit_measures(
             ta["decoder.logits"], view_of("decoder.logits")(np.asarray(tb["decoder.logits"])), tokens

@@ -47,3 +47,20 @@ def alignment_notes(capture: dict) -> list[str]:
     if not isinstance(notes, list):
         return []
     return [f"alignment: {n}" for n in notes if isinstance(n, str)][:20]
+
+
+def train_mode_findings(capture: dict, first: str | None) -> list[Finding]:
+    """A torch port captured in train mode: its dropout is active, so its values are random."""
+    train = capture.get("train_mode")
+    if not isinstance(train, list) or not train:
+        return []
+    listed = ", ".join(str(t) for t in train[:4]) + (", ..." if len(train) > 4 else "")
+    return [
+        Finding(
+            "stochastic",
+            first,
+            0.95,
+            f"B's torch module ran in train mode: dropout is active in {len(train)} module(s) ({listed}), so "
+            "its values are random and not deterministic from run to run; call model.eval() before tracing",
+        )
+    ]

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from whisperdiff.analysis.replay_decoder import decoder_recipe
 from whisperdiff.names import BLOCK_OPS
 
 # Which weight each linear op uses (openai-whisper's state-dict names, inside encoder.blocks.{i}).
@@ -49,19 +50,22 @@ class OpRecipe:
 class Replayer:
     """Recipes for every canonical op of a model; weights from the encoder's openai-whisper state dict."""
 
-    def __init__(self, loaded, weights: dict | None = None):
+    def __init__(self, loaded, weights=None, parts: tuple[str, ...] = ("encoder",)):
+        """parts: whose weights ("encoder", "decoder"): a decoder trace needs both, an encoder one only its own."""
         import torch
 
         self.torch = torch
         self.loaded = loaded
         self.dims = loaded.dims
         if weights is None:
+            prefixes = tuple(f"{p}." for p in parts)
             weights = {
                 k: v.detach().to(torch.float32).contiguous()
                 for k, v in loaded.state_dict.items()
-                if k.startswith("encoder.")
+                if k.startswith(prefixes)
             }
         self.w = weights
+        self.decoder_context: dict = {}  # a decoder trace's prompt length (its incremental steps start there)
         self.n_head = self.dims.n_audio_head
         self.d_head = self.dims.n_audio_state // self.n_head
         self._rounded: dict[str, Replayer] = {}
@@ -69,7 +73,9 @@ class Replayer:
     def with_weights_rounded(self, dtype: str) -> Replayer:
         """The same recipes with every weight rounded to `dtype` (float16, bfloat16, tf32)."""
         if dtype not in self._rounded:
-            self._rounded[dtype] = Replayer(self.loaded, {k: round_to(v, dtype) for k, v in self.w.items()})
+            rounded = Replayer(self.loaded, RoundedWeights(self.w, dtype))
+            rounded.decoder_context = self.decoder_context
+            self._rounded[dtype] = rounded
         return self._rounded[dtype]
 
     # -- openai-whisper's formulas ---------------------------------------------------------------------
@@ -103,9 +109,12 @@ class Replayer:
             return x.permute(0, 2, 3, 1).reshape(b, t, h * d)
         return x.permute(0, 2, 1, 3).reshape(b, t, h * d)
 
-    def attention_weights(self, q, k, scale=None, split="hd", axis=-1, mask=None, swap_qk=False):
-        """Softmax probabilities [B, H, T_q, T_k], one head at a time (float32)."""
+    def attention_weights(self, q, k, scale=None, split="hd", axis=-1, mask=None, swap_qk=False, sub=None):
+        """Softmax probabilities [B, H, T_q, T_k], one head at a time (float32).
+
+        sub: one sub-op in lower precision, {"scores": dtype} or {"probs": dtype} (the softmax's input or output)."""
         scale = self.d_head**-0.5 if scale is None else scale
+        sub = sub or {}
         qh, kh = self.heads(q, split), self.heads(k, split)
         if swap_qk:
             qh, kh = kh, qh
@@ -114,18 +123,36 @@ class Replayer:
             s = (qh[:, h] @ kh[:, h].transpose(-1, -2)) * scale
             if mask is not None:
                 s = s + mask
-            out.append(s.softmax(axis))
+            if "scores" in sub:
+                s = round_to(s, sub["scores"])
+            p = s.softmax(axis)
+            out.append(round_to(p, sub["probs"]) if "probs" in sub else p)
         return self.torch.stack(out, 1)
 
-    def attention(self, q, k, v, split="hd", merge=None, weights=None, **kw):
+    def attention(self, q, k, v, split="hd", merge=None, weights=None, pv=None, **kw):
+        """pv: the dtype of probabilities @ v (both rounded, and the product), else float32."""
         w = self.attention_weights(q, k, split=split, **kw) if weights is None else weights
-        return self.merge(w @ self.heads(v, split), merge or split)
+        vh = self.heads(v, split)
+        if pv is not None:
+            return self.merge(round_to(round_to(w, pv) @ round_to(vh, pv), pv), merge or split)
+        return self.merge(w @ vh, merge or split)
 
     def gelu(self, x, approximate="none"):
         return self.torch.nn.functional.gelu(x, approximate=approximate)
 
+    def block(self, i: int, x, prefix: str = "encoder"):
+        """One whole encoder block on x (for "a block run twice"): x + attn(ln(x)), then + mlp(ln(.))."""
+        p = f"{prefix}.blocks.{i}"
+        h = self.layer_norm(f"{p}.attn_ln", x)
+        q, k, v = (self.linear(f"{p}.attn.{n}", h) for n in ("query", "key", "value"))
+        x = x + self.linear(f"{p}.attn.out", self.attention(q, k, v))
+        h = self.gelu(self.linear(f"{p}.mlp.0", self.layer_norm(f"{p}.mlp_ln", x)))
+        return x + self.linear(f"{p}.mlp.2", h)
+
     # -- the recipe of each canonical op --------------------------------------------------------------
     def recipe(self, op: str) -> OpRecipe | None:
+        if op.startswith("decoder."):
+            return decoder_recipe(self, op, OpRecipe, self.decoder_context)
         if op == "conv1":
             return OpRecipe(op, "conv", ("mel",), lambda x: self.conv("conv1", x, 1), {"name": "conv1", "stride": 1})
         if op == "conv2":
@@ -181,7 +208,9 @@ class Replayer:
         recipe = self.recipe(op)
         if recipe is None:
             return None
-        if sample > 1 and recipe.type in SAMPLED:  # attention: every k-th query (and output) row, all keys
+        if (
+            sample > 1 and recipe.type in SAMPLED and not op.startswith("decoder.")
+        ):  # decoder: P is small  # attention: every k-th query (and output) row, all keys
             k = sample
             if recipe.type == "attention":
                 inputs = [inputs[0][:, ::k], inputs[1], inputs[2], inputs[3][:, ::k]]
@@ -199,6 +228,24 @@ class Replayer:
         return recipe.inputs if recipe else None
 
 
+class RoundedWeights(Mapping):
+    """The weights rounded to a dtype, each when first read: a hypothesis reads a few, not the whole model."""
+
+    def __init__(self, weights: Mapping, dtype: str):
+        self._weights, self._dtype, self._done = weights, dtype, {}
+
+    def __getitem__(self, key):
+        if key not in self._done:
+            self._done[key] = round_to(self._weights[key], self._dtype)
+        return self._done[key]
+
+    def __iter__(self):
+        return iter(self._weights)
+
+    def __len__(self) -> int:
+        return len(self._weights)
+
+
 def round_to(t, dtype: str):
     """`t` (float32 torch) rounded to float16, bfloat16 or tf32 (10-bit mantissa, round to nearest even)."""
     import torch
@@ -213,6 +260,9 @@ def round_to(t, dtype: str):
 def rel(expected, got) -> float:
     """||got - expected|| / ||expected|| (inf when it is NaN). float32 is enough: the difference of two
     close float32 values is exact, and torch's norm sums pairwise (relative error ~1e-6 of the ratio)."""
+    both = expected.isnan() & got.isnan()  # NaN where the replay has NaN too (a fully masked row) agrees
+    if bool(both.any()):
+        expected, got = expected.masked_fill(both, 0.0), got.masked_fill(both, 0.0)
     n = float(expected.norm())
     d = float((got - expected).norm())
     if math.isnan(d):

@@ -91,7 +91,18 @@ def describe(
     valid = steps_with_audio(audio_frames, steps)
     if valid and valid < steps:
         pad_share = float(per_step[valid:].sum()) / rr
-        facts.append(f"{pad_share:.0%} of it lies in the padding after the audio (steps >= {valid} of {steps})")
+        base = (steps - valid) / steps  # the padding's share of the window: what a uniform error puts there
+        verdict = (
+            "uniform: no padding clue"
+            if abs(pad_share - base) < 0.1
+            else "concentrated in the padding"
+            if pad_share > base
+            else "concentrated in the audio"
+        )
+        facts.append(
+            f"{pad_share:.0%} of it lies in the padding after the audio (steps >= {valid} of {steps}), which is "
+            f"{base:.0%} of the window: {verdict}"
+        )
     order = np.argsort(per_step)[::-1]
     n90 = int(np.searchsorted(np.cumsum(per_step[order]) / rr, 0.9) + 1)
     if n90 <= steps // 4:
@@ -159,3 +170,53 @@ def _ranges(idx: list[int], limit: int = 4) -> str:
             runs.append(f"{start}-{v}" if v > start else f"{v}")
             start = None
     return ", ".join(runs[:limit]) + (", ..." if len(runs) > limit else "")
+
+
+def cosine(b, e) -> float:
+    x, y = np.asarray(b, np.float64).ravel(), np.asarray(e, np.float64).ravel()
+    n = float(np.linalg.norm(x) * np.linalg.norm(y))
+    return float(x @ y / n) if n > 0 and np.isfinite(n) else 0.0
+
+
+def nonfinite_where(b) -> str:
+    """Where B's non-finite values are, when they sit in a few channels (last axis) at every row: overwritten."""
+    if b is None or np.ndim(b) < 2:
+        return ""
+    bad = ~np.isfinite(np.asarray(b)).reshape(-1, np.shape(b)[-1])
+    cols = np.nonzero(bad.any(0))[0]
+    if not 0 < len(cols) <= 0.05 * bad.shape[1]:
+        return ""
+    rows = np.nonzero(bad.any(1))[0]
+    at = "every position" if len(rows) == bad.shape[0] else "position(s) " + ", ".join(str(int(r)) for r in rows[:8])
+    b2 = np.asarray(b).reshape(-1, np.shape(b)[-1])[np.ix_(rows, cols)]
+    value = "-inf" if bool((b2 == -np.inf).all()) else "+inf" if bool((b2 == np.inf).all()) else "NaN/Inf"
+    listed = ", ".join(str(int(c)) for c in cols[:8]) + (", ..." if len(cols) > 8 else "")
+    return (
+        f"; they are {value} in {len(cols)} of {bad.shape[1]} channels ({listed}) at {at}: those entries are set "
+        "to -inf inside the model (for logits: tokens suppressed in the model, not in the decoding loop)"
+        if value == "-inf"
+        else f"; they fill {len(cols)} of {bad.shape[1]} channels ({listed}) at {at}"
+    )
+
+
+def random_noise(b, e) -> str | None:
+    """The facts, when B - replay is white noise: zero-mean, Gaussian (kurtosis ~3), uncorrelated with the
+    output, and of the same size at every time step and channel. None when it has any structure."""
+    b, e = np.asarray(b, np.float64), np.asarray(e, np.float64)
+    if b.shape != e.shape or b.ndim < 2 or not (np.isfinite(b).all() and np.isfinite(e).all()):
+        return None
+    d = (b - e).reshape(-1, b.shape[-1]) if b.ndim == 3 else (b - e).reshape(b.shape[0], -1)
+    sd = float(d.std())
+    if sd == 0 or d.shape[0] < 8 or d.shape[1] < 8:
+        return None
+    kurt = float(((d - d.mean()) ** 4).mean() / sd**4)
+    corr = float(np.corrcoef(d.ravel(), e.ravel())[0, 1])
+    rows, cols = d.std(1), d.std(0)
+    spread = max(float(rows.std() / rows.mean()), float(cols.std() / cols.mean()))
+    if abs(float(d.mean())) < 0.05 * sd and 2.6 < kurt < 3.5 and abs(corr) < 0.05 and spread < 0.25:
+        return (
+            f"std {sd:.3g} ({sd / max(float(e.std()), 1e-30):.3g} x the output's std), mean {float(d.mean()):+.1e}, "
+            f"kurtosis {kurt:.2f} (Gaussian: 3), correlation with the output {corr:+.3f}, the same size at every "
+            f"step and channel (spread {spread:.0%})"
+        )
+    return None

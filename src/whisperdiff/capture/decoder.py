@@ -136,7 +136,9 @@ def argmax_and_margin(logits: np.ndarray) -> tuple[list[int], list[float]]:
     """Per position: the top token and its logit lead over the runner-up."""
     flat = np.asarray(logits, np.float32).reshape(-1, logits.shape[-1])
     top2 = np.partition(flat, -2, axis=-1)[:, -2:]
-    return [int(i) for i in flat.argmax(-1)], [float(m) for m in (top2[:, 1] - top2[:, 0])]
+    # a margin that is not a number (NaN or -inf logits) is stored as None: the manifest is strict JSON
+    margins = [float(m) if np.isfinite(m) else None for m in (top2[:, 1] - top2[:, 0])]
+    return [int(i) for i in flat.argmax(-1)], margins
 
 
 def encoder_features(loaded, mel: np.ndarray, impl: str = "torch", faults=()) -> np.ndarray:

@@ -406,6 +406,7 @@ def trace_captured(
             "low_confidence": {m.name: f"{m.basis} {m.confidence:.2f}" for m in amap.matches if m.confidence < 0.9},
             "notes": amap.notes,
             "output": output,
+            "train_mode": cap.train_mode() if hasattr(cap, "train_mode") else [],
         }
     if map_path is not None:
         amap.write(map_path, weights)

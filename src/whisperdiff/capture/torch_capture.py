@@ -106,6 +106,18 @@ class TorchCapture:
 
             self._shapes = {tuple(s.shape) for s in op_specs(self._dims) if s.name != "mel" and not s.optional}
 
+    def train_mode(self) -> list[str]:
+        """Submodules that would drop values at random in this run: dropout (a Dropout module, or a module with a
+        dropout rate that it applies functionally) in a module left in train mode."""
+        import torch
+
+        found = []
+        for name, m in self.module.named_modules() if self.module is not None else ():
+            rate = m.p if isinstance(m, torch.nn.modules.dropout._DropoutNd) else getattr(m, "dropout", 0)
+            if m.training and isinstance(rate, int | float) and rate > 0:
+                found.append(f"{name or type(m).__name__} (p={rate:g})")
+        return found
+
     # --- recording --------------------------------------------------------------------------------
     def _where(self) -> str:
         import torch

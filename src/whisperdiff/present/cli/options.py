@@ -187,6 +187,14 @@ class Pairing:
         bool,
         typer.Option("--force", help="Go on even when the traces are not comparable (other weights, input or dims)."),
     ] = False
+    audio: Annotated[
+        Path | None,
+        typer.Option(
+            "--audio",
+            help="The traced clip (checked by sha256): where the log-mels differ, each usual frontend variant is "
+            "replayed on it. The shipped clip needs no flag.",
+        ),
+    ] = None
 
 
 @option_group

@@ -21,6 +21,7 @@ def run_compare(trace_a, trace_b, pairing: Pairing, limits: Limits, *, transcrib
             model=pairing.model,
             replay=pairing.replay,
             transcribe=transcribe,
+            audio=pairing.audio,
             on_op=bar.on_op,
             on_total=bar.on_total,
         )
