@@ -59,7 +59,7 @@ def _trace_const(model, bug, out, ref):
     from handsoff_ports import ConstPort
 
     import whisperdiff as wd
-    from whisperdiff.capture.graph_capture import trace_captured
+    from whisperdiff.capture.captured_trace import trace_captured
 
     d = model.dims
     with wd.mark_all(select="canonical", dims=d) as cap:  # the class builds, compiles and holds its model
@@ -82,7 +82,7 @@ def _trace_inputs(model, bug, out, ref):
     from max.driver import CPU
 
     import whisperdiff as wd
-    from whisperdiff.capture.graph_capture import trace_captured
+    from whisperdiff.capture.captured_trace import trace_captured
 
     weights = encoder_arrays(model)
     with wd.mark_all(select="canonical", dims=model.dims) as cap:  # a build function: no module
@@ -107,7 +107,7 @@ def _trace_nn(model, bug, out, ref):
     from max.graph import DeviceRef, Graph, TensorType
 
     import whisperdiff as wd
-    from whisperdiff.capture.graph_capture import trace_captured
+    from whisperdiff.capture.captured_trace import trace_captured
 
     d = model.dims
     port = NNPort(d, bug)
@@ -134,7 +134,7 @@ def _trace_torch(model, bug, out, ref):
     from handsoff_ports_torch import torch_port
 
     import whisperdiff as wd
-    from whisperdiff.capture.graph_capture import trace_captured
+    from whisperdiff.capture.captured_trace import trace_captured
 
     module = torch_port(model, bug)
     with torch.no_grad(), wd.mark_all(module, select="canonical", dims=model.dims) as cap:

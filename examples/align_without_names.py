@@ -21,7 +21,8 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     import whisperdiff as wd
-    from whisperdiff.capture.graph_capture import mark_all, trace_captured
+    from whisperdiff.capture.captured_trace import trace_captured
+    from whisperdiff.capture.graph_capture import mark_all
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", choices=["maxnn", "own"])

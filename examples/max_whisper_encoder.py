@@ -98,7 +98,8 @@ def trace_fixed(
     from max.dtype import DType
     from max.graph import DeviceRef, Graph
 
-    from whisperdiff.capture.graph_capture import capture, trace_captured
+    from whisperdiff.capture.captured_trace import trace_captured
+    from whisperdiff.capture.graph_capture import capture
     from whisperdiff.capture.preflight import preflight
     from whisperdiff.mapping.maps import read_map
     from whisperdiff.mapping.weightmap import from_rules, propose

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import whisperdiff as wd
-from whisperdiff.capture.graph_capture import trace_captured
+from whisperdiff.capture.captured_trace import trace_captured
 
 pytest.importorskip("transformers", reason="the torch port is transformers' WhisperEncoder ([ports] extra)")
 from transformers import WhisperConfig  # noqa: E402

@@ -345,7 +345,7 @@ def compare(
     if capture:
         op_findings.extend(port_output_findings(capture, rel_l2_of))
         warnings.extend(alignment_notes(capture))
-    # Observer effect (capture/graph_capture.trace_captured): B's extra outputs can change what MAX fuses.
+    # Observer effect (capture/captured_trace.trace_captured): B's extra outputs can change what MAX fuses.
     effect = (tb.manifest.get("runner") or {}).get("observer_effect")
     if isinstance(effect, dict) and isinstance(effect.get("rel_l2"), int | float) and effect["rel_l2"] > 0:
         first_rel = rel_l2_of.get(first)

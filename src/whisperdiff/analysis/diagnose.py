@@ -55,6 +55,7 @@ KINDS = {
     "bias_shift": "a constant global offset that is not a model bias",
     "sign_flip": "values negated",
     "nonfinite": "NaN or Inf appear",
+    "nonfinite_reference": "the reference (A) holds NaN or Inf: its metrics cannot be trusted",
     "shape_mismatch": "an op's shapes differ under every known layout",
     "layout": "values match after a transpose or reshape",
     "divergence": "the op introduces error no hypothesis reproduces",

@@ -1,4 +1,4 @@
-"""What a captured port's trace says about itself (capture/graph_capture.trace_captured writes it): which
+"""What a captured port's trace says about itself (capture/captured_trace.trace_captured writes it): which
 canonical ops automap could not align, and whether the port's own output is the value aligned as the
 final op. The port's output is always what B's final op holds; when automap had aligned that op to an
 earlier value, the ops the port applies after it are named here, so "ln_post diverges" comes with

@@ -1,7 +1,7 @@
 """Mark all for torch: record every value a torch port computes while it runs, unedited.
 
     import whisperdiff as wd
-    from whisperdiff.capture.graph_capture import trace_captured
+    from whisperdiff.capture.captured_trace import trace_captured
 
     cap = wd.mark_all(hf_encoder, dims=model.dims)            # a torch.nn.Module: this capture
     amap = trace_captured("traces/hf-port", cap, lambda mel: hf_encoder(torch.from_numpy(mel)),
