@@ -259,6 +259,6 @@ def trace_decoder_command(
     out.print(f"tokens: {d['tokens']}  [dim]({escape_markup(d['token_source'])})[/]", highlight=False)
     out.print(
         f"own argmax = next forced token at {agree} of {len(forced_next)} positions; smallest logit margin "
-        f"{min(d['margin'][:-1] or d['margin']):.3g}",
+        f"{min((m for m in d['margin'][:-1] or d['margin'] if m is not None), default=float('nan')):.3g}",
         highlight=False,
     )
