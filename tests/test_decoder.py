@@ -250,6 +250,12 @@ def test_a_users_decoder_traced_with_tracer_compares_position_by_position(tmp_pa
         and bare["prompt_length"] == 0
         and "without Whisper's prompt" in bare["token_source"]
     )
+    # logits with NaN (a fully masked row) are a finding to make, not a trace to refuse
+    logits = np.zeros((1, 2, tiny_en.dims.n_vocab), np.float32)
+    logits[0, 0] = np.nan
+    with wd.Tracer(tmp_path / "nan", impl="mine", model=tiny_en, tokens=[383, 2068]) as t:
+        t.record("decoder.logits", logits)
+    assert t.trace().manifest["decoder"]["margin"] == [None, 0.0]
 
 
 def test_transcribe_impl_max_runs_max_for_both_halves(tmp_path, tiny_en, mel, max_decoder):
