@@ -190,6 +190,8 @@ def compare(
     replayer_of = functools.cache(lambda: _replayer(model, ta, tb, warnings) if replay and comparability else None)
     if replay and not comparability:
         warnings.append("introduced error not computed: the traces are not comparable")
+    elif replay and model is None:  # said up front, though the weights load only where an op diverges
+        warnings.extend(_unknown_model(ta, tb))
 
     b_names = {p.name: p.b_name for p in pairs if p.matched}
 
@@ -481,7 +483,19 @@ def _replayer(model, ta: Trace, tb: Trace, warnings: list[str]):
         run = tb.manifest.get("decoder") or {}  # B's own run: where its incremental (KV cache) steps start
         rp.decoder_context = {"prompt_length": run.get("prompt_length"), "mode": run.get("mode")}
         return rp
-    warnings.append(
-        f"introduced error not computed (no loadable model with the trace's weights; pass --model): {reasons[-1]}"
-    )
+    note = f"introduced error not computed (no loadable model with the trace's weights; pass --model): {reasons[-1]}"
+    if not any(reasons[-1] in w for w in warnings):  # not said twice when _unknown_model said it up front
+        warnings.append(note)
     return None
+
+
+def _unknown_model(ta: Trace, tb: Trace) -> list[str]:
+    """A note when neither manifest names a model whisperdiff may load (no file is opened to find out)."""
+    from whisperdiff.inputs.models import known_spec
+
+    found = [
+        known_spec(t.manifest.get("model", {}).get("id"), t.manifest.get("model", {}).get("source")) for t in (tb, ta)
+    ]
+    if any(spec is not None for spec, _ in found):
+        return []
+    return [f"introduced error can be computed only with --model, where an op diverges: {found[0][1]}"]
