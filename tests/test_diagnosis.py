@@ -344,6 +344,8 @@ def test_planted_bug_is_localised_and_named(ref, small_random, tmp_path, index):
     assert result.first_divergence == op
     assert (top.op, top.kind) == (op, kind), [f.to_dict() for f in result.findings[:3]]
     assert word.lower() in top.message.lower(), top.message
+    clauses = [c.strip() for c in top.message.split(":") if len(c.strip()) > 20]
+    assert len(clauses) == len(set(clauses)), f"a clause is said twice: {top.message}"
     if word in ("float16", "bfloat16"):  # the other half-precision dtype is not named
         other = {"float16": "bfloat16", "bfloat16": "float16"}[word]
         assert not any(w == other for w in top.message.replace(",", " ").replace("(", " ").replace(")", " ").split())

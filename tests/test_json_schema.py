@@ -16,6 +16,7 @@ from conftest import run_cli
 import whisperdiff as wd
 from whisperdiff.analysis.compare import compare
 from whisperdiff.capture.decoder import trace_decoder
+from whisperdiff.experiments.bisect import bisect
 from whisperdiff.gate.check import check
 from whisperdiff.measure.tolerances import load_tolerances
 from whisperdiff.store.documents import SCHEMAS, ls_document, show_document
@@ -23,7 +24,10 @@ from whisperdiff.store.trace import list_traces
 
 FIELDS = Path(__file__).parent / "data" / "json_fields.json"
 DOCS = Path(__file__).parent.parent / "docs" / "json.md"
-OPAQUE = {"whisperdiff.show": {"manifest"}}  # the trace's manifest: its own schema, whisperdiff.trace
+OPAQUE = {
+    "whisperdiff.show": {"manifest"},  # the trace's manifest: its own schema, whisperdiff.trace
+    "whisperdiff.bisect": {"comparison"},  # the last step's compare document: whisperdiff.compare
+}
 TOKENS = [50257, 50362, 383, 2068, 318, 257]  # teacher-forced: <|startoftranscript|><|notimestamps|> and text
 
 
@@ -98,6 +102,10 @@ def documents(tmp_path_factory, small_random) -> dict[str, list[dict]]:
         "whisperdiff.check": [check(ref, ref).to_json(), check(ref, bad).to_json(), check(ref, short).to_json()],
         "whisperdiff.show": [show_document(ref)],
         "whisperdiff.ls": [ls_document(list_traces(d / "traces")), ls_document(list_traces(d / "traces" / "ref"))],
+        "whisperdiff.bisect": [  # clean (torch: nothing compiles) and a bug found in two steps (MAX)
+            bisect(ref, impl="torch", out=d / "bisect").to_json(),
+            bisect(ref, impl="max", inject=["kv-swap"], out=d / "bisect-kv-swap").to_json(),
+        ],
     }
 
 

@@ -401,9 +401,11 @@ def diagnosis_context(ta, replayer=None) -> dict:
 def pair_swaps(findings: list[Finding]) -> list[Finding]:
     """Two `wrong_weight` findings where op X uses Y's weight and Y uses X's: the pair is swapped."""
     by_op = {f.op: f for f in findings if f.kind == "wrong_weight"}
+    paired: set[str] = set()
     for f in list(by_op.values()):
         other = by_op.get(getattr(f, "_uses", None))
-        if other is not None and getattr(other, "_uses", None) == f.op:
+        if other is not None and getattr(other, "_uses", None) == f.op and f.op not in paired:
+            paired.update((f.op, other.op))  # each pair once: its second member would prefix both again
             projections = all(
                 re.search(r"\.(attn|cross_attn)\.[qkv]$|\.out$|mlp\.fc[12]$", n) for n in (f.op, other.op)
             )

@@ -19,10 +19,12 @@ def make_runner(
     taps: list[str] | None = None,
     faults=(),
     patchable: bool = False,
+    bisecting: bool = False,
 ):
     """A runner for `impl`: a built-in one, or else a plugin (module.path:factory, file.py:factory, or an
     installed plugin's name). `faults` are encoder-side porting bugs (faults.py) to switch on.
-    patchable: the runner's `run` also takes patch=(op, value) (activation patching, patch.py)."""
+    patchable: the runner's `run` also takes patch=(op, value) (activation patching, patch.py).
+    bisecting: a MAX graph with only `taps` plus one block's inside, picked at run time (bisect.py)."""
     encoder_faults = [f for f in faults if f.controls is not None]
     cls = runner_class("encoder", impl)
     if encoder_faults and not (cls and cls.takes_faults):
@@ -34,7 +36,9 @@ def make_runner(
         from whisperdiff.capture.plugin import PluginRunner
 
         return PluginRunner(impl, model, device=device, dtype=dtype, taps=taps)
-    return cls(model, device=device, dtype=dtype, taps=taps, faults=encoder_faults, patchable=patchable)
+    # hook-based runners record only the taps asked for anyway; bisect makes them afresh per step
+    options = {"bisecting": True} if bisecting and cls.takes_faults else {}
+    return cls(model, device=device, dtype=dtype, taps=taps, faults=encoder_faults, patchable=patchable, **options)
 
 
 def decoder_runner_class(impl: str, faults=()) -> type:

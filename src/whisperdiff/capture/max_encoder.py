@@ -23,6 +23,7 @@ d_head^-0.25 instead of `scores * scale`, about 1.04-1.05x per attention call.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,6 +125,9 @@ def control_types(n_layer: int, device: DeviceRef) -> list[TensorType]:
     ]
 
 
+_INSIDE_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
 class Context:
     """What every module needs while the graph is built: dtype, device, the tap sink and, in the debug
     graph only, the run-time controls (`self.debug`)."""
@@ -135,8 +139,11 @@ class Context:
         taps: set[str],
         controls: list[TensorValue] | None = None,
         patch: tuple[list[str], TensorValue, list[TensorValue]] | None = None,
+        select: TensorValue | None = None,
     ):
         self.dtype, self.device, self.taps = dtype, device, taps
+        # bisection: every block's ops, the one block picked at run time by `select` (one-hot, [n_layer])
+        self.select, self.selected = select, {}
         self.ln_eps = ops.constant(LN_EPS, DType.float32, device)
         self.debug = controls is not None
         self.outputs: list[tuple[str, TensorValue]] = []
@@ -156,7 +163,14 @@ class Context:
         """Every canonical op passes through here: patched (if asked at run time), then recorded."""
         x = self.patch(name, x)
         if name in self.taps:  # traces hold float32 (exact for float16/bfloat16 values)
-            self.outputs.append((name, x if x.dtype == DType.float32 else ops.cast(x, DType.float32)))
+            self.outputs.append((name, self.float32(x)))
+        inside = _INSIDE_BLOCK.match(name) if self.select is not None else None
+        if inside and inside.group(2) not in ("out", "attn.weights"):
+            i, op = int(inside.group(1)), inside.group(2)  # kept where select[i] is 1: a choice, no arithmetic
+            kept = self.selected.get(op)
+            self.selected[op] = (
+                self.float32(x) if kept is None else ops.where(self.select[i] > 0, self.float32(x), kept)
+            )
         return x
 
     def patch(self, name: str, x: TensorValue) -> TensorValue:
@@ -405,25 +419,39 @@ def patch_types(dims, device: DeviceRef) -> list[TensorType]:
 
 
 def build_graph(
-    dims, taps: list[str], dtype: DType = DType.float32, device: DeviceRef | None = None, debug: bool = False
+    dims,
+    taps: list[str],
+    dtype: DType = DType.float32,
+    device: DeviceRef | None = None,
+    debug: bool = False,
+    select_block: bool = False,
 ) -> tuple[Graph, list[str]]:
     """The encoder graph for these dims with `taps` (canonical names) as outputs; returns (graph, output names).
 
     debug=False: the clean encoder, whose only input is the mel. debug=True: the one graph for injected
     bugs and activation patching (`whisperdiff patch`), with the `Controls` as inputs and, for patching,
     a flag per patch point and an override per shape: at run time any one op's value is replaced by
-    the reference's, so every bug and every patch point share one compiled graph."""
+    the reference's, so every bug and every patch point share one compiled graph.
+
+    select_block=True (bisection): one more input, a one-hot [n_layer] vector, and one more output per op
+    inside a block, named `blocks.*.OP`: that op of the block the vector picks. Block outputs first, then
+    one block's inside, come from one compiled graph."""
     device = device or DeviceRef.CPU()
     d = dims
     mel_type = TensorType(DType.float32, [1, d.n_mels, 2 * d.n_audio_ctx], device=device)
     key = f"whisper_encoder_{d.n_mels}_{d.n_audio_ctx}_{d.n_audio_state}_{d.n_audio_head}_{d.n_audio_layer}"
     extra = [*control_types(d.n_audio_layer, device), *patch_types(d, device)] if debug else []
-    with Graph(key + ("_debug" if debug else ""), input_types=[mel_type, *extra]) as graph:
+    extra += [TensorType(DType.float32, [d.n_audio_layer], device=device)] if select_block else []
+    name = key + ("_debug" if debug else "") + ("_select" if select_block else "")
+    with Graph(name, input_types=[mel_type, *extra]) as graph:
         values = [v.tensor for v in graph.inputs]
+        select = values.pop() if select_block else None
         mel, n = values[0], len(CONTROL_NAMES)
         controls, patch = (values[1 : 1 + n], values[1 + n :]) if debug else (None, None)
-        cx = Context(dtype, device, set(taps), controls, (patch_points(d), patch[0], patch[1:]) if debug else None)
+        patching = (patch_points(d), patch[0], patch[1:]) if debug else None
+        cx = Context(dtype, device, set(taps), controls, patching, select)
         encoder = AudioEncoder(cx, d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer)
         encoder(ops.cast(mel, dtype) if dtype != DType.float32 else mel)
+        cx.outputs += [(f"blocks.*.{op}", value) for op, value in cx.selected.items()]
         graph.output(*(value for _, value in cx.outputs))
     return graph, [name for name, _ in cx.outputs]

@@ -85,8 +85,11 @@ class MaxRunner:
         faults=(),
         patchable: bool = False,
         debug: bool | None = None,
+        bisecting: bool = False,
     ):
-        """debug: None picks the graph (debug when a fault sets a control or patching is asked); True forces it."""
+        """debug: None picks the graph (debug when a fault sets a control or patching is asked); True forces it.
+        bisecting: the graph outputs only the taps asked for plus the ops of one block picked at run time
+        (`retap`), so bisection's steps share one compile."""
         from max import engine
         from max.dtype import DType
 
@@ -107,8 +110,12 @@ class MaxRunner:
             if fault.controls is not None:
                 fault.controls(self.controls)
         self.debug = bool(patchable or not self.controls.is_clean()) if debug is None else debug
-        graph_taps = [s.name for s in specs if s.name in self.wanted or (self.debug and not s.optional)]
-        graph, self.outputs = build_graph(d, graph_taps, getattr(DType, dtype), graph_device, debug=self.debug)
+        shared = self.debug and (patchable or not bisecting)  # one debug graph for every fault and patch run
+        graph_taps = [s.name for s in specs if s.name in self.wanted or (shared and not s.optional)]
+        graph, self.outputs = build_graph(
+            d, graph_taps, getattr(DType, dtype), graph_device, debug=self.debug, select_block=bisecting
+        )
+        self.block: int | None = None  # the block whose inside a bisecting graph outputs (retap)
         # Patching inputs, all zero (no patch) until run(patch=...) fills one override and raises one flag.
         self.patch_points = patch_points(d) if patchable else []
         self._patch_inputs = (
@@ -140,6 +147,8 @@ class MaxRunner:
         from whisperdiff.capture.max_encoder import CHANNELS_FIRST_TAPS
 
         controls = [*self.controls.arrays(), *self._patch_inputs] if self.debug else []
+        if any(name.startswith("blocks.*.") for name in self.outputs):  # bisecting: which block's inside
+            controls.append(np.eye(self.loaded.dims.n_audio_layer, dtype=np.float32)[self.block or 0])
         inputs = [np.ascontiguousarray(mel, dtype=np.float32), *controls]
         if patch is not None:
             name, value = patch
@@ -160,12 +169,26 @@ class MaxRunner:
         start = time.perf_counter()
         results = self.model.execute(*inputs)
         seconds = time.perf_counter() - start
-        wanted = set(self.wanted)
+        wanted, got = set(self.wanted), {}
         for name, value in zip(self.outputs, results, strict=True):
+            if name.startswith("blocks.*."):  # a bisecting graph: the picked block's op
+                name = name.replace("*", str(self.block))
             if name not in wanted:  # the debug graph computes the default taps whatever was asked
                 continue
             array = value.to_numpy()
             if name in CHANNELS_FIRST_TAPS:  # MAX runs the convs time-major; canonical is [B, C, T]
                 array = array.transpose(0, 2, 1)
-            record(name, array)
+            got[name] = array
+        for name in self.wanted:  # in canonical order (a bisecting graph outputs the block's inside last)
+            if name in got:
+                record(name, got.pop(name))
         return {"encoder_seconds": seconds}
+
+    def retap(self, names: list[str]) -> None:
+        """Record `names` from now on: the graph's own taps and the ops inside one block (a bisecting graph)."""
+        inside = {n.removeprefix("blocks.*.") for n in self.outputs if n.startswith("blocks.*.")}
+        blocks = {int(n.split(".")[1]) for n in names if n not in self.outputs and n.split(".", 2)[-1] in inside}
+        cannot = [n for n in names if n not in self.outputs and n.split(".", 2)[-1] not in inside]
+        if cannot or len(blocks) > 1:
+            raise WhisperdiffError(f"this MAX graph cannot output {(cannot or names)[:4]}; build one with those taps")
+        self.block, self.wanted = (blocks.pop() if blocks else None), list(names)

@@ -72,9 +72,11 @@ class Session:
         taps: str = "default",
         inject: list[str] | None = None,
         patchable: bool = False,
+        bisecting: bool = False,
         on_status: Callable[[str], None] | None = None,
     ):
-        """on_status(text) says what is being done while it takes time (loading, compiling)."""
+        """on_status(text) says what is being done while it takes time (loading, compiling). bisecting: a
+        MAX graph with only these taps plus one block's inside, picked by `retap` (bisection)."""
         t0 = time.perf_counter()
         if taps is not None and (not isinstance(taps, str) or not any(part.strip() for part in taps.split(","))):
             raise WhisperdiffError(
@@ -90,9 +92,25 @@ class Session:
         if impl == "max":
             status("compiling the MAX graph for these dims (first run only; cached after)")
         self.runner = make_runner(
-            impl, self.loaded, device=device, dtype=dtype, taps=self.tap_names, faults=self.faults, patchable=patchable
+            impl,
+            self.loaded,
+            device=device,
+            dtype=dtype,
+            taps=self.tap_names,
+            faults=self.faults,
+            patchable=patchable,
+            bisecting=bisecting,
         )
         self._decoder = None
+
+    def retap(self, taps: str) -> bool:
+        """Trace `taps` from now on without a new graph, where the runner can (a bisecting MAX graph)."""
+        if not hasattr(self.runner, "retap"):
+            return False
+        names = select_taps(self.loaded.dims, taps)
+        self.runner.retap([n for n in names if n != "mel"])
+        self.taps, self.tap_names = taps, names
+        return True
 
     def decode(self, features, max_tokens: int | None = None) -> str:
         from whisperdiff.capture.transcript import Decoder

@@ -20,6 +20,7 @@ SCHEMAS = {
     "whisperdiff.check": 1,
     "whisperdiff.show": 1,
     "whisperdiff.ls": 1,
+    "whisperdiff.bisect": 1,
 }
 
 

@@ -1,4 +1,4 @@
-"""Commands that re-run an implementation or check its inputs: patch, crossfeed, weights."""
+"""Commands that re-run an implementation or check its inputs: patch, bisect, crossfeed, weights."""
 
 from __future__ import annotations
 
@@ -11,16 +11,22 @@ from rich.table import Table
 
 from whisperdiff.present.cli.app import app, err, escape_markup, out, print_json
 from whisperdiff.present.cli.options import (
+    IMPL_CHOICE,
     AudioOpt,
     CandidateArg,
     DeviceOpt,
+    DtypeOpt,
+    InjectOpt,
     Limits,
     ModelOpt,
     Pairing,
     ReferenceArg,
     RenameOpt,
     RerunImplOpt,
+    known_faults,
 )
+from whisperdiff.present.cli.progress import progress
+from whisperdiff.present.cli.render import print_comparison
 from whisperdiff.present.cli.runs import run_compare, run_patch
 
 
@@ -104,6 +110,54 @@ def _print_patching(result, transcribe: bool) -> None:
         out.print(
             "[yellow]no single patch restores the output[/]: the error enters at several ops, or at one not patched"
         )
+
+
+@app.command("bisect")
+def bisect_command(
+    trace_a: ReferenceArg,
+    impl: Annotated[str, typer.Option(metavar=IMPL_CHOICE, help="What runs B: max, torch or your own port.")] = "max",
+    output: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for each step's small trace (step1, step2).")
+    ] = Path("bisect"),
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    inject: InjectOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object: the steps, then the last step's compare document.")
+    ] = False,
+):
+    """Where B first diverges from A, with small graphs: block outputs first, then inside the first divergent block."""
+    from whisperdiff.experiments.bisect import bisect
+
+    with progress("bisecting", status="loading", quiet=as_json) as bar:
+        result = bisect(
+            trace_a,
+            impl=impl,
+            model=model,
+            device=device,
+            dtype=dtype,
+            inject=known_faults(inject),
+            out=output,
+            on_status=bar.on_status,
+        )
+    if as_json:
+        print_json(result.to_json())
+        return
+    table = Table(title=f"bisect: {escape_markup(impl)} against {escape_markup(str(trace_a))}")
+    for col in ("step", "taps", "compile s", "run + compare s", "first divergence", "trace"):
+        table.add_column(col, justify="right" if col in ("taps", "compile s", "run + compare s") else "left")
+    for i, s in enumerate(result.steps, 1):
+        table.add_row(
+            str(i),
+            str(len(s.taps) - 1),  # mel is the input, not a tap
+            f"{s.compile_seconds:.1f}",
+            f"{s.run_seconds:.1f}",
+            escape_markup(s.first_divergence or "none"),
+            escape_markup(str(s.trace)),
+        )
+    out.print(table)
+    print_comparison(result.comparison)
 
 
 @app.command("crossfeed")

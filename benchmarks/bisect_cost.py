@@ -1,0 +1,141 @@
+"""Time to the named op: `bisect` (two small graphs) against one full-tap trace, with a cold MAX cache.
+
+For each model, B is MAX with a planted bug; A is openai-whisper's trace of the same model (made once).
+Three ways to get from "B is wrong" to an answer, each in its own process, interleaved over rounds. Each
+round has a MAX cache of its own (its own HOME) where every graph below is new (a cold compile); an
+unrelated graph is compiled there first, so MAX's one-time kernel build is not counted against any:
+
+- untapped: compile and run the encoder's graph with only its output (the floor: what any answer costs);
+- full:     compile B's graph with every default op tapped, trace, compare (the finding);
+- bisect:   `whisperdiff bisect`: one graph (block outputs, plus one block's inside picked at run time),
+            run twice, the finding.
+
+Prints each one's wall time, compile time, peak RSS and the finding, then bisect / untapped and
+full / untapped, and whether bisect names what the full trace names. Prints figures; asserts nothing.
+
+    python benchmarks/bisect_cost.py [--model default --model random:large-v3] [--fault kv-swap] [--rounds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WARM_MODEL = "random:tiny,n_audio_layer=1,n_audio_state=32,n_audio_head=2,n_text_layer=1,n_text_state=32,n_text_head=2"
+
+
+def child(how: str, model: str, fault: str, ref: str, out: str) -> dict:
+    """One configuration, timed from inside a fresh process (the imports are not counted)."""
+    import numpy as np
+
+    import whisperdiff as wd
+    from whisperdiff.analysis.compare import compare
+    from whisperdiff.capture.session import Session
+    from whisperdiff.experiments.bisect import bisect
+    from whisperdiff.inputs.audio import EncoderInput
+
+    loaded = wd.load_model(model)
+    a = wd.load_trace(ref)
+    t0 = time.perf_counter()
+    if how == "bisect":
+        b = bisect(a, impl="max", model=loaded, inject=[fault], out=out)
+        compile_s = sum(s.compile_seconds for s in b.steps)
+        c = b.comparison
+    else:
+        # untapped: the encoder's own graph (no bug switches, only its output); full: every default op, the bug on
+        untapped = how == "untapped"
+        session = Session(
+            "max", model=loaded, taps="output" if untapped else "default", inject=None if untapped else [fault]
+        )
+        compile_s = time.perf_counter() - t0
+        trace = session.trace(out=out, given_input=EncoderInput(np.array(a["mel"]), a.manifest.input.to_json()))
+        c = compare(a, trace, model=loaded) if how == "full" else None
+    wall = time.perf_counter() - t0
+    top = c.findings[0] if c is not None and c.findings else None
+    return {
+        "how": how,
+        "wall_s": round(wall, 2),
+        "compile_s": round(compile_s, 2),
+        "finding": f"{top.kind} at {top.op}" if top else None,
+        "trace_bytes": sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file()),
+    }
+
+
+def run_child(how: str, model: str, fault: str, ref: Path, work: Path, home: Path) -> dict:
+    out = work / f"{how}-out"
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "HOME": str(home)}
+    args = [sys.executable, __file__, "--child", how, "--model", model, "--fault", fault, "--ref", str(ref)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.run([*args, "--out", str(out)], env=env, capture_output=True, text=True)
+    total = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    shutil.rmtree(out, ignore_errors=True)
+    if proc.returncode != 0:
+        return {"how": how, "error": proc.stderr.strip().splitlines()[-1:]}
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    # ru_maxrss of children is the largest of any child so far: reported only when this one raised it
+    row["peak_rss_mb"] = round(peak / 1024) if peak > before else None
+    row["process_s"] = round(total, 1)
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", action="append", help="a model spec, repeatable (default: default; random:large-v3)")
+    p.add_argument("--fault", default="kv-swap")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--dir", default=None, help="work folder (traces of large-v3 take several GB)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ref", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.model[0], args.fault, args.ref, args.out)))
+        return
+    import whisperdiff as wd
+
+    work = Path(args.dir or tempfile.mkdtemp(prefix="wd-bisect-"))
+    work.mkdir(parents=True, exist_ok=True)
+    small_ref = work / "warm-reference"
+    wd.trace("torch", model=WARM_MODEL, out=small_ref)
+    for model in args.model or ["default"]:
+        ref = work / "reference"
+        shutil.rmtree(ref, ignore_errors=True)
+        t0 = time.perf_counter()
+        wd.trace("torch", model=model, out=ref)
+        print(f"\n{model}: reference (openai-whisper, default taps) traced in {time.perf_counter() - t0:.1f} s")
+        rows: dict[str, list[dict]] = {"untapped": [], "full": [], "bisect": []}
+        for r in range(args.rounds):
+            # A MAX cache of its own per round, warmed by an unrelated graph: MAX's one-time kernel build is
+            # paid there, and each graph below is new to it, so each compile is that graph's own cost.
+            home = Path(tempfile.mkdtemp(dir=work, prefix="home-"))
+            warm = run_child("untapped", WARM_MODEL, args.fault, small_ref, work, home)
+            print(f"  round {r + 1} warm-up (another model's graph): {warm.get('compile_s')} s compile", flush=True)
+            order = list(rows) if r % 2 == 0 else list(rows)[::-1]  # interleaved, alternating order
+            for how in order:
+                row = run_child(how, model, args.fault, ref, work, home)
+                rows[how].append(row)
+                print(f"  round {r + 1} {how:8s} {json.dumps(row)}", flush=True)
+            shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(ref, ignore_errors=True)
+        med = {h: statistics.median(x["wall_s"] for x in v if "wall_s" in x) for h, v in rows.items() if v}
+        print(f"{model}, fault {args.fault}, medians over {args.rounds} round(s), each graph compiled cold:")
+        for how, wall in med.items():
+            print(f"  {how:8s} {wall:7.1f} s  ({wall / med['untapped']:.2f}x untapped)")
+        same = {x.get("finding") for x in rows["full"]} == {x.get("finding") for x in rows["bisect"]}
+        print(f"  bisect names what the full trace names: {same} ({rows['bisect'][0].get('finding')})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Bisection: the first divergent op of B found with small tapped graphs instead of one that taps everything.
+
+A graph that outputs every op compiles slowly (the cost grows with its outputs and with model size), so
+B is re-run with only the taps each step needs, on A's recorded input:
+
+1. the stem (conv1 ... pos_embed), every block's output and ln_post;
+2. if a block's output is the first to diverge: that block's input and every op inside it.
+
+On MAX both steps run one compiled graph: it outputs step 1's taps and, for every op inside a block, that
+op of the block a run-time input picks (max_encoder.build_graph(select_block=True)), so bisection costs one
+compile and two runs. A block holds about a dozen ops at every model size, so a third step inside an op
+group would not cut much. The last step's comparison (A's full trace against B's small one, replayed on
+B's own inputs as `compare` does) is the finding.
+
+    b = bisect("traces/torch-tiny.en-speech", impl="max", inject=["kv-swap"], out="bisect/kv-swap")
+    b.first_divergence, b.comparison.findings[0], [s.seconds for s in b.steps]
+
+Reading A never runs code: B's implementation is the one the caller names, as for `patch`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from whisperdiff.analysis.compare import Comparison, compare
+from whisperdiff.capture.session import Session
+from whisperdiff.errors import WhisperdiffError
+from whisperdiff.inputs.audio import EncoderInput
+from whisperdiff.inputs.models import LoadedModel, load_model, model_of
+from whisperdiff.names import op_specs
+from whisperdiff.store.documents import document
+from whisperdiff.store.trace import Trace, load_trace
+
+_BLOCK_OUT = re.compile(r"^blocks\.(\d+)\.out$")
+
+
+@dataclass(frozen=True)
+class BisectStep:
+    taps: list[str]  # the canonical ops this step's graph outputs (mel, the input, always)
+    trace: Path
+    compile_seconds: float  # loading or compiling B's graph (0 for hook-based runners)
+    run_seconds: float  # tracing B and comparing it with A
+    first_divergence: str | None
+
+    @property
+    def seconds(self) -> float:
+        return self.compile_seconds + self.run_seconds
+
+
+@dataclass
+class Bisection:
+    reference: Path
+    impl: str
+    steps: list[BisectStep]
+    comparison: Comparison  # the last step's: A's full trace against B's smallest
+
+    @property
+    def first_divergence(self) -> str | None:
+        return self.comparison.first_divergence
+
+    def __bool__(self) -> bool:  # truthy when B agrees with A at every op the steps looked at
+        return self.comparison.comparable and self.first_divergence is None
+
+    def to_json(self) -> dict:
+        """The document of `bisect --json`: schema whisperdiff.bisect (docs/json.md)."""
+        body = {
+            "reference": str(self.reference),
+            "impl": self.impl,
+            "first_divergence": self.first_divergence,
+            "steps": [
+                {
+                    "taps": len(s.taps),
+                    "trace": str(s.trace),
+                    "compile_seconds": round(s.compile_seconds, 3),
+                    "run_seconds": round(s.run_seconds, 3),
+                    "first_divergence": s.first_divergence,
+                }
+                for s in self.steps
+            ],
+            "comparison": self.comparison.to_json(),
+        }
+        return document("whisperdiff.bisect", body)
+
+
+def coarse_taps(dims) -> list[str]:
+    """Step 1: the stem, every block's output and the final layer norm."""
+    return [s.name for s in op_specs(dims) if not s.name.startswith("blocks.") or _BLOCK_OUT.match(s.name)]
+
+
+def block_taps(dims, block: int) -> list[str]:
+    """Step 2: the block's input (the previous block's output, or pos_embed) and every default op inside it."""
+    before = "pos_embed" if block == 0 else f"blocks.{block - 1}.out"
+    inside = [s.name for s in op_specs(dims) if s.name.startswith(f"blocks.{block}.") and not s.optional]
+    return ["mel", before, *inside]
+
+
+def bisect(
+    reference: str | Path | Trace,
+    *,
+    impl: str = "max",
+    model=None,
+    device: str = "auto",
+    dtype: str = "float32",
+    inject: list[str] | None = None,
+    out: str | Path,
+    on_status: Callable[[str], None] | None = None,
+) -> Bisection:
+    """Find where `impl` (with `inject`ed bugs) first diverges from `reference`, tracing only what each step
+    needs. model: B's weights (default: the model A names, found among known models only). out: a folder
+    for each step's trace (step1, step2)."""
+    a = reference if isinstance(reference, Trace) else load_trace(reference)
+    status = on_status or (lambda text: None)
+    if "mel" not in a.ops:
+        raise WhisperdiffError(f"{a.path} did not record its input (op mel); trace the reference with its input")
+    if model is None:
+        model, reasons = model_of([a.manifest])
+        if model is None:
+            raise WhisperdiffError(f"no model to run B with ({reasons[-1]}); pass --model")
+    elif not isinstance(model, LoadedModel):
+        model = load_model(model)
+    want = a.manifest.model.weights_sha256
+    if want and model.weights_sha256 != want:  # said before any graph is compiled
+        raise WhisperdiffError(
+            f"{model.model_id} (weights sha256 {model.weights_sha256[:12]}) is not the model {a.path} was traced "
+            f"with ({want[:12]}); pass that model with --model"
+        )
+    # B runs on A's own recorded (digest-verified) log-mel: the same input, never a path the manifest names.
+    given = EncoderInput(np.array(a["mel"], dtype=np.float32), a.manifest.input.to_json())
+    out = Path(out)
+    steps: list[BisectStep] = []
+    session: Session | None = None
+
+    def step(taps: list[str]) -> Comparison:
+        nonlocal session
+        status(f"step {len(steps) + 1}: {impl} with {len(taps) - 1} taps")
+        t0 = time.perf_counter()
+        taps_glob = ",".join(taps)
+        if session is None or not session.retap(taps_glob):  # MAX: one graph serves every step
+            status(f"step {len(steps) + 1}: loading or compiling {impl}'s graph with {len(taps) - 1} taps")
+            session = Session(
+                impl, model=model, device=device, dtype=dtype, taps=taps_glob, inject=inject, bisecting=True
+            )
+        compiled = time.perf_counter()
+        path = out / f"step{len(steps) + 1}"
+        b = session.trace(out=path, given_input=given)
+        c = compare(a, b, model=model)
+        # B's small trace leaves out A's other ops by design: say that, not "trace B with --taps all".
+        c.warnings = [w for w in c.warnings if "were not traced in B" not in w]
+        c.warnings.append(f"bisection step {len(steps) + 1} traced {len(taps) - 1} of A's {len(a.ops) - 1} ops")
+        ran = time.perf_counter() - compiled
+        steps.append(BisectStep(session.tap_names, path, compiled - t0, ran, c.first_divergence))
+        return c
+
+    comparison = step(coarse_taps(model.dims))
+    if not comparison.comparable:  # B ran with other weights or another input: no step can be trusted
+        reasons = "; ".join(r.message for r in comparison.comparability.reasons)
+        raise WhisperdiffError(f"B (step 1, {steps[0].trace}) is not comparable with {a.path}: {reasons}")
+    found = _BLOCK_OUT.match(comparison.first_divergence or "")
+    if found:
+        comparison = step(block_taps(model.dims, int(found.group(1))))
+    return Bisection(Path(a.path), impl, steps, comparison)
