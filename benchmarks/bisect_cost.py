@@ -1,4 +1,4 @@
-"""Time to the named op: `bisect` (two small graphs) against one full-tap trace, with a cold MAX cache.
+"""Time to the named op: `bisect` (one small graph, run twice) against one default-tap trace, each compiled cold.
 
 For each model, B is MAX with a planted bug; A is openai-whisper's trace of the same model (made once).
 Three ways to get from "B is wrong" to an answer, each in its own process, interleaved over rounds. Each
@@ -67,6 +67,7 @@ def child(how: str, model: str, fault: str, ref: str, out: str) -> dict:
         "compile_s": round(compile_s, 2),
         "finding": f"{top.kind} at {top.op}" if top else None,
         "trace_bytes": sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file()),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
 
 
@@ -75,17 +76,13 @@ def run_child(how: str, model: str, fault: str, ref: Path, work: Path, home: Pat
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "HOME": str(home)}
     args = [sys.executable, __file__, "--child", how, "--model", model, "--fault", fault, "--ref", str(ref)]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     proc = subprocess.run([*args, "--out", str(out)], env=env, capture_output=True, text=True)
     total = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     shutil.rmtree(out, ignore_errors=True)
     if proc.returncode != 0:
         return {"how": how, "error": proc.stderr.strip().splitlines()[-1:]}
     row = json.loads(proc.stdout.strip().splitlines()[-1])
-    # ru_maxrss of children is the largest of any child so far: reported only when this one raised it
-    row["peak_rss_mb"] = round(peak / 1024) if peak > before else None
     row["process_s"] = round(total, 1)
     return row
 

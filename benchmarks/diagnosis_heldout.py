@@ -3,6 +3,7 @@
     python benchmarks/diagnosis_heldout.py                         # embedded tiny.en, shipped clip, both halves
     python benchmarks/diagnosis_heldout.py --part decoder --only kv-entry-missing --json out.json
     python benchmarks/diagnosis_heldout.py --jobs 2 --work /tmp/heldout --keep
+    python benchmarks/diagnosis_heldout.py --set 2                 # the second set (diagnosis_heldout2.py)
 
 The port is Hugging Face transformers' WhisperEncoder / WhisperDecoder with our own log-mel
 frontend (benchmarks/heldout_ports.py); the bugs and what counts as naming them are in
@@ -45,10 +46,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import heldout_bugs as hb  # noqa: E402
+import importlib  # noqa: E402
 
+# The held-out sets: (bug list, port, short name of the port, its name in the log). Set 1 is Hugging
+# Face transformers' Whisper; set 2 a from-scratch functional torch port (diagnosis_heldout2.py runs it).
+SETS = {
+    "1": ("heldout_bugs", "heldout_ports", "hf", "HF"),
+    "2": ("heldout2_bugs", "heldout2_ports", "fn", "functional"),
+}
+hb = hp = None  # the chosen set's bug and port modules (use_set)
 _MODEL = None
 _CTX: dict = {}
+
+
+def use_set(which: str) -> None:
+    global hb, hp
+    hb, hp = (importlib.import_module(m) for m in SETS[which][:2])
 
 
 def documented_kinds() -> set[str]:
@@ -117,7 +130,8 @@ def set_check(bug, bug_trace, clean_trace, weights=False):
         if op == want:
             break
         if op not in t.ops:
-            if bug.name == "block-skipped" and op.startswith("blocks.2."):
+            absent = getattr(bug, "absent", None) or ("blocks.2." if bug.name == "block-skipped" else None)
+            if absent and op.startswith(absent):
                 continue
             return f"{op} missing first"
         if not np.array_equal(np.asarray(t[op]), np.asarray(c[op])):
@@ -253,8 +267,6 @@ def _clean_alarm(c, label):
 
 def run_bug(name):
     """Trace one bug, compare, score (in a worker or in-process)."""
-    import heldout_ports as hp
-
     import whisperdiff as wd
 
     ctx = _CTX
@@ -266,19 +278,11 @@ def run_bug(name):
         shutil.rmtree(out)
     if bug.part == "encoder":
         hp.trace_encoder(out, model, bug.name)
-        ref, clean = ctx["ref_enc"], ctx["hf_enc"]
+        ref, clean = ctx["ref_enc"], ctx["port_enc"]
     else:
-        hp.trace_decoder(
-            out,
-            model,
-            bug.name,
-            tokens=ctx["tokens"],
-            prompt_length=ctx["prompt_length"],
-            encoder_output=ctx["enc_out"],
-            duration_s=ctx["duration_s"],
-        )
+        hp.trace_decoder(out, model, bug.name, encoder_output=ctx["enc_out"], **_decoder_kw(ctx))
         ref = ctx["ref_dec"]
-        clean = ctx["hf_dec_full"] if bug.name in hp.FULL_SEQUENCE_BUGS else ctx["hf_dec"]
+        clean = ctx["port_dec_full"] if bug.name in hp.FULL_SEQUENCE_BUGS else ctx["port_dec"]
     t1 = time.perf_counter()
     c = wd.compare(ref, out)
     row = score(bug, c, ctx["documented"])
@@ -290,16 +294,28 @@ def run_bug(name):
     return row
 
 
+def _decoder_kw(ctx) -> dict:
+    """The teacher-forced tokens, and the clip's duration where the port takes it (set 1)."""
+    import inspect
+
+    kw = dict(tokens=ctx["tokens"], prompt_length=ctx["prompt_length"])
+    if "duration_s" in inspect.signature(hp.trace_decoder).parameters:
+        kw["duration_s"] = ctx["duration_s"]
+    return kw
+
+
 def _init_worker(ctx):
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    use_set(ctx["set"])
     _CTX.update(ctx)
     torch.set_num_threads(ctx.get("threads", 1))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--set", choices=sorted(SETS), default="1", help="which held-out set (2: diagnosis_heldout2.py)")
     ap.add_argument("--model", default="default")
     ap.add_argument("--part", choices=("encoder", "decoder", "both"), default="both")
     ap.add_argument("--only", action="append", default=[])
@@ -318,6 +334,8 @@ def main(argv=None):
     )
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    use_set(args.set)
+    short, port = SETS[args.set][2:]
 
     if args.rescore:
         rows, clean = rescore(args.rescore, documented_kinds())
@@ -326,12 +344,11 @@ def main(argv=None):
             Path(args.json).write_text(json.dumps({"bugs": rows, "clean": clean}, indent=1, default=str))
         return 0
 
-    import heldout_ports as hp
     import torch
 
     import whisperdiff as wd
 
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="heldout-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix=f"heldout{args.set}-"))
     work.mkdir(parents=True, exist_ok=True)
     documented = documented_kinds()
     bugs = [
@@ -341,6 +358,7 @@ def main(argv=None):
     model = _model(args.model)
     t_start = time.perf_counter()
     ctx = {
+        "set": args.set,
         "model": args.model,
         "work": str(work),
         "documented": documented,
@@ -357,24 +375,23 @@ def main(argv=None):
         if not (work / "ref-enc" / "manifest.json").exists():
             log("reference encoder (whisperdiff trace --impl torch)")
             _whisperdiff("trace", "--impl", "torch", "--model", args.model, "-o", ctx["ref_enc"])
-        ctx["hf_enc"] = str(work / "hf-enc")
-        log("clean HF encoder, float32")
-        if not (Path(ctx["hf_enc"]) / "manifest.json").exists():
-            hp.trace_encoder(ctx["hf_enc"], model, None)
+        ctx["port_enc"] = str(work / f"{short}-enc")
+        log(f"clean {port} encoder, float32")
+        if not (Path(ctx["port_enc"]) / "manifest.json").exists():
+            hp.trace_encoder(ctx["port_enc"], model, None)
         if not args.no_clean:
-            clean_rows.append(_clean_alarm(wd.compare(ctx["ref_enc"], ctx["hf_enc"]), "encoder float32"))
+            clean_rows.append(_clean_alarm(wd.compare(ctx["ref_enc"], ctx["port_enc"]), "encoder float32"))
         if not args.no_float64 and not args.no_clean:
             ref64 = str(work / "ref-enc-f64")
             if not (Path(ref64) / "manifest.json").exists():
                 log("reference encoder, float64")
                 _whisperdiff("trace", "--impl", "torch", "--dtype", "float64", "--model", args.model, "-o", ref64)
-            log("clean HF encoder, float64")
-            if not (work / "hf-enc-f64" / "manifest.json").exists():
-                hp.trace_encoder(work / "hf-enc-f64", model, None, dtype="float64")
-            clean_rows.append(
-                _clean_alarm(wd.compare(ctx["ref_enc"], work / "hf-enc-f64"), "encoder float64 vs ref float32")
-            )
-            clean_rows.append(_clean_alarm(wd.compare(ref64, work / "hf-enc-f64"), "encoder float64 vs ref float64"))
+            enc64 = work / f"{short}-enc-f64"
+            log(f"clean {port} encoder, float64")
+            if not (enc64 / "manifest.json").exists():
+                hp.trace_encoder(enc64, model, None, dtype="float64")
+            clean_rows.append(_clean_alarm(wd.compare(ctx["ref_enc"], enc64), "encoder float64 vs ref float32"))
+            clean_rows.append(_clean_alarm(wd.compare(ref64, enc64), "encoder float64 vs ref float64"))
     if "decoder" in parts:
         ctx["ref_dec"] = str(work / "ref-dec")
         if not (work / "ref-dec" / "manifest.json").exists():
@@ -386,27 +403,27 @@ def main(argv=None):
         ctx["tokens"] = list(ref.manifest["decoder"]["tokens"])
         ctx["prompt_length"] = int(ref.manifest["decoder"]["prompt_length"])
         ctx["duration_s"] = ref.manifest["input"].get("duration_s")
-        log("clean HF encoder output for the decoder")
+        log(f"clean {port} encoder output for the decoder")
         ctx["enc_out"] = hp.clean_encoder_output(model)
-        kw = dict(tokens=ctx["tokens"], prompt_length=ctx["prompt_length"], duration_s=ctx["duration_s"])
-        ctx["hf_dec"], ctx["hf_dec_full"] = str(work / "hf-dec"), str(work / "hf-dec-full")
-        log("clean HF decoder, incremental and full-sequence")
-        if not (Path(ctx["hf_dec"]) / "manifest.json").exists():
-            hp.trace_decoder(ctx["hf_dec"], model, None, encoder_output=ctx["enc_out"], **kw)
-        if not (Path(ctx["hf_dec_full"]) / "manifest.json").exists():
-            hp.trace_decoder(ctx["hf_dec_full"], model, None, encoder_output=ctx["enc_out"], full=True, **kw)
+        kw = _decoder_kw(ctx)
+        ctx["port_dec"], ctx["port_dec_full"] = str(work / f"{short}-dec"), str(work / f"{short}-dec-full")
+        log(f"clean {port} decoder, incremental and full-sequence")
+        if not (Path(ctx["port_dec"]) / "manifest.json").exists():
+            hp.trace_decoder(ctx["port_dec"], model, None, encoder_output=ctx["enc_out"], full=False, **kw)
+        if not (Path(ctx["port_dec_full"]) / "manifest.json").exists():
+            hp.trace_decoder(ctx["port_dec_full"], model, None, encoder_output=ctx["enc_out"], full=True, **kw)
         if not args.no_clean:
-            clean_rows.append(_clean_alarm(wd.compare(ctx["ref_dec"], ctx["hf_dec"]), "decoder float32 (KV cache)"))
+            clean_rows.append(_clean_alarm(wd.compare(ctx["ref_dec"], ctx["port_dec"]), "decoder float32 (KV cache)"))
             clean_rows.append(
-                _clean_alarm(wd.compare(ctx["ref_dec"], ctx["hf_dec_full"]), "decoder float32 (full sequence)")
+                _clean_alarm(wd.compare(ctx["ref_dec"], ctx["port_dec_full"]), "decoder float32 (full sequence)")
             )
         if not args.no_float64 and not args.no_clean:
-            log("clean HF decoder, float64")
-            enc64 = hp.clean_encoder_output(model, torch.float64)
-            hp.trace_decoder(work / "hf-dec-f64", model, None, encoder_output=enc64, dtype="float64", **kw)
-            clean_rows.append(
-                _clean_alarm(wd.compare(ctx["ref_dec"], work / "hf-dec-f64"), "decoder float64 vs ref float32")
-            )
+            dec64 = work / f"{short}-dec-f64"
+            log(f"clean {port} decoder, float64")
+            if not (dec64 / "manifest.json").exists():
+                enc64 = hp.clean_encoder_output(model, torch.float64)
+                hp.trace_decoder(dec64, model, None, encoder_output=enc64, dtype="float64", **kw)
+            clean_rows.append(_clean_alarm(wd.compare(ctx["ref_dec"], dec64), "decoder float64 vs ref float32"))
 
     _CTX.update(ctx)
     rows = []

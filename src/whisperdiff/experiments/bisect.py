@@ -44,7 +44,7 @@ _BLOCK_OUT = re.compile(r"^blocks\.(\d+)\.out$")
 class BisectStep:
     taps: list[str]  # the canonical ops this step's graph outputs (mel, the input, always)
     trace: Path
-    compile_seconds: float  # loading or compiling B's graph (0 for hook-based runners)
+    compile_seconds: float  # loading or compiling B's graph (about 0 where the step reuses the last one)
     run_seconds: float  # tracing B and comparing it with A
     first_divergence: str | None
 
