@@ -4,7 +4,7 @@ import pytest
 
 import whisperdiff as wd
 from whisperdiff.inputs.models import PRESETS, preset_dims
-from whisperdiff.names import BLOCK_OPS
+from whisperdiff.names import BLOCK_OPS, block_op, split_block_op
 
 
 def test_tiny_op_list_is_in_encoder_order(tiny_en):
@@ -58,3 +58,10 @@ def test_tap_selection(tiny_en):
 def test_unknown_tap_pattern_is_an_error(tiny_en):
     with pytest.raises(wd.WhisperdiffError, match="matches no op"):
         wd.select_taps(tiny_en.dims, "blocks.9.*")
+
+
+def test_split_block_op_inverts_block_op():
+    for i, op in [(0, "attn.q"), (31, "mlp.fc2"), (3, "out")]:
+        assert split_block_op(block_op(i, op)) == (i, op)
+    for name in ("mel", "ln_post", "pos_embed", "decoder.blocks.0.out", "blocks.x.out"):
+        assert split_block_op(name) is None

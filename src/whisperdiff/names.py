@@ -24,6 +24,7 @@ own, batch first, so a torch trace needs no transposes; other runners convert to
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -79,6 +80,12 @@ class _TextDims(NamedTuple):  # the fields of openai-whisper's ModelDimensions t
 def block_op(i: int, op: str) -> str:
     """The canonical name of op `op` in residual block `i`: block_op(0, "attn.q") == "blocks.0.attn.q"."""
     return f"blocks.{i}.{op}"
+
+
+def split_block_op(name: str) -> tuple[int, str] | None:
+    """block_op's inverse: split_block_op("blocks.0.attn.q") == (0, "attn.q"); None for an op outside a block."""
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+    return (int(m.group(1)), m.group(2)) if m else None
 
 
 def op_specs(dims, batch: int = 1) -> list[OpSpec]:

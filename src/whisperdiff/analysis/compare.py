@@ -187,11 +187,13 @@ def compare(
     layouts.update(decoder_layouts(ta.manifest))  # decoder ops: their token-position axis
     canonical = set(layouts)
     # The replay (weights, torch) is made at the first op that diverges: a clean pair loads neither.
-    replayer_of = functools.cache(lambda: _replayer(model, ta, tb, warnings) if replay and comparability else None)
+    unknown = _unknown_model(ta, tb) if replay and comparability and model is None else []
+    warnings.extend(unknown)  # said up front, though the weights load only where an op diverges
+    replayer_of = functools.cache(
+        lambda: _replayer(model, ta, tb, warnings, said=bool(unknown)) if replay and comparability else None
+    )
     if replay and not comparability:
         warnings.append("introduced error not computed: the traces are not comparable")
-    elif replay and model is None:  # said up front, though the weights load only where an op diverges
-        warnings.extend(_unknown_model(ta, tb))
 
     b_names = {p.name: p.b_name for p in pairs if p.matched}
 
@@ -472,8 +474,9 @@ def _replay(replayer, name: str, matched: dict, b_value, sample: int = 1):
         return inputs, None
 
 
-def _replayer(model, ta: Trace, tb: Trace, warnings: list[str]):
-    """A Replayer with weights whose sha256 matches B's manifest (or A's), else None and a warning."""
+def _replayer(model, ta: Trace, tb: Trace, warnings: list[str], said: bool = False):
+    """A Replayer with weights whose sha256 matches B's manifest (or A's), else None and a warning (unless
+    `said`: _unknown_model already said no model named may be loaded)."""
     from whisperdiff.analysis.replay import Replayer
     from whisperdiff.inputs.models import model_of
 
@@ -483,9 +486,10 @@ def _replayer(model, ta: Trace, tb: Trace, warnings: list[str]):
         run = tb.manifest.get("decoder") or {}  # B's own run: where its incremental (KV cache) steps start
         rp.decoder_context = {"prompt_length": run.get("prompt_length"), "mode": run.get("mode")}
         return rp
-    note = f"introduced error not computed (no loadable model with the trace's weights; pass --model): {reasons[-1]}"
-    if not any(reasons[-1] in w for w in warnings):  # not said twice when _unknown_model said it up front
-        warnings.append(note)
+    if not said:
+        warnings.append(
+            f"introduced error not computed (no loadable model with the trace's weights; pass --model): {reasons[-1]}"
+        )
     return None
 
 

@@ -23,7 +23,6 @@ d_head^-0.25 instead of `scores * scale`, about 1.04-1.05x per attention call.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +30,7 @@ from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorType, TensorValue, Weight, ops
 from max.graph.type import FilterLayout
 
-from whisperdiff.names import block_op
+from whisperdiff.names import block_op, split_block_op
 
 LN_EPS = 1e-5  # openai-whisper's (torch's) LayerNorm epsilon
 
@@ -125,9 +124,6 @@ def control_types(n_layer: int, device: DeviceRef) -> list[TensorType]:
     ]
 
 
-_INSIDE_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
-
-
 class Context:
     """What every module needs while the graph is built: dtype, device, the tap sink and, in the debug
     graph only, the run-time controls (`self.debug`)."""
@@ -164,9 +160,9 @@ class Context:
         x = self.patch(name, x)
         if name in self.taps:  # traces hold float32 (exact for float16/bfloat16 values)
             self.outputs.append((name, self.float32(x)))
-        inside = _INSIDE_BLOCK.match(name) if self.select is not None else None
-        if inside and inside.group(2) not in ("out", "attn.weights"):
-            i, op = int(inside.group(1)), inside.group(2)  # kept where select[i] is 1: a choice, no arithmetic
+        inside = split_block_op(name) if self.select is not None else None
+        if inside and inside[1] not in ("out", "attn.weights"):
+            i, op = inside  # kept where select[i] is 1: a choice, no arithmetic
             kept = self.selected.get(op)
             self.selected[op] = (
                 self.float32(x) if kept is None else ops.where(self.select[i] > 0, self.float32(x), kept)

@@ -115,6 +115,7 @@ class MaxRunner:
         graph, self.outputs = build_graph(
             d, graph_taps, getattr(DType, dtype), graph_device, debug=self.debug, select_block=bisecting
         )
+        self.bisecting = bisecting
         self.block: int | None = None  # the block whose inside a bisecting graph outputs (retap)
         # Patching inputs, all zero (no patch) until run(patch=...) fills one override and raises one flag.
         self.patch_points = patch_points(d) if patchable else []
@@ -147,7 +148,7 @@ class MaxRunner:
         from whisperdiff.capture.max_encoder import CHANNELS_FIRST_TAPS
 
         controls = [*self.controls.arrays(), *self._patch_inputs] if self.debug else []
-        if any(name.startswith("blocks.*.") for name in self.outputs):  # bisecting: which block's inside
+        if self.bisecting:  # which block's inside the graph outputs
             controls.append(np.eye(self.loaded.dims.n_audio_layer, dtype=np.float32)[self.block or 0])
         inputs = [np.ascontiguousarray(mel, dtype=np.float32), *controls]
         if patch is not None:
@@ -186,9 +187,12 @@ class MaxRunner:
 
     def retap(self, names: list[str]) -> None:
         """Record `names` from now on: the graph's own taps and the ops inside one block (a bisecting graph)."""
+        from whisperdiff.names import split_block_op
+
         inside = {n.removeprefix("blocks.*.") for n in self.outputs if n.startswith("blocks.*.")}
-        blocks = {int(n.split(".")[1]) for n in names if n not in self.outputs and n.split(".", 2)[-1] in inside}
-        cannot = [n for n in names if n not in self.outputs and n.split(".", 2)[-1] not in inside]
+        picked = {n: split_block_op(n) for n in names if n not in self.outputs}
+        cannot = [n for n, block_op in picked.items() if block_op is None or block_op[1] not in inside]
+        blocks = {block_op[0] for block_op in picked.values() if block_op is not None}
         if cannot or len(blocks) > 1:
             raise WhisperdiffError(f"this MAX graph cannot output {(cannot or names)[:4]}; build one with those taps")
         self.block, self.wanted = (blocks.pop() if blocks else None), list(names)

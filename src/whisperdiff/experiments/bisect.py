@@ -20,7 +20,6 @@ Reading A never runs code: B's implementation is the one the caller names, as fo
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,11 +32,9 @@ from whisperdiff.capture.session import Session
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.inputs.audio import EncoderInput
 from whisperdiff.inputs.models import LoadedModel, load_model, model_of
-from whisperdiff.names import op_specs
+from whisperdiff.names import op_specs, split_block_op
 from whisperdiff.store.documents import document
 from whisperdiff.store.trace import Trace, load_trace
-
-_BLOCK_OUT = re.compile(r"^blocks\.(\d+)\.out$")
 
 
 @dataclass(frozen=True)
@@ -47,6 +44,10 @@ class BisectStep:
     compile_seconds: float  # loading or compiling B's graph (about 0 where the step reuses the last one)
     run_seconds: float  # tracing B and comparing it with A
     first_divergence: str | None
+
+    @property
+    def tap_count(self) -> int:  # the ops recorded besides the input
+        return len(self.taps) - 1
 
     @property
     def seconds(self) -> float:
@@ -75,7 +76,7 @@ class Bisection:
             "first_divergence": self.first_divergence,
             "steps": [
                 {
-                    "taps": len(s.taps),
+                    "taps": s.tap_count,
                     "trace": str(s.trace),
                     "compile_seconds": round(s.compile_seconds, 3),
                     "run_seconds": round(s.run_seconds, 3),
@@ -90,7 +91,7 @@ class Bisection:
 
 def coarse_taps(dims) -> list[str]:
     """Step 1: the stem, every block's output and the final layer norm."""
-    return [s.name for s in op_specs(dims) if not s.name.startswith("blocks.") or _BLOCK_OUT.match(s.name)]
+    return [s.name for s in op_specs(dims) if (inside := split_block_op(s.name)) is None or inside[1] == "out"]
 
 
 def block_taps(dims, block: int) -> list[str]:
@@ -161,7 +162,7 @@ def bisect(
     if not comparison.comparable:  # B ran with other weights or another input: no step can be trusted
         reasons = "; ".join(r.message for r in comparison.comparability.reasons)
         raise WhisperdiffError(f"B (step 1, {steps[0].trace}) is not comparable with {a.path}: {reasons}")
-    found = _BLOCK_OUT.match(comparison.first_divergence or "")
-    if found:
-        comparison = step(block_taps(model.dims, int(found.group(1))))
+    found = split_block_op(comparison.first_divergence or "")
+    if found and found[1] == "out":
+        comparison = step(block_taps(model.dims, found[0]))
     return Bisection(Path(a.path), impl, steps, comparison)

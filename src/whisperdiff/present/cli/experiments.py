@@ -150,7 +150,7 @@ def bisect_command(
     for i, s in enumerate(result.steps, 1):
         table.add_row(
             str(i),
-            str(len(s.taps) - 1),  # mel is the input, not a tap
+            str(s.tap_count),
             f"{s.compile_seconds:.1f}",
             f"{s.run_seconds:.1f}",
             escape_markup(s.first_divergence or "none"),
