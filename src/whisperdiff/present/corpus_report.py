@@ -43,7 +43,7 @@ def _figure(fig, alt: str, caption: str) -> dict:
 
     from whisperdiff.present import plots
 
-    mime, data = plots.render(fig, "svg")
+    mime, data = plots.render(fig, "svg", tight=True)  # pyplot figures: laid out by the tight crop
     plt.close(fig)
     return {"alt": alt, "caption": caption, "src": f"data:{mime};base64,{base64.b64encode(data).decode()}"}
 

@@ -16,6 +16,9 @@ import pandas as pd
 from matplotlib import rc_context
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import text_to_path
+from matplotlib.ticker import FuncFormatter, LogFormatter
 
 from whisperdiff.errors import WhisperdiffError
 
@@ -38,27 +41,68 @@ def label(text) -> str:
     return str(text).replace("$", r"\$")
 
 
-def render(fig: Figure, fmt: str = "svg") -> tuple[str, bytes]:
+def render(fig: Figure, fmt: str = "svg", tight: bool = False) -> tuple[str, bytes]:
+    """(mime type, bytes). The figures here set their own margins (`_margins`), so they are drawn once;
+    tight=True (for figures laid out elsewhere) crops to the drawn extent, which lays a figure out twice."""
     buf = io.BytesIO()
     fig.savefig(
         buf,
         format=fmt,
         dpi=100 if fmt == "png" else None,
-        bbox_inches="tight",
+        bbox_inches="tight" if tight else None,
         metadata={"Date": None} if fmt == "svg" else None,
     )
     return ("image/svg+xml" if fmt == "svg" else "image/png"), buf.getvalue()
 
 
-def _op_axis(ax, names: list[str], mark: str | None) -> None:
-    """Op names under the x axis; every k-th when there are too many to read, always the marked one."""
+def _margins(fig: Figure, left: float = 0.75, right: float = 0.15, top: float = 0.15, bottom: float = 0.5) -> None:
+    """Margins in inches, set before drawing: bbox_inches="tight" would draw each figure twice to find
+    them, which was most of a report's cost. Call before adding colorbars (they take space from the axes)."""
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h)
+
+
+def _text_inches(texts, size: float) -> float:
+    """The width of the widest text at `size` points, in inches (font metrics only, nothing drawn)."""
+    prop = FontProperties(size=size)
+    widths = [text_to_path.get_text_width_height_descent(str(t), prop, ismath=False)[0] for t in texts]
+    return max(widths, default=0.0) / 72
+
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
+
+
+def _decade(value: float, _pos=None) -> str:
+    """10⁻⁶ as plain text: matplotlib's default log labels are mathtext, parsed label by label."""
+    if value <= 0 or not math.isfinite(value):
+        return ""
+    exponent = round(math.log10(value))
+    if abs(value / 10.0**exponent - 1) > 1e-9:
+        return f"{value:.0e}"
+    return "1" if exponent == 0 else "10" + str(exponent).translate(_SUPERSCRIPT)
+
+
+def _log_axis(axis) -> None:
+    """Decade labels as plain text; between decades (plain LogFormatter) only when the axis spans few."""
+    axis.set_major_formatter(FuncFormatter(_decade))
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+
+
+def _op_axis(ax, names: list[str], mark: str | None, labelled: bool = True) -> float:
+    """Op names under the x axis; every k-th when there are too many to read, always the marked one.
+    Returns the inches the (vertical) names take below the axis. labelled=False: ticks and the mark
+    only, for the upper axis of a shared x."""
     step = max(1, math.ceil(len(names) / 90))
     ticks = sorted({i for i in range(0, len(names), step)} | ({names.index(mark)} if mark in names else set()))
+    texts = [label(names[i]) for i in ticks]
     ax.set_xticks(ticks)
-    ax.set_xticklabels([label(names[i]) for i in ticks], rotation=90, fontsize=6.5)
+    if labelled:
+        ax.set_xticklabels(texts, rotation=90, fontsize=6.5)
     ax.set_xlim(-0.5, len(names) - 0.5)
+    ax.grid(False, axis="x")  # a line per op is noise, and most of the figure's drawing
     if mark in names:
         ax.axvline(names.index(mark), color=BAD, lw=1.2, ls="--")
+    return _text_inches(texts, 6.5) + 0.12 if labelled else 0.0
 
 
 def _log_series(ax, x, values, style: str, color: str, name: str, **kw) -> None:
@@ -94,10 +138,11 @@ def divergence(table: pd.DataFrame, first: str | None, min_cosine: float | None,
         if min_cosine is not None:
             ax.axhline(1 - min_cosine, color=B_COLOR, ls=":", lw=1, label=f"tolerance 1 - cosine {1 - min_cosine:.0e}")
         ax.set_yscale("log")
+        _log_axis(ax.yaxis)
         top = np.nanmax(np.concatenate([rel, [1.0]]))
         ax.set_ylim(FLOOR / 2, 10 ** math.ceil(math.log10(max(top, 1.0)) + 1))
         ax.set_ylabel("error (log scale)")
-        _op_axis(ax, names, first)
+        below = _op_axis(ax, names, first)
         if first in names:
             ax.annotate(
                 label(f"first divergence: {first}"),
@@ -109,6 +154,8 @@ def divergence(table: pd.DataFrame, first: str | None, min_cosine: float | None,
                 textcoords="offset points",
             )
         ax.legend(loc="lower left", bbox_to_anchor=(0, 1.01), fontsize=7.5, ncol=4, frameon=False)
+        rows = math.ceil(len(ax.get_legend_handles_labels()[0]) / 4)
+        _margins(fig, left=0.7, top=0.1 + 0.19 * rows, bottom=below + 0.05)
         return fig
 
 
@@ -157,14 +204,16 @@ def statistics(
             _band_limits(ax, values - centre, centre, limit, floor=0.0 if centre == 1.0 else None)  # a ratio is >= 0
             ax.set_ylabel(ylabel)
             ax.legend(loc="upper left", fontsize=7.5, ncol=2)
-            _op_axis(ax, names, first)
+            below = _op_axis(ax, names, first, labelled=ax is bottom)
+        _margins(fig, left=1.0, top=0.1, bottom=below + 0.05)
         return fig
 
 
 def histograms(a: np.ndarray, b: np.ndarray, op: str) -> Figure:
     """Overlaid value histograms (log counts) over a range both sides share."""
     fa, fb = _sample(a), _sample(b)
-    both = np.concatenate([fa[np.isfinite(fa)], fb[np.isfinite(fb)]])
+    fa, fb = fa[np.isfinite(fa)], fb[np.isfinite(fb)]
+    both = _sample(np.concatenate([fa, fb]), 500_000)  # the range only: 0.02 % of it is still 100 values
     lo, hi = np.percentile(both, [0.02, 99.98]) if both.size else (0.0, 1.0)
     if hi <= lo:
         lo, hi = lo - 1, hi + 1
@@ -172,27 +221,29 @@ def histograms(a: np.ndarray, b: np.ndarray, op: str) -> Figure:
     with rc_context(STYLE):
         fig = Figure(figsize=(6.2, 3.6))
         ax = fig.subplots()
-        ax.hist(np.clip(fa, lo, hi), bins=bins, histtype="stepfilled", alpha=0.35, color=A_COLOR, label="A")
-        ax.hist(np.clip(fb, lo, hi), bins=bins, histtype="step", lw=1.4, color=B_COLOR, label="B")
+        ax.stairs(np.histogram(np.clip(fa, lo, hi), bins)[0], bins, fill=True, alpha=0.35, color=A_COLOR, label="A")
+        ax.stairs(np.histogram(np.clip(fb, lo, hi), bins)[0], bins, lw=1.4, color=B_COLOR, label="B")
         ax.set_yscale("log")
+        _log_axis(ax.yaxis)
         ax.set_xlabel(label(f"value of {op} (tails clipped to the shared 0.02-99.98 percentile range)"))
         ax.set_ylabel("count")
         ax.legend(fontsize=8)
+        _margins(fig, left=0.65, right=0.2, top=0.1, bottom=0.5)
         return fig
 
 
 def error_heatmap(err_tc: np.ndarray, op: str, audio_steps: int | None) -> Figure:
     """|B - A| over time step x channel (log colour), `err_tc` shaped [T, C]; exact zeros in grey."""
     t, c = err_tc.shape
-    pool = max(1, math.ceil(t / 1500))  # at most 1500 columns: max-pool so no spike is lost
-    if pool > 1:
-        err_tc = err_tc[: t // pool * pool].reshape(t // pool, pool, c).max(axis=1)
+    zeros = int((err_tc == 0).sum()) / max(err_tc.size, 1)
+    err_tc = _max_pool(err_tc, (1100, 280))  # about one cell per pixel; max, so no spike is lost
     finite = err_tc[np.isfinite(err_tc) & (err_tc > 0)]
     top = float(finite.max()) if finite.size else 1.0
     norm = LogNorm(vmin=max(top * 1e-6, FLOOR), vmax=max(top, 2 * FLOOR))
     with rc_context({**STYLE, "axes.grid": False}):
         fig = Figure(figsize=(WIDTH, 3.6))
         ax = fig.subplots()
+        _margins(fig, left=0.65, right=0.15, top=0.3, bottom=0.5)
         shown = np.ma.masked_where(err_tc.T == 0, np.maximum(err_tc.T, norm.vmin))
         cmap = _cmap("magma")
         im = ax.imshow(
@@ -203,13 +254,21 @@ def error_heatmap(err_tc: np.ndarray, op: str, audio_steps: int | None) -> Figur
             ax.text(audio_steps, c * 0.97, " audio ends, padding after", color="#00e5ff", va="top", fontsize=8)
         ax.set_xlabel("time step")
         ax.set_ylabel("channel")
-        zeros = int((err_tc == 0).sum())
         ax.set_title(
-            label(f"|B - A| at {op}" + (f" (grey: exactly 0, {zeros / err_tc.size:.0%} of cells)" if zeros else "")),
+            label(f"|B - A| at {op}" + (f" (grey: exactly 0, {zeros:.0%} of cells)" if zeros else "")),
             fontsize=9,
         )
-        fig.colorbar(im, ax=ax, pad=0.01, label="absolute error")
+        _log_axis(fig.colorbar(im, ax=ax, pad=0.01, label="absolute error").ax.yaxis)
         return fig
+
+
+def _max_pool(x: np.ndarray, limits: tuple[int, int]) -> np.ndarray:
+    """Max over blocks so each axis has at most its limit of cells; the last block may be short."""
+    for axis, limit in enumerate(limits):
+        pool = math.ceil(x.shape[axis] / limit)
+        if pool > 1:
+            x = np.maximum.reduceat(x, np.arange(0, x.shape[axis], pool), axis=axis)
+    return x
 
 
 def _cmap(name: str):
@@ -230,6 +289,7 @@ def step_error(
         ax = fig.subplots()
         _log_series(ax, x, step_rel_error, "-", BAD, "relative error of the time step", lw=0.8)
         ax.set_yscale("log")
+        _log_axis(ax.yaxis)
         ax.set_ylabel("relative error (log)")
         ax.set_xlabel("time step")
         ax2 = ax.twinx()
@@ -246,6 +306,7 @@ def step_error(
         ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right", fontsize=7.5)
         verdict = "" if within is None else " (within tolerance)" if within else " (out of tolerance)"
         ax.set_title(label(f"error per time step at {op}{verdict}"), fontsize=9, color=GOOD if within else "black")
+        _margins(fig, left=0.75, right=0.8, top=0.3, bottom=0.5)
         return fig
 
 
@@ -255,6 +316,7 @@ def attention(pa: np.ndarray, pb: np.ndarray, op: str, head: int) -> Figure:
     with rc_context({**STYLE, "axes.grid": False}):
         fig = Figure(figsize=(WIDTH, 4.2))
         axes = fig.subplots(1, 3)
+        _margins(fig, left=0.6, right=0.75, top=0.3, bottom=0.5)
         vmax = float(max(np.nanmax(pa), np.nanmax(pb), 1e-12))
         norm = LogNorm(vmin=vmax * 1e-5, vmax=vmax)
         for ax, data, title in ((axes[0], pa, "A"), (axes[1], pb, "B")):
@@ -262,7 +324,7 @@ def attention(pa: np.ndarray, pb: np.ndarray, op: str, head: int) -> Figure:
             ax.set_title(label(f"{title}: {op}, head {head}"), fontsize=9)
             ax.set_xlabel("key step")
             ax.set_ylabel("query step")
-        fig.colorbar(im, ax=axes[:2], pad=0.01, shrink=0.85, label="probability (log)")
+        _log_axis(fig.colorbar(im, ax=axes[:2], pad=0.01, shrink=0.85, label="probability (log)").ax.yaxis)
         positive = diff[np.isfinite(diff) & (diff > 0)]
         top = float(positive.max()) if positive.size else 1.0
         dn = LogNorm(vmin=max(top * 1e-5, FLOOR), vmax=max(top, 2 * FLOOR))
@@ -274,7 +336,7 @@ def attention(pa: np.ndarray, pb: np.ndarray, op: str, head: int) -> Figure:
         )
         axes[2].set_title(f"|B - A|, head {head}" + (" (grey: exactly 0)" if (diff == 0).any() else ""), fontsize=9)
         axes[2].set_xlabel("key step")
-        fig.colorbar(im, ax=axes[2], pad=0.01, shrink=0.85, label="absolute difference")
+        _log_axis(fig.colorbar(im, ax=axes[2], pad=0.01, shrink=0.85, label="absolute difference").ax.yaxis)
         return fig
 
 
@@ -302,6 +364,7 @@ def patching(ops: list[str], restored: list[float], cause: str | None, threshold
         ax.legend(loc="upper left", fontsize=8)
         if cause in ops:
             ax.set_title(label(f"patching {cause} restores the output: the cause"), fontsize=9, color=BAD)
+        _margins(fig, left=0.75, top=0.3, bottom=_text_inches([label(op) for op in ops], 7) + 0.17)
         return fig
 
 
@@ -332,6 +395,7 @@ def positions(
                 lw=1.2 if op == "decoder.logits" else 0.8,
             )
         ax.set_yscale("log")
+        _log_axis(ax.yaxis)
         ax.set_ylabel("relative error (log)")
         ax.legend(loc="upper left", fontsize=7, ncol=3)
         if first is not None:
@@ -355,6 +419,7 @@ def positions(
             for p in argmax_changes:
                 axk.axvline(p, color=BAD, alpha=0.3, lw=4)
             axk.set_yscale("log")
+            _log_axis(axk.yaxis)
             axk.set_ylabel("KL (log)")
             axk.legend(
                 loc="upper left",
@@ -363,6 +428,7 @@ def positions(
                 title_fontsize=7.5,
             )
         axes[-1].set_xlabel("token position")
+        _margins(fig, left=0.75, top=0.3, bottom=0.5)
         return fig
 
 
