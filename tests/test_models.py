@@ -30,7 +30,7 @@ def test_ctranslate2_fused_projections_are_split(tiny_en):
 
 
 def test_openai_checkpoint_by_path_and_by_name(tmp_path, monkeypatch, small_random):
-    ckpt = {"dims": dataclasses.asdict(small_random.dims), "model_state_dict": small_random.state_dict}
+    ckpt = {"dims": dataclasses.asdict(small_random.dims), "model_state_dict": dict(small_random.state_dict)}
     path = tmp_path / "mine.pt"
     torch.save(ckpt, path)
     by_path = wd.load_model(str(path))
@@ -100,6 +100,13 @@ def test_random_weights_are_deterministic_per_seed():
     c = wd.load_model("random:tiny,n_audio_layer=1,n_audio_state=32,n_audio_head=2,seed=4")
     assert a.weights_sha256 == b.weights_sha256 != c.weights_sha256
     assert a.dims.n_audio_state == 32 and a.dims.n_audio_layer == 1
+    # made when read, from (seed, name) alone: the same values every time, whatever was read before
+    name = "encoder.blocks.0.mlp.0.weight"
+    first = a.state_dict[name]
+    assert all(b.state_dict[k] is not None for k in sorted(b.state_dict, reverse=True))
+    assert torch.equal(first, a.state_dict[name]) and torch.equal(first, b.state_dict[name])
+    assert not torch.equal(first, c.state_dict[name])
+    assert set(a.state_dict.copy()) == set(a.state_dict) and len(a.state_dict) == len(b.state_dict)
 
 
 def test_random_spec_errors():

@@ -59,9 +59,9 @@ class Replayer:
         self.dims = loaded.dims
         if weights is None:
             prefixes = tuple(f"{p}." for p in parts)
-            weights = {
-                k: v.detach().to(torch.float32).contiguous()
-                for k, v in loaded.state_dict.items()
+            weights = {  # names first: a random model makes each tensor when it is read
+                k: loaded.state_dict[k].detach().to(torch.float32).contiguous()
+                for k in loaded.state_dict
                 if k.startswith(prefixes)
             }
         self.w = weights

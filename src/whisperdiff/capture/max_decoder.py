@@ -172,9 +172,9 @@ def build_decoder_graph(dims, taps: list[str], device: DeviceRef | None = None) 
 def decoder_weights(model) -> dict:
     """The decoder's state dict in float32, as the graph's Weights expect it."""
     return {
-        name: t.detach().cpu().float().contiguous().numpy()
-        for name, t in model.state_dict.items()
-        if name.startswith("decoder.")
+        name: model.state_dict[name].detach().cpu().float().contiguous().numpy()
+        for name in model.state_dict
+        if name.startswith("decoder.")  # before reading: a random model makes each tensor when it is read
     }
 
 

@@ -45,10 +45,10 @@ def encoder_weights(model, dtype: str = "float32") -> dict:
     import torch
 
     weights = {}
-    for name, tensor in model.state_dict.items():
+    for name in model.state_dict:
         if not name.startswith("encoder."):
-            continue
-        t = tensor.detach().cpu()
+            continue  # before reading the value: a random model makes each tensor when it is read
+        t = model.state_dict[name].detach().cpu()
         if dtype == "float32" and t.dtype in (torch.float16, torch.float32, torch.float64):
             t = t.numpy().astype(np.float32, copy=False)  # float16 -> float32 is exact in numpy as in torch
         else:

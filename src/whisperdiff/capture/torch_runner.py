@@ -70,7 +70,7 @@ class TorchRunner:
         self.torch_dtype = getattr(torch, dtype)
         self.loaded = model
         self.taps = set(taps) if taps is not None else None
-        self.encoder = model.whisper_model(self.device, self.torch_dtype).encoder
+        self.encoder = model.audio_encoder(self.device, self.torch_dtype)
         # openai-whisper's LayerNorm computes in float32 (x.float()); torch's CPU kernel refuses float32 input
         # with half weights, which CUDA accepts. Upcasting the LN weights (exact) gives CUDA's numerics on CPU.
         self.float32_layer_norm = self.device == "cpu" and dtype != "float32"

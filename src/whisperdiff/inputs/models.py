@@ -19,6 +19,7 @@ import hashlib
 import math
 import os
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -36,12 +37,12 @@ class LoadedModel:
     model_id: str  # what the user would call it: "tiny.en", "random:tiny,seed=0", a file stem
     source: str  # exactly what was read: "ctranslate2:/…/model.bin", "openai-whisper:/…/base.pt", "random"
     dims: object  # whisper.model.ModelDimensions
-    state_dict: dict  # name -> torch.Tensor, in the checkpoint's own dtype
+    state_dict: Mapping  # name -> torch.Tensor, in the checkpoint's own dtype (RandomWeights: made when read)
 
     @cached_property
     def tensor_digests(self) -> dict[str, str]:
         """sha256 per tensor (name-sorted): the evidence for a weight-load check by name."""
-        return {name: _tensor_sha256(t) for name, t in sorted(self.state_dict.items())}
+        return {name: _tensor_sha256(self.state_dict[name]) for name in sorted(self.state_dict)}  # one at a time
 
     @cached_property
     def weights_sha256(self) -> str:
@@ -63,6 +64,19 @@ class LoadedModel:
             model = Whisper(self.dims)
         model.load_state_dict(self.state_dict, strict=True)
         return model.to(device=device, dtype=dtype or torch.float32).eval()
+
+    def audio_encoder(self, device: str = "cpu", dtype=None):
+        """openai-whisper's AudioEncoder alone with these weights: an encoder run never builds the decoder
+        (large-v3's is 3.7 GB of its 6.2)."""
+        import torch
+        from whisper.model import AudioEncoder
+
+        d = self.dims
+        with _no_random_init():
+            encoder = AudioEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer)
+        names = [k for k in self.state_dict if k.startswith("encoder.")]  # names first: RandomWeights makes on read
+        encoder.load_state_dict({k.removeprefix("encoder."): self.state_dict[k] for k in names}, strict=True)
+        return encoder.to(device=device, dtype=dtype or torch.float32).eval()
 
     def manifest(self) -> dict:
         return {
@@ -267,22 +281,41 @@ def _checked(model: LoadedModel) -> LoadedModel:
 
 def random_model(dims, seed: int = 0, model_id: str | None = None) -> LoadedModel:
     """Deterministic random weights for any dims (fast tests); the positional embedding is Whisper's sinusoids."""
-    import torch
-    from whisper.model import sinusoids
+    return LoadedModel(model_id or f"random:seed={seed}", f"random(seed={seed})", dims, RandomWeights(dims, seed))
 
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for name, shape in sorted(expected_shapes(dims).items()):
+
+class RandomWeights(Mapping):
+    """A random model's state dict: each tensor is made from (seed, its name) alone when it is read, and
+    not kept. A random large-v3 is 6.2 GB, of which an encoder run reads 2.5; reading a name twice gives
+    the same values. Fan-in scaled, so activations keep a realistic size through the blocks."""
+
+    def __init__(self, dims, seed: int):
+        self.shapes, self.seed = dict(sorted(expected_shapes(dims).items())), seed
+
+    def __getitem__(self, name: str):
+        import torch
+        from whisper.model import sinusoids
+
+        shape = self.shapes[name]
         if name == "encoder.positional_embedding":
-            sd[name] = sinusoids(*shape)
-        elif name.endswith(("ln.weight", "ln_post.weight")):
-            sd[name] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-        elif len(shape) >= 2:  # fan-in scaled, so activations keep a realistic size through the blocks
-            fan_in = int(torch.tensor(shape[1:]).prod())
-            sd[name] = torch.randn(shape, generator=gen) / fan_in**0.5
-        else:
-            sd[name] = 0.1 * torch.randn(shape, generator=gen)
-    return LoadedModel(model_id or f"random:seed={seed}", f"random(seed={seed})", dims, sd)
+            return sinusoids(*shape)
+        key = hashlib.sha256(f"{self.seed}:{name}".encode()).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+        if name.endswith(("ln.weight", "ln_post.weight")):
+            return 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        if len(shape) >= 2:
+            return torch.randn(shape, generator=gen) / math.prod(shape[1:]) ** 0.5
+        return 0.1 * torch.randn(shape, generator=gen)
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def copy(self) -> dict:
+        """Every tensor, made now, as a plain dict (as dict.copy gives for a loaded checkpoint)."""
+        return dict(self)
 
 
 def random_model_from_spec(spec: str) -> LoadedModel:
