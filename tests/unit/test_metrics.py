@@ -84,6 +84,25 @@ def test_op_metrics_is_the_same_in_small_chunks(monkeypatch):
     assert chunked["step_cosine"].tolist() == pytest.approx(whole["step_cosine"].tolist())
 
 
+def test_op_metrics_is_the_same_on_threads_nonfinite_included(monkeypatch):
+    """Large ops spread their chunks over threads; the sums, the worst element and the NaN/Inf counts are
+    those of one pass, and a chunk with a non-finite value is masked as in one pass."""
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((1, 40, 6)).astype(np.float32)
+    b = a + np.float32(0.01) * rng.standard_normal(a.shape).astype(np.float32)
+    b[0, 37, 2] += 5  # the worst element, in the last chunk
+    a[0, 3, 1], b[0, 20, 4] = np.nan, np.inf
+    one_pass = op_metrics(a, b, layout="B,T,C")
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 12)  # two time steps per chunk, 20 chunks
+    monkeypatch.setattr(metrics, "_PARALLEL_ELEMENTS", 1)  # on threads
+    threaded = op_metrics(a, b, layout="B,T,C")
+    for key in ("rel_l2", "cosine", "max_abs", "mean_a", "mean_b", "std_b", "mismatch_share", "worst_step"):
+        assert threaded[key] == pytest.approx(one_pass[key]), key
+    assert threaded["max_abs_index"] == one_pass["max_abs_index"] == [0, 37, 2]
+    assert (threaded["nan_a"], threaded["inf_b"]) == (one_pass["nan_a"], one_pass["inf_b"]) == (1, 1)
+    assert threaded["step_rel_error"].tolist() == pytest.approx(one_pass["step_rel_error"].tolist())
+
+
 def test_op_metrics_refuses_different_shapes():
     with pytest.raises(ValueError, match="shapes differ"):
         op_metrics(np.zeros((1, 2)), np.zeros((2, 1)))
