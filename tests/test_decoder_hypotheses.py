@@ -157,3 +157,37 @@ def test_a_wrong_token_row_and_a_decoder_fed_before_ln_post_are_input_difference
     f = _decoder_input(ln_post, x, {k: v.numpy() for k, v in rp.w.items()})
     assert f.kind == "input_mismatch" and "before the final layer norm" in f.message, f.message
     assert _decoder_input(ln_post, ln_post, {k: v.numpy() for k, v in rp.w.items()}) is None
+
+
+def test_a_layer_norm_op_that_holds_no_layer_norm_output_is_named_from_b_alone(small_random):
+    """B's value at a layer-norm op with nothing to replay it on (here ln_post as a decoder trace holds it:
+    the decoder fed an earlier block's output). B alone shows it is not that norm's output; a value
+    normalised without the norm's weight and bias is told apart; a real norm output with an error of
+    another kind gets neither."""
+    from whisperdiff.analysis.diagnose import norm_params, op_finding
+
+    rp = Replayer(small_random, parts=("encoder",))
+    g = np.random.default_rng(1)
+    w = rp.w["encoder.ln_post.weight"]  # trained norms are far from the identity (random ones are near it)
+    rp.w["encoder.ln_post.weight"] = w * torch.from_numpy(g.uniform(0.3, 4.0, w.shape)).float()
+    rp.w["encoder.ln_post.bias"] = rp.w["encoder.ln_post.bias"] * 10
+    c = rp.dims.n_audio_state
+    stream = g.normal(size=(1, 1500, c)) * 3 + g.normal(size=(1, 1, c))  # a residual stream, per-channel offsets
+    a = rp.layer_norm("encoder.ln_post", torch.from_numpy(stream).float()).numpy()
+    earlier = stream * 0.7 + g.normal(size=stream.shape)  # another block's output: not normalised
+    plain = (earlier - earlier.mean(-1, keepdims=True)) / earlier.std(-1, keepdims=True)
+    noisy = a + 0.05 * g.normal(size=a.shape) * a.std()
+    ctx = {"norm_params": lambda op: norm_params(rp, op), "layout": "B,T,C"}
+
+    def finding(b):
+        row = {"name": "ln_post", "rel_l2": float(np.linalg.norm(b - a) / np.linalg.norm(a)), "cosine": 0.5}
+        row.update(std_ratio=float(b.std() / a.std()), nan_a=0, inf_a=0, nan_b=0, inf_b=0)
+        return op_finding(row, None, {}, a=a, b=b.astype(np.float32), context=ctx)
+
+    f = finding(earlier)
+    assert f.kind == "wiring" and "not the output of this layer norm" in f.message, f.message
+    assert "earlier block" in f.message, f.message
+    f = finding(plain)
+    assert f.kind == "wrong_weight" and "without ln_post's weight and bias" in f.message, f.message
+    assert finding(noisy).kind not in ("wiring", "wrong_weight")
+    assert norm_params(rp, "blocks.0.mlp.fc1") is None  # not a layer norm: nothing to test B against

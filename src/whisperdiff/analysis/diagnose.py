@@ -224,6 +224,9 @@ def op_finding(
             "Noise is added, or a stochastic op (dropout, sampling) is left on; a deterministic port gives the "
             "same values on a second run",
         )
+    norm = ctx.get("norm_params", lambda _op: None)(name) if b is not None else None
+    if norm is not None and (f := _norm_finding(name, b, *norm, ctx.get("layout"), introduced, where)) is not None:
+        return f
     facts = ""
     if e is not None and b is not None:
         facts = describe(
@@ -247,6 +250,49 @@ def op_finding(
         f"{name}: error {where} (rel L2 {introduced:.3g}, cosine {row['cosine']:.5f}, std B/A "
         f"{row['std_ratio']:.3f}{'; for scale: ' + size if size else ''}); no hypothesis reproduces it"
         f"{closest}{f'. Structure of B - {against}: ' + facts if facts else ''}",
+    )
+
+
+def _norm_finding(name, b, gamma, beta, layout, introduced, where) -> Finding | None:
+    """A layer-norm op whose value in B is not that layer norm's output, told by B alone (no input needed):
+    per row, (B - beta) / gamma of a layer-norm output has mean 0 and std 1. None when it has (the error is
+    elsewhere) or when the layout has no channel axis last."""
+    b = np.asarray(b, np.float64)
+    if b.ndim < 2 or b.shape[-1] != gamma.shape[-1] or (layout and not str(layout).endswith(",C")):
+        return None
+    ok = np.abs(gamma) > 1e-6 * max(float(np.abs(gamma).max()), 1e-30)
+    if ok.sum() < 2:
+        return None
+
+    def row_stats(x):
+        rows = x.reshape(-1, x.shape[-1])
+        rows = rows[np.isfinite(rows).all(axis=1)]
+        if not len(rows):
+            return None
+        return float(np.median(np.abs(rows.mean(axis=1)))), float(np.median(rows.std(axis=1)))
+
+    affine = row_stats((b[..., ok] - beta[ok]) / gamma[ok])
+    plain = row_stats(b)
+    if affine is None or (affine[0] < 0.05 and abs(affine[1] - 1) < 0.05):
+        return None  # B is this layer norm's output in form (exactly 0 and 1, up to rounding): the error is elsewhere
+    stats = f"per row, (B - bias) / weight has median |mean| {affine[0]:.3g} and std {affine[1]:.3g}"
+    if plain[0] < 0.05 and abs(plain[1] - 1) < 0.05:
+        return Finding(
+            "wrong_weight",
+            name,
+            0.7,
+            f"{name}: B is normalised, (x - mean) / std per row, but without {name}'s weight and bias ({stats}; B "
+            f"itself has mean {plain[0]:.2g} and std {plain[1]:.3g}): the affine of the layer norm is missing "
+            f"(error {where}, rel L2 {introduced:.3g})",
+        )
+    return Finding(
+        "wiring",
+        name,
+        0.7,
+        f"{name}: B's value here is not the output of this layer norm: {stats}, where a layer norm with "
+        f"{name}'s weights gives 0 and 1. It has not been through this layer norm: a value from before it (an "
+        f"earlier block's output, the residual stream) stands where {name}'s output belongs, or the norm is "
+        f"skipped (error {where}, rel L2 {introduced:.3g})",
     )
 
 
@@ -395,7 +441,20 @@ def diagnosis_context(ta, replayer=None) -> dict:
         ctx["valid_steps"] = {t: steps_with_audio(frames, t) for t in (n_ctx, 2 * n_ctx)}
     if replayer is not None:
         ctx["vectors"] = {k: v.numpy() for k, v in replayer.w.items() if v.ndim == 1}
+        ctx["norm_params"] = lambda op: norm_params(replayer, op)
     return ctx
+
+
+def norm_params(replayer, op: str):
+    """(weight, bias) as float64 arrays of the layer norm that op is, or None when op is not a layer norm."""
+    recipe = replayer.recipe(op)
+    if recipe is None or recipe.type != "norm" or "name" not in recipe.params:
+        return None
+    w = replayer.w
+    name = recipe.params["name"]
+    if f"{name}.weight" not in w or f"{name}.bias" not in w:
+        return None
+    return w[f"{name}.weight"].double().numpy(), w[f"{name}.bias"].double().numpy()
 
 
 def pair_swaps(findings: list[Finding]) -> list[Finding]:
