@@ -1,11 +1,18 @@
-"""Memory and time of `compare` on two large traces (synthetic, large-v3 shapes, default taps).
+"""Memory and time of `compare` on two large traces (large-v3 shapes, default taps).
 
-Writes two traces of random float32 activations with large-v3's canonical shapes (32 blocks of
-1500 x 1280, MLP 1500 x 5120; about 4.5 GB each without attention probabilities), B = A plus a
-perturbation from block 20 on, then runs `compare` in a child process and prints its wall time and
-peak resident memory. Prints figures; asserts nothing.
+Synthetic (the default): two traces of random float32 activations with large-v3's canonical shapes
+(32 blocks of 1500 x 1280, MLP 1500 x 5120; about 4.5 GB each without attention probabilities),
+B = A plus a perturbation from block 20 on.
+
+--real: two real traces of random:large-v3 on the shipped clip, each in its own process: A from
+openai-whisper (torch), B from the MAX encoder, then B again with a planted bug (--fault). Each is
+traced in a child process whose wall time and peak RSS are printed.
+
+Then `compare` runs in a child process (with and without the replay) and its wall time and peak
+resident memory are printed against the time to read both traces. Prints figures; asserts nothing.
 
     python benchmarks/compare_large.py [--dir /big/disk] [--keep] [--layers 32]
+    python benchmarks/compare_large.py --real [--fault kv-swap] [--dir /big/disk]
 
 benchmarks/speed.py runs the same compare among the other goals, interleaved over rounds.
 """
@@ -53,15 +60,16 @@ def write_pair(root: Path, layers: int) -> tuple[Path, Path, int]:
     return root / "a", root / "b", total
 
 
-def child(a: str, b: str) -> None:
+def child(a: str, b: str, replay: bool = True) -> None:
     import resource
 
     from whisperdiff.analysis.compare import compare
 
     start = time.perf_counter()
-    result = compare(a, b)
+    result = compare(a, b, replay=replay)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    top = result.findings[0] if result.findings else None
     print(
         json.dumps(
             {
@@ -69,9 +77,60 @@ def child(a: str, b: str) -> None:
                 "peak_rss_mb": peak,
                 "ops": len(result.table),
                 "first_divergence": result.first_divergence,
+                "finding": f"{top.kind} at {top.op}" if top else None,
             }
         )
     )
+
+
+def trace_child(impl: str, out: str, fault: str | None, dtype: str) -> None:
+    """One real trace of random:large-v3 on the shipped clip; prints its wall time and peak RSS."""
+    import resource
+
+    import whisperdiff as wd
+
+    start = time.perf_counter()
+    wd.trace(impl, model="random:large-v3", out=out, device="cpu", dtype=dtype, inject=[fault] if fault else None)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": peak}))
+
+
+def run_child(*argv: str) -> dict:
+    done = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def real(root: Path, fault: str) -> None:
+    from speed import read_all
+
+    traces = {
+        "torch": (root / "torch", None, "float32"),
+        "max": (root / "max", None, "float32"),
+        "max-bug": (root / "max-bug", fault, "float32"),
+        "max-bf16": (root / "max-bf16", None, "bfloat16"),
+    }
+    for name, (out, bug, dtype) in traces.items():
+        figures = run_child("--trace", name.split("-")[0], str(out), bug or "", dtype)
+        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        print(
+            f"trace {name:8s} random:large-v3 {dtype}{f' --inject {bug}' if bug else ''}: {figures['seconds']:.0f} s "
+            f"(MAX: compile included), {size / 1e9:.2f} GB, peak RSS {figures['peak_rss_mb'] / 1e3:.1f} GB",
+            flush=True,
+        )
+    for b in ("max", "max-bug", "max-bf16"):
+        pair = [traces["torch"][0], traces[b][0]]
+        read_seconds = read_all(pair)
+        for replay in (False, True):
+            figures = run_child("--child", *map(str, pair), *([] if replay else ["--no-replay"]))
+            print(
+                f"compare torch {b:8s}{' (replay)' if replay else ' --no-replay'}: {figures['seconds']:.1f} s, "
+                f"peak RSS {figures['peak_rss_mb']:.0f} MB (goal <= 1 GB); reading both: {read_seconds:.1f} s, "
+                f"compare / read = {figures['seconds'] / read_seconds:.2f}x (goal <= 2); "
+                f"first divergence {figures['first_divergence']}, finding {figures['finding']}",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -79,13 +138,23 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="where to write the two traces (needs ~9 GB)")
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--real", action="store_true", help="real traces of random:large-v3 (torch, MAX)")
+    parser.add_argument("--fault", default="kv-swap", help="the bug planted in the second MAX trace (--real)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--no-replay", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--trace", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child)
+        child(*args.child, replay=not args.no_replay)
+        return
+    if args.trace:
+        trace_child(args.trace[0], args.trace[1], args.trace[2] or None, args.trace[3])
         return
     root = Path(tempfile.mkdtemp(prefix="whisperdiff-large-", dir=args.dir))
     try:
+        if args.real:
+            real(root, args.fault)
+            return
         start = time.perf_counter()
         a, b, nbytes = write_pair(root, args.layers)
         write_seconds = time.perf_counter() - start
