@@ -164,7 +164,9 @@ def _attn_bug(**kw):
         kh = k.view(b, t, 2, -1).permute(0, 2, 1, 3)
         if kw.get("swap"):
             qh, kh = kh, qh
-        s = (qh @ kh.transpose(-1, -2)) * kw.get("scale", (c // 2) ** -0.5)
+        if kw.get("qk") is not None:  # q @ k^T as a half-precision matmul, the scale applied in it too
+            qh, kh = qh.to(kw["qk"]), kh.to(kw["qk"])
+        s = ((qh @ kh.transpose(-1, -2)) * kw.get("scale", (c // 2) ** -0.5)).float()
         if kw.get("causal"):
             s = s + torch.full((t, t), -math.inf).triu(1)
         if kw.get("softmax") is not None:  # the softmax alone in another precision
@@ -266,6 +268,13 @@ def cases(model):
         ({"blocks.0.attn_residual": lambda f, x, y: 2 * x + y}, "blocks.0.attn_residual", "wiring", "added twice"),
         ({"conv1": _replicate_pad(model, "conv1")}, "conv1", "conv_padding", "replicate"),
         ({"blocks.1.attn.weights": _head_zeroed(1)}, "blocks.1.attn.weights", "head_missing", "head 1 of 2"),
+        ({"blocks.0.attn.weights": _attn_bug(qk=torch.bfloat16)}, "blocks.0.attn.weights", "precision", "matmul"),
+        (
+            {"blocks.1.attn_ln": _ln_normalised_half(model, "blocks.1.attn_ln")},
+            "blocks.1.attn_ln",
+            "precision",
+            "normalised",
+        ),
     ]
 
 
@@ -325,6 +334,16 @@ def _noise(scale):
     return bug
 
 
+def _ln_normalised_half(model, name):
+    g, b = model.state_dict[f"encoder.{name}.weight"].float(), model.state_dict[f"encoder.{name}.bias"].float()
+
+    def bug(f, x):
+        n = F.layer_norm(x, x.shape[-1:], eps=1e-5)
+        return n.to(torch.bfloat16).float() * g + b
+
+    return bug
+
+
 def _ln_stats_half(model, name):
     g, b = model.state_dict[f"encoder.{name}.weight"].float(), model.state_dict[f"encoder.{name}.bias"].float()
 
@@ -336,7 +355,7 @@ def _ln_stats_half(model, name):
     return bug
 
 
-@pytest.mark.parametrize("index", range(39))
+@pytest.mark.parametrize("index", range(41))
 def test_planted_bug_is_localised_and_named(ref, small_random, tmp_path, index):
     bugs, op, kind, word = cases(small_random)[index]
     result = compare(ref, traced(ref, small_random, tmp_path / "b", bugs), model=small_random)

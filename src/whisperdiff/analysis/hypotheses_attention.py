@@ -265,6 +265,11 @@ def _precision_hypotheses(run, k, v, weights_op, cached, add):
     """One sub-op of the attention in lower precision: the softmax, p @ v, or K and V held in a cache."""
     for dtype in ("float16", "bfloat16"):
         add("precision", f"the attention scores (q k^T, before the softmax) in {dtype}", run(sub={"scores": dtype}))
+        add(
+            "precision",
+            f"q k^T as a {dtype} matmul (q and k rounded to {dtype}, the scores too), the softmax in float32",
+            run(sub={"qk": dtype}),
+        )
         if v is not None:
             where = "a {dt} KV cache" if cached else "{dt}"
             add("precision", f"V alone held in {where.format(dt=dtype)} (K in float32)", run(v=round_to(v, dtype)))

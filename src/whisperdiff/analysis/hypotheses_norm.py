@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import re
 
+from whisperdiff.analysis.replay import round_to
+
 
 def activation_hypotheses(rp, recipe, xs, out, e, ctx, add):
     F, x = rp.torch.nn.functional, xs[0]
@@ -68,6 +70,14 @@ def norm_hypotheses(rp, recipe, xs, out, e, ctx, add):
             "precision",
             f"{short}'s statistics (mean and variance) computed in {dtype}, the rest in float32",
             ((x - mu_r.double()) / (var_r.double() + 1e-5).sqrt() * g + b).float(),
+            dtype=dtype,
+        )
+        mu, var = x.mean(-1, keepdim=True), ((x - x.mean(-1, keepdim=True)) ** 2).mean(-1, keepdim=True)
+        normalised = round_to(((x - mu) / (var + 1e-5).sqrt()).float(), dtype).double()
+        add(
+            "precision",
+            f"{short}'s normalised value (x - mean) / std rounded to {dtype} before its weight and bias (in float32)",
+            (normalised * g + b).float(),
             dtype=dtype,
         )
     part = name.split(".", 1)[0] + "."

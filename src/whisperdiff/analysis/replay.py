@@ -112,15 +112,19 @@ class Replayer:
     def attention_weights(self, q, k, scale=None, split="hd", axis=-1, mask=None, swap_qk=False, sub=None):
         """Softmax probabilities [B, H, T_q, T_k], one head at a time (float32).
 
-        sub: one sub-op in lower precision, {"scores": dtype} or {"probs": dtype} (the softmax's input or output)."""
+        sub: one sub-op in lower precision, {"scores": dtype} or {"probs": dtype} (the softmax's input or output),
+        {"qk": dtype} (q k^T as a matmul in that dtype: q and k rounded, the product and the scaled scores too)."""
         scale = self.d_head**-0.5 if scale is None else scale
         sub = sub or {}
         qh, kh = self.heads(q, split), self.heads(k, split)
         if swap_qk:
             qh, kh = kh, qh
         out = []
+        if "qk" in sub:
+            qh, kh = round_to(qh, sub["qk"]), round_to(kh, sub["qk"])
         for h in range(qh.shape[1]):
-            s = (qh[:, h] @ kh[:, h].transpose(-1, -2)) * scale
+            s = qh[:, h] @ kh[:, h].transpose(-1, -2)
+            s = round_to(round_to(s, sub["qk"]) * scale, sub["qk"]) if "qk" in sub else s * scale
             if mask is not None:
                 s = s + mask
             if "scores" in sub:
