@@ -275,6 +275,7 @@ def cases(model):
             "precision",
             "normalised",
         ),
+        ({"conv1": _time_masked(100, 140)}, "conv1", "input_mismatch", "time steps 100-139"),
     ]
 
 
@@ -334,6 +335,17 @@ def _noise(scale):
     return bug
 
 
+def _time_masked(start, stop):
+    """SpecAugment's time mask left on: input frames [start, stop) zeroed inside the op, after the port records them."""
+
+    def bug(f, x):
+        x = x.clone()
+        x[..., start:stop] = 0
+        return f(x)
+
+    return bug
+
+
 def _ln_normalised_half(model, name):
     g, b = model.state_dict[f"encoder.{name}.weight"].float(), model.state_dict[f"encoder.{name}.bias"].float()
 
@@ -355,7 +367,7 @@ def _ln_stats_half(model, name):
     return bug
 
 
-@pytest.mark.parametrize("index", range(41))
+@pytest.mark.parametrize("index", range(42))
 def test_planted_bug_is_localised_and_named(ref, small_random, tmp_path, index):
     bugs, op, kind, word = cases(small_random)[index]
     result = compare(ref, traced(ref, small_random, tmp_path / "b", bugs), model=small_random)

@@ -56,6 +56,7 @@ def generic_hypotheses(rp, recipe, xs, out, e, ctx, add):
                 )
             add("bias_error", f"{text} (cosine {cos:.4f})", (e.double() + coef * v).float(), vector=name)
     _dropout_hypotheses(rp, recipe, xs, out, e, add)
+    _masked_input(rp, recipe, xs, out, e, add)
     if recipe.type in ("norm",):
         x = xs[0].double()
         add(
@@ -64,6 +65,60 @@ def generic_hypotheses(rp, recipe, xs, out, e, ctx, add):
             "(x - mean) / std, the cosmetic fix that makes mean and std look right",
             ((x - x.mean()) / x.std(correction=0)).float(),
         )
+
+
+def _masked_input(rp, recipe, xs, out, e, add):
+    """A convolution or linear op whose input was replaced by a constant over a band of time steps before it
+    ran (a time mask: SpecAugment left on, frames zeroed), which the recorded input does not show. Found from
+    B alone: where the input is constant c, the output step is c x (the weight's sum over its inputs) + bias;
+    the steps where B is that and the replay is not make the band, and replaying with it reproduces B."""
+    torch, name = rp.torch, recipe.params.get("name")
+    if recipe.type not in ("conv", "linear") or not name or out.ndim != 3 or len(xs) != 1 or xs[0].ndim != 3:
+        return
+    key = name if f"{name}.weight" in rp.w else f"encoder.{name}"
+    if f"{key}.weight" not in rp.w:
+        return
+    w = rp.w[f"{key}.weight"].double()
+    conv = recipe.type == "conv"
+    wsum = w.sum(dim=(1, 2)) if conv else w.sum(1)  # the output to a constant input of 1, without the bias
+    bias = rp.w[f"{key}.bias"].double() if f"{key}.bias" in rp.w else torch.zeros_like(wsum)
+    if float(wsum @ wsum) == 0:
+        return
+
+    def constant_steps(y):  # per output step: is it the response to one constant input, and which
+        y = (y.double()[0].T if conv else y.double()[0]) - bias  # [T, C_out]
+        c = (y @ wsum) / (wsum @ wsum)
+        resid = (y - c[:, None] * wsum).norm(dim=1) / (y.norm(dim=1) + bias.norm() + 1e-30)
+        return resid < 1e-3, c
+
+    in_b, c = constant_steps(out)
+    in_e, _ = constant_steps(e)
+    band = in_b & ~in_e
+    if int(band.sum()) < 2:
+        return
+    steps = torch.nonzero(band).flatten()
+    t1, t2 = int(steps.min()), int(steps.max())
+    if float(band[t1 : t2 + 1].double().mean()) < 0.9:  # one band, not scattered steps
+        return
+    value = float(c[band].median())
+    stride = recipe.params.get("stride", 1) if conv else 1
+    reach = (w.shape[-1] // 2) if conv else 0  # the input steps an output step reads on each side
+    x = xs[0]
+    length = x.shape[-1] if conv else x.shape[1]
+    lo, hi = max(0, stride * t1 - reach), min(length - 1, stride * t2 + reach)
+    masked = x.clone()
+    if conv:
+        masked[..., lo : hi + 1] = value
+    else:
+        masked[:, lo : hi + 1, :] = value
+    add(
+        "input_mismatch",
+        f"{recipe.op}'s input was replaced by the constant {value:.4g} over its time steps {lo}-{hi} ({hi - lo + 1} of "
+        f"{length}) before it ran: a time mask (SpecAugment-style augmentation left on, or frames zeroed) that the "
+        "recorded input does not show",
+        recipe.fn(masked),
+        band=(lo, hi),
+    )
 
 
 def _dropout_hypotheses(rp, recipe, xs, out, e, add):
