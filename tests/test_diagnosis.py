@@ -276,6 +276,7 @@ def cases(model):
             "normalised",
         ),
         ({"conv1": _time_masked(100, 140)}, "conv1", "input_mismatch", "time steps 100-139"),
+        ({"blocks.1.attn.q": _fused_qkv_interleaved(model, 1)}, "blocks.1.attn.q", "weight_layout", "[H, 3, D]"),
     ]
 
 
@@ -335,6 +336,18 @@ def _noise(scale):
     return bug
 
 
+def _fused_qkv_interleaved(model, block):
+    """q from a fused [q; k; v] weight stored [3, H, D] but read per head as [H, 3, D]."""
+    sd, p = model.state_dict, f"encoder.blocks.{block}.attn"
+    w = torch.cat([sd[f"{p}.{n}.weight"] for n in ("query", "key", "value")]).float()
+    c = w.shape[1]
+    b = torch.cat([sd[f"{p}.query.bias"], torch.zeros(c), sd[f"{p}.value.bias"]]).float()
+    h = model.dims.n_audio_head
+    wq = w.reshape(h, 3, c // h, c)[:, 0].reshape(c, c)
+    bq = b.reshape(h, 3, c // h)[:, 0].reshape(c)
+    return lambda f, x: x @ wq.T + bq
+
+
 def _time_masked(start, stop):
     """SpecAugment's time mask left on: input frames [start, stop) zeroed inside the op, after the port records them."""
 
@@ -367,7 +380,7 @@ def _ln_stats_half(model, name):
     return bug
 
 
-@pytest.mark.parametrize("index", range(42))
+@pytest.mark.parametrize("index", range(43))
 def test_planted_bug_is_localised_and_named(ref, small_random, tmp_path, index):
     bugs, op, kind, word = cases(small_random)[index]
     result = compare(ref, traced(ref, small_random, tmp_path / "b", bugs), model=small_random)

@@ -194,8 +194,53 @@ def linear_hypotheses(rp, recipe, xs, out, e, ctx, add):
         )
     if x.shape == out.shape:
         add("missing_op", f"{short} is the identity: the projection is missing", x)
+    _fused_rows(rp, name, short, x, out, add)
     if recipe.params.get("tied"):
         _tied_output_hypotheses(rp, recipe, xs, out, e, add)
+
+
+PROJECTIONS = ("query", "key", "value")
+
+
+def _fused_rows(rp, name, short, x, out, add):
+    """q, k or v whose output channels are rows of the block's three projections in another order: a fused
+    [q; k; v] weight (stored [3, H, D]) split or read in another layout. Each of B's channels is matched to
+    the channel of x @ [Wq; Wk; Wv].T (+ biases) it equals; per-head interleaving ([H, 3, D]) is named."""
+    stem, _, proj = name.rpartition(".")
+    if proj not in PROJECTIONS or any(f"{stem}.{p}.weight" not in rp.w for p in PROJECTIONS):
+        return
+    torch = rp.torch
+    ws = [rp.w[f"{stem}.{p}.weight"] for p in PROJECTIONS]
+    if len({tuple(w.shape) for w in ws}) != 1 or out.shape[-1] != ws[0].shape[0]:
+        return
+    c = ws[0].shape[0]
+    bs = [rp.w.get(f"{stem}.{p}.bias", torch.zeros(c)) for p in PROJECTIONS]
+    y = x @ torch.cat(ws).T + torch.cat(bs)  # every row of the three projections: [..., 3C]
+    yf, of = y.reshape(-1, 3 * c).double(), out.reshape(-1, c).double()
+    yn = yf / (yf.norm(dim=0) + 1e-30)
+    on = of / (of.norm(dim=0) + 1e-30)
+    corr = on.T @ yn  # [C, 3C]: which row each of B's channels is
+    best, rows = corr.max(dim=1)
+    own = PROJECTIONS.index(proj)
+    if float(best.min()) < 0.9999 or bool((rows == own * c + torch.arange(c)).all()):
+        return
+    n_head = rp.n_head if c == rp.dims.n_audio_state else rp.dims.n_text_head
+    d = c // max(n_head, 1)
+    j = torch.arange(c)
+    interleaved = ((j // d) * 3 + own) * d + j % d  # B's channel (h, d) read as row (h, own, d) of [H, 3, D]
+    counts = ", ".join(f"{int(((rows // c) == i).sum())} from {p[0]}" for i, p in enumerate(PROJECTIONS))
+    if bool((rows == interleaved).all()):
+        text = (
+            f"{short} reads the fused q/k/v weight per head interleaved, as [H, 3, D] rows (head h's q, k, v "
+            f"together), while it is stored [3, H, D] (all q, then k, then v): its channels mix q, k and v rows "
+            f"({counts})"
+        )
+    else:
+        text = (
+            f"{short}'s output channels are rows of {short_name(stem)}'s q, k and v weights in another order ({counts}): "
+            "a fused q/k/v weight split or read in the wrong layout"
+        )
+    add("weight_layout", text, y[..., rows])
 
 
 def _tied_output_hypotheses(rp, recipe, xs, out, e, add):
