@@ -177,7 +177,9 @@ def test_a_layer_norm_op_that_holds_no_layer_norm_output_is_named_from_b_alone(s
     earlier = stream * 0.7 + g.normal(size=stream.shape)  # another block's output: not normalised
     plain = (earlier - earlier.mean(-1, keepdims=True)) / earlier.std(-1, keepdims=True)
     noisy = a + 0.05 * g.normal(size=a.shape) * a.std()
-    ctx = {"norm_params": lambda op: norm_params(rp, op), "layout": "B,T,C"}
+    other = rp.layer_norm("encoder.blocks.0.attn_ln", torch.from_numpy(stream).float()).numpy()
+    vectors = {k: v.numpy() for k, v in rp.w.items() if v.ndim == 1}
+    ctx = {"norm_params": lambda op: norm_params(rp, op), "layout": "B,T,C", "vectors": vectors}
 
     def finding(b):
         row = {"name": "ln_post", "rel_l2": float(np.linalg.norm(b - a) / np.linalg.norm(a)), "cosine": 0.5}
@@ -189,5 +191,7 @@ def test_a_layer_norm_op_that_holds_no_layer_norm_output_is_named_from_b_alone(s
     assert "earlier block" in f.message, f.message
     f = finding(plain)
     assert f.kind == "wrong_weight" and "without ln_post's weight and bias" in f.message, f.message
+    f = finding(other)
+    assert f.kind == "wrong_weight" and "blocks.0.attn_ln's weight and bias" in f.message, f.message
     assert finding(noisy).kind not in ("wiring", "wrong_weight")
     assert norm_params(rp, "blocks.0.mlp.fc1") is None  # not a layer norm: nothing to test B against

@@ -225,8 +225,10 @@ def op_finding(
             "same values on a second run",
         )
     norm = ctx.get("norm_params", lambda _op: None)(name) if b is not None else None
-    if norm is not None and (f := _norm_finding(name, b, *norm, ctx.get("layout"), introduced, where)) is not None:
-        return f
+    if norm is not None:
+        f = _norm_finding(name, b, *norm, ctx.get("layout"), introduced, where, ctx.get("vectors") or {})
+        if f is not None:
+            return f
     facts = ""
     if e is not None and b is not None:
         facts = describe(
@@ -253,7 +255,7 @@ def op_finding(
     )
 
 
-def _norm_finding(name, b, gamma, beta, layout, introduced, where) -> Finding | None:
+def _norm_finding(name, b, gamma, beta, layout, introduced, where, vectors) -> Finding | None:
     """A layer-norm op whose value in B is not that layer norm's output, told by B alone (no input needed):
     per row, (B - beta) / gamma of a layer-norm output has mean 0 and std 1. None when it has (the error is
     elsewhere) or when the layout has no channel axis last."""
@@ -271,19 +273,43 @@ def _norm_finding(name, b, gamma, beta, layout, introduced, where) -> Finding | 
             return None
         return float(np.median(np.abs(rows.mean(axis=1)))), float(np.median(rows.std(axis=1)))
 
+    def normalised(stats):
+        return stats is not None and stats[0] < 0.05 and abs(stats[1] - 1) < 0.05
+
     affine = row_stats((b[..., ok] - beta[ok]) / gamma[ok])
     plain = row_stats(b)
-    if affine is None or (affine[0] < 0.05 and abs(affine[1] - 1) < 0.05):
+    if affine is None or normalised(affine):
         return None  # B is this layer norm's output in form (exactly 0 and 1, up to rounding): the error is elsewhere
     stats = f"per row, (B - bias) / weight has median |mean| {affine[0]:.3g} and std {affine[1]:.3g}"
-    if plain[0] < 0.05 and abs(plain[1] - 1) < 0.05:
+    fits = {None: plain}  # None: normalised with no weight and bias; else another layer norm's name
+    for key, g in vectors.items():  # another layer norm's weight and bias (a block loaded with another's)
+        other = key.removesuffix(".weight")
+        bias = vectors.get(f"{other}.bias")
+        if key == other or bias is None or g.shape != gamma.shape or not re.search(r"(^|\.)ln(_post)?$|_ln$", other):
+            continue
+        g, bias = np.asarray(g, np.float64), np.asarray(bias, np.float64)
+        if (np.allclose(g, gamma) and np.allclose(bias, beta)) or (np.abs(g) <= 1e-6 * np.abs(g).max()).any():
+            continue
+        fits[other] = row_stats((b - bias) / g)
+    fits = {k: v for k, v in fits.items() if normalised(v)}
+    if fits:  # the one that fits best
+        other = min(fits, key=lambda k: fits[k][0] + abs(fits[k][1] - 1))
+        if other is None:
+            return Finding(
+                "wrong_weight",
+                name,
+                0.7,
+                f"{name}: B is normalised, (x - mean) / std per row, but without {name}'s weight and bias ({stats}; "
+                f"B itself has mean {plain[0]:.2g} and std {plain[1]:.3g}): the affine of the layer norm is missing "
+                f"(error {where}, rel L2 {introduced:.3g})",
+            )
         return Finding(
             "wrong_weight",
             name,
             0.7,
-            f"{name}: B is normalised, (x - mean) / std per row, but without {name}'s weight and bias ({stats}; B "
-            f"itself has mean {plain[0]:.2g} and std {plain[1]:.3g}): the affine of the layer norm is missing "
-            f"(error {where}, rel L2 {introduced:.3g})",
+            f"{name}: B is a layer norm's output with {other.removeprefix('encoder.')}'s weight and bias, not "
+            f"{name}'s own ({stats} with its own; with those, mean 0 and std 1; error {where}, rel L2 "
+            f"{introduced:.3g})",
         )
     return Finding(
         "wiring",
