@@ -255,10 +255,10 @@ def op_finding(
     )
 
 
-def _norm_finding(name, b, gamma, beta, layout, introduced, where, vectors) -> Finding | None:
+def _norm_finding(name, b, param, gamma, beta, layout, introduced, where, vectors) -> Finding | None:
     """A layer-norm op whose value in B is not that layer norm's output, told by B alone (no input needed):
     per row, (B - beta) / gamma of a layer-norm output has mean 0 and std 1. None when it has (the error is
-    elsewhere) or when the layout has no channel axis last."""
+    elsewhere) or when the layout has no channel axis last. param: the norm's weight name without ".weight"."""
     b = np.asarray(b, np.float64)
     if b.ndim < 2 or b.shape[-1] != gamma.shape[-1] or (layout and not str(layout).endswith(",C")):
         return None
@@ -282,13 +282,14 @@ def _norm_finding(name, b, gamma, beta, layout, introduced, where, vectors) -> F
         return None  # B is this layer norm's output in form (exactly 0 and 1, up to rounding): the error is elsewhere
     stats = f"per row, (B - bias) / weight has median |mean| {affine[0]:.3g} and std {affine[1]:.3g}"
     fits = {None: plain}  # None: normalised with no weight and bias; else another layer norm's name
-    for key, g in vectors.items():  # another layer norm's weight and bias (a block loaded with another's)
+    part = param.split(".", 1)[0] + "."
+    for key, g in vectors.items():  # another layer norm's (a 1-D weight with a bias), as norm_hypotheses picks them
         other = key.removesuffix(".weight")
         bias = vectors.get(f"{other}.bias")
-        if key == other or bias is None or g.shape != gamma.shape or not re.search(r"(^|\.)ln(_post)?$|_ln$", other):
+        if key == other or other == param or not other.startswith(part) or bias is None or g.shape != gamma.shape:
             continue
         g, bias = np.asarray(g, np.float64), np.asarray(bias, np.float64)
-        if (np.allclose(g, gamma) and np.allclose(bias, beta)) or (np.abs(g) <= 1e-6 * np.abs(g).max()).any():
+        if (np.abs(g) <= 1e-6 * np.abs(g).max()).any():
             continue
         fits[other] = row_stats((b - bias) / g)
     fits = {k: v for k, v in fits.items() if normalised(v)}
@@ -472,7 +473,7 @@ def diagnosis_context(ta, replayer=None) -> dict:
 
 
 def norm_params(replayer, op: str):
-    """(weight, bias) as float64 arrays of the layer norm that op is, or None when op is not a layer norm."""
+    """(name, weight, bias) of the layer norm that op is, the two as float64 arrays; None when op is not one."""
     recipe = replayer.recipe(op)
     if recipe is None or recipe.type != "norm" or "name" not in recipe.params:
         return None
@@ -480,7 +481,7 @@ def norm_params(replayer, op: str):
     name = recipe.params["name"]
     if f"{name}.weight" not in w or f"{name}.bias" not in w:
         return None
-    return w[f"{name}.weight"].double().numpy(), w[f"{name}.bias"].double().numpy()
+    return name, w[f"{name}.weight"].double().numpy(), w[f"{name}.bias"].double().numpy()
 
 
 def pair_swaps(findings: list[Finding]) -> list[Finding]:

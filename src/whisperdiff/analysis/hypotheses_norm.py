@@ -72,12 +72,10 @@ def norm_hypotheses(rp, recipe, xs, out, e, ctx, add):
             ((x - mu_r.double()) / (var_r.double() + 1e-5).sqrt() * g + b).float(),
             dtype=dtype,
         )
-        mu, var = x.mean(-1, keepdim=True), ((x - x.mean(-1, keepdim=True)) ** 2).mean(-1, keepdim=True)
-        normalised = round_to(((x - mu) / (var + 1e-5).sqrt()).float(), dtype).double()
         add(
             "precision",
             f"{short}'s normalised value (x - mean) / std rounded to {dtype} before its weight and bias (in float32)",
-            (normalised * g + b).float(),
+            (round_to(n.float(), dtype).double() * g + b).float(),
             dtype=dtype,
         )
     part = name.split(".", 1)[0] + "."

@@ -224,7 +224,7 @@ def _fused_rows(rp, name, short, x, out, add):
     own = PROJECTIONS.index(proj)
     if float(best.min()) < 0.9999 or bool((rows == own * c + torch.arange(c)).all()):
         return
-    n_head = rp.n_head if c == rp.dims.n_audio_state else rp.dims.n_text_head
+    n_head = rp.dims.n_text_head if stem.startswith("decoder.") else rp.dims.n_audio_head
     d = c // max(n_head, 1)
     j = torch.arange(c)
     interleaved = ((j // d) * 3 + own) * d + j % d  # B's channel (h, d) read as row (h, own, d) of [H, 3, D]

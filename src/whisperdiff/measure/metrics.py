@@ -45,9 +45,12 @@ def op_metrics(a, b, *, layout: str | None = None, atol: float = DEFAULT_ATOL, r
     step_ab, step_aa, step_bb, step_dd = (np.zeros(steps) for _ in range(4))
     max_abs, max_at = -1.0, (0, 0)
     starts = range(0, steps, rows)
-    chunks = (_chunk(a2[i : i + rows], b2[i : i + rows], atol, rtol) for i in starts)
-    if a2.size >= _PARALLEL_ELEMENTS:  # numpy releases the GIL: a large op's chunks run on every core
-        chunks = _pool().map(lambda i: _chunk(a2[i : i + rows], b2[i : i + rows], atol, rtol), starts)
+
+    def chunk(i):
+        return _chunk(a2[i : i + rows], b2[i : i + rows], atol, rtol)
+
+    # numpy releases the GIL: a large op's chunks run on every core
+    chunks = (_pool().map if a2.size >= _PARALLEL_ELEMENTS else map)(chunk, starts)
     for start, c in zip(starts, chunks, strict=True):
         rows_now = slice(start, start + rows)
         step_ab[rows_now], step_aa[rows_now], step_bb[rows_now], step_dd[rows_now] = c["steps"]

@@ -360,11 +360,12 @@ def patching(ops: list[str], restored: list[float], cause: str | None, threshold
         ax.set_ylim(min(0, shares.min() - 5) if shares.size else 0, 105)
         ax.set_ylabel("% of B's final error restored")
         ax.set_xticks(x)
-        ax.set_xticklabels([label(op) for op in ops], rotation=90, fontsize=7)
+        texts = [label(op) for op in ops]
+        ax.set_xticklabels(texts, rotation=90, fontsize=7)
         ax.legend(loc="upper left", fontsize=8)
         if cause in ops:
             ax.set_title(label(f"patching {cause} restores the output: the cause"), fontsize=9, color=BAD)
-        _margins(fig, left=0.75, top=0.3, bottom=_text_inches([label(op) for op in ops], 7) + 0.17)
+        _margins(fig, left=0.75, top=0.3, bottom=_text_inches(texts, 7) + 0.17)
         return fig
 
 
