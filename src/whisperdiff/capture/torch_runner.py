@@ -71,9 +71,12 @@ class TorchRunner:
         self.loaded = model
         self.taps = set(taps) if taps is not None else None
         self.encoder = model.audio_encoder(self.device, self.torch_dtype)
-        # openai-whisper's LayerNorm computes in float32 (x.float()); torch's CPU kernel refuses float32 input
-        # with half weights, which CUDA accepts. Upcasting the LN weights (exact) gives CUDA's numerics on CPU.
-        self.float32_layer_norm = self.device == "cpu" and dtype != "float32"
+        # openai-whisper's LayerNorm computes in float32 (x.float()) and torch refuses float32 input with other
+        # weights (on CPU, and on CUDA for bfloat16: seen on an H200). float32 LN weights: exact for half.
+        self.float32_layer_norm = dtype != "float32"
+        # A float32 reference is float32 throughout: cuDNN runs float32 convolutions as TF32 by default,
+        # which put conv1 outside the float32 tolerances on an H200. Half runs keep torch's defaults.
+        self.no_tf32 = self.device == "cuda" and dtype in ("float32", "float64")
         if self.float32_layer_norm:
             from whisper.model import LayerNorm
 
@@ -93,6 +96,7 @@ class TorchRunner:
             "threads": torch.get_num_threads(),
             "encoder": "whisper.model.AudioEncoder (unmodified, forward hooks)",
             "layer_norm_weights_float32": self.float32_layer_norm,
+            **({"tf32_disabled": self.no_tf32} if self.device == "cuda" else {}),
         }
 
     @property
@@ -116,7 +120,11 @@ class TorchRunner:
             self.device, self.torch_dtype
         )  # a copy: mel may be a read-only memmap
         handles = self._install_hooks(record, patch)
+        flags = (torch.backends.cuda.matmul, torch.backends.cudnn) if self.no_tf32 else ()
+        saved = [f.allow_tf32 for f in flags]  # global flags: off for this run, then restored
         try:
+            for f in flags:
+                f.allow_tf32 = False
             with torch.inference_mode():
                 start = time.perf_counter()
                 self.encoder(x)
@@ -124,6 +132,8 @@ class TorchRunner:
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - start
         finally:
+            for f, allowed in zip(flags, saved, strict=True):
+                f.allow_tf32 = allowed
             for h in handles:
                 h.remove()
         return {"encoder_seconds": seconds}
