@@ -164,7 +164,9 @@ def _attn_bug(**kw):
         kh = k.view(b, t, 2, -1).permute(0, 2, 1, 3)
         if kw.get("swap"):
             qh, kh = kh, qh
-        if kw.get("qk") is not None:  # q @ k^T as a half-precision matmul, the scale applied in it too
+        if kw.get("qk") == "tf32":  # q @ k^T as a GPU's float32 matmul on tensor cores: operands rounded
+            qh, kh = round_to(qh, "tf32"), round_to(kh, "tf32")
+        elif kw.get("qk") is not None:  # q @ k^T as a half-precision matmul, the scale applied in it too
             qh, kh = qh.to(kw["qk"]), kh.to(kw["qk"])
         s = ((qh @ kh.transpose(-1, -2)) * kw.get("scale", (c // 2) ** -0.5)).float()
         if kw.get("causal"):
@@ -269,6 +271,7 @@ def cases(model):
         ({"conv1": _replicate_pad(model, "conv1")}, "conv1", "conv_padding", "replicate"),
         ({"blocks.1.attn.weights": _head_zeroed(1)}, "blocks.1.attn.weights", "head_missing", "head 1 of 2"),
         ({"blocks.0.attn.weights": _attn_bug(qk=torch.bfloat16)}, "blocks.0.attn.weights", "precision", "matmul"),
+        ({"blocks.0.attn.weights": _attn_bug(qk="tf32")}, "blocks.0.attn.weights", "precision", "tf32"),
         (
             {"blocks.1.attn_ln": _ln_normalised_half(model, "blocks.1.attn_ln")},
             "blocks.1.attn_ln",
@@ -380,7 +383,7 @@ def _ln_stats_half(model, name):
     return bug
 
 
-@pytest.mark.parametrize("index", range(43))
+@pytest.mark.parametrize("index", range(44))
 def test_planted_bug_is_localised_and_named(ref, small_random, tmp_path, index):
     bugs, op, kind, word = cases(small_random)[index]
     result = compare(ref, traced(ref, small_random, tmp_path / "b", bugs), model=small_random)

@@ -328,6 +328,27 @@ def compare(
         if on_op is not None:
             on_op(pair.name)
 
+    if first is not None and not any(f.op == first and f.severity != "info" for f in op_findings):
+        source = _source_of_inherited(first, results, rel_l2_of, replayer_of, b_names, b_value, tolerances)
+        if source is not None:  # the op that made the error, below its own limit, explained there
+            name, rep, inputs = source
+            row = {**next(r for r in results if r.op == name).row(), "name": name}
+            f = op_finding(
+                row,
+                rep,
+                {dt: rounding_error(ta[name], dt) for dt in ("float16", "bfloat16")},
+                a=np.asarray(ta[name]),
+                b=b_value(name),
+                context={**diag(), "layout": layouts.get(name)},
+                explain=lambda: explain_op(replayer_of(), name, [b_value(x) for x in inputs] + [b_value(name)], diag()),
+            )
+            if f is not None and f.kind != "divergence":
+                adds = next(r for r in results if r.op == first).introduced_rel_l2
+                f.message += (
+                    f" (within the limit here, at rel L2 {rel_l2_of[name]:.1e}; it passes the limit at {first}, "
+                    f"rel L2 {rel_l2_of[first]:.1e}, which adds only {adds:.1e} of its own)"
+                )
+                op_findings.append(f)
     if not_traced:
         listed = f"{', '.join(not_traced[:4])}{', ...' if len(not_traced) > 4 else ''}"
         warnings.append(
@@ -360,7 +381,7 @@ def compare(
             + (f"; that is enough to explain the divergence at {first} (rel L2 {first_rel:.1e})" if explains else "")
         )
     order_names = [p.name for p in pairs]
-    all_findings = order(findings + merge_repeats(pair_swaps(op_findings)), order_names)
+    all_findings = order(findings + merge_repeats(pair_swaps(order(op_findings, order_names))), order_names)
     explained = frozenset(f.op for f in op_findings if f.kind not in ("divergence", "layout", "nonfinite_reference"))
     decoder, decoder_found = decoder_summary(
         ta,
@@ -457,6 +478,25 @@ def _specs(manifest: dict) -> list[dict]:
         return [s.__dict__ for s in op_specs(dims)] if isinstance(dims, dict) and dims else []
     except (TypeError, KeyError):
         return []
+
+
+def _source_of_inherited(first, results, rel_l2_of, replayer_of, b_names, b_value, tolerances):
+    """(op, replay, inputs) for a first divergence that only inherits its error (an op like GELU that
+    magnifies the relative error of an input that is within its own limit): the input with the largest
+    error, where that input introduces error of its own; else None."""
+    result = next(r for r in results if r.op == first)
+    bar = tolerances.for_op(first).max_rel_l2 or Tolerance.max_rel_l2
+    if replayer_of() is None or not (result.introduced_rel_l2 <= bar):  # NaN: not replayed
+        return None
+    inputs = replayer_of().inputs_of(first) or []
+    erring = [i for i in inputs if i in b_names and rel_l2_of.get(i, 0) > 0]
+    if not erring:
+        return None
+    name = max(erring, key=lambda i: rel_l2_of[i])
+    own_inputs, rep = _replay(replayer_of(), name, b_names, b_value)
+    if rep is None or not rep["introduced"] > rel_l2_of[name] / 2:  # it inherits most of it too
+        return None
+    return name, rep, own_inputs
 
 
 def _replay(replayer, name: str, matched: dict, b_value, sample: int = 1):

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from whisperdiff.analysis.replay import rel, round_to
+from whisperdiff.analysis.replay import matmul_in, rel, round_to
 from whisperdiff.analysis.replay_decoder import causal_mask
 
 
@@ -37,9 +37,7 @@ def attention_hypotheses(rp, recipe, xs, out, e, ctx, add):
         if weights_op:
             return w
         vh = rp.heads(v, split)
-        if pv is not None:
-            return rp.merge(round_to(round_to(w, pv) @ round_to(vh, pv), pv), merge or split)
-        return rp.merge(w @ vh, merge or split)
+        return rp.merge(w @ vh if pv is None else matmul_in(w, vh, pv), merge or split)
 
     scale = solve_scale(rp, q, k, out) if weights_op else search_scale(rp, run, out)
     correct = rp.d_head**-0.5
@@ -284,6 +282,16 @@ def _precision_hypotheses(run, k, v, weights_op, cached, add):
         add("precision", k_v.format(dt=dtype), run(k=round_to(k, dtype), v=None if v is None else round_to(v, dtype)))
         if not weights_op:
             add("precision", f"probabilities @ v computed in {dtype}", run(pv=dtype))
+    # A GPU's float32 matmuls run on tensor cores as tf32 by default: operands rounded, products in float32.
+    gpu = "operands rounded to tf32, products in float32, as a GPU's tensor cores compute float32 by default"
+    add("precision", f"q k^T as a tf32 matmul ({gpu})", run(sub={"qk": "tf32"}))
+    if not weights_op:
+        add("precision", f"probabilities @ v as a tf32 matmul ({gpu})", run(pv="tf32"))
+        add(
+            "precision",
+            f"both attention matmuls, q k^T and probabilities @ v, in tf32 ({gpu})",
+            run(sub={"qk": "tf32"}, pv="tf32"),
+        )
 
 
 def _head_order(rp, e, out, n_head, add):

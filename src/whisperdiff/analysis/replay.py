@@ -113,7 +113,8 @@ class Replayer:
         """Softmax probabilities [B, H, T_q, T_k], one head at a time (float32).
 
         sub: one sub-op in lower precision, {"scores": dtype} or {"probs": dtype} (the softmax's input or output),
-        {"qk": dtype} (q k^T as a matmul in that dtype: q and k rounded, the product and the scaled scores too)."""
+        {"qk": dtype} (q k^T as a matmul in that dtype: q and k rounded, the product and the scaled scores too;
+        in tf32 only q and k: see matmul_in)."""
         scale = self.d_head**-0.5 if scale is None else scale
         sub = sub or {}
         qh, kh = self.heads(q, split), self.heads(k, split)
@@ -124,7 +125,7 @@ class Replayer:
             qh, kh = round_to(qh, sub["qk"]), round_to(kh, sub["qk"])
         for h in range(qh.shape[1]):
             s = qh[:, h] @ kh[:, h].transpose(-1, -2)
-            s = round_to(round_to(s, sub["qk"]) * scale, sub["qk"]) if "qk" in sub else s * scale
+            s = round_to(round_to(s, sub["qk"]) * scale, sub["qk"]) if sub.get("qk", "tf32") != "tf32" else s * scale
             if mask is not None:
                 s = s + mask
             if "scores" in sub:
@@ -137,9 +138,7 @@ class Replayer:
         """pv: the dtype of probabilities @ v (both rounded, and the product), else float32."""
         w = self.attention_weights(q, k, split=split, **kw) if weights is None else weights
         vh = self.heads(v, split)
-        if pv is not None:
-            return self.merge(round_to(round_to(w, pv) @ round_to(vh, pv), pv), merge or split)
-        return self.merge(w @ vh, merge or split)
+        return self.merge(w @ vh if pv is None else matmul_in(w, vh, pv), merge or split)
 
     def gelu(self, x, approximate="none"):
         return self.torch.nn.functional.gelu(x, approximate=approximate)
@@ -259,6 +258,13 @@ def round_to(t, dtype: str):
         lsb = (bits >> 13) & 1
         return ((bits + 0xFFF + lsb) & ~0x1FFF).view(torch.float32)
     return t.to(getattr(torch, dtype)).float()
+
+
+def matmul_in(a, b, dtype: str):
+    """a @ b as a matmul in `dtype`: the operands rounded, and the product too, except in tf32, a tensor-core
+    operand format whose products accumulate in float32 (a GPU's float32 matmul by default)."""
+    product = round_to(a, dtype) @ round_to(b, dtype)
+    return product if dtype == "tf32" else round_to(product, dtype)
 
 
 def rel(expected, got) -> float:
