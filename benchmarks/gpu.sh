@@ -71,7 +71,10 @@ tiny() {  # tiny DTYPE: MAX on the GPU and torch on CUDA at tiny.en, each checke
   if ((max_gpus > 0)); then
     step "max-gpu-tiny.en-$dtype" whisperdiff trace --impl max --device gpu --dtype "$dtype" --out "$out/max-gpu-tiny.en-$dtype"
     step "check-max-gpu-tiny.en-$dtype" whisperdiff check "$out/cpu-torch-tiny.en" "$out/max-gpu-tiny.en-$dtype" --tolerances "$(tolerance "$dtype")"
-    [ "$dtype" = float32 ] && explain "compare-max-gpu-tiny.en-$dtype" "$out/cpu-torch-tiny.en" "$out/max-gpu-tiny.en-$dtype"
+    if [ "$dtype" = float32 ]; then  # a GPU's float32 matmuls run as TF32: the gate for that, then why
+      step check-tf32-max-gpu-tiny.en-float32 whisperdiff check "$out/cpu-torch-tiny.en" "$out/max-gpu-tiny.en-float32" --tolerances tf32
+      explain compare-max-gpu-tiny.en-float32 "$out/cpu-torch-tiny.en" "$out/max-gpu-tiny.en-float32"
+    fi
   else
     echo "skip: MAX on GPU, tiny.en, $dtype (MAX sees no accelerator)"
   fi
@@ -100,7 +103,7 @@ large=random:large-v3
 if ((max_gpus > 0 && torch_cuda > 0)); then
   step torch-cuda-large-v3-float32 whisperdiff trace --impl torch --device cuda --model "$large" --out "$out/torch-cuda-large-v3"
   step max-gpu-large-v3-float32 whisperdiff trace --impl max --device gpu --model "$large" --out "$out/max-gpu-large-v3-float32"
-  step check-max-gpu-large-v3-float32 whisperdiff check "$out/torch-cuda-large-v3" "$out/max-gpu-large-v3-float32" --tolerances float32
+  step check-max-gpu-large-v3-float32 whisperdiff check "$out/torch-cuda-large-v3" "$out/max-gpu-large-v3-float32" --tolerances tf32
   rm -rf "$out/torch-cuda-large-v3" "$out/max-gpu-large-v3-float32"  # 4.5 GB each
   speed --impl max --device gpu --dtype bfloat16 --model "$large"
   speed --impl torch --device cuda --dtype bfloat16 --model "$large"

@@ -50,6 +50,7 @@ def test_tf32_is_named_precision_where_the_error_starts(
         gpu_like = wd.trace("torch", model=tiny_en, out=tmp_path / "tf32")
     check = wd.check(default_trace, gpu_like, wd.load_tolerances("float32"))
     assert not check.passed and check.first_failure == first, check
+    assert wd.check(default_trace, gpu_like, wd.load_tolerances("tf32")).passed  # the GPU's float32 gate
     result = wd.compare(default_trace, gpu_like, model=tiny_en)
     assert result.first_divergence == first
     assert {f.kind for f in result.findings if f.severity != "info"} == {"precision"}, result.findings[:3]

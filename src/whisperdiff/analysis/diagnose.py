@@ -337,7 +337,7 @@ def _reproducing(hyps: list[tuple], introduced: float):
         return None  # two different explanations fit about as well: evidence for neither
     if best[0] == "precision":  # float16 and tf32 round a value alike (10-bit mantissas) unless it is tiny or huge
         same = [h for h in ranked[1:] if h[0] == "precision" and h[3].get("dtype") != best[3].get("dtype")]
-        same = [h for h in same if h[2] <= best[2] + 1e-3 * introduced]
+        same = [h for h in same if h[2] <= 1.01 * best[2]]  # the same fit: exact 0 against 1e-9 is evidence
         if same:
             text = f"{best[1]}, or equally here {same[0][1]} (both give these values)"
             return best[0], text, best[2], best[3]

@@ -1,5 +1,5 @@
 """Tolerances: when an op's numbers are close enough. One `Tolerance` per op, from a TOML file of
-defaults plus per-op glob rules; shipped files for float32 and half precision.
+defaults plus per-op glob rules; shipped files for float32, half precision and TF32 (a GPU's float32).
 
     # float32.toml
     [default]
@@ -45,7 +45,7 @@ FIELDS = {
     "max_mismatch": "the largest share (0..1) of elements allowed to fail the element test",
     "max_std_ratio_dev": "an op fails when |std B / std A - 1| exceeds this (a variance mismatch)",
 }
-SHIPPED = ("float32", "half")
+SHIPPED = ("float32", "half", "tf32")
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ class ToleranceSet:
 
 
 def load_tolerances(spec: str | Path | None) -> ToleranceSet:
-    """A shipped name (float32, half) or a TOML file path; None gives the shipped float32 file."""
+    """A shipped name (float32, half, tf32) or a TOML file path; None gives the shipped float32 file."""
     spec = "float32" if spec is None else spec
     if str(spec) in SHIPPED:
         text = resources.files("whisperdiff").joinpath(f"data/tolerances/{spec}.toml").read_text()

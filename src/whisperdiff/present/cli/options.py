@@ -118,13 +118,15 @@ RerunImplOpt = Annotated[
 
 def tolerance_file_option(help: str):
     """--tolerances/-t: the commands that take it differ in what it replaces, so each says so in `help`."""
-    return Annotated[str | None, typer.Option("--tolerances", "-t", metavar="<float32|half|FILE.toml>", help=help)]
+    return Annotated[str | None, typer.Option("--tolerances", "-t", metavar="<float32|half|tf32|FILE.toml>", help=help)]
 
 
 LimitsFileOpt = tolerance_file_option(
-    "Per-op limits from a TOML file or a shipped one (float32, half); replaces the four options above."
+    "Per-op limits from a TOML file or a shipped one (float32, half, tf32); replaces the four options above."
 )
-CheckFileOpt = tolerance_file_option("TOML tolerance file, or a shipped one: float32 (default), half.")
+CheckFileOpt = tolerance_file_option(
+    "TOML tolerance file, or a shipped one: float32 (default), half, tf32 (a GPU's float32)."
+)
 
 
 def option_group(cls):
