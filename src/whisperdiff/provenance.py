@@ -36,10 +36,12 @@ def sha256_array(array: np.ndarray) -> str:
 
 def versions() -> dict[str, str | None]:
     """Installed versions, read from package metadata without importing the (heavy) packages."""
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    for name in TRACKED_PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+    return {"python": platform.python_version(), **{name: version(name) for name in TRACKED_PACKAGES}}
+
+
+def version(package: str) -> str | None:
+    """One installed package's version (metadata only; each lookup scans the installed distributions)."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None

@@ -25,7 +25,7 @@ from whisperdiff.errors import WhisperdiffError
 from whisperdiff.experiments.sweep_table import by_property, load_records
 from whisperdiff.inputs.corpus import PROPERTIES
 from whisperdiff.present.report import CSP, STYLE, template
-from whisperdiff.provenance import versions
+from whisperdiff.provenance import version
 from whisperdiff.store.trace import write_text_atomic
 
 RANKED = 40  # rows of the ranked table
@@ -98,7 +98,7 @@ def render(frame, out: Path, links: dict[str, str] | None = None) -> str:
         "csp": Markup(CSP),
         "style": Markup(STYLE + EXTRA_STYLE),
         "out": str(out),
-        "version": versions().get("whisperdiff"),
+        "version": version("whisperdiff"),
         "now": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "a": _first(frame, "a"),
         "b": _first(frame, "b"),

@@ -36,7 +36,7 @@ from whisperdiff.present.report_tables import (
     short_manifest,
     top_introducers,
 )
-from whisperdiff.provenance import versions
+from whisperdiff.provenance import version
 from whisperdiff.store.trace import write_text_atomic
 
 
@@ -138,7 +138,7 @@ def render(
         "b_name": c.b.name,
         "a_path": str(c.a),
         "b_path": str(c.b),
-        "version": versions().get("whisperdiff"),
+        "version": version("whisperdiff"),
         "now": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "verdict": _verdict(c),
         "first": c.first_divergence,
