@@ -122,6 +122,19 @@ def test_propose_folds_blocks_and_scales_the_spread():
     assert ts.default.min_cosine == pytest.approx(1 - 2e-7)
 
 
+def test_proposed_limits_read_back_exactly_from_their_file():
+    """A limit is the float its decimal text parses to: 26 * 1e-7 would be 2.5999999999999997e-06, and a
+    proposed file read back would then hold other limits than the set it was written from."""
+    rows = [
+        {"op": f"blocks.{i}.out", "rel_l2": x, "cosine": 1.0, "max_abs": x} for i, x in enumerate((2.55e-7, 9.99e-6))
+    ]
+    ts = propose(rows, factor=10)
+    assert dict(ts.rules)["blocks.*.out"]["max_rel_l2"] == 1e-4  # 9.99e-5 rounded up: exactly the literal
+    one = propose(rows[:1], factor=10)
+    assert dict(one.rules)["blocks.*.out"]["max_rel_l2"] == 2.6e-6
+    assert parse_tolerances(one.to_toml("t"), "t.toml").rules == one.rules
+
+
 def test_propose_refuses_a_factor_below_one_and_no_rows():
     with pytest.raises(WhisperdiffError, match="--factor 0.5"):
         propose([{"op": "x", "rel_l2": 0.1, "cosine": 1.0, "max_abs": 0.0}], factor=0.5)

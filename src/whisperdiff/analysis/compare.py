@@ -329,12 +329,12 @@ def compare(
             on_op(pair.name)
 
     if first is not None and not any(f.op == first and f.severity != "info" for f in op_findings):
-        source = _source_of_inherited(first, results, rel_l2_of, replayer_of, b_names, b_value, tolerances)
-        if source is not None:  # the op that made the error, below its own limit, explained there
+        by_op = {r.op: r for r in results}  # a first divergence that only inherits: explained where it starts
+        source = _source_of_inherited(by_op[first], rel_l2_of, replayer_of, b_names, b_value, tolerances)
+        if source is not None:
             name, rep, inputs = source
-            row = {**next(r for r in results if r.op == name).row(), "name": name}
             f = op_finding(
-                row,
+                {**by_op[name].row(), "name": name},
                 rep,
                 {dt: rounding_error(ta[name], dt) for dt in ("float16", "bfloat16")},
                 a=np.asarray(ta[name]),
@@ -342,11 +342,10 @@ def compare(
                 context={**diag(), "layout": layouts.get(name)},
                 explain=lambda: explain_op(replayer_of(), name, [b_value(x) for x in inputs] + [b_value(name)], diag()),
             )
-            if f is not None and f.kind != "divergence":
-                adds = next(r for r in results if r.op == first).introduced_rel_l2
+            if f is not None and f.kind != "divergence":  # only a named cause: "divergence" below the limit is noise
                 f.message += (
                     f" (within the limit here, at rel L2 {rel_l2_of[name]:.1e}; it passes the limit at {first}, "
-                    f"rel L2 {rel_l2_of[first]:.1e}, which adds only {adds:.1e} of its own)"
+                    f"rel L2 {rel_l2_of[first]:.1e}, which adds only {by_op[first].introduced_rel_l2:.1e} of its own)"
                 )
                 op_findings.append(f)
     if not_traced:
@@ -480,15 +479,14 @@ def _specs(manifest: dict) -> list[dict]:
         return []
 
 
-def _source_of_inherited(first, results, rel_l2_of, replayer_of, b_names, b_value, tolerances):
+def _source_of_inherited(first: OpResult, rel_l2_of, replayer_of, b_names, b_value, tolerances):
     """(op, replay, inputs) for a first divergence that only inherits its error (an op like GELU that
     magnifies the relative error of an input that is within its own limit): the input with the largest
     error, where that input introduces error of its own; else None."""
-    result = next(r for r in results if r.op == first)
-    bar = tolerances.for_op(first).max_rel_l2 or Tolerance.max_rel_l2
-    if replayer_of() is None or not (result.introduced_rel_l2 <= bar):  # NaN: not replayed
+    bar = tolerances.for_op(first.op).max_rel_l2 or Tolerance.max_rel_l2
+    if replayer_of() is None or not (first.introduced_rel_l2 <= bar):  # NaN: not replayed
         return None
-    inputs = replayer_of().inputs_of(first) or []
+    inputs = replayer_of().inputs_of(first.op) or []
     erring = [i for i in inputs if i in b_names and rel_l2_of.get(i, 0) > 0]
     if not erring:
         return None

@@ -296,5 +296,6 @@ def propose(
 
 def _nice_up(x: float) -> float:
     """x rounded up to two significant digits (3.14e-6 -> 3.2e-6)."""
-    step = 10 ** (math.floor(math.log10(x)) - 1)
-    return math.ceil(x / step - 1e-9) * step
+    exponent = math.floor(math.log10(x)) - 1
+    # parsed from its decimal text, as a tolerance file is read back (26 * 1e-7 is 2.5999999999999997e-06)
+    return float(f"{math.ceil(x / 10.0**exponent - 1e-9)}e{exponent}")
