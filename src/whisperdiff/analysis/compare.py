@@ -221,6 +221,21 @@ def compare(
         ctx["audio"] = audio_samples
         return ctx
 
+    def explain_from_b(n, i):  # op n's hypotheses by type, replayed on B's own recorded inputs i
+        return explain_op(replayer_of(), n, [b_value(x) for x in i] + [b_value(n)], diag())
+
+    def finding_at(row: dict, rep, explain) -> Finding | None:  # the diagnosis of one op (op_finding)
+        n = row["name"]
+        return op_finding(
+            row,
+            rep,
+            {dt: rounding_error(ta[n], dt) for dt in ("float16", "bfloat16")},
+            a=np.asarray(ta[n]),
+            b=b_value(n),
+            context={**diag(), "layout": layouts.get(n), **_decoder_context(n)},
+            explain=explain,
+        )
+
     for pair in pairs:
         result = OpResult(
             pair.name,
@@ -266,13 +281,9 @@ def compare(
             first_nonfinite = new_nonfinite(row) and not nonfinite_seen  # NaN/Inf appear here: always a finding
             nonfinite_seen = nonfinite_seen or new_nonfinite(row)
             if (row["diverged"] and introduces) or (pair.name == "mel" and row["diverged"]) or first_nonfinite:
-                rounding = {dt: rounding_error(ta[pair.name], dt) for dt in ("float16", "bfloat16")}
                 explain = None  # hypotheses by op type, run only here where the op introduces error
                 if rep is not None:
-
-                    def explain(n=pair.name, i=inputs):
-                        return explain_op(replayer_of(), n, [b_value(x) for x in i] + [b_value(n)], diag())
-
+                    explain = functools.partial(explain_from_b, pair.name, inputs)
                 elif replayer is not None and inputs and all(x in b_names or x in ta for x in inputs):
 
                     def explain(n=pair.name, i=inputs):  # B lacks an input (a block it skipped): A's stands in
@@ -280,15 +291,7 @@ def compare(
                         found = explain_op(replayer_of(), n, values + [b_value(n)], diag())
                         return {**found, "inputs_from_a": [x for x in i if x not in b_names]}
 
-                f = op_finding(
-                    row,
-                    rep,
-                    rounding,
-                    a=np.asarray(ta[pair.name]),
-                    b=b_value(pair.name),
-                    context={**diag(), "layout": layouts.get(pair.name), **_decoder_context(pair.name)},
-                    explain=explain,
-                )
+                f = finding_at(row, rep, explain)
                 if f is not None:
                     op_findings.append(f)
             if pair.layout:
@@ -333,15 +336,7 @@ def compare(
         source = _source_of_inherited(by_op[first], rel_l2_of, replayer_of, b_names, b_value, tolerances)
         if source is not None:
             name, rep, inputs = source
-            f = op_finding(
-                {**by_op[name].row(), "name": name},
-                rep,
-                {dt: rounding_error(ta[name], dt) for dt in ("float16", "bfloat16")},
-                a=np.asarray(ta[name]),
-                b=b_value(name),
-                context={**diag(), "layout": layouts.get(name)},
-                explain=lambda: explain_op(replayer_of(), name, [b_value(x) for x in inputs] + [b_value(name)], diag()),
-            )
+            f = finding_at({**by_op[name].row(), "name": name}, rep, functools.partial(explain_from_b, name, inputs))
             if f is not None and f.kind != "divergence":  # only a named cause: "divergence" below the limit is noise
                 f.message += (
                     f" (within the limit here, at rel L2 {rel_l2_of[name]:.1e}; it passes the limit at {first}, "

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from whisperdiff.analysis.replay import matmul_in, rel, round_to
+from whisperdiff.analysis.replay import rel, round_to
 from whisperdiff.analysis.replay_decoder import causal_mask
 
 
@@ -33,11 +33,7 @@ def attention_hypotheses(rp, recipe, xs, out, e, ctx, add):
             q = q[:, rows]
             mask = mask[rows] if mask is not None else None
         w = rp.attention_weights(q, k, mask=mask, **kw)
-        split = kw.get("split", "hd")
-        if weights_op:
-            return w
-        vh = rp.heads(v, split)
-        return rp.merge(w @ vh if pv is None else matmul_in(w, vh, pv), merge or split)
+        return w if weights_op else rp.attention(q, k, v, split=kw.get("split", "hd"), merge=merge, weights=w, pv=pv)
 
     scale = solve_scale(rp, q, k, out) if weights_op else search_scale(rp, run, out)
     correct = rp.d_head**-0.5

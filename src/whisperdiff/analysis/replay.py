@@ -123,9 +123,10 @@ class Replayer:
         out = []
         if "qk" in sub:
             qh, kh = round_to(qh, sub["qk"]), round_to(kh, sub["qk"])
+        half_qk = sub.get("qk") not in (None, "tf32")  # a tf32 matmul's product stays float32
         for h in range(qh.shape[1]):
             s = qh[:, h] @ kh[:, h].transpose(-1, -2)
-            s = round_to(round_to(s, sub["qk"]) * scale, sub["qk"]) if sub.get("qk", "tf32") != "tf32" else s * scale
+            s = round_to(round_to(s, sub["qk"]) * scale, sub["qk"]) if half_qk else s * scale
             if mask is not None:
                 s = s + mask
             if "scores" in sub:
