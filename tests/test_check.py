@@ -117,15 +117,16 @@ def test_clean_max_passes_and_every_bug_fails_first_where_it_acts(runs, small_ra
 
 @pytest.mark.slow
 def test_tf32_tolerances_pass_the_clean_port_and_fail_structural_bugs(runs, small_random):
-    """`-t tf32` (a GPU's float32) is looser than float32 by TF32's rounding: it still fails every bug
-    but those whose error is of that rounding's size, a float16 block (float16 rounds as TF32 does) and a
-    tanh GELU (rel L2 1-2e-3 on tiny.en, against TF32's 8e-4): compare, which replays each op on B's own
-    inputs, still names those (docs/check.md)."""
+    """`-t tf32` (a GPU's float32) is looser than float32 by TF32's rounding and truncation: it still fails
+    every bug but those whose error is of that size, a float16 block (float16 rounds as TF32 does), a tanh
+    GELU (rel L2 1-2e-3 on tiny.en) and a layer-norm epsilon of 1e-3 (a shrink of about 5e-4, where TF32's
+    truncation shrinks by up to 2.6e-3): compare, which replays each op on B's own inputs, still names
+    those (docs/check.md)."""
     ref, cands, _ = runs
     tol = load_tolerances("tf32")
     assert check(ref, cands["clean"], tol, replay=False).passed
     passed = {name for name in FAULTS if check(ref, cands[name], tol, replay=False).passed}
-    assert passed <= {"half-precision-block", "gelu-tanh"}, passed
+    assert passed <= {"half-precision-block", "gelu-tanh", "ln-eps"}, passed
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """Hypotheses for every op type: a sign, a global factor or offset, a per-channel offset equal to one of the
-model's bias vectors, and another precision (float16, bfloat16, tf32) for inputs, weights or output.
+model's bias vectors, and another precision (float16, bfloat16, tf32 rounded or truncated) for inputs, weights
+or output.
 
 Each hypothesis function takes (replayer, recipe, inputs, candidate output, replayed output, context, add) and
 calls add(kind, explanation, what the op would output under that hypothesis, **extra) for each.
@@ -8,10 +9,10 @@ calls add(kind, explanation, what the op would output under that hypothesis, **e
 from __future__ import annotations
 
 from whisperdiff.analysis.hypotheses_weights import short_name
-from whisperdiff.analysis.replay import round_to
+from whisperdiff.analysis.replay import TENSOR_CORE, precision_name, round_to, rounded_to
 from whisperdiff.analysis.residual import closest_vector
 
-PRECISIONS = ("float16", "bfloat16", "tf32")
+PRECISIONS = ("float16", "bfloat16", *TENSOR_CORE)
 
 
 def generic_hypotheses(rp, recipe, xs, out, e, ctx, add):
@@ -150,10 +151,10 @@ def _dropout_hypotheses(rp, recipe, xs, out, e, add):
             )
 
 
-def precision_hypotheses(rp, recipe, xs, out, expected, add):
+def precision_hypotheses(rp, recipe, xs, out, expected, add, dtypes=PRECISIONS):
     """The op computed from inputs and weights rounded to a lower precision (and its output rounded)."""
-    for dtype in PRECISIONS:
-        if dtype != "tf32":
+    for dtype in dtypes:
+        if dtype not in TENSOR_CORE:
             add(
                 "precision",
                 f"computed in float32, stored in {dtype} (output rounded to {dtype})",
@@ -162,8 +163,9 @@ def precision_hypotheses(rp, recipe, xs, out, expected, add):
             )
         r = rp.with_weights_rounded(dtype).recipe(recipe.op)
         y = r.fn(*(round_to(x, dtype) for x in xs))
-        add("precision", f"computed in {dtype} (inputs and weights rounded to {dtype})", y, dtype=dtype)
-        if dtype != "tf32":
+        prec = precision_name(dtype)
+        add("precision", f"computed in {prec} (inputs and weights {rounded_to(dtype)})", y, dtype=dtype)
+        if dtype not in TENSOR_CORE:
             add(
                 "precision",
                 f"computed in {dtype} (inputs, weights and output rounded to {dtype})",
@@ -193,11 +195,11 @@ def precision_hypotheses(rp, recipe, xs, out, expected, add):
             mm = round_to(xs[0], dtype) @ wr.T
             add(
                 "precision",
-                f"matmul in {dtype} (float32 accumulation), bias added in float32",
+                f"matmul in {prec} (float32 accumulation), bias added in float32",
                 mm + rp.w[f"{name}.bias"],
                 dtype=dtype,
             )
-            if dtype != "tf32":
+            if dtype not in TENSOR_CORE:
                 add(
                     "precision",
                     f"matmul in {dtype} with a {dtype} result, bias added in float32",

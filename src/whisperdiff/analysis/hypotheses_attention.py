@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from whisperdiff.analysis.replay import rel, round_to
+from whisperdiff.analysis.replay import TENSOR_CORE, rel, round_to, rounded_to
 from whisperdiff.analysis.replay_decoder import causal_mask
 
 
@@ -35,6 +35,9 @@ def attention_hypotheses(rp, recipe, xs, out, e, ctx, add):
         w = rp.attention_weights(q, k, mask=mask, **kw)
         return w if weights_op else rp.attention(q, k, v, split=kw.get("split", "hd"), merge=merge, weights=w, pv=pv)
 
+    if only := ctx.get("precision_only"):
+        _precision_hypotheses(run, k, v, weights_op, causal or recipe.params.get("cross"), add, [only])
+        return
     scale = solve_scale(rp, q, k, out) if weights_op else search_scale(rp, run, out)
     correct = rp.d_head**-0.5
     if scale is not None and abs(scale / correct - 1) > 0.02:
@@ -255,9 +258,9 @@ def _other_block_kv(rp, recipe, run, k, v, ctx, add):
         )
 
 
-def _precision_hypotheses(run, k, v, weights_op, cached, add):
+def _precision_hypotheses(run, k, v, weights_op, cached, add, dtypes=("float16", "bfloat16", *TENSOR_CORE)):
     """One sub-op of the attention in lower precision: the softmax, p @ v, or K and V held in a cache."""
-    for dtype in ("float16", "bfloat16"):
+    for dtype in [d for d in ("float16", "bfloat16") if d in dtypes]:
         add("precision", f"the attention scores (q k^T, before the softmax) in {dtype}", run(sub={"scores": dtype}))
         add(
             "precision",
@@ -278,16 +281,18 @@ def _precision_hypotheses(run, k, v, weights_op, cached, add):
         add("precision", k_v.format(dt=dtype), run(k=round_to(k, dtype), v=None if v is None else round_to(v, dtype)))
         if not weights_op:
             add("precision", f"probabilities @ v computed in {dtype}", run(pv=dtype))
-    # A GPU's float32 matmuls run on tensor cores as tf32 by default: operands rounded, products in float32.
-    gpu = "operands rounded to tf32, products in float32, as a GPU's tensor cores compute float32 by default"
-    add("precision", f"q k^T as a tf32 matmul ({gpu})", run(sub={"qk": "tf32"}))
-    if not weights_op:
-        add("precision", f"probabilities @ v as a tf32 matmul ({gpu})", run(pv="tf32"))
-        add(
-            "precision",
-            f"both attention matmuls, q k^T and probabilities @ v, in tf32 ({gpu})",
-            run(sub={"qk": "tf32"}, pv="tf32"),
-        )
+    # A GPU's float32 matmuls run on tensor cores as tf32 by default: operands rounded or truncated to tf32,
+    # products in float32.
+    for dtype in [d for d in TENSOR_CORE if d in dtypes]:
+        gpu = f"operands {rounded_to(dtype)}, products in float32, as a GPU's tensor cores compute float32"
+        add("precision", f"q k^T as a tf32 matmul ({gpu})", run(sub={"qk": dtype}))
+        if not weights_op:
+            add("precision", f"probabilities @ v as a tf32 matmul ({gpu})", run(pv=dtype))
+            add(
+                "precision",
+                f"both attention matmuls, q k^T and probabilities @ v, in tf32 ({gpu})",
+                run(sub={"qk": dtype}, pv=dtype),
+            )
 
 
 def _head_order(rp, e, out, n_head, add):

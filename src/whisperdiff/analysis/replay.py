@@ -123,7 +123,7 @@ class Replayer:
         out = []
         if "qk" in sub:
             qh, kh = round_to(qh, sub["qk"]), round_to(kh, sub["qk"])
-        half_qk = sub.get("qk") not in (None, "tf32")  # a tf32 matmul's product stays float32
+        half_qk = sub.get("qk") not in (None, *TENSOR_CORE)  # a tf32 matmul's product stays float32
         for h in range(qh.shape[1]):
             s = qh[:, h] @ kh[:, h].transpose(-1, -2)
             s = round_to(round_to(s, sub["qk"]) * scale, sub["qk"]) if half_qk else s * scale
@@ -250,32 +250,51 @@ class RoundedWeights(Mapping):
         return len(self._weights)
 
 
+# Tensor-core operand formats: a float32 operand's top 19 bits, products accumulated in float32. "tf32" rounds
+# to nearest (cuBLAS, torch); "tf32-trunc" drops the low 13 bits, as a tensor core reads a float32 register
+# nothing rounded first: MAX's float32 matmuls on an H200 shrank values so (docs/gpu.md).
+TENSOR_CORE = ("tf32", "tf32-trunc")
+
+
 def round_to(t, dtype: str):
-    """`t` (float32 torch) rounded to float16, bfloat16 or tf32 (10-bit mantissa, round to nearest even)."""
+    """`t` (float32 torch) rounded to float16, bfloat16 or tf32 (10-bit mantissa, round to nearest even), or
+    truncated to tf32 (tf32-trunc: toward zero)."""
     import torch
 
-    if dtype == "tf32":
+    if dtype in TENSOR_CORE:
         bits = t.float().contiguous().view(torch.int32)
-        lsb = (bits >> 13) & 1
-        return ((bits + 0xFFF + lsb) & ~0x1FFF).view(torch.float32)
+        if dtype == "tf32":
+            bits = bits + 0xFFF + ((bits >> 13) & 1)
+        return (bits & ~0x1FFF).view(torch.float32)
     return t.to(getattr(torch, dtype)).float()
+
+
+def precision_name(dtype: str) -> str:
+    """How a finding names a precision: tf32-trunc is tf32 whose operands were truncated, not rounded."""
+    return "tf32 with truncated operands" if dtype == "tf32-trunc" else dtype
+
+
+def rounded_to(dtype: str) -> str:
+    return "truncated to tf32" if dtype == "tf32-trunc" else f"rounded to {dtype}"
 
 
 def matmul_in(a, b, dtype: str):
     """a @ b as a matmul in `dtype`: the operands rounded, and the product too, except in tf32, a tensor-core
     operand format whose products accumulate in float32 (a GPU's float32 matmul by default)."""
     product = round_to(a, dtype) @ round_to(b, dtype)
-    return product if dtype == "tf32" else round_to(product, dtype)
+    return product if dtype in TENSOR_CORE else round_to(product, dtype)
 
 
 def rel(expected, got) -> float:
     """||got - expected|| / ||expected|| (inf when it is NaN). float32 is enough: the difference of two
     close float32 values is exact, and torch's norm sums pairwise (relative error ~1e-6 of the ratio)."""
-    both = expected.isnan() & got.isnan()  # NaN where the replay has NaN too (a fully masked row) agrees
-    if bool(both.any()):
-        expected, got = expected.masked_fill(both, 0.0), got.masked_fill(both, 0.0)
     n = float(expected.norm())
     d = float((got - expected).norm())
+    if math.isnan(d) or math.isnan(n):  # only then look for NaN on both sides (two passes over both tensors)
+        both = expected.isnan() & got.isnan()  # NaN where the replay has NaN too (a fully masked row) agrees
+        if bool(both.any()):
+            expected, got = expected.masked_fill(both, 0.0), got.masked_fill(both, 0.0)
+            n, d = float(expected.norm()), float((got - expected).norm())
     if math.isnan(d):
         return math.inf
     return d / n if n > 0 else (0.0 if d == 0 else math.inf)

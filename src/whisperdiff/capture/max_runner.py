@@ -169,6 +169,8 @@ class MaxRunner:
             inputs = [Buffer.from_numpy(a).to(self.driver_device) for a in inputs]
         start = time.perf_counter()
         results = self.model.execute(*inputs)
+        if self.device != "cpu":  # execute returns once the GPU has the work: wait for it (docs/gpu.md)
+            self.driver_device.synchronize()
         seconds = time.perf_counter() - start
         wanted, got = set(self.wanted), {}
         for name, value in zip(self.outputs, results, strict=True):

@@ -35,3 +35,39 @@ def assert_traces_close(
         lines.append(f"  ... and {len(result.failures) - 20} more")
     lines += [f"  likely cause: {f.kind} at {f.op}: {f.message}" for f in result.findings[:1]]
     raise AssertionError("\n".join(lines))
+
+
+def gpu_float32(linears: bool = True, attention: bool = False, convs: bool = False, operands: str = "tf32-trunc"):
+    """A torch function mode that runs float32 as a GPU's tensor cores do, on CPU: the operands of every linear
+    layer (linears), attention matmul (attention) or convolution (convs) reduced to tf32, products in float32.
+    operands: "tf32-trunc" (the low 13 bits dropped) or "tf32" (rounded to nearest, as cuBLAS and cuDNN do).
+    The defaults are MAX's float32 on an H200: they reproduce its error at all 48 ops that failed the float32
+    tolerances to 1% (docs/gpu.md); torch on CUDA is convs=True, operands="tf32", linears=False. Trace a
+    torch port inside it to see what a GPU's float32 does to it:
+
+        with gpu_float32():
+            wd.trace("torch", out="traces/tf32-like")
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+
+    from whisperdiff.analysis.replay import TENSOR_CORE, round_to
+
+    if operands not in TENSOR_CORE:
+        raise ValueError(f"operands: one of {', '.join(TENSOR_CORE)}, not {operands!r}")
+    funcs = ({F.linear} if linears else set()) | ({F.conv1d} if convs else set())
+    reduce = lambda t: round_to(t, operands)  # noqa: E731
+
+    class GPUFloat32(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in funcs:
+                args = [reduce(a) if isinstance(a, torch.Tensor) else a for a in args]
+            if func is F.scaled_dot_product_attention and attention:
+                q, k, v = (reduce(a) for a in args[:3])
+                p = ((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5).softmax(-1)
+                return reduce(p) @ v
+            return func(*args, **kwargs)
+
+    return GPUFloat32()
