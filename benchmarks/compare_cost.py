@@ -5,7 +5,8 @@ compare, and a pair with a planted bug (where the replay and the hypotheses run)
     python benchmarks/compare_cost.py --rounds 3 --json out.json
 
 Each round runs every command once, in the same order (import torch, compare clean, report clean,
-compare with a bug, compare of two clean decoder traces), as a user runs them: the installed
+compare with a bug, compare of two clean decoder traces, compare of a bfloat16 port at the float32
+tolerances, where every op diverges and each is replayed), as a user runs them: the installed
 `whisperdiff` entry point, wall time from process start to exit. Figures are medians over rounds with
 their spread; ratios are of medians from this same run. It also says, from a separate process, whether a
 clean compare imported torch or openai-whisper at all.
@@ -45,9 +46,13 @@ def main() -> None:
     wd = cli()
     with tempfile.TemporaryDirectory(prefix="wd-compare-cost-") as tmp:
         t = Path(tmp)
-        print("tracing (torch, MAX, MAX with a planted bug, two decoders) ...", flush=True)
-        for impl, extra in (("torch", []), ("max", []), ("max", ["--inject", "missing-ln-post"])):
-            name = impl + ("-bug" if extra else "")
+        print("tracing (torch, MAX, MAX with a planted bug, torch in bfloat16, two decoders) ...", flush=True)
+        for impl, extra, name in (
+            ("torch", [], "torch"),
+            ("max", [], "max"),
+            ("max", ["--inject", "missing-ln-post"], "max-bug"),
+            ("torch", ["--dtype", "bfloat16"], "torch-bf16"),
+        ):
             subprocess.run(
                 [*wd, "trace", "--impl", impl, *extra, "--out", str(t / name)], check=True, capture_output=True
             )
@@ -61,6 +66,7 @@ def main() -> None:
             "report (clean)": [*wd, "report", str(t / "torch"), str(t / "max"), "-o", str(t / "r.html")],
             "compare (planted bug)": [*wd, "compare", str(t / "torch"), str(t / "max-bug")],
             "compare (clean decoder)": [*wd, "compare", str(t / "dec-torch"), str(t / "dec-max")],
+            "compare (bfloat16 port)": [*wd, "compare", str(t / "torch"), str(t / "torch-bf16")],
         }
         times: dict[str, list[float]] = {k: [] for k in commands}
         for r in range(args.rounds):

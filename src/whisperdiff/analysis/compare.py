@@ -34,6 +34,7 @@ from whisperdiff.analysis.diagnose import (
     untapped,
 )
 from whisperdiff.analysis.frontend_replay import audio_at_hand
+from whisperdiff.analysis.hypotheses import ESTABLISHED_FIT, PRECISIONS
 from whisperdiff.analysis.hypotheses import explain as explain_op
 from whisperdiff.analysis.logits import decoder_layouts, decoder_summary
 from whisperdiff.analysis.port_output import (
@@ -221,8 +222,16 @@ def compare(
         ctx["audio"] = audio_samples
         return ctx
 
-    def explain_from_b(n, i):  # op n's hypotheses by type, replayed on B's own recorded inputs i
-        return explain_op(replayer_of(), n, [b_value(x) for x in i] + [b_value(n)], diag())
+    established: list[str] = []  # precisions that reproduced B at an earlier op: tried first at the next
+
+    def explain_from_b(n, i, precision_only=None):  # op n's hypotheses by type, replayed on B's own inputs i
+        values = [b_value(x) for x in i] + [b_value(n)]
+        found = explain_op(replayer_of(), n, values, diag(), tuple(established), precision_only=precision_only)
+        best = min(found["hypotheses"], key=lambda h: h[2], default=None)
+        if best is not None and best[0] == "precision" and best[2] < ESTABLISHED_FIT * found["introduced"]:
+            dtype = best[3].get("dtype")
+            established.extend([dtype] if dtype in PRECISIONS and dtype not in established else [])
+        return found
 
     def finding_at(row: dict, rep, explain) -> Finding | None:  # the diagnosis of one op (op_finding)
         n = row["name"]
@@ -286,9 +295,11 @@ def compare(
                     explain = functools.partial(explain_from_b, pair.name, inputs)
                 elif replayer is not None and inputs and all(x in b_names or x in ta for x in inputs):
 
-                    def explain(n=pair.name, i=inputs):  # B lacks an input (a block it skipped): A's stands in
+                    def explain(n=pair.name, i=inputs, precision_only=None):  # B lacks an input: A's stands in
                         values = [b_value(x) if x in b_names else np.asarray(ta[x]) for x in i]
-                        found = explain_op(replayer_of(), n, values + [b_value(n)], diag())
+                        found = explain_op(
+                            replayer_of(), n, values + [b_value(n)], diag(), precision_only=precision_only
+                        )
                         return {**found, "inputs_from_a": [x for x in i if x not in b_names]}
 
                 f = finding_at(row, rep, explain)

@@ -142,8 +142,9 @@ def op_finding(
     replay: Replayer.explain's result (hypotheses by op type, replayed on B's inputs) or None. a, b: the
     op's arrays (B in A's layout), for the tests on B itself (which values it can represent) and for
     the structure of B - A. context: layout, audio_frames, n_head, vectors (the model's 1-D parameters).
-    explain: a callable returning the replay with its hypotheses, called only when B's own values do
-    not already show it (an op that holds only bfloat16 values, with an error of that size)."""
+    explain: a callable returning the replay with its hypotheses (explain(precision_only=dtype): only those
+    of that precision), called only where they are needed: where B's own values already show the precision (an
+    op that holds only bfloat16 values, with an error of that size), only to say it more precisely."""
     name = row["name"]
     ctx = context or {}
     if new_nonfinite(row):
@@ -166,7 +167,7 @@ def op_finding(
     if b is not None:  # B itself says it: only low-precision values, an error of that rounding's size
         f = _precision_finding(name, b, a, introduced, rounding, where, within=10)
         if f is not None and explain is not None:  # which sub-op: a precision hypothesis says it more precisely
-            replay = explain()
+            replay = explain(precision_only=f._dtype)  # the finding is precision whatever else fits: refine it
             best = _reproducing(list(replay["hypotheses"]), introduced)
             if best is not None and best[0] == "precision":
                 f.message = (
@@ -387,7 +388,7 @@ def _precision_finding(name, b, a, introduced, rounding, where, within: float) -
             continue  # A is stored at that precision too: not evidence
         # all values on that grid (chance: 2^-13 per value for float16) and an error of that size: strong
         confidence = 0.95 if share >= 0.9999 and introduced <= 3 * floor else 0.85
-        return Finding(
+        f = Finding(
             "precision",
             name,
             confidence,
@@ -395,6 +396,8 @@ def _precision_finding(name, b, a, introduced, rounding, where, within: float) -
             f"{introduced:.2e} ({where}) is the size of {dtype} rounding of this op ({floor:.2e}): "
             f"this op runs or is stored in {dtype}",
         )
+        f._dtype = dtype  # which precision's hypotheses can say it more precisely
+        return f
     return None
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "PRECISIONS",
     "explain",
     "filter_layouts",
+    "ESTABLISHED_FIT",
     "hypotheses_for",
     "mel_hypotheses",
     "search_scale",
@@ -41,8 +42,8 @@ __all__ = [
 ]
 
 
-def hypotheses_for(rp: Replayer, recipe, xs, out, expected, context: dict) -> list[tuple]:
-    found: list[tuple] = []
+def _collector(rp: Replayer, out, found: list):
+    """add(kind, explain, candidate, where=None, **extra): score one hypothesis against B into `found`."""
 
     def add(kind, explain, candidate, where=None, **extra):
         if candidate is None or tuple(candidate.shape) != tuple(out.shape):
@@ -51,6 +52,12 @@ def hypotheses_for(rp: Replayer, recipe, xs, out, expected, context: dict) -> li
             candidate = rp.torch.where(where, candidate, out)
         found.append((kind, explain, rel(candidate, out), extra))
 
+    return add
+
+
+def hypotheses_for(rp: Replayer, recipe, xs, out, expected, context: dict) -> list[tuple]:
+    found: list[tuple] = []
+    add = _collector(rp, out, found)
     by_type = {
         "conv": conv_hypotheses,
         "activation": activation_hypotheses,
@@ -61,11 +68,15 @@ def hypotheses_for(rp: Replayer, recipe, xs, out, expected, context: dict) -> li
         "attention": attention_hypotheses,
         "residual": residual_hypotheses,
     }
-    for group in (
+    only = context.get("precision_only")  # one precision's hypotheses: the op types that have their own honour it
+    groups = [
         lambda: by_type[recipe.type](rp, recipe, xs, out, expected, context, add),
         lambda: generic_hypotheses(rp, recipe, xs, out, expected, context, add),
-        lambda: precision_hypotheses(rp, recipe, xs, out, expected, add),
-    ):
+        lambda: precision_hypotheses(rp, recipe, xs, out, expected, add, dtypes=[only] if only else PRECISIONS),
+    ]
+    if only:
+        groups = groups[:1] * recipe.type.startswith("attention") + groups[2:]
+    for group in groups:
         try:
             group()
         except (RuntimeError, ValueError, IndexError):  # a shape a hypothesis cannot take: it is not evidence
@@ -73,12 +84,40 @@ def hypotheses_for(rp: Replayer, recipe, xs, out, expected, context: dict) -> li
     return found
 
 
-def explain(replayer: Replayer, op: str, inputs: list[np.ndarray], context: dict | None = None) -> dict:
+# An established precision must fit this much better than the plain replay to stand for an op alone: far
+# stricter than a finding's bar (diagnose.REPRODUCES), since no rival is tried beside it.
+ESTABLISHED_FIT = 0.01
+
+
+def explain(
+    replayer: Replayer,
+    op: str,
+    inputs: list[np.ndarray],
+    context: dict | None = None,
+    established=(),
+    precision_only: str | None = None,
+) -> dict:
     """The replay plus every hypothesis of the op's type, each scored against the candidate:
-    {"introduced", "expected" (the replay, numpy), "hypotheses": [(kind, explain, rel err, extra)]}."""
+    {"introduced", "expected" (the replay, numpy), "hypotheses": [(kind, explain, rel err, extra)]}.
+
+    established: precisions (dtypes) that reproduced B at earlier ops. They are tried first, and where one
+    reproduces B here too, to ESTABLISHED_FIT of the correct op's error, the other hypotheses are not: a
+    port or GPU that computes in another precision throughout is named at every op for the cost of a few
+    hypotheses each ("established" is then set in the result). precision_only: a dtype; only the
+    hypotheses of that precision, general and of the op's type (those of an attention's sub-ops)."""
     recipe = replayer.recipe(op)
     *xs, out = replayer.tensors(inputs)
     with replayer.torch.no_grad():
         expected = recipe.fn(*xs)
-        found = list(hypotheses_for(replayer, recipe, xs, out, expected, context or {}))
-    return {"introduced": rel(expected, out), "expected": expected.numpy(), "hypotheses": found}
+        introduced = rel(expected, out)
+        result = {"introduced": introduced, "expected": expected.numpy()}
+        if established and introduced > 0:
+            found: list[tuple] = []
+            try:
+                precision_hypotheses(replayer, recipe, xs, out, expected, _collector(replayer, out, found), established)
+            except (RuntimeError, ValueError, IndexError):  # as in hypotheses_for: then every hypothesis is tried
+                found = []
+            if found and min(h[2] for h in found) < ESTABLISHED_FIT * introduced:
+                return {**result, "hypotheses": found, "established": True}
+        context = {**(context or {}), "precision_only": precision_only}
+        return {**result, "hypotheses": list(hypotheses_for(replayer, recipe, xs, out, expected, context))}
