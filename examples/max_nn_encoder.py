@@ -143,6 +143,38 @@ def trace(model, out: str, bug: str | None = None) -> str:
     return out
 
 
+BUGS = ("ln-eps", "key-from-query")
+
+
+def captured(model, select="canonical", bug: str | None = None, session=None):
+    """The port built under wd.mark_all(select=...) (no names given) and compiled: (cap, execute), as
+    trace_captured and bisect_port take them. bug: "ln-eps" (the layer norms' eps 1e-3: another graph) or
+    "key-from-query" (block 1's key projection loaded with its query weight: the same graph, other weights)."""
+    import whisperdiff as wd
+
+    d = model.dims
+    device = DeviceRef.CPU()
+    encoder = Encoder(
+        d.n_mels,
+        d.n_audio_ctx,
+        d.n_audio_state,
+        d.n_audio_head,
+        d.n_audio_layer,
+        device,
+        1e-3 if bug == "ln-eps" else 1e-5,
+    )
+    weights = whisper_weights(model.state_dict)
+    if bug == "key-from-query":
+        weights["blocks.1.attn.key.weight"] = weights["blocks.1.attn.query.weight"]
+    encoder.load_state_dict(weights)
+    mel_type = TensorType(DType.float32, [1, d.n_mels, 2 * d.n_audio_ctx], device=device)
+    with Graph("maxnn_port", input_types=[mel_type]) as graph, wd.mark_all(encoder, select=select, dims=d) as cap:
+        graph.output(encoder(graph.inputs[0].tensor))
+    session = session or engine.InferenceSession(devices=[CPU()])
+    compiled = session.load(graph, weights_registry=encoder.state_dict())
+    return cap, lambda mel: compiled.execute(np.ascontiguousarray(mel, np.float32))
+
+
 def main() -> None:
     import whisperdiff as wd
 

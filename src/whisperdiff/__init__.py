@@ -50,6 +50,8 @@ _API = {
     "preflight": "whisperdiff.capture.preflight",
     "CapturedTorchRunner": "whisperdiff.capture.torch_capture",
     "patch": "whisperdiff.experiments.patch",
+    "bisect": "whisperdiff.experiments.bisect",
+    "bisect_port": "whisperdiff.experiments.bisect",
     "automap": "whisperdiff.mapping.automap",
     "Tracer": "whisperdiff.capture.tracer",
     "LoadedModel": "whisperdiff.inputs.models",

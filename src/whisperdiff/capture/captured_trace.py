@@ -29,6 +29,7 @@ def trace_captured(
     info: dict | None = None,
     weights: dict | None = None,
     untapped=None,
+    ops: list[str] | None = None,
 ):
     """Run the captured port on the Tracer's mel, line the captured values up with the canonical ops
     (automap) and write them as a trace. execute(mel) -> the port's results. Returns the AutoMap.
@@ -43,7 +44,8 @@ def trace_captured(
     whose values decide which value is which op; saved: the [ops] of a saved map, used first. map_path:
     where to write the map (with `weights`, a [weights] section). untapped(mel) -> the same graph's own
     output built without the extra outputs: how far the tapped graph's own output is from it (extra
-    outputs can change what the compiler fuses) goes in the manifest."""
+    outputs can change what the compiler fuses) goes in the manifest. ops: the canonical ops to align (a
+    bisection step's), else every one."""
     from whisperdiff.capture.tracer import Tracer
     from whisperdiff.mapping.automap import automap
 
@@ -56,7 +58,7 @@ def trace_captured(
                 "max_abs": float(np.abs(own - plain).max()),
                 "rel_l2": float(np.linalg.norm(own - plain) / max(np.linalg.norm(plain), 1e-30)),
             }
-        amap = automap(cap.values, values, reference=reference, dims=t.model.dims, saved=saved)
+        amap = automap(cap.values, values, reference=reference, dims=t.model.dims, saved=saved, ops=ops)
         output = _bind_output(amap, cap, own, own_key, values, t.model.dims)
         for name, value in amap.canonical_values(values).items():
             t.record(name, value)

@@ -16,11 +16,22 @@ B's own inputs as `compare` does) is the finding.
     b.first_divergence, b.comparison.findings[0], [s.seconds for s in b.steps]
 
 Reading A never runs code: B's implementation is the one the caller names, as for `patch`.
+
+A port captured with `mark_all` (docs/ports.md section 0) bisects the same way through `bisect_port`: each
+step builds and compiles the port with only that step's values as extra outputs, picked by their keys in a
+map of an earlier full capture (`trace_captured(..., map_path=...)`: keys are module paths, so they survive
+edits), so no step compiles the graph that outputs every value:
+
+    b = bisect_port("traces/torch-tiny.en-speech", build, saved=read_map("my-port.map.toml"), out="bisect/p")
+
+where build(select) builds the graph under `wd.mark_all(port, select=select)`, compiles it, and returns
+(cap, execute) as `trace_captured` takes them.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +39,12 @@ from pathlib import Path
 import numpy as np
 
 from whisperdiff.analysis.compare import Comparison, compare
+from whisperdiff.capture.captured_trace import trace_captured
 from whisperdiff.capture.session import Session
-from whisperdiff.errors import WhisperdiffError
+from whisperdiff.errors import WhisperdiffError, WhisperdiffWarning
 from whisperdiff.inputs.audio import EncoderInput
 from whisperdiff.inputs.models import LoadedModel, load_model, model_of
+from whisperdiff.mapping.maps import expand
 from whisperdiff.names import op_specs, split_block_op
 from whisperdiff.store.documents import document
 from whisperdiff.store.trace import Trace, load_trace
@@ -101,22 +114,9 @@ def block_taps(dims, block: int) -> list[str]:
     return ["mel", before, *inside]
 
 
-def bisect(
-    reference: str | Path | Trace,
-    *,
-    impl: str = "max",
-    model=None,
-    device: str = "auto",
-    dtype: str = "float32",
-    inject: list[str] | None = None,
-    out: str | Path,
-    on_status: Callable[[str], None] | None = None,
-) -> Bisection:
-    """Find where `impl` (with `inject`ed bugs) first diverges from `reference`, tracing only what each step
-    needs. model: B's weights (default: the model A names, found among known models only). out: a folder
-    for each step's trace (step1, step2)."""
+def _reference_and_model(reference, model) -> tuple[Trace, LoadedModel]:
+    """A (with its recorded input) and B's weights: the model A names, or the one given if it is A's."""
     a = reference if isinstance(reference, Trace) else load_trace(reference)
-    status = on_status or (lambda text: None)
     if "mel" not in a.ops:
         raise WhisperdiffError(f"{a.path} did not record its input (op mel); trace the reference with its input")
     if model is None:
@@ -131,6 +131,46 @@ def bisect(
             f"{model.model_id} (weights sha256 {model.weights_sha256[:12]}) is not the model {a.path} was traced "
             f"with ({want[:12]}); pass that model with --model"
         )
+    return a, model
+
+
+def _step_comparison(a: Trace, b, model, n: int) -> Comparison:
+    """A's full trace against one step's small one, as `compare` gives it, saying what the step left out."""
+    c = compare(a, b, model=model)
+    # B's small trace leaves out A's other ops by design: say that, not "trace B with --taps all".
+    c.warnings = [w for w in c.warnings if "were not traced in B" not in w]
+    c.warnings.append(f"bisection step {n} traced {len(b.ops) - 1} of A's {len(a.ops) - 1} ops")
+    return c
+
+
+def _bisect_steps(a: Trace, dims, step: Callable[[list[str]], Comparison], steps: list[BisectStep]) -> Comparison:
+    """Step 1 (the stem, every block's output, ln_post); step 2 inside the first block whose output diverges."""
+    comparison = step(coarse_taps(dims))
+    if not comparison.comparable:  # B ran with other weights or another input: no step can be trusted
+        reasons = "; ".join(r.message for r in comparison.comparability.reasons)
+        raise WhisperdiffError(f"B (step 1, {steps[0].trace}) is not comparable with {a.path}: {reasons}")
+    found = split_block_op(comparison.first_divergence or "")
+    if found and found[1] == "out":
+        comparison = step(block_taps(dims, found[0]))
+    return comparison
+
+
+def bisect(
+    reference: str | Path | Trace,
+    *,
+    impl: str = "max",
+    model=None,
+    device: str = "auto",
+    dtype: str = "float32",
+    inject: list[str] | None = None,
+    out: str | Path,
+    on_status: Callable[[str], None] | None = None,
+) -> Bisection:
+    """Find where `impl` (with `inject`ed bugs) first diverges from `reference`, tracing only what each step
+    needs. model: B's weights (default: the model A names, found among known models only). out: a folder
+    for each step's trace (step1, step2)."""
+    a, model = _reference_and_model(reference, model)
+    status = on_status or (lambda text: None)
     # B runs on A's own recorded (digest-verified) log-mel: the same input, never a path the manifest names.
     given = EncoderInput(np.array(a["mel"], dtype=np.float32), a.manifest.input.to_json())
     out = Path(out)
@@ -150,19 +190,56 @@ def bisect(
         compiled = time.perf_counter()
         path = out / f"step{len(steps) + 1}"
         b = session.trace(out=path, given_input=given)
-        c = compare(a, b, model=model)
-        # B's small trace leaves out A's other ops by design: say that, not "trace B with --taps all".
-        c.warnings = [w for w in c.warnings if "were not traced in B" not in w]
-        c.warnings.append(f"bisection step {len(steps) + 1} traced {len(taps) - 1} of A's {len(a.ops) - 1} ops")
+        c = _step_comparison(a, b, model, len(steps) + 1)
         ran = time.perf_counter() - compiled
         steps.append(BisectStep(session.tap_names, path, compiled - t0, ran, c.first_divergence))
         return c
 
-    comparison = step(coarse_taps(model.dims))
-    if not comparison.comparable:  # B ran with other weights or another input: no step can be trusted
-        reasons = "; ".join(r.message for r in comparison.comparability.reasons)
-        raise WhisperdiffError(f"B (step 1, {steps[0].trace}) is not comparable with {a.path}: {reasons}")
-    found = split_block_op(comparison.first_divergence or "")
-    if found and found[1] == "out":
-        comparison = step(block_taps(model.dims, found[0]))
-    return Bisection(Path(a.path), impl, steps, comparison)
+    return Bisection(Path(a.path), impl, steps, _bisect_steps(a, model.dims, step, steps))
+
+
+def bisect_port(
+    reference: str | Path | Trace,
+    build: Callable[[list[str]], tuple],
+    *,
+    saved: dict,
+    model=None,
+    impl: str = "captured port",
+    out: str | Path,
+    on_status: Callable[[str], None] | None = None,
+) -> Bisection:
+    """Bisect a port captured with mark_all (module docstring). build(select) -> (cap, execute): the port's graph
+    built under wd.mark_all(..., select=select) and compiled; select lists the keys of the values a step needs.
+    saved: read_map() of a full capture of this port (or of an earlier version of it): its [ops] name each
+    canonical op's key. Each step's trace is aligned by that map and runs on the Tracer's default input, the
+    shipped clip: A must have been traced on it (a step not comparable with A is an error)."""
+    a, model = _reference_and_model(reference, model)
+    status = on_status or (lambda text: None)
+    rules = saved.get("ops") if isinstance(saved.get("ops"), dict) else saved
+    out = Path(out)
+    steps: list[BisectStep] = []
+
+    def step(taps: list[str]) -> Comparison:
+        n = len(steps) + 1
+        ops = [t for t in taps if t != "mel"]
+        keys = expand(rules, ops)
+        unnamed = [t for t in ops if t not in keys]
+        if unnamed:
+            raise WhisperdiffError(
+                f"the map names no value for {', '.join(unnamed[:4])}: make it from a full capture of the port "
+                "(trace_captured(..., map_path=...)) and pass read_map() of it"
+            )
+        status(f"step {n}: building and compiling the port with {len(keys)} values as outputs")
+        t0 = time.perf_counter()
+        cap, execute = build(sorted(set(keys.values())))
+        built = time.perf_counter()
+        path = out / f"step{n}"
+        with warnings.catch_warnings():  # "holds 8 of the model's 30 canonical ops": by design here
+            warnings.filterwarnings("ignore", "(?s).*canonical ops; not recorded", WhisperdiffWarning)
+            trace_captured(path, cap, execute, model=model, impl=impl, reference=a, saved=saved, ops=ops)
+        b = load_trace(path)
+        c = _step_comparison(a, b, model, n)
+        steps.append(BisectStep(["mel", *ops], path, built - t0, time.perf_counter() - built, c.first_divergence))
+        return c
+
+    return Bisection(Path(a.path), impl, steps, _bisect_steps(a, model.dims, step, steps))
