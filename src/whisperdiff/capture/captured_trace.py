@@ -9,6 +9,7 @@ this module is what turns one run of them into a trace.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import numpy as np
@@ -40,7 +41,7 @@ def trace_captured(
     manifest says which, and lists the ops between it and the output (compare reports them).
 
     cap: a MAX capture (mark_all while the graph was built: its outputs are the port's own first) or a
-    torch capture (capture/torch_capture.py: execute runs inside it). reference: a trace (or {op: array})
+    torch capture (capture/torch_capture.py: execute runs inside it). reference: a trace (or its path, or {op: array})
     whose values decide which value is which op; saved: the [ops] of a saved map, used first. map_path:
     where to write the map (with `weights`, a [weights] section). untapped(mel) -> the same graph's own
     output built without the extra outputs: how far the tapped graph's own output is from it (extra
@@ -48,6 +49,10 @@ def trace_captured(
     bisection step's), else every one."""
     from whisperdiff.capture.tracer import Tracer
     from whisperdiff.mapping.automap import automap
+    from whisperdiff.store.trace import load_trace
+
+    if isinstance(reference, str | os.PathLike):  # a trace's path, read (verified) like any other trace
+        reference = load_trace(reference)
 
     with Tracer(out, impl=impl, model=model, info=info) as t:
         own, own_key, values = _run_port(cap, execute, t.mel)
