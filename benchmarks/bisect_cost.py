@@ -87,25 +87,38 @@ def run_child(how: str, model: str, fault: str, ref: Path, work: Path, home: Pat
     return row
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options both bisection benchmarks take, and the hidden ones of their child processes."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--model", action="append", help="a model spec, repeatable (default: default; random:large-v3)")
-    p.add_argument("--fault", default="kv-swap")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--dir", default=None, help="work folder (traces of large-v3 take several GB)")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--ref", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    for hidden in ("--child", "--ref", "--out"):
+        p.add_argument(hidden, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def workspace(directory: str | None, prefix: str) -> tuple[Path, Path]:
+    """The work folder, and in it openai-whisper's trace of the warm-up model (whose graph each round's MAX
+    cache compiles first)."""
+    import whisperdiff as wd
+
+    work = Path(directory or tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    wd.trace("torch", model=WARM_MODEL, out=work / "warm-reference")
+    return work, work / "warm-reference"
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--fault", default="kv-swap")
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.model[0], args.fault, args.ref, args.out)))
         return
     import whisperdiff as wd
 
-    work = Path(args.dir or tempfile.mkdtemp(prefix="wd-bisect-"))
-    work.mkdir(parents=True, exist_ok=True)
-    small_ref = work / "warm-reference"
-    wd.trace("torch", model=WARM_MODEL, out=small_ref)
+    work, small_ref = workspace(args.dir, "wd-bisect-")
     for model in args.model or ["default"]:
         ref = work / "reference"
         shutil.rmtree(ref, ignore_errors=True)
@@ -126,12 +139,17 @@ def main() -> None:
                 print(f"  round {r + 1} {how:8s} {json.dumps(row)}", flush=True)
             shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(ref, ignore_errors=True)
-        med = {h: statistics.median(x["wall_s"] for x in v if "wall_s" in x) for h, v in rows.items() if v}
-        print(f"{model}, fault {args.fault}, medians over {args.rounds} round(s), each graph compiled cold:")
-        for how, wall in med.items():
-            print(f"  {how:8s} {wall:7.1f} s  ({wall / med['untapped']:.2f}x untapped)")
-        same = {x.get("finding") for x in rows["full"]} == {x.get("finding") for x in rows["bisect"]}
-        print(f"  bisect names what the full trace names: {same} ({rows['bisect'][0].get('finding')})")
+        summarize(f"{model}, fault {args.fault}", rows, args.rounds)
+
+
+def summarize(what: str, rows: dict[str, list[dict]], rounds: int) -> None:
+    """Medians per configuration against untapped, and whether bisection named what the full trace named."""
+    med = {h: statistics.median(x["wall_s"] for x in v if "wall_s" in x) for h, v in rows.items() if v}
+    print(f"{what}, medians over {rounds} round(s), each graph compiled cold:")
+    for how, wall in med.items():
+        print(f"  {how:8s} {wall:7.1f} s  ({wall / med['untapped']:.2f}x untapped)")
+    same = {x.get("finding") for x in rows["full"]} == {x.get("finding") for x in rows["bisect"]}
+    print(f"  bisection names what the full trace names: {same} ({rows['bisect'][0].get('finding')})")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parent / "examples"
 BUG = "key-from-query"
-WARM_MODEL = "random:tiny,n_audio_layer=1,n_audio_state=32,n_audio_head=2,n_text_layer=1,n_text_state=32,n_text_head=2"
 
 
 def child(how: str, model: str, ref: str, saved: str, out: str) -> dict:
@@ -100,28 +98,21 @@ def run_child(how: str, model: str, ref: Path, saved: Path, work: Path, home: Pa
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", action="append", help="a model spec, repeatable (default: default)")
-    p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--dir", default=None, help="work folder (traces of large-v3 take several GB)")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--ref", default=None, help=argparse.SUPPRESS)
+    sys.path[:0] = [str(EXAMPLES), str(HERE)]
+    from bisect_cost import WARM_MODEL, parser, summarize, workspace
+
+    p = parser(__doc__)
     p.add_argument("--saved", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.model[0], args.ref, args.saved, args.out)))
         return
-    sys.path.insert(0, str(EXAMPLES))
     import max_nn_encoder as ex
 
     import whisperdiff as wd
     from whisperdiff.capture.captured_trace import trace_captured
 
-    work = Path(args.dir or tempfile.mkdtemp(prefix="wd-bisect-port-"))
-    work.mkdir(parents=True, exist_ok=True)
-    warm_ref = work / "warm-reference"
-    wd.trace("torch", model=WARM_MODEL, out=warm_ref)
+    work, warm_ref = workspace(args.dir, "wd-bisect-port-")
     for model in args.model or ["default"]:
         loaded = wd.load_model(model)
         ref, saved = work / "reference", work / "port.map.toml"
@@ -142,12 +133,7 @@ def main() -> None:
                 rows[how].append(row)
                 print(f"  round {r + 1} {how:8s} {json.dumps(row)}", flush=True)
             shutil.rmtree(home, ignore_errors=True)
-        med = {h: statistics.median(x["wall_s"] for x in v if "wall_s" in x) for h, v in rows.items() if v}
-        print(f"{model}, bug {BUG}, medians over {args.rounds} round(s), each graph compiled cold:")
-        for how, wall in med.items():
-            print(f"  {how:8s} {wall:7.1f} s  ({wall / med['untapped']:.2f}x untapped)")
-        same = {x.get("finding") for x in rows["full"]} == {x.get("finding") for x in rows["bisect"]}
-        print(f"  bisect_port names what the full capture names: {same} ({rows['bisect'][0].get('finding')})")
+        summarize(f"{model}, bug {BUG}", rows, args.rounds)
 
 
 if __name__ == "__main__":

@@ -117,22 +117,28 @@ NAMES = {
 }
 
 
+BUGS = ("ln-eps", "key-from-query")
+
+
+def built(model, bug: str | None = None):
+    """The encoder at the model's dims holding its weights, with `bug` planted, and its input type. bug: "ln-eps"
+    (the layer norms' eps 1e-3: another graph) or "key-from-query" (block 1's key projection loaded with its
+    query weight: the same graph, other weights)."""
+    d = model.dims
+    device = DeviceRef.CPU()
+    eps = 1e-3 if bug == "ln-eps" else 1e-5
+    encoder = Encoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer, device, eps)
+    weights = whisper_weights(model.state_dict)
+    if bug == "key-from-query":
+        weights["blocks.1.attn.key.weight"] = weights["blocks.1.attn.query.weight"]
+    encoder.load_state_dict(weights)
+    return encoder, TensorType(DType.float32, [1, d.n_mels, 2 * d.n_audio_ctx], device=device)
+
+
 def trace(model, out: str, bug: str | None = None) -> str:
     import whisperdiff as wd
 
-    d = model.dims
-    device = DeviceRef.CPU()
-    encoder = Encoder(
-        d.n_mels,
-        d.n_audio_ctx,
-        d.n_audio_state,
-        d.n_audio_head,
-        d.n_audio_layer,
-        device,
-        eps=1e-3 if bug == "ln-eps" else 1e-5,
-    )
-    encoder.load_state_dict(whisper_weights(model.state_dict))
-    mel_type = TensorType(DType.float32, [1, d.n_mels, 2 * d.n_audio_ctx], device=device)
+    encoder, mel_type = built(model, bug)
     with Graph("maxnn_whisper_encoder", input_types=[mel_type]) as graph, wd.instrument(encoder, NAMES) as taps:
         graph.output(encoder(graph.inputs[0].tensor), *taps.outputs)
     compiled = engine.InferenceSession(devices=[CPU()]).load(graph, weights_registry=encoder.state_dict())
@@ -143,32 +149,16 @@ def trace(model, out: str, bug: str | None = None) -> str:
     return out
 
 
-BUGS = ("ln-eps", "key-from-query")
-
-
 def captured(model, select="canonical", bug: str | None = None, session=None):
     """The port built under wd.mark_all(select=...) (no names given) and compiled: (cap, execute), as
-    trace_captured and bisect_port take them. bug: "ln-eps" (the layer norms' eps 1e-3: another graph) or
-    "key-from-query" (block 1's key projection loaded with its query weight: the same graph, other weights)."""
+    trace_captured and bisect_port take them."""
     import whisperdiff as wd
 
-    d = model.dims
-    device = DeviceRef.CPU()
-    encoder = Encoder(
-        d.n_mels,
-        d.n_audio_ctx,
-        d.n_audio_state,
-        d.n_audio_head,
-        d.n_audio_layer,
-        device,
-        1e-3 if bug == "ln-eps" else 1e-5,
-    )
-    weights = whisper_weights(model.state_dict)
-    if bug == "key-from-query":
-        weights["blocks.1.attn.key.weight"] = weights["blocks.1.attn.query.weight"]
-    encoder.load_state_dict(weights)
-    mel_type = TensorType(DType.float32, [1, d.n_mels, 2 * d.n_audio_ctx], device=device)
-    with Graph("maxnn_port", input_types=[mel_type]) as graph, wd.mark_all(encoder, select=select, dims=d) as cap:
+    encoder, mel_type = built(model, bug)
+    with (
+        Graph("maxnn_port", input_types=[mel_type]) as graph,
+        wd.mark_all(encoder, select=select, dims=model.dims) as cap,
+    ):
         graph.output(encoder(graph.inputs[0].tensor))
     session = session or engine.InferenceSession(devices=[CPU()])
     compiled = session.load(graph, weights_registry=encoder.state_dict())
@@ -180,7 +170,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="whisperdiff model spec (default: the embedded tiny.en)")
-    parser.add_argument("--bug", choices=["ln-eps"], default=None, help="plant a porting bug in the port")
+    parser.add_argument("--bug", choices=BUGS, default=None, help="plant a porting bug in the port")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     model = wd.load_model(args.model)
