@@ -34,7 +34,6 @@ from whisperdiff.analysis.diagnose import (
     untapped,
 )
 from whisperdiff.analysis.frontend_replay import audio_at_hand
-from whisperdiff.analysis.hypotheses import ESTABLISHED_FIT, PRECISIONS
 from whisperdiff.analysis.hypotheses import explain as explain_op
 from whisperdiff.analysis.logits import decoder_layouts, decoder_summary
 from whisperdiff.analysis.port_output import (
@@ -227,10 +226,8 @@ def compare(
     def explain_from_b(n, i, precision_only=None):  # op n's hypotheses by type, replayed on B's own inputs i
         values = [b_value(x) for x in i] + [b_value(n)]
         found = explain_op(replayer_of(), n, values, diag(), tuple(established), precision_only=precision_only)
-        best = min(found["hypotheses"], key=lambda h: h[2], default=None)
-        if best is not None and best[0] == "precision" and best[2] < ESTABLISHED_FIT * found["introduced"]:
-            dtype = best[3].get("dtype")
-            established.extend([dtype] if dtype in PRECISIONS and dtype not in established else [])
+        if found["established"] is not None and found["established"] not in established:
+            established.append(found["established"])
         return found
 
     def finding_at(row: dict, rep, explain) -> Finding | None:  # the diagnosis of one op (op_finding)

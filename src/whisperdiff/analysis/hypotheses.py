@@ -68,14 +68,13 @@ def hypotheses_for(rp: Replayer, recipe, xs, out, expected, context: dict) -> li
         "attention": attention_hypotheses,
         "residual": residual_hypotheses,
     }
-    only = context.get("precision_only")  # one precision's hypotheses: the op types that have their own honour it
-    groups = [
-        lambda: by_type[recipe.type](rp, recipe, xs, out, expected, context, add),
-        lambda: generic_hypotheses(rp, recipe, xs, out, expected, context, add),
-        lambda: precision_hypotheses(rp, recipe, xs, out, expected, add, dtypes=[only] if only else PRECISIONS),
-    ]
-    if only:
-        groups = groups[:1] * recipe.type.startswith("attention") + groups[2:]
+    only = context.get("precision_only")  # one precision's hypotheses only
+    by_op_type = lambda: by_type[recipe.type](rp, recipe, xs, out, expected, context, add)  # noqa: E731
+    generic = lambda: generic_hypotheses(rp, recipe, xs, out, expected, context, add)  # noqa: E731
+    precision = lambda: precision_hypotheses(rp, recipe, xs, out, expected, add, [only] if only else PRECISIONS)  # noqa: E731
+    groups = [by_op_type, generic, precision]
+    if only:  # the attention's hypotheses honour precision_only (their sub-ops' precisions); no other type has any
+        groups = [by_op_type, precision] if recipe.type.startswith("attention") else [precision]
     for group in groups:
         try:
             group()
@@ -103,7 +102,8 @@ def explain(
     established: precisions (dtypes) that reproduced B at earlier ops. They are tried first, and where one
     reproduces B here too, to ESTABLISHED_FIT of the correct op's error, the other hypotheses are not: a
     port or GPU that computes in another precision throughout is named at every op for the cost of a few
-    hypotheses each ("established" is then set in the result). precision_only: a dtype; only the
+    hypotheses each. The result's "established" is the precision whose hypothesis fits B that well here (by
+    either path), else None: the caller's `established` for the next op. precision_only: a dtype; only the
     hypotheses of that precision, general and of the op's type (those of an attention's sub-ops)."""
     recipe = replayer.recipe(op)
     *xs, out = replayer.tensors(inputs)
@@ -117,7 +117,17 @@ def explain(
                 precision_hypotheses(replayer, recipe, xs, out, expected, _collector(replayer, out, found), established)
             except (RuntimeError, ValueError, IndexError):  # as in hypotheses_for: then every hypothesis is tried
                 found = []
-            if found and min(h[2] for h in found) < ESTABLISHED_FIT * introduced:
-                return {**result, "hypotheses": found, "established": True}
+            if dtype := _established(found, introduced):
+                return {**result, "hypotheses": found, "established": dtype}
         context = {**(context or {}), "precision_only": precision_only}
-        return {**result, "hypotheses": list(hypotheses_for(replayer, recipe, xs, out, expected, context))}
+        found = list(hypotheses_for(replayer, recipe, xs, out, expected, context))
+        return {**result, "hypotheses": found, "established": _established(found, introduced)}
+
+
+def _established(found: list[tuple], introduced: float) -> str | None:
+    """The precision (dtype) of the best hypothesis, where it is a precision that fits B to ESTABLISHED_FIT of
+    the correct op's error."""
+    best = min(found, key=lambda h: h[2], default=None)
+    if best is None or best[0] != "precision" or not best[2] < ESTABLISHED_FIT * introduced:
+        return None
+    return best[3].get("dtype") if best[3].get("dtype") in PRECISIONS else None
