@@ -103,6 +103,65 @@ def test_op_metrics_is_the_same_on_threads_nonfinite_included(monkeypatch):
     assert threaded["step_rel_error"].tolist() == pytest.approx(one_pass["step_rel_error"].tolist())
 
 
+def _exact(a, b):
+    """cosine and rel L2 of float32 arrays in float64 throughout, from a.b (exact enough away from 1)."""
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return a @ b / np.sqrt((a @ a) * (b @ b)), np.linalg.norm(b - a) / np.linalg.norm(a)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda a, r: -a,  # cos -1
+        lambda a, r: 2 * a,  # a scale: cos 1, rel L2 1
+        lambda a, r: a * np.float32(1e25),  # far beyond the difference formula's reach
+        lambda a, r: r.standard_normal(a.shape, dtype=np.float32),  # unrelated
+        lambda a, r: a + np.float32(0.3) * r.standard_normal(a.shape, dtype=np.float32),
+    ],
+    ids=["negated", "doubled", "huge-scale", "unrelated", "noisy"],
+)
+def test_float32_metrics_match_float64_away_from_1(make):
+    r = np.random.default_rng(3)
+    a = r.standard_normal((1, 300, 64), dtype=np.float32)
+    b = make(a, r).astype(np.float32)
+    m = op_metrics(a, b, layout="B,T,C")
+    cos, rel = _exact(a, b)
+    assert m["cosine"] == pytest.approx(cos, abs=1e-6)
+    assert m["rel_l2"] == pytest.approx(rel, rel=1e-5)
+
+
+def test_float32_metrics_resolve_a_cosine_near_1():
+    """1 - cos of a close pair, to a few digits: a.b / (|a||b|) in float32 (or even float64) would be all rounding."""
+    r = np.random.default_rng(4)
+    a = r.standard_normal((1, 400, 384), dtype=np.float32)
+    b = a + np.float32(1e-6) * r.standard_normal(a.shape, dtype=np.float32)
+    m = op_metrics(a, b, layout="B,T,C")
+    x, y = a.astype(np.longdouble).ravel(), b.astype(np.longdouble).ravel()
+    exact = 1 - (x @ y) / np.sqrt((x @ x) * (y @ y))
+    assert 1e-14 < exact < 1e-11
+    assert 1 - m["cosine"] == pytest.approx(float(exact), rel=1e-3)
+
+
+def test_float32_sums_that_overflow_are_redone_in_float64():
+    a = np.full((1, 4, 8), 3e20, np.float32)  # a.a is 7e42: beyond float32
+    b = a * np.float32(1.5)
+    m = op_metrics(a, b, layout="B,T,C")
+    assert m["cosine"] == pytest.approx(1.0)
+    assert m["rel_l2"] == pytest.approx(0.5)
+    assert m["std_b"] == pytest.approx(0.0, abs=1e10) and m["mean_b"] == pytest.approx(4.5e20)
+    assert (m["nan_a"], m["inf_a"], m["nan_b"], m["inf_b"]) == (0, 0, 0, 0)
+
+
+def test_float32_std_of_values_far_from_zero():
+    """A spread of 1e-3 around 1000: E[x^2] - mean^2 in float32-accumulated sums would be rounding."""
+    r = np.random.default_rng(5)
+    a = (1000 + 1e-3 * r.standard_normal((1, 200, 512))).astype(np.float32)
+    b = a.copy()
+    m = op_metrics(a, b, layout="B,T,C")
+    assert m["std_a"] == pytest.approx(float(a.astype(np.float64).std()), rel=1e-4)
+    assert m["std_ratio"] == 1.0
+
+
 def test_op_metrics_refuses_different_shapes():
     with pytest.raises(ValueError, match="shapes differ"):
         op_metrics(np.zeros((1, 2)), np.zeros((2, 1)))
