@@ -152,3 +152,100 @@ def test_read_map_errors(tmp_path):
         read_map(tmp_path / "flat.toml")
     (tmp_path / "empty.toml").write_text("")
     assert read_map(tmp_path / "empty.toml") == {"ops": {}, "weights": {}, "graph": {}}
+
+
+def _branch(*casts: str):
+    """A projection, its bias add, then casts to each dtype in turn, read by a residual add with the stream."""
+    from whisperdiff.capture.captured import Captured
+
+    shape = (1, 1500, 384)
+    made = [
+        Captured(0, "stream", "add", shape, "float32", "", ""),
+        Captured(1, "fc2", "matmul", shape, "float32", "", ""),
+    ]
+    made[1].operands, made[1].weight_rank = [0], 2
+    bias = Captured(2, "fc2:add#0", "add", shape, "float32", "", "", operands=[1], weight_rank=1)
+    made.append(bias)
+    for dtype in casts:
+        made.append(Captured(len(made), f"cast#{len(made)}", "cast", shape, dtype, "", "", operands=[len(made) - 1]))
+    made.append(Captured(len(made), "out", "add", shape, "float32", "", "", operands=[0, len(made) - 1]))
+    return {c.index: c for c in made}
+
+
+def test_a_cast_that_rounds_ends_the_values_taken_as_the_same_numbers():
+    """A float16 op written as float32, rounded to float16 and back: the residual add reads the rounded numbers,
+    not the float32 value before the cast (which agrees better with a float32 reference, and hid the bug)."""
+    from whisperdiff.mapping.dataflow import structural_input
+
+    rounded = _branch("float16", "float32")
+    read = structural_input(rounded[max(rounded)], "out", rounded, frozenset({0}))
+    assert [c.key for c in read] == ["cast#4", "cast#3"]  # back to float32, the float16 value; not fc2:add#0
+
+    exact = _branch("float32", "float64")  # casts that hold every value: the same numbers, followed through
+    read = structural_input(exact[max(exact)], "out", exact, frozenset({0}))
+    assert [c.key for c in read] == ["cast#4", "cast#3", "fc2:add#0"]
+
+
+def test_what_a_projection_reads_is_followed_through_the_rounding_of_its_input():
+    """gelu, rounded to float16 and back, then fc2: rounding its input is part of fc2 computed in float16,
+    so fc2 reads the gelu's value."""
+    from whisperdiff.capture.captured import Captured
+    from whisperdiff.mapping.dataflow import structural_input
+
+    shape = (1, 1500, 1536)
+    made = [
+        Captured(0, "gelu#0", "gelu", shape, "float32", "", ""),
+        Captured(1, "cast#0", "cast", shape, "float16", "", "", operands=[0]),
+        Captured(2, "cast#1", "cast", shape, "float32", "", "", operands=[1]),
+        Captured(3, "matmul#0", "matmul", (1, 1500, 384), "float32", "", "", operands=[2], weight_rank=2),
+        Captured(4, "add#0", "add", (1, 1500, 384), "float32", "", "", operands=[3], weight_rank=1),
+    ]
+    by_index = {c.index: c for c in made}
+    assert [c.key for c in structural_input(made[4], "mlp.fc2", by_index)] == ["cast#1", "cast#0", "gelu#0"]
+
+
+def test_structure_takes_no_op_of_the_next_block_for_an_activation_written_by_hand():
+    """A raw-op MLP with its GELU written as x * sigmoid(1.702 x) (no gelu op), then the next block: with no
+    value to agree (after a bug), the first gelu after fc1 is the next block's. What fc2 reads is the GELU."""
+    from whisperdiff.capture.captured import Captured
+    from whisperdiff.inputs.models import preset_dims
+    from whisperdiff.mapping.automap import automap
+
+    d = {**preset_dims("tiny"), "n_audio_state": 8, "n_audio_head": 2, "n_audio_layer": 2}
+    t, c, h = (1, 1500, 8), (1, 1500, 32), (1, 1500, 8)
+    rows = [  # key, op, shape, operands, weight_rank
+        ("add#0", "add", t, [], 0),  # block 0's attn_residual: the stream
+        ("layer_norm#0", "layer_norm", t, [0], 1),  # mlp_ln
+        ("matmul#0", "matmul", c, [1], 2),  # fc1
+        ("add#1", "add", c, [2], 1),  # its bias
+        ("mul#0", "mul", c, [3], 0),  # 1.702 x
+        ("sigmoid#0", "sigmoid", c, [4], 0),
+        ("mul#1", "mul", c, [3, 5], 0),  # the GELU
+        ("matmul#1", "matmul", t, [6], 2),  # fc2
+        ("add#2", "add", t, [7], 1),
+        ("add#3", "add", t, [0, 8], 0),  # block 0's out
+        ("layer_norm#1", "layer_norm", t, [9], 1),  # block 1: attn_ln, q, an attention, out, residual
+        ("matmul#2", "matmul", h, [10], 2),
+        ("add#4", "add", h, [11], 1),
+        ("softmax#0", "softmax", h, [12], 0),
+        ("matmul#3", "matmul", t, [13], 2),
+        ("add#5", "add", t, [14], 1),
+        ("add#6", "add", t, [9, 15], 0),  # attn_residual
+        ("layer_norm#2", "layer_norm", t, [16], 1),  # mlp_ln
+        ("matmul#4", "matmul", c, [17], 2),
+        ("add#7", "add", c, [18], 1),
+        ("gelu#0", "gelu", c, [19], 0),  # block 1's gelu
+    ]
+    captured = [
+        Captured(i, key, op, shape, "float32", "", "", operands=ops, weight_rank=wr, from_weight=wr > 0)
+        for i, (key, op, shape, ops, wr) in enumerate(rows)
+    ]
+    names = ["blocks.0.mlp_ln", "blocks.0.mlp.fc1", "blocks.0.mlp.gelu", "blocks.0.mlp.fc2", "blocks.0.out"]
+    amap = automap(captured, dims=d, ops=names)
+    assert {m.name: m.key for m in amap.matches} == {
+        "blocks.0.mlp_ln": "layer_norm#0",
+        "blocks.0.mlp.fc1": "add#1",  # not the product before its bias
+        "blocks.0.mlp.gelu": "mul#1",  # what fc2 reads; not gelu#0
+        "blocks.0.mlp.fc2": "add#2",
+        "blocks.0.out": "add#3",
+    }

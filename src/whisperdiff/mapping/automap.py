@@ -13,7 +13,10 @@ op's match (q, k and v in any order), whose shape is the op's under a known layo
   boundary (a module's output, or what a module is called with) is the op;
 - structure, where values do not agree (a bug, or no reference): the value that block i's op had in
   an earlier block (same key, block index replaced), else the first value after the previous op that
-  the op's kind could be (a layer norm, a gelu, an add with a weight for the positional add...).
+  the op's kind could be (a layer norm, a gelu, an add with a weight for the positional add...) and,
+  where the capture has its dataflow, that is computed from the op's input (a few ops back: not the
+  next block's gelu when the port wrote its own) and, for a projection, has a matrix weight at its
+  core with its bias already added (not a layer norm's beta, not the product before the bias).
 The confidence says which one decided. Canonical ops nothing fits are listed as unmatched.
 """
 
@@ -26,13 +29,17 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from whisperdiff.mapping.align import layout_view
-from whisperdiff.mapping.dataflow import confirm_by_dataflow
+from whisperdiff.mapping.dataflow import CONSUMES, confirm_by_dataflow, core_op, descends
 from whisperdiff.mapping.maps import expand, generalise, write_map
 from whisperdiff.measure.metrics import rel_l2
 from whisperdiff.names import op_specs
 
 AGREE = 1e-3  # rel L2 under which a value is taken to be the reference's op (float32 ports: ~1e-6)
 WINDOW = 60  # candidates looked at after the previous op's match
+# How far back, in ops, structure looks for an op's input among the sources of a value it could take. What a
+# canonical op reads is at most ~5 ops back (a layer norm decomposed into mean, sub, mul...); the same op
+# of the next block is 9 or more (a norm, an attention, two residual adds between).
+SOURCE_DEPTH = 6
 
 
 @dataclass
@@ -129,6 +136,16 @@ def _kind_fits(op: str, c) -> bool:
     return True
 
 
+_PROJECTIONS = {"attn.q", "attn.k", "attn.v", "attn.out", "mlp.fc1", "mlp.fc2"}
+
+
+def _read(name: str, matches: list) -> OpMatch | None:
+    """The match of the canonical op `name` reads, in the same block (dataflow.CONSUMES), if made."""
+    prefix, suffix = re.match(r"(blocks\.\d+\.)?(.+)", name).groups()
+    wanted = (prefix or "") + CONSUMES[suffix] if suffix in CONSUMES else None
+    return next((m for m in matches if m.name == wanted), None)
+
+
 def _boundary(c) -> bool:
     return bool(c.outputs_of or c.inputs_of)
 
@@ -183,6 +200,26 @@ def automap(
             return None
         return np.asarray(reference[name]) if name in reference else None  # an op it lacks: structure only
 
+    by_index = {c.index: c for c in captured} if any(c.operands for c in captured) else None
+
+    biased = (
+        {i for c in captured if c.weight_rank == 1 and len(c.operands) == 1 for i in c.operands} if by_index else set()
+    )
+
+    def _projects(c) -> bool:
+        """Is c a projection's output by the dataflow: a matrix weight at its core (through bias adds and
+        layouts: not a layer norm's beta add), and no bias added to it next (then the sum is the output)."""
+        if by_index is None or c.outputs_of:
+            return True  # no dataflow, or a module's output: the kind test decides
+        core = core_op(c, by_index)
+        return core is not None and core.weight_rank >= 2 and c.index not in biased
+
+    def _computed_from(c, read: OpMatch | None) -> bool:
+        """Structure alone takes no value the op's input is not among the sources of (within a block's
+        depth of ops): the first gelu after fc1 is the next block's, where a port wrote its own activation."""
+        source = by_key.get(read.key) if read is not None else None
+        return by_index is None or source is None or descends(c, source, by_index, depth=SOURCE_DEPTH)
+
     for spec in specs:
         suffix = re.sub(r"^blocks\.\d+\.", "", spec.name)
         start = anchor
@@ -232,7 +269,13 @@ def automap(
                         match = (c, "pattern", 0.8, None)
                     break
         if match is None:
-            fits = [c for c in pool if _kind_fits(spec.name, c)]
+            fits = [
+                c
+                for c in pool
+                if _kind_fits(spec.name, c)
+                and _computed_from(c, _read(spec.name, matches))
+                and not (suffix in _PROJECTIONS and not _projects(c))
+            ]
             if fits:
                 c = next((c for c in fits[:3] if _boundary(c)), fits[0])
                 match = (c, "structure", 0.5, None)

@@ -57,15 +57,31 @@ def _layout(c) -> bool:
     return bool(_LAYOUT.search(c.op)) and c.weight_rank == 0 and len(c.operands) == 1
 
 
-def through_layout(c, by_index) -> list:
-    """c, then what it views (a reshape of a transpose of ...): the same numbers in other layouts."""
+# float types each of which holds every value of the ones listed for it: a cast into it changes no number
+_HOLDS = {"float64": {"float32", "float16", "bfloat16"}, "float32": {"float16", "bfloat16"}}
+
+
+def _rounds(c, source) -> bool:
+    """Does c change the numbers of `source`, the value it casts (float32 to float16, say)? A layout
+    op with the same dtype on both sides, or a cast into a type that holds them all, does not."""
+    return c.dtype != source.dtype and source.dtype not in _HOLDS.get(c.dtype, ())
+
+
+def through_layout(c, by_index, rounded: bool = False) -> list:
+    """c, then what it views (a reshape of a transpose of ...): the same numbers in other layouts.
+    rounded=True: stop at a cast that rounds, as what was cast is other numbers. A residual add reads its
+    branch so: a float16 projection's output, rounded and cast back, is that projection's value. An op's
+    input is followed through such casts: rounding what an op reads is part of computing it in float16."""
     chain = [c]
     while _layout(chain[-1]) and chain[-1].operands[0] in by_index and len(chain) < DEPTH:
-        chain.append(by_index[chain[-1].operands[0]])
+        source = by_index[chain[-1].operands[0]]
+        if rounded and _rounds(chain[-1], source):
+            break
+        chain.append(source)
     return chain
 
 
-def _core(c, by_index):
+def core_op(c, by_index):
     """Down from c through bias adds, gamma products and layout ops to the op with a matrix weight (a
     projection, a conv, the positional add) or a fused norm; None where the path forks (a decomposed op)."""
     for _ in range(DEPTH):
@@ -78,15 +94,18 @@ def _core(c, by_index):
     return None
 
 
-def _descends(c, ancestor, by_index, depth: int = 4) -> bool:
-    """Is `ancestor` among the values c is computed from, within a few ops?"""
+def descends(c, ancestor, by_index, depth: int = 4) -> bool:
+    """Is `ancestor` among the values c is computed from, within `depth` ops?"""
     if ancestor is None:
         return False
-    frontier = [c]
+    frontier, seen = {c.index}, {c.index}
     for _ in range(depth):
-        frontier = [by_index[i] for x in frontier for i in x.operands if i in by_index]
-        if any(x.index == ancestor.index for x in frontier):
+        frontier = {i for x in frontier if x in by_index for i in by_index[x].operands} - seen
+        if ancestor.index in frontier:
             return True
+        if not frontier:
+            return False
+        seen |= frontier
     return False
 
 
@@ -94,17 +113,17 @@ def structural_input(consumer, suffix: str, by_index, stream: frozenset = frozen
     """The values (one value, in its layouts) that canonical op `consumer` reads as its input, from the
     port's dataflow alone; [] where the structure does not say (a decomposed op, a fork). stream: the
     indices of the residual stream's values (pos_embed, each block's out), never a branch."""
-    core = _core(consumer, by_index)
+    core = core_op(consumer, by_index)
     if core is not None and len(core.operands) == 1 and core.operands[0] in by_index:
         return through_layout(by_index[core.operands[0]], by_index)
     if suffix in BRANCH and consumer.op == "add" and consumer.weight_rank == 0 and len(consumer.operands) == 2:
         branches = [
             by_index[i]
             for i in consumer.operands
-            if i in by_index and i not in stream and _core(by_index[i], by_index) is not None
+            if i in by_index and i not in stream and core_op(by_index[i], by_index) is not None
         ]
         if len(branches) == 1:  # the operand a projection made; the other is the residual stream
-            return through_layout(branches[0], by_index)
+            return through_layout(branches[0], by_index, rounded=True)
         return []
     if suffix.endswith("gelu") and len(consumer.operands) == 1 and consumer.operands[0] in by_index:
         return through_layout(by_index[consumer.operands[0]], by_index)  # an activation: what it is applied to
@@ -150,11 +169,7 @@ def confirm_by_dataflow(amap, captured, values: dict | None, specs, reference=No
         if not fits:
             continue
         chosen = fits[0]
-        if (
-            current is not None
-            and current.basis == "value"
-            and not _descends(chosen, by_key.get(current.key), by_index)
-        ):
+        if current is not None and current.basis == "value" and not descends(chosen, by_key.get(current.key), by_index):
             continue  # agreement is only overridden by a value computed from the agreeing one (a bug after it)
         view, layout = layout_view(shape_of[producer], chosen.shape)
         rel = None
