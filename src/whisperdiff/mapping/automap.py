@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from whisperdiff.mapping.align import layout_view
-from whisperdiff.mapping.dataflow import CONSUMES, confirm_by_dataflow, core_op, descends
+from whisperdiff.mapping.dataflow import confirm_by_dataflow, core_op, descends, input_of
 from whisperdiff.mapping.maps import expand, generalise, write_map
 from whisperdiff.measure.metrics import rel_l2
 from whisperdiff.names import op_specs
@@ -115,6 +115,9 @@ def _module_block(path: str) -> int | None:
     return next((int(s) for s in (path or "").split(".") if s.isdigit()), None)
 
 
+_PROJECTIONS = {"attn.q", "attn.k", "attn.v", "attn.out", "mlp.fc1", "mlp.fc2"}
+
+
 def _kind_fits(op: str, c) -> bool:
     """Could captured value `c` be canonical op `op` by what made it? (structure-only evidence)"""
     suffix = re.sub(r"^blocks\.\d+\.", "", op)
@@ -127,7 +130,7 @@ def _kind_fits(op: str, c) -> bool:
         return c.op == "add" and c.from_weight
     if suffix in ("attn_ln", "mlp_ln", "ln_post"):
         return "norm" in c.op or any("norm" in p or "ln" in p.rsplit(".", 1)[-1] for p in c.outputs_of)
-    if suffix in ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.fc1", "mlp.fc2"):
+    if suffix in _PROJECTIONS:
         return bool(c.outputs_of) or c.op in ("matmul", "add") and c.from_weight
     if suffix == "attn.wv":
         return c.op in ("reshape", "transpose", "permute") and bool(c.inputs_of)
@@ -136,14 +139,10 @@ def _kind_fits(op: str, c) -> bool:
     return True
 
 
-_PROJECTIONS = {"attn.q", "attn.k", "attn.v", "attn.out", "mlp.fc1", "mlp.fc2"}
-
-
 def _read(name: str, matches: list) -> OpMatch | None:
-    """The match of the canonical op `name` reads, in the same block (dataflow.CONSUMES), if made."""
-    prefix, suffix = re.match(r"(blocks\.\d+\.)?(.+)", name).groups()
-    wanted = (prefix or "") + CONSUMES[suffix] if suffix in CONSUMES else None
-    return next((m for m in matches if m.name == wanted), None)
+    """The match of the canonical op `name` reads (dataflow.input_of), if made."""
+    wanted = input_of(name)
+    return next((m for m in matches if m.name == wanted), None) if wanted else None
 
 
 def _boundary(c) -> bool:

@@ -53,6 +53,12 @@ def _suffix(name: str) -> tuple[str, str]:
     return (m.group(1), m.group(2)) if m else ("", name)
 
 
+def input_of(name: str) -> str | None:
+    """The canonical op that canonical op `name` reads, in the same block (CONSUMES); None if it reads none."""
+    block, suffix = _suffix(name)
+    return block + CONSUMES[suffix] if suffix in CONSUMES else None
+
+
 def _layout(c) -> bool:
     return bool(_LAYOUT.search(c.op)) and c.weight_rank == 0 and len(c.operands) == 1
 
@@ -140,8 +146,7 @@ def confirm_by_dataflow(amap, captured, values: dict | None, specs, reference=No
     shape_of = {s.name: tuple(s.shape) for s in specs}
     notes: list[str] = []
     for spec in reversed(specs):  # consumers last-first, so a moved producer is then checked as a consumer
-        block, suffix = _suffix(spec.name)
-        producer = block + CONSUMES[suffix] if suffix in CONSUMES else None
+        producer = input_of(spec.name)
         matches = amap.by_name
         consumer = matches.get(spec.name)
         if producer is None or producer not in shape_of or consumer is None or consumer.key not in by_key:
@@ -154,7 +159,7 @@ def confirm_by_dataflow(amap, captured, values: dict | None, specs, reference=No
             for m in matches.values()
             if m.key in by_key and _suffix(m.name)[1] in ("pos_embed", "out")
         )
-        read = structural_input(by_key[consumer.key], suffix, by_index, stream)
+        read = structural_input(by_key[consumer.key], _suffix(spec.name)[1], by_index, stream)
         if current is not None and any(c.key == current.key for c in read):
             continue  # structure confirms the match
         fits = [
@@ -163,7 +168,7 @@ def confirm_by_dataflow(amap, captured, values: dict | None, specs, reference=No
             if layout_view(shape_of[producer], c.shape) is not None and (values is None or c.key in values)
         ]
         missing = False
-        before = matches.get(block + CONSUMES[_suffix(producer)[1]]) if _suffix(producer)[1] in CONSUMES else None
+        before = matches.get(input_of(producer))
         if fits and current is None and before is not None and any(c.key == before.key for c in fits):
             missing = True  # nothing computes the producer: its consumer reads the producer's own input
         if not fits:

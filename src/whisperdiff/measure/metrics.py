@@ -132,9 +132,13 @@ def _sums(x, y, atol: float, rtol: float) -> dict:
     """_chunk in x's float type, float32 or float64 (x and y are only read). Row sums by einsum, row dot
     products by vecdot (BLAS): each a single pass, no temporary array."""
     f64 = np.float64
+
+    def total(v) -> float:  # rows in v's type, across rows in float64
+        return float(np.einsum("ij->i", v).sum(dtype=f64))
+
     out = {"nan_a": 0, "inf_a": 0, "nan_b": 0, "inf_b": 0, "n": x.size}
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is seen by _chunk, which redoes it
-        out["sa"], out["sb"] = float(np.einsum("ij->i", x).sum(dtype=f64)), float(np.einsum("ij->i", y).sum(dtype=f64))
+        out["sa"], out["sb"] = total(x), total(y)
         if not (math.isfinite(out["sa"]) and math.isfinite(out["sb"])):  # a NaN or Inf, or an overflow
             ok = np.isfinite(x)
             ok &= np.isfinite(y)
@@ -143,10 +147,7 @@ def _sums(x, y, atol: float, rtol: float) -> dict:
                 out[f"inf_{side}"] = int(np.isinf(v).sum())
             x, y = np.where(ok, x, 0), np.where(ok, y, 0)
             out["n"] = int(ok.sum())
-            out["sa"], out["sb"] = (
-                float(np.einsum("ij->i", x).sum(dtype=f64)),
-                float(np.einsum("ij->i", y).sum(dtype=f64)),
-            )
+            out["sa"], out["sb"] = total(x), total(y)
         d = y - x
         s = y + x
         out["steps"] = [np.vecdot(p, q).astype(f64) for p, q in ((x, x), (y, y), (d, d), (d, s), (x, y))]
