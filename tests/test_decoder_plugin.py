@@ -11,6 +11,7 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 
 import whisperdiff as wd
+from whisperdiff.capture.decoder import trace_decoder
 
 pytest.importorskip("transformers", reason="the plugin is transformers' WhisperDecoder ([ports] extra)")
 PLUGIN = str(Path(__file__).parent / "plugins" / "hf_decoder.py")
@@ -70,3 +71,65 @@ def test_transcribe_and_errors_with_a_decoder_plugin(reference, tmp_path):
     )
     assert not (tmp_path / "x").exists()
     assert_one_line_error(run_cli("trace-decoder", "--impl", "nosuch", "-o", str(tmp_path / "y")), "file.py:factory")
+
+
+def _mark_all(reference, out, *, bug=None, structure_only=False, factory="make"):
+    given = (
+        ["--tokens", ",".join(map(str, reference.manifest["decoder"]["tokens"]))]
+        if structure_only
+        else ["--tokens-from", str(reference.path)]
+    )
+    env = {"WD_DECODER_BUG": bug} if bug else None
+    run_cli("trace-decoder", "--impl", f"{PLUGIN}:{factory}", "--mark-all", "-o", str(out), *given, env=env, check=True)
+    return wd.load_trace(out)
+
+
+@pytest.mark.parametrize(
+    "structure_only,factory",
+    [(False, "make"), (True, "make"), (False, "no_cache")],
+    ids=["by-value", "structure-only", "no-kv-cache"],
+)
+def test_mark_all_aligns_a_decoder_port_hands_off_step_by_step(reference, tmp_path, structure_only, factory):
+    """The plugin names only decoder.ln; --mark-all captures every torch op of each step and aligns it, by value
+    against the --tokens-from trace, or by structure alone when there is none. Its fused attention (sdpa) never
+    computes probabilities: those four ops, and only those, are said to be not aligned. A port with no KV cache
+    recomputes every position at each step (at the step over 6 positions its 6 heads make [B,H,P,D] and [B,P,H,D]
+    the same shape): what it computes at the step's own positions is aligned."""
+    mine = _mark_all(reference, tmp_path / "hf", structure_only=structure_only, factory=factory)
+    capture = mine.manifest["runner"]["capture"]
+    weights = [f"decoder.blocks.{i}.attn.weights" for i in range(4)]
+    assert capture["unmatched"] == weights and len(capture["steps"]) == mine.manifest["decoder"]["steps"]
+    assert "aligned 79/83" in capture["summary"]
+    assert [s["recomputed"] for s in capture["steps"][1:]] == [factory == "no_cache"] * (len(capture["steps"]) - 1)
+    assert set(reference.ops) - set(mine.ops) == set(weights)
+    assert structure_only == any("structure only" in n for n in capture["notes"])
+    c = wd.compare(reference, mine)
+    assert c.first_divergence is None and c.decoder["first_divergence"] is None and not c.findings
+    assert any("not aligned" in w and "sdpa" in w for w in c.warnings)
+    assert wd.check(reference, mine, wd.load_tolerances("float32")).passed
+
+
+@pytest.mark.parametrize("structure_only", [False, True], ids=["by-value", "structure-only"])
+def test_mark_all_finds_a_cache_bug_where_it_acts(reference, tmp_path, structure_only):
+    """Positions off by one from the first cached step: hands-off, the first divergence is the positional add
+    at that position (not the plugin's named decoder.ln, not an op after it), and the finding says why."""
+    mine = _mark_all(reference, tmp_path / "hf-bug", bug="cache-off-by-one", structure_only=structure_only)
+    prompt = reference.manifest["decoder"]["prompt_length"]
+    c = wd.compare(reference, mine)
+    assert c.decoder["first_divergence"] == {"op": "decoder.pos_embed", "position": prompt, "axis": "token position"}
+    assert c.findings[0].kind == "positional" and c.findings[0].op == "decoder.pos_embed"
+    assert not wd.check(reference, mine, wd.load_tolerances("float32")).passed
+
+
+def test_mark_all_errors(reference, tmp_path):
+    assert_one_line_error(
+        run_cli("trace-decoder", "--impl", "torch", "--mark-all", "-o", str(tmp_path / "a")), "decoder port you wrote"
+    )
+    assert_one_line_error(
+        run_cli("trace-decoder", "--impl", f"{PLUGIN}:hidden", "--mark-all", "-o", str(tmp_path / "b")),
+        "no torch.nn.Module",
+    )
+    shorter = reference.manifest["decoder"]["tokens"][:-1]  # a reference of other tokens cannot align by value
+    with pytest.raises(wd.WhisperdiffError, match="other tokens"):
+        trace_decoder(f"{PLUGIN}:make", tokens=shorter, mark_all=True, reference=reference, out=tmp_path / "c")
+    assert not any((tmp_path / d).exists() for d in "abc")

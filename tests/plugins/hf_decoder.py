@@ -103,3 +103,41 @@ def make(model, device="cpu", dtype="float32"):
 def broken(model, device="cpu", dtype="float32"):
     """A factory whose result is no decoder."""
     return object()
+
+
+class _Hidden:
+    """The same decoder behind a plain object that holds no torch module as an attribute."""
+
+    def __init__(self, model):
+        self.parts = {"decoder": HFDecoder(model)}
+
+    def start(self, features):
+        self.parts["decoder"].start(features)
+
+    def step(self, tokens, record=None):
+        return self.parts["decoder"].step(tokens, record)
+
+
+def hidden(model, device="cpu", dtype="float32"):
+    return _Hidden(model)
+
+
+class _NoCache(HFDecoder):
+    """The same decoder with no KV cache: every step runs the whole sequence so far and returns the logits of
+    the positions it was fed."""
+
+    def start(self, features):
+        super().start(features)
+        self.seen = np.zeros((1, 0), np.int64)
+
+    def step(self, tokens, record=None):
+        self.seen = np.concatenate([self.seen, np.asarray(tokens, np.int64)], axis=1)
+        ids = torch.from_numpy(self.seen)
+        with torch.no_grad():
+            out = self.decoder(input_ids=ids, encoder_hidden_states=self.features, use_cache=False)
+            logits = out.last_hidden_state @ self.decoder.embed_tokens.weight.T
+        return logits[:, -np.shape(tokens)[1] :]
+
+
+def no_cache(model, device="cpu", dtype="float32"):
+    return _NoCache(model)

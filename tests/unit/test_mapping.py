@@ -249,3 +249,86 @@ def test_structure_takes_no_op_of_the_next_block_for_an_activation_written_by_ha
         "blocks.0.mlp.fc2": "add#2",
         "blocks.0.out": "add#3",
     }
+
+
+def test_decoder_ops_read_their_own_inputs_and_steps_are_shaped_for_their_positions():
+    """A decoder block's MLP reads the cross-attention residual, its stream starts at the token embedding; a
+    cached step computes P = 1 position with keys up to every position so far, and K/V of the encoder output
+    only at the first step; the reference is cut to the same positions."""
+    from whisperdiff.capture.decoder_capture import reference_slice, step_specs
+    from whisperdiff.inputs.models import preset_dims
+    from whisperdiff.mapping.dataflow import input_of, split_name
+
+    assert split_name("decoder.blocks.2.cross_attn.q") == ("decoder.blocks.2.", "cross_attn.q")
+    assert split_name("decoder.pos_embed") == ("decoder.", "pos_embed") and split_name("conv1") == ("", "conv1")
+    assert input_of("decoder.blocks.1.mlp_ln") == "decoder.blocks.1.cross_attn_residual"
+    assert input_of("blocks.1.mlp_ln") == "blocks.1.attn_residual"  # the encoder's
+    assert input_of("decoder.blocks.0.cross_attn_residual") == "decoder.blocks.0.cross_attn.out"
+    assert input_of("decoder.pos_embed") == "decoder.tok_embed" and input_of("pos_embed") == "conv2.gelu"
+    assert input_of("decoder.blocks.0.cross_attn.k") is None  # reads the encoder output, no op of the block
+
+    d = preset_dims("tiny")
+    first, later = step_specs(d, 0, 3), {s.name: s for s in step_specs(d, 5, 1)}
+    assert "decoder.blocks.0.cross_attn.k" in {s.name for s in first}
+    assert "decoder.blocks.0.cross_attn.k" not in later and "decoder.logits" not in later
+    assert later["decoder.blocks.1.attn.weights"].shape == (1, 6, 1, 6)
+    assert later["decoder.blocks.1.mlp.fc1"].shape == (1, 1, 1536)
+
+    n = 8
+    weights = np.arange(6 * n * n, dtype=np.float32).reshape(1, 6, n, n)
+    ref = {"decoder.blocks.1.attn.weights": weights, "decoder.ln": np.arange(n * 384.0).reshape(1, n, 384)}
+    cut = reference_slice(ref, list(later.values()), 5, 1)
+    assert np.array_equal(cut["decoder.blocks.1.attn.weights"], weights[:, :, 5:6, :6])
+    assert np.array_equal(cut["decoder.ln"], ref["decoder.ln"][:, 5:6])
+
+
+def test_a_shape_two_layouts_fit_is_viewed_as_the_reference_says_or_heads_first_for_an_attention_product():
+    """[1, 6, 6, 64] holds a [1, 6, 384] op heads split either way when there are as many heads as positions:
+    the reference picks; with none, an attention product is taken heads first, as sdpa and p @ v make it."""
+    from whisperdiff.capture.captured import Captured
+    from whisperdiff.mapping.align import layout_views, pick_view
+
+    assert len(layout_views((1, 6, 384), (1, 6, 6, 64))) == 2 and len(layout_views((1, 1, 384), (1, 6, 1, 64))) == 1
+    heads_first = np.random.default_rng(0).standard_normal((1, 6, 6, 64)).astype(np.float32)
+    ref = heads_first.transpose(0, 2, 1, 3).reshape(1, 6, 384)
+    sdpa = Captured(0, "attn:sdpa#0", "scaled_dot_product_attention", (1, 6, 6, 64), "float32", "attn", "")
+    view, layout = pick_view((1, 6, 384), sdpa)
+    assert "[B,H,T,D]" in layout and np.array_equal(view(heads_first), ref)
+    reshaped = Captured(1, "attn:reshape#0", "reshape", (1, 6, 6, 64), "float32", "attn", "")
+    assert "[B,T,H,D]" in pick_view((1, 6, 384), reshaped)[1]
+    view, layout = pick_view((1, 6, 384), reshaped, ref, {"attn:reshape#0": heads_first})  # the reference says
+    assert "[B,H,T,D]" in layout and np.array_equal(view(heads_first), ref)
+
+
+def test_a_dropped_residual_is_missing_not_the_next_add():
+    """The MLP reads the attention's output directly (no residual add). The next add without a weight, the
+    MLP's output added to that branch, is not the residual: its other operand came after the branch."""
+    from whisperdiff.capture.captured import Captured
+    from whisperdiff.inputs.models import preset_dims
+    from whisperdiff.mapping.automap import automap
+
+    d = {**preset_dims("tiny"), "n_audio_state": 8, "n_audio_head": 2, "n_audio_layer": 2}
+    t, c = (1, 1500, 8), (1, 1500, 32)
+    rows = [  # key, op, shape, operands, weight_rank
+        ("x#0", "add", t, [], 0),  # the stream
+        ("matmul#0", "matmul", t, [0], 2),  # the out projection
+        ("add#1", "add", t, [1], 1),  # its bias: attn.out
+        ("layer_norm#0", "layer_norm", t, [2], 1),  # mlp_ln, of attn.out itself
+        ("matmul#1", "matmul", c, [3], 2),
+        ("add#2", "add", c, [4], 1),  # fc1
+        ("gelu#0", "gelu", c, [5], 0),
+        ("matmul#2", "matmul", t, [6], 2),
+        ("add#3", "add", t, [7], 1),  # fc2
+        ("add#4", "add", t, [2, 8], 0),  # out: the branch plus fc2
+    ]
+    captured = [
+        Captured(i, key, op, shape, "float32", "", "", operands=ops, weight_rank=wr, from_weight=wr > 0)
+        for i, (key, op, shape, ops, wr) in enumerate(rows)
+    ]
+    names = ["blocks.0.attn.out", "blocks.0.attn_residual", "blocks.0.mlp_ln", "blocks.0.mlp.fc1"]
+    names += ["blocks.0.mlp.gelu", "blocks.0.mlp.fc2", "blocks.0.out"]
+    amap = automap(captured, dims=d, ops=names)
+    got = {m.name: m.key for m in amap.matches}
+    assert got["blocks.0.out"] == "add#4" and got["blocks.0.mlp_ln"] == "layer_norm#0"
+    assert got["blocks.0.attn_residual"] == "add#1" and amap.by_name["blocks.0.attn_residual"].basis == "dataflow"
+    assert any("attn_residual" in n and "the op is missing" in n for n in amap.notes)

@@ -168,8 +168,12 @@ def teacher_forced(
     for chunk in chunks:
         runner.step(np.array([chunk], np.int64), steps.record)
     seconds = time.perf_counter() - start
-    for name, parts in steps.parts.items():  # a plugin records what it can name: at every step, or never
+    for name, parts in list(steps.parts.items()):  # a plugin records what it can name: at every step, or never
         if position_axis(steps.specs[name].layout) is not None and len(parts) != len(chunks):
+            if hasattr(runner, "drop"):  # a captured port: an op aligned at some steps only is said, not traced
+                runner.drop(name)
+                del steps.parts[name]
+                continue
             raise WhisperdiffError(
                 f"the decoder recorded {name} at {len(parts)} of its {len(chunks)} steps; record it at every step"
             )
@@ -200,13 +204,18 @@ def trace_decoder(
     incremental: bool = True,
     encoder_inject: list[str] | None = None,
     runner=None,
+    mark_all: bool = False,
+    reference=None,
 ):
     """Teacher-force decoder `impl` on the encoder output of `encoder` for one input window.
 
     tokens: the text tokens to force (after the prompt); default: openai-whisper's greedy tokens on the
     same encoder output. inject: decoder faults (MAX only); encoder_inject: encoder faults for `encoder`.
     features: an encoder output to use as is (then `encoder` only names it). runner: a decoder runner
-    already built for these taps (its compiled graph is reused)."""
+    already built for these taps (its compiled graph is reused). mark_all: `impl` is a torch decoder port
+    that names nothing; every op it runs is captured and aligned step by step (decoder_capture.py), by
+    value against `reference` (a decoder trace, or its path, teacher-forced on the same tokens and
+    encoder output) where given, else by structure."""
     from whisperdiff.capture.faults import get_faults
     from whisperdiff.inputs.audio import prepare_input
     from whisperdiff.inputs.models import LoadedModel, load_model
@@ -237,6 +246,16 @@ def trace_decoder(
     tap_names = select_decoder_taps(loaded.dims, taps, len(sequence))
     if "decoder.logits" not in tap_names:
         tap_names.append("decoder.logits")
+    if mark_all and runner is None:
+        from whisperdiff.capture.decoder_capture import CapturedDecoderRunner
+        from whisperdiff.capture.runner import runner_class
+
+        if runner_class("decoder", impl) is not None:
+            raise WhisperdiffError(
+                f"--mark-all captures a decoder port you wrote (file.py:factory); {impl} is traced with its own taps"
+            )
+        reference = _alignment_reference(reference, sequence, features)
+        runner = CapturedDecoderRunner(impl, loaded, taps=tap_names, faults=faults, reference=reference)
     runner = runner or make_decoder_runner(impl, loaded, taps=tap_names, faults=faults)
     if out is None:
         safe = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in Path(impl.split(":")[0]).stem or impl)
@@ -271,6 +290,12 @@ def trace_decoder(
             lambda n, v: writer.record(n, v) if n in tap_names else None,
             incremental=incremental,
         )
+        if hasattr(runner, "capture_record"):
+            writer.manifest["runner"]["capture"] = runner.capture_record()
+            if reference is None:
+                writer.manifest["runner"]["capture"]["notes"].insert(
+                    0, "aligned by structure only: no reference trace of the same tokens and encoder output"
+                )
         writer.manifest["decoder"] = {
             "tokens": sequence,
             "prompt_length": len(prompt),
@@ -286,3 +311,23 @@ def trace_decoder(
             "decoder_seconds": facts["decoder_seconds"],
         }
     return load_trace(out)
+
+
+def _alignment_reference(reference, sequence: list[int], features: np.ndarray):
+    """The reference trace for a captured decoder's alignment, when it can serve: teacher-forced on the same
+    tokens from the same encoder output (else its values are other numbers, and structure alone decides)."""
+    if reference is None:
+        return None
+    trace = load_trace(reference) if isinstance(reference, str | Path) else reference
+    decoder = trace.manifest.get("decoder") or {}
+    if decoder.get("tokens") != sequence:
+        raise WhisperdiffError(
+            f"{trace.path}: the reference decoded other tokens than these; trace with --tokens-from {trace.path}"
+        )
+    if DECODER_INPUT in trace and sha256_array(np.asarray(trace[DECODER_INPUT], np.float32)) != sha256_array(
+        np.asarray(features, np.float32)
+    ):
+        raise WhisperdiffError(
+            f"{trace.path}: the reference attended to another encoder output; use the same --encoder and audio"
+        )
+    return trace

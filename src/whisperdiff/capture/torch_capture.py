@@ -100,6 +100,7 @@ class TorchCapture:
         self._replace: dict = {}
         self._patched_keys: list[str] = []
         self._tensor_of: dict[int, object] = {}  # Captured.index -> the tensor that holds its numbers
+        self._positions: dict[int, weakref.ref] = {}  # integer tensors this run counted (arange and what follows)
         self._shapes = None
         if self._dims is not None:
             from whisperdiff.names import op_specs
@@ -136,6 +137,11 @@ class TorchCapture:
         entry = self._by_id.get(id(t))
         return entry[1] if entry is not None and entry[0]() is t else None
 
+    def _counted(self, t) -> bool:
+        """Is integer tensor t one the run counted itself (positions), not ids it was given (tokens)?"""
+        ref = self._positions.get(id(t))
+        return ref is not None and ref() is t
+
     def _keep_numbers(self, shape: tuple) -> bool:
         if self._shapes is None:
             return True
@@ -159,16 +165,21 @@ class TorchCapture:
         name = _op_name(func)
         if name == "setitem" and args:  # x[i] = v: x holds a new value
             results = (args[0],)
+        operands = _tensors(list(args) + list((kwargs or {}).values()))
+        ints = [t for t in operands if not t.is_floating_point()]
+        if name == "arange" or (ints and all(self._counted(t) for t in ints)):  # positions, offsets from them
+            for r in results:
+                if isinstance(r, torch.Tensor) and not r.is_floating_point():
+                    self._positions[id(r)] = weakref.ref(r)
         if name.endswith(("get", "set")):
             return
-        operands = _tensors(list(args) + list((kwargs or {}).values()))
         if name in _IDENTITIES:  # a copy of its input: the same value, read through
             source = self._entry(operands[0]) if operands else None
             if source is not None and isinstance(result, torch.Tensor) and result is not operands[0]:
                 self._by_id[id(result)] = (weakref.ref(result), source)
             return
         module = self._stack[-1] if self._stack else ""
-        reads, weights, others = [], [], 0
+        reads, weights, others, indexed = [], [], 0, False
         for t in operands:
             known = self._entry(t)
             if isinstance(t, torch.nn.Parameter) or _storage(t) in self.weight_storage or (known and known.weight_only):
@@ -176,7 +187,10 @@ class TorchCapture:
                     weights.append(tuple(t.shape))
                 continue
             if not t.is_floating_point():
-                continue  # indices, masks: no activation (an embedding of positions is made of weights)
+                # indices, masks: no activation. A lookup of the ids the port was given (token embedding)
+                # is a value of the run, not a weight; a lookup of positions the run counted (arange) is one.
+                indexed = indexed or (not t.is_complex() and t.dim() > 0 and not self._counted(t))
+                continue
             others += 1  # an activation (or an input of the port, such as the mel)
             if known is not None and known.index not in reads:
                 reads.append(known.index)
@@ -203,7 +217,7 @@ class TorchCapture:
                 from_weight=weight_rank > 0,
                 operands=reads,
                 weight_rank=weight_rank,
-                weight_only=bool(weights) and not others,
+                weight_only=bool(weights) and not others and not indexed,
             )
             self.values.append(c)
             self._by_id[id(r)] = (weakref.ref(r), c)

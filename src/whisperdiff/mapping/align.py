@@ -74,21 +74,47 @@ def rename(name: str, rules) -> str:
 
 
 def layout_view(a_shape: tuple, b_shape: tuple, n_head: int | None = None):
-    """(function viewing a candidate array in the reference's shape, description) or None when none fits."""
+    """(function viewing a candidate array in the reference's shape, description) or None when none fits.
+    Where two layouts fit one shape (heads split with as many heads as positions), the first of layout_views."""
+    views = layout_views(a_shape, b_shape)
+    return views[0] if views else None
+
+
+def layout_views(a_shape: tuple, b_shape: tuple) -> list:
+    """Every known layout under which a candidate of shape b_shape holds the reference's a_shape, as
+    (view function, description): one, mostly; two where the shape cannot say (heads split [B,H,T,D] or
+    [B,T,H,D] when H == T, as a decoder step over 6 positions with 6 heads)."""
     a_shape, b_shape = tuple(a_shape), tuple(b_shape)
     if a_shape == b_shape:
-        return (lambda x: x), None
+        return [((lambda x: x), None)]
     if len(a_shape) == len(b_shape) >= 2 and a_shape == b_shape[:-2] + (b_shape[-1], b_shape[-2]):
-        return (lambda x: np.swapaxes(x, -1, -2)), f"{list(b_shape)} transposed (last two axes)"
+        return [((lambda x: np.swapaxes(x, -1, -2)), f"{list(b_shape)} transposed (last two axes)")]
     if len(b_shape) == len(a_shape) - 1 and a_shape[0] == 1 and b_shape == a_shape[1:]:
-        return (lambda x: x[None]), f"{list(b_shape)} without the batch axis"
+        return [((lambda x: x[None]), f"{list(b_shape)} without the batch axis")]
+    views = []
     if len(a_shape) == 3 and len(b_shape) == 4 and b_shape[0] == a_shape[0]:
         b, t, c = a_shape
         if b_shape[1] == t and b_shape[2] * b_shape[3] == c:  # [B, T, H, D]
-            return (lambda x: x.reshape(b, t, c)), f"{list(b_shape)} heads split [B,T,H,D]"
+            views.append(((lambda x: x.reshape(b, t, c)), f"{list(b_shape)} heads split [B,T,H,D]"))
         if b_shape[2] == t and b_shape[1] * b_shape[3] == c:  # [B, H, T, D]
-            return (lambda x: np.transpose(x, (0, 2, 1, 3)).reshape(b, t, c)), f"{list(b_shape)} heads split [B,H,T,D]"
-    return None
+            views.append(
+                ((lambda x: np.transpose(x, (0, 2, 1, 3)).reshape(b, t, c)), f"{list(b_shape)} heads split [B,H,T,D]")
+            )
+    return views
+
+
+def pick_view(shape: tuple, c, ref=None, values: dict | None = None):
+    """The layout (view, description) under which captured value c is taken as an op of `shape`: where the
+    shape allows two, the one closest to the reference's value; with none to ask, heads first [B,H,T,D]
+    for what an attention product makes (sdpa and p @ v compute heads first), else the other."""
+    from whisperdiff.measure.metrics import rel_l2
+
+    views = layout_views(shape, c.shape)
+    if len(views) > 1 and ref is not None and values is not None and c.key in values:
+        return min(views, key=lambda v: rel_l2(ref, v[0](np.asarray(values[c.key]))))
+    if len(views) > 1 and any(w in c.op for w in ("attention", "matmul", "bmm", "einsum")):
+        return next((v for v in views if v[1] and "[B,H,T,D]" in v[1]), views[0])
+    return views[0]
 
 
 def align(a_ops: dict[str, tuple], b_ops: dict[str, tuple], rules=()) -> tuple[list[Pair], dict]:

@@ -28,8 +28,16 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from whisperdiff.mapping.align import layout_view
-from whisperdiff.mapping.dataflow import confirm_by_dataflow, core_op, descends, input_of
+from whisperdiff.mapping.align import layout_view, layout_views, pick_view
+from whisperdiff.mapping.dataflow import (
+    BRANCH,
+    confirm_by_dataflow,
+    core_op,
+    descends,
+    input_of,
+    split_name,
+    through_layout,
+)
 from whisperdiff.mapping.maps import expand, generalise, write_map
 from whisperdiff.measure.metrics import rel_l2
 from whisperdiff.names import op_specs
@@ -106,7 +114,7 @@ class AutoMap:
 
 
 def _block(name: str) -> int | None:
-    m = re.match(r"blocks\.(\d+)\.", name)
+    m = re.match(r"(?:decoder\.)?blocks\.(\d+)\.", name)
     return int(m.group(1)) if m else None
 
 
@@ -116,25 +124,33 @@ def _module_block(path: str) -> int | None:
 
 
 _PROJECTIONS = {"attn.q", "attn.k", "attn.v", "attn.out", "mlp.fc1", "mlp.fc2"}
+_PROJECTIONS |= {"cross_" + p for p in _PROJECTIONS if p.startswith("attn.")}
+# Cross-attention's K and V come from the encoder output, not the stream: a port may compute them before
+# the block (every layer's at once, or in an earlier step), so they are looked for from the capture's start.
+_FROM_INPUT = {"cross_attn.k", "cross_attn.v"}
 
 
 def _kind_fits(op: str, c) -> bool:
     """Could captured value `c` be canonical op `op` by what made it? (structure-only evidence)"""
-    suffix = re.sub(r"^blocks\.\d+\.", "", op)
+    suffix = split_name(op)[1]
     key = c.key.lower()
     if suffix in ("conv1", "conv2"):
         return c.op == "conv" or ("conv" in key and bool(c.outputs_of))
     if suffix.endswith("gelu"):
         return "gelu" in c.op
-    if suffix == "pos_embed":
-        return c.op == "add" and c.from_weight
-    if suffix in ("attn_ln", "mlp_ln", "ln_post"):
+    if suffix == "pos_embed":  # the decoder's positions may be a lookup too (an activation, not a weight)
+        return c.op == "add" and (c.from_weight or op.startswith("decoder."))
+    if suffix == "tok_embed":  # a lookup of the token ids in the embedding table
+        return c.from_weight and not c.operands and any(w in c.op for w in ("embed", "gather", "index", "take"))
+    if suffix in ("attn_ln", "cross_attn_ln", "mlp_ln", "ln_post", "ln"):
         return "norm" in c.op or any("norm" in p or "ln" in p.rsplit(".", 1)[-1] for p in c.outputs_of)
     if suffix in _PROJECTIONS:
-        return bool(c.outputs_of) or c.op in ("matmul", "add") and c.from_weight
-    if suffix == "attn.wv":
+        return bool(c.outputs_of) or c.op in ("matmul", "add", "linear") and c.from_weight
+    if suffix.endswith("attn.weights"):
+        return "softmax" in c.op
+    if suffix.endswith("attn.wv"):
         return c.op in ("reshape", "transpose", "permute") and bool(c.inputs_of)
-    if suffix in ("attn_residual", "out"):
+    if suffix in ("attn_residual", "cross_attn_residual", "out"):
         return c.op == "add" and not c.from_weight
     return True
 
@@ -163,21 +179,26 @@ def automap(
     dims=None,
     saved: dict | None = None,
     ops: list[str] | None = None,
+    specs: list | None = None,
 ) -> AutoMap:
     """Align captured values (Captured, in graph order) to canonical ops (module docstring).
 
     values: the captured values' numbers by key (None: shapes and structure only). reference: a Trace or
     {op: array} with the canonical values. dims: the model's dims (default: the reference's). saved: the
     [ops] of a saved map, or the whole read_map() result (then its [graph] is checked against this
-    capture too). Entries of a saved map that do not fit this capture are said in `notes`."""
+    capture too). Entries of a saved map that do not fit this capture are said in `notes`. specs: the
+    canonical ops to look for, in order (OpSpecs; default: the encoder's, names.op_specs): a decoder step's
+    (capture/decoder_capture.py) are shaped for the positions that step computes."""
     saved_graph = None
     if isinstance(saved, dict) and isinstance(saved.get("ops"), dict):
         saved, saved_graph = saved["ops"], saved.get("graph") or None
-    if dims is None:
+    if dims is None and specs is None:
         dims = reference.model_dims if hasattr(reference, "model_dims") else None
-    if dims is None:
-        raise ValueError("automap needs the model dims (or a reference trace that has them)")
-    specs = [s for s in op_specs(dims) if s.name != "mel" and not s.optional and (ops is None or s.name in ops)]
+        if dims is None:
+            raise ValueError("automap needs the model dims (or a reference trace that has them)")
+    if specs is None:
+        specs = [s for s in op_specs(dims) if s.name != "mel" and not s.optional]
+    specs = [s for s in specs if ops is None or s.name in ops]
     cands = []
     for c in captured:
         if not c.dtype.startswith(("float", "bfloat")) or c.op.startswith("constant") or c.weight_only:
@@ -202,7 +223,9 @@ def automap(
     by_index = {c.index: c for c in captured} if any(c.operands for c in captured) else None
 
     biased = (
-        {i for c in captured if c.weight_rank == 1 and len(c.operands) == 1 for i in c.operands} if by_index else set()
+        {i for c in captured if c.weight_rank == 1 and len(c.operands) == 1 and "norm" not in c.op for i in c.operands}
+        if by_index
+        else set()
     )
 
     def _projects(c) -> bool:
@@ -213,6 +236,16 @@ def automap(
         core = core_op(c, by_index)
         return core is not None and core.weight_rank >= 2 and c.index not in biased
 
+    def _adds_branch(c, read: OpMatch | None) -> bool:
+        """A residual add takes the branch it closes as an operand (through layouts and casts), and its other
+        operand, the stream, was there before the branch: where a port drops a residual, the next add (the
+        MLP's output added to the branch) is not this one."""
+        source = by_key.get(read.key) if read is not None else None
+        if by_index is None or source is None or c.op != "add":
+            return True
+        branch = [i for i in c.operands if i in by_index and source in through_layout(by_index[i], by_index)]
+        return bool(branch) and all(i < source.index for i in c.operands if i not in branch)
+
     def _computed_from(c, read: OpMatch | None) -> bool:
         """Structure alone takes no value the op's input is not among the sources of (within a block's
         depth of ops): the first gelu after fc1 is the next block's, where a port wrote its own activation."""
@@ -220,11 +253,13 @@ def automap(
         return by_index is None or source is None or descends(c, source, by_index, depth=SOURCE_DEPTH)
 
     for spec in specs:
-        suffix = re.sub(r"^blocks\.\d+\.", "", spec.name)
+        suffix = split_name(spec.name)[1]
         start = anchor
         if suffix in ("attn.q", "attn.k", "attn.v"):
             qkv_anchor = anchor if suffix == "attn.q" or qkv_anchor is None else qkv_anchor
             start = qkv_anchor
+        elif suffix in _FROM_INPUT:
+            start = -1
         block = _block(spec.name)
         pool = [
             c
@@ -245,9 +280,15 @@ def automap(
         if match is None and ref is not None and pool:
             scored = []
             for c in pool:
-                view = layout_view(spec.shape, c.shape)[0]
-                try:
-                    scored.append((rel_l2(ref, view(np.asarray(values[c.key]))), c))
+                try:  # under each layout the shape allows (two, where it cannot say): the closest
+                    scored.append(
+                        (
+                            min(
+                                rel_l2(ref, v(np.asarray(values[c.key]))) for v, _ in layout_views(spec.shape, c.shape)
+                            ),
+                            c,
+                        )
+                    )
                 except ValueError:
                     continue
             if scored:
@@ -261,7 +302,7 @@ def automap(
             i = _block(spec.name)
             for m in reversed(matches):
                 j = _block(m.name)
-                if j is not None and j != i and re.sub(r"^blocks\.\d+\.", "", m.name) == suffix:
+                if j is not None and j != i and split_name(m.name)[1] == suffix:
                     guess = _reindex(m.key, j, i)
                     c = by_key.get(guess)
                     if c is not None and c in pool:
@@ -273,6 +314,7 @@ def automap(
                 for c in pool
                 if _kind_fits(spec.name, c)
                 and _computed_from(c, _read(spec.name, matches))
+                and (suffix not in BRANCH or _adds_branch(c, _read(spec.name, matches)))
                 and not (suffix in _PROJECTIONS and not _projects(c))
             ]
             if fits:
@@ -282,15 +324,15 @@ def automap(
             unmatched.append(spec.name)
             continue
         c, basis, conf, rel = match
+        view, layout = pick_view(spec.shape, c, ref, values)
         if rel is None and ref is not None and values is not None:
-            rel = rel_l2(ref, layout_view(spec.shape, c.shape)[0](np.asarray(values[c.key])))
-        view, layout = layout_view(spec.shape, c.shape)
+            rel = rel_l2(ref, view(np.asarray(values[c.key])))
         views[spec.name] = view
         used.add(c.key)
         matches.append(OpMatch(spec.name, c.key, c.shape, layout, basis, conf, rel, c.where))
         if suffix in ("attn.q", "attn.k", "attn.v"):
             anchor = max(anchor, c.index)
-        else:
+        elif suffix not in _FROM_INPUT:
             anchor = c.index
     amap = AutoMap(matches, unmatched, len(cands), views, graph=fingerprint(captured))
     if saved_graph and saved_graph.get("fingerprint") not in (None, amap.graph["fingerprint"]):

@@ -22,7 +22,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from whisperdiff.mapping.align import layout_view
+from whisperdiff.mapping.align import layout_view, pick_view
 from whisperdiff.measure.metrics import rel_l2
 
 # canonical op -> the canonical op it reads (in the same block)
@@ -42,21 +42,38 @@ CONSUMES = {
     "attn_residual": "attn.out",
     "out": "mlp.fc2",
 }
+# A decoder block puts cross-attention between its self-attention and its MLP; its stream starts at the
+# token + positional embedding.
+DECODER_CONSUMES = CONSUMES | {
+    "pos_embed": "tok_embed",
+    "cross_attn_ln": "attn_residual",
+    "cross_attn.q": "cross_attn_ln",
+    "cross_attn.out": "cross_attn.wv",
+    "cross_attn_residual": "cross_attn.out",
+    "mlp_ln": "cross_attn_residual",
+}
 # what a consumer that is a residual add reads from its branch (the other operand is the stream)
-BRANCH = {"attn_residual", "out"}
+BRANCH = {"attn_residual", "cross_attn_residual", "out"}
 _LAYOUT = re.compile(r"reshape|transpose|permute|squeeze|view|flatten|cast|broadcast|rebind|contig|to_copy|float|half")
 DEPTH = 8
 
 
-def _suffix(name: str) -> tuple[str, str]:
-    m = re.match(r"(blocks\.\d+\.)(.+)", name)
+_PREFIX = re.compile(r"((?:decoder\.)?blocks\.\d+\.|decoder\.)(.+)")
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(prefix, op): "decoder.blocks.0.attn.q" -> ("decoder.blocks.0.", "attn.q"); "blocks.1.out" ->
+    ("blocks.1.", "out"); "decoder.pos_embed" -> ("decoder.", "pos_embed"); "conv1" -> ("", "conv1")."""
+    m = _PREFIX.match(name)
     return (m.group(1), m.group(2)) if m else ("", name)
 
 
 def input_of(name: str) -> str | None:
-    """The canonical op that canonical op `name` reads, in the same block (CONSUMES); None if it reads none."""
-    block, suffix = _suffix(name)
-    return block + CONSUMES[suffix] if suffix in CONSUMES else None
+    """The canonical op that canonical op `name` reads, in the same block (CONSUMES, or DECODER_CONSUMES for
+    a decoder op); None if it reads none."""
+    prefix, suffix = split_name(name)
+    table = DECODER_CONSUMES if prefix.startswith("decoder.") else CONSUMES
+    return prefix + table[suffix] if suffix in table else None
 
 
 def _layout(c) -> bool:
@@ -157,9 +174,9 @@ def confirm_by_dataflow(amap, captured, values: dict | None, specs, reference=No
         stream = frozenset(
             by_key[m.key].index
             for m in matches.values()
-            if m.key in by_key and _suffix(m.name)[1] in ("pos_embed", "out")
+            if m.key in by_key and split_name(m.name)[1] in ("pos_embed", "out")
         )
-        read = structural_input(by_key[consumer.key], _suffix(spec.name)[1], by_index, stream)
+        read = structural_input(by_key[consumer.key], split_name(spec.name)[1], by_index, stream)
         if current is not None and any(c.key == current.key for c in read):
             continue  # structure confirms the match
         fits = [
@@ -176,10 +193,11 @@ def confirm_by_dataflow(amap, captured, values: dict | None, specs, reference=No
         chosen = fits[0]
         if current is not None and current.basis == "value" and not descends(chosen, by_key.get(current.key), by_index):
             continue  # agreement is only overridden by a value computed from the agreeing one (a bug after it)
-        view, layout = layout_view(shape_of[producer], chosen.shape)
+        ref = np.asarray(reference[producer]) if reference is not None and producer in reference else None
+        view, layout = pick_view(shape_of[producer], chosen, ref, values)
         rel = None
-        if reference is not None and values is not None and producer in reference:
-            rel = rel_l2(np.asarray(reference[producer]), view(np.asarray(values[chosen.key])))
+        if ref is not None and values is not None:
+            rel = rel_l2(ref, view(np.asarray(values[chosen.key])))
         new = replace(
             consumer,
             name=producer,

@@ -217,6 +217,14 @@ def trace_decoder_command(
     full: Annotated[
         bool, typer.Option("--full", help="One full-sequence step instead of the KV cache, token by token.")
     ] = False,
+    mark_all: Annotated[
+        bool,
+        typer.Option(
+            "--mark-all",
+            help="Hands-off: capture every torch op your decoder port (--impl FILE.py:FACTORY) runs and align "
+            "it to the canonical ops step by step, by value against the --tokens-from trace, else by structure.",
+        ),
+    ] = False,
 ):
     """Teacher-force a decoder on one token sequence, position by position, and save every decoder op."""
     from whisperdiff.capture.decoder import trace_decoder
@@ -247,6 +255,8 @@ def trace_decoder_command(
         inject=inject,
         encoder_inject=encoder_inject,
         incremental=not full,
+        mark_all=mark_all,
+        reference=tokens_from if mark_all else None,
     )
     d = result.manifest["decoder"]
     forced_next = d["tokens"][1:]
@@ -257,6 +267,11 @@ def trace_decoder_command(
         highlight=False,
     )
     out.print(f"tokens: {d['tokens']}  [dim]({escape_markup(d['token_source'])})[/]", highlight=False)
+    capture = (result.manifest.get("runner") or {}).get("capture")
+    if capture:
+        out.print(escape_markup(capture["summary"]), highlight=False)
+        if capture["unmatched"]:
+            out.print(f"not aligned: {escape_markup(', '.join(capture['unmatched']))}", highlight=False)
     out.print(
         f"own argmax = next forced token at {agree} of {len(forced_next)} positions; smallest logit margin "
         f"{min((m for m in d['margin'][:-1] or d['margin'] if m is not None), default=float('nan')):.3g}",
