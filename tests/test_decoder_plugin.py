@@ -133,3 +133,45 @@ def test_mark_all_errors(reference, tmp_path):
     with pytest.raises(wd.WhisperdiffError, match="other tokens"):
         trace_decoder(f"{PLUGIN}:make", tokens=shorter, mark_all=True, reference=reference, out=tmp_path / "c")
     assert not any((tmp_path / d).exists() for d in "abc")
+
+
+HELD_APART = Path(__file__).parents[1] / "benchmarks" / "handsoff_decoder_ports.py"
+
+
+@pytest.mark.parametrize(
+    "bug,kind",
+    [
+        ("cross-residual-dropped", "missing_residual"),
+        ("head-zeroed", "head_missing"),
+        ("fc2-float16", "precision"),
+        ("cache-k-stale", "kv_cache"),
+        ("no-causal-mask", "attention_mask"),
+    ],
+)
+def test_mark_all_on_held_apart_decoder_bugs(reference, tmp_path, bug, kind):
+    """Bugs from the set written apart from the alignment code (benchmarks/handsoff_decoder_ports.py, the whole
+    set scored by benchmarks/handsoff_decoder.py): hands-off, the first divergence is at the planted op (or its
+    declared alternate) and position, no finding comes before it, the first names the cause, and check fails.
+    The port's sdpa never computes probabilities: a cache written wrong for the keys alone, or a prompt step
+    without its causal mask, is found by replaying attn.wv from B's own q, k and v."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("handsoff_decoder_ports", HELD_APART)
+    ports = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ports)
+    planted = ports.BUGS[bug]
+    out = tmp_path / bug
+    run_cli(
+        *("trace-decoder", "--impl", f"{HELD_APART}:make", "--mark-all", "-o", str(out)),
+        *("--tokens-from", str(reference.path)),
+        env={"WD_HF_DECODER_BUG": bug},
+        check=True,
+    )
+    c = wd.compare(reference, out)
+    first = c.decoder["first_divergence"]
+    assert first["op"] in [planted["op"], *planted["alternates"]], first
+    assert planted["position"] is None or first["position"] == planted["position"], first
+    order = [r.op for r in c.ops]
+    assert all(order.index(f.op) >= order.index(first["op"]) for f in c.findings if f.severity != "info")
+    assert c.findings[0].kind == kind, c.findings[0].message
+    assert not wd.check(reference, out, wd.load_tolerances("float32")).passed

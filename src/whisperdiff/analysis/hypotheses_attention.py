@@ -152,6 +152,15 @@ def _causal_hypotheses(rp, recipe, run, qkv, e, out, add):
         where=~torch.isnan(hides),
     )
     prompt = recipe.params.get("prompt_length")
+    if prompt and 1 < prompt <= min(t_q, t_k):  # one-token steps need no mask; the prompt step, fed at once, does
+        unmasked = causal_mask(torch, t_q, t_k)
+        unmasked[:prompt, :prompt] = 0.0
+        add(
+            "attention_mask",
+            f"no causal mask in the prompt step: its {prompt} positions, fed at once, also see the later ones "
+            "(the one-token steps after it need none)",
+            run(mask=unmasked),
+        )
     if not prompt or t_q != t_k or t_q <= prompt:
         return
     axis = -2 if out.ndim == 4 else 1  # the query (token position) axis
@@ -160,6 +169,13 @@ def _causal_hypotheses(rp, recipe, run, qkv, e, out, add):
         return
     for label, slots in _cache_layouts(prompt, t_q, bad[0]).items():
         add("kv_cache", label, _rows_with_slots(rp, run, qkv, slots, t_q), slots=label)
+        for only in ("keys", "values"):  # a cache written wrong for one of the two
+            add(
+                "kv_cache",
+                f"{label}, for the {only} only",
+                _rows_with_slots(rp, run, qkv, slots, t_q, only),
+                slots=label,
+            )
 
 
 def _cache_layouts(prompt: int, n: int, first_bad: int) -> dict[str, list[list[int]]]:
@@ -182,8 +198,10 @@ def _cache_layouts(prompt: int, n: int, first_bad: int) -> dict[str, list[list[i
             f"KV cache: {what} is missing from the cache (never stored): later steps read the other entries, "
             "each one slot earlier"
         ] = dropped
-    over, ahead, behind = ([row[:] for row in ok] for _ in range(3))
+    over, ahead, behind, stale = ([row[:] for row in ok] for _ in range(4))
     for r in range(prompt, n):
+        for j in range(prompt, r + 1):
+            stale[r][j] = j - 1
         for j in range(max(prompt - 1, 0), r):
             over[r][j] = j + 1 if j + 1 >= prompt else j
         ahead[r][prompt] = -1
@@ -197,11 +215,15 @@ def _cache_layouts(prompt: int, n: int, first_bad: int) -> dict[str, list[list[i
     )
     found["KV cache: each step writes its entry at slot p + 1 (one ahead) and reads slots 0..p"] = ahead
     found["KV cache: each step writes its entry at slot p - 1 (one behind) and reads slots 0..p"] = behind
+    found["KV cache: slot p holds the entry of position p - 1 (each step stores the previous step's, not its own)"] = (
+        stale
+    )
     return found
 
 
-def _rows_with_slots(rp, run, qkv, slots, n):
-    """Each row replayed on the keys/values its cache slots hold (zeros where nothing was stored)."""
+def _rows_with_slots(rp, run, qkv, slots, n, only: str | None = None):
+    """Each row replayed on the keys/values its cache slots hold (zeros where nothing was stored). only:
+    "keys" or "values", the other read right (slot j holds position j)."""
     torch = rp.torch
     rows = []
     for r in range(n):
@@ -214,8 +236,13 @@ def _rows_with_slots(rp, run, qkv, slots, n):
         def pick(t, idx=idx, zero=zero):
             return None if t is None else torch.where(zero[None, :, None], 0.0, t[:, idx])
 
+        def right(t, keep=keep):
+            return None if t is None else t[:, torch.tensor(keep)]
+
         q, k, v = qkv
-        rows.append(run(q=q[:, r : r + 1], k=pick(k), v=pick(v), mask=mask))
+        k = right(k) if only == "values" else pick(k)
+        v = right(v) if only == "keys" else pick(v)
+        rows.append(run(q=q[:, r : r + 1], k=k, v=v, mask=mask))
     return _scatter_rows(torch, rows, slots, n)
 
 
