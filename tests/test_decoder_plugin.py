@@ -175,3 +175,30 @@ def test_mark_all_on_held_apart_decoder_bugs(reference, tmp_path, bug, kind):
     assert all(order.index(f.op) >= order.index(first["op"]) for f in c.findings if f.severity != "info")
     assert c.findings[0].kind == kind, c.findings[0].message
     assert not wd.check(reference, out, wd.load_tolerances("float32")).passed
+
+
+def test_mark_all_on_a_decoder_object_from_a_notebook(reference, tmp_path):
+    """The same hands-off capture from Python, on the port object itself (no factory file)."""
+    import importlib.util
+
+    from whisperdiff.inputs.models import load_model
+
+    spec = importlib.util.spec_from_file_location("hf_decoder_plugin", PLUGIN)
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    model = load_model(None)
+    tokens = reference.manifest["decoder"]["tokens"]
+    mine = trace_decoder(
+        "hf decoder (notebook)",
+        model=model,
+        decoder=plugin.HFDecoder(model),
+        mark_all=True,
+        reference=reference,
+        tokens=tokens,
+        out=tmp_path / "nb",
+    )
+    assert mine.manifest["runner"]["capture"]["unmatched"] == [f"decoder.blocks.{i}.attn.weights" for i in range(4)]
+    assert wd.compare(reference, mine).first_divergence is None
+    with pytest.raises(wd.WhisperdiffError, match="mark_all=True"):
+        trace_decoder("x", model=model, decoder=plugin.HFDecoder(model), tokens=tokens, out=tmp_path / "no")
+    assert not (tmp_path / "no").exists()

@@ -206,6 +206,7 @@ def trace_decoder(
     runner=None,
     mark_all: bool = False,
     reference=None,
+    decoder=None,
 ):
     """Teacher-force decoder `impl` on the encoder output of `encoder` for one input window.
 
@@ -215,7 +216,8 @@ def trace_decoder(
     already built for these taps (its compiled graph is reused). mark_all: `impl` is a torch decoder port
     that names nothing; every op it runs is captured and aligned step by step (decoder_capture.py), by
     value against `reference` (a decoder trace, or its path, teacher-forced on the same tokens and
-    encoder output) where given, else by structure."""
+    encoder output) where given, else by structure. decoder: with mark_all, the port object itself (start,
+    step: capture/plugin.py; from a notebook), `impl` its name."""
     from whisperdiff.capture.faults import get_faults
     from whisperdiff.inputs.audio import prepare_input
     from whisperdiff.inputs.models import LoadedModel, load_model
@@ -223,7 +225,10 @@ def trace_decoder(
     started, t0 = datetime.now(UTC), time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     faults = get_faults(inject, part="decoder")
-    decoder_runner_class(impl, faults)  # an unknown impl, or faults it cannot take: say so before any work
+    if decoder is not None and not mark_all:
+        raise WhisperdiffError("decoder= is traced hands-off: pass mark_all=True too (or give --impl a factory)")
+    if decoder is None:
+        decoder_runner_class(impl, faults)  # an unknown impl, or faults it cannot take: say so before any work
     enc_faults = get_faults(encoder_inject)
     encoder_input = prepare_input(loaded.dims.n_mels, audio=audio)
     if features is None:
@@ -255,7 +260,9 @@ def trace_decoder(
                 f"--mark-all captures a decoder port you wrote (file.py:factory); {impl} is traced with its own taps"
             )
         reference = _alignment_reference(reference, sequence, features)
-        runner = CapturedDecoderRunner(impl, loaded, taps=tap_names, faults=faults, reference=reference)
+        runner = CapturedDecoderRunner(
+            impl, loaded, taps=tap_names, faults=faults, reference=reference, decoder=decoder
+        )
     runner = runner or make_decoder_runner(impl, loaded, taps=tap_names, faults=faults)
     if out is None:
         safe = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in Path(impl.split(":")[0]).stem or impl)

@@ -77,13 +77,13 @@ class CapturedDecoderRunner:
     takes_faults = False
     records_what_it_records = True  # the trace holds the ops aligned at every step
 
-    def __init__(self, spec: str, model, *, taps=None, faults=(), device: str = "cpu", reference=None):
+    def __init__(self, spec: str, model, *, taps=None, faults=(), device: str = "cpu", reference=None, decoder=None):
         from whisperdiff.capture.plugin import PluginDecoderRunner
         from whisperdiff.capture.torch_capture import TorchCapture
 
         if faults:
             raise WhisperdiffError("decoder faults are run-time switches of the MAX decoder; a port has its own bugs")
-        self.port = PluginDecoderRunner(spec, model, device=device)
+        self.port = PluginDecoderRunner(spec, model, device=device, decoder=decoder)
         self.impl, self.dims = spec, model.dims
         self.taps = set(taps) if taps is not None else None
         module = _torch_module(self.port.decoder)

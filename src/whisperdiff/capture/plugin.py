@@ -116,14 +116,19 @@ class PluginDecoderRunner:
     takes_faults = False
     records_what_it_records = True
 
-    def __init__(self, spec: str, model, *, taps=None, faults=(), device: str = "cpu", dtype: str = "float32"):
+    def __init__(
+        self, spec: str, model, *, taps=None, faults=(), device: str = "cpu", dtype: str = "float32", decoder=None
+    ):
+        """decoder: the decoder object itself (from a notebook), named `spec`; else the factory `spec` makes it."""
         self.impl, self.device, self.dtype = spec, ("cpu" if device == "auto" else device), dtype
         self.taps = set(taps) if taps is not None else None
-        factory = load_factory(spec)
-        try:
-            self.decoder = factory(model, device=self.device, dtype=dtype)
-        except Exception as e:
-            raise WhisperdiffError(f"--impl {spec}: the factory failed ({type(e).__name__}: {e})") from None
+        if decoder is None:
+            factory = load_factory(spec)
+            try:
+                decoder = factory(model, device=self.device, dtype=dtype)
+            except Exception as e:
+                raise WhisperdiffError(f"--impl {spec}: the factory failed ({type(e).__name__}: {e})") from None
+        self.decoder = decoder
         missing = [m for m in ("start", "step") if not callable(getattr(self.decoder, m, None))]
         if missing:
             raise WhisperdiffError(
