@@ -294,7 +294,9 @@ def main(argv=None) -> int:
         try:
             rows.append(run_case(bug, ref, order, args.tolerances, args.reuse))
         except FlagRejected as e:
-            print(f"error: whisperdiff trace-decoder rejects --mark-all (hands-off decoder capture not there yet): {e}")
+            print(
+                f"error: whisperdiff trace-decoder rejects --mark-all (this whisperdiff predates the hands-off decoder capture): {e}"
+            )
             return 2
         r = rows[-1]
         print(f"done {bug}: {_where(r.get('first_op'), r.get('first_position'))} ({r.get('trace_s')} s)", flush=True)

@@ -363,20 +363,16 @@ def compare(
             "trace B with --taps all"
         )
     if not_aligned:
+        if isinstance(capture, dict) and "steps" in capture:  # a decoder captured step by step has no map file
+            advice = "a decoder port captured step by step: name them with record() in its step (capture/plugin.py)"
+            if any(n.endswith("attn.weights") for n in not_aligned):
+                advice += "; a fused attention (sdpa) never computes its probabilities, so attn.weights has no value"
+        else:
+            advice = "name them in the map's [ops] section and pass it back (docs/ports.md)"
         warnings.append(
             f"{len(not_aligned)} ops of A were not aligned to any value of B's capture (no captured value of "
             f"their shape and kind was left between their neighbours): {', '.join(not_aligned[:4])}"
-            f"{', ...' if len(not_aligned) > 4 else ''}; "
-            + (
-                "a decoder port captured step by step: name them with record() in its step (capture/plugin.py)"
-                + (
-                    "; a fused attention (sdpa) never computes its probabilities, so attn.weights has no value"
-                    if any(n.endswith("attn.weights") for n in not_aligned)
-                    else ""
-                )
-                if isinstance(capture, dict) and "steps" in capture
-                else "name them in the map's [ops] section and pass it back (docs/ports.md)"
-            )
+            f"{', ...' if len(not_aligned) > 4 else ''}; {advice}"
         )
     if capture:
         op_findings.extend(port_output_findings(capture, rel_l2_of))

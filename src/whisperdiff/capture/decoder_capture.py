@@ -30,9 +30,9 @@ def step_specs(dims, start: int, length: int, recomputed: bool = False) -> list:
     `length`, self-attention keys run to start+length; cross-attention K/V only at the first step. Without
     the decoder's input, its logits (the port's output) and the optional ops. recomputed: a port with no
     KV cache, which computes every position so far at each step (P = start+length)."""
-    specs = []
     if recomputed:
         return [s for s in step_specs(dims, 0, start + length) if start == 0 or position_axis(s.layout) is not None]
+    specs = []
     for s in decoder_op_specs(dims, length):
         if s.name in (DECODER_INPUT, "decoder.logits") or s.optional:
             continue

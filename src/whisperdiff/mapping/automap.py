@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from whisperdiff.mapping.align import layout_view, layout_views, pick_view
+from whisperdiff.mapping.align import layout_view, pick_view
 from whisperdiff.mapping.dataflow import (
     BRANCH,
     confirm_by_dataflow,
@@ -280,15 +280,9 @@ def automap(
         if match is None and ref is not None and pool:
             scored = []
             for c in pool:
-                try:  # under each layout the shape allows (two, where it cannot say): the closest
-                    scored.append(
-                        (
-                            min(
-                                rel_l2(ref, v(np.asarray(values[c.key]))) for v, _ in layout_views(spec.shape, c.shape)
-                            ),
-                            c,
-                        )
-                    )
+                try:  # under the layout closest to the reference (of two, where the shape cannot say)
+                    view = pick_view(spec.shape, c, ref, values)[0]
+                    scored.append((rel_l2(ref, view(np.asarray(values[c.key]))), c))
                 except ValueError:
                     continue
             if scored:
@@ -309,12 +303,13 @@ def automap(
                         match = (c, "pattern", 0.8, None)
                     break
         if match is None:
+            read = _read(spec.name, matches)
             fits = [
                 c
                 for c in pool
                 if _kind_fits(spec.name, c)
-                and _computed_from(c, _read(spec.name, matches))
-                and (suffix not in BRANCH or _adds_branch(c, _read(spec.name, matches)))
+                and _computed_from(c, read)
+                and (suffix not in BRANCH or _adds_branch(c, read))
                 and not (suffix in _PROJECTIONS and not _projects(c))
             ]
             if fits:
