@@ -1,28 +1,35 @@
-"""Mark all for a decoder port: trace a torch decoder you wrote, hands-off, by (op, token position).
+"""Mark all for a decoder port: trace a torch or MAX decoder you wrote, hands-off, by (op, token position).
 
     whisperdiff trace-decoder --impl my_decoder.py:make --mark-all --tokens-from traces/dec-torch -o traces/dec-mine
 
 The port is a decoder plugin (capture/plugin.py: start(features), step(tokens) -> logits, with its own KV
-cache or none) that names nothing. Each step runs inside a torch capture (torch_capture.py: every torch op,
-with its module path and file:line), and automap says which captured value is which canonical decoder op,
+cache or none) that names nothing. Each step runs inside a capture: torch_capture.py (every torch op, with its
+module path and file:line) for a port that holds a torch module, else graphs_capture.py (every value of each
+MAX graph the port builds, compiles and executes itself, from its making on). automap says which captured
+value is which canonical decoder op,
 with specs shaped for the positions that step computes (P = the step's tokens, P_k = every position so
 far). The reference, where given (the `--tokens-from` trace, teacher-forced on the same tokens and the same
 encoder output), is sliced to the same positions, so value agreement works step by step; structure decides
 where values disagree. Cross-attention K and V are aligned at the first step only (computed once).
 
-What the port returns is always its `decoder.logits`; an op a plugin names itself (record) is taken as named.
+What the port returns is always its `decoder.logits`; where that is a captured value, the value it reads is
+`decoder.ln` (dataflow). An op a plugin names itself (record) is taken as named.
 An op aligned at some steps but not all is left out of the trace and listed as not aligned, with the steps
 that missed it, so compare says "not aligned", never "not traced".
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import replace
 
 import numpy as np
 
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.names import DECODER_INPUT, decoder_op_specs, position_axis
+
+GRAPHS = "its MAX graphs"
+LOGITS = "decoder.logits"
 
 
 def step_specs(dims, start: int, length: int, recomputed: bool = False) -> list:
@@ -78,23 +85,22 @@ class CapturedDecoderRunner:
     records_what_it_records = True  # the trace holds the ops aligned at every step
 
     def __init__(self, spec: str, model, *, taps=None, faults=(), device: str = "cpu", reference=None, decoder=None):
+        from whisperdiff.capture.graphs_capture import GraphsCapture
         from whisperdiff.capture.plugin import PluginDecoderRunner
         from whisperdiff.capture.torch_capture import TorchCapture
 
         if faults:
             raise WhisperdiffError("decoder faults are run-time switches of the MAX decoder; a port has its own bugs")
-        self.port = PluginDecoderRunner(spec, model, device=device, decoder=decoder)
+        graphs = GraphsCapture(_weight_shapes(model.dims))
+        with graphs:  # a MAX port may build and compile its graphs as it is made
+            self.port = PluginDecoderRunner(spec, model, device=device, decoder=decoder)
         self.impl, self.dims = spec, model.dims
         self.taps = set(taps) if taps is not None else None
         module = _torch_module(self.port.decoder)
-        if module is None:
-            raise WhisperdiffError(
-                f"--impl {spec} --mark-all: the factory's result holds no torch.nn.Module (as itself or an "
-                "attribute), and --mark-all captures torch decoders; name the ops with record() instead "
-                "(capture/plugin.py)"
-            )
-        self.module = module
-        self.cap = TorchCapture(module)
+        if module is not None:
+            self.cap, self.kind = TorchCapture(module), type(module).__name__
+        else:  # no torch module: the MAX graphs it builds and runs
+            self.cap, self.kind = graphs, GRAPHS
         self.reference = reference
         self.position = 0
         self.steps: list[dict] = []  # per step: positions, what was aligned and what was not
@@ -104,17 +110,21 @@ class CapturedDecoderRunner:
         return {
             "device": self.port.device,
             "dtype": self.port.dtype,
-            "decoder": f"{self.impl} (plugin, captured: mark_all on {type(self.module).__name__})",
+            "decoder": f"{self.impl} (plugin, captured: mark_all on {self.kind})",
         }
 
     def start(self, features: np.ndarray) -> None:
-        if self.cap.train_mode():
+        if self.train_mode():
             raise WhisperdiffError(
-                f"--impl {self.impl}: the decoder module is in train mode ({', '.join(self.cap.train_mode()[:3])}): "
+                f"--impl {self.impl}: the decoder module is in train mode ({', '.join(self.train_mode()[:3])}): "
                 "its dropout makes every run different; call .eval() in the factory"
             )
-        self.port.start(features)
+        with self.cap if self.kind == GRAPHS else nullcontext():  # a MAX port may run a graph here (cross K/V)
+            self.port.start(features)
         self.position = 0
+
+    def train_mode(self) -> list[str]:
+        return self.cap.train_mode() if hasattr(self.cap, "train_mode") else []
 
     def step(self, tokens: np.ndarray, record=None) -> np.ndarray:
         import torch
@@ -131,12 +141,27 @@ class CapturedDecoderRunner:
 
         self.cap.run(execute, None)
         logits, values, start = out[0], self.cap.named(), self.position
+        if not values and getattr(self.cap, "runs", None) == 0:
+            raise WhisperdiffError(
+                f"--impl {self.impl} --mark-all: the port holds no torch.nn.Module and ran no MAX graph built while "
+                "whisperdiff captured it; build and compile its graphs in the factory or in start()/step() "
+                "(not before), or name the ops with record() (capture/plugin.py)"
+            )
+
+        # the value the port returned as its logits, where it is a captured one: what decoder.ln feeds (dataflow)
+        own = next((k for k, v in values.items() if v.shape == logits.shape and np.array_equal(v, logits)), None)
 
         def align(recomputed: bool):
             specs = [s for s in step_specs(self.dims, start, length, recomputed) if s.name not in named]
             first = 0 if recomputed else start
             reference = reference_slice(self.reference, specs, first, start + length - first)
-            return automap(self.cap.values, values, reference=reference, specs=specs), specs
+            bound = {LOGITS: own} if own is not None and not recomputed else None
+            if bound:
+                specs.append(next(s for s in decoder_op_specs(self.dims, length) if s.name == LOGITS))
+            amap = automap(self.cap.values, values, reference=reference, specs=specs, saved=bound)
+            amap.matches = [m for m in amap.matches if m.name != LOGITS]  # (its value is what step returned)
+            amap.unmatched = [n for n in amap.unmatched if n != LOGITS]
+            return amap, [s for s in specs if s.name != LOGITS]
 
         amap, specs = align(False)
         recomputed = False
@@ -194,6 +219,12 @@ class CapturedDecoderRunner:
             "steps": [{k: s[k] for k in ("positions", "recomputed", "aligned", "unmatched")} for s in self.steps],
             "train_mode": [],
         }
+
+
+def _weight_shapes(dims) -> list[tuple]:
+    """The shapes of the decoder's checkpoint tensors (a graph input of one of them is a weight fed as input)."""
+    c, v = dims.n_text_state, dims.n_vocab
+    return [(v, c), (dims.n_text_ctx, c), (c, c), (c,), (4 * c, c), (4 * c,), (3 * c, c), (3 * c,)]
 
 
 def _ranges(starts: list[int]) -> str:

@@ -105,6 +105,8 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
     select, dims: when given, the chosen values are appended to whatever the code passes to
     `graph.output(...)` (for a build function that calls it itself); `n_outputs` is then its own count."""
 
+    empty_is_error = True
+
     def __init__(self, module=None, *, select: str | list[str] | None = None, dims=None):
         self.module = module
         self._select, self._dims = select, dims
@@ -121,6 +123,8 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         self.calls: list[tuple[str, object, tuple, object]] = []  # (module path, layer, args, outputs)
         self.output_keys: list[str | None] = []  # what the code itself passed to graph.output, by key
         self._inputs_of_graph: dict[int, set] = {}
+        self._ids: set = set()  # integer values of the run (token ids fed as graph inputs, and what reads them)
+        self._id_graphs: set[int] = set()
 
     # --- recording --------------------------------------------------------------------------------
     def _where(self) -> tuple[str, str]:
@@ -152,6 +156,15 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
             self._inputs_of_graph[id(graph)] = keys - {None}
         return self._inputs_of_graph[id(graph)]
 
+    def _id_inputs(self, graph) -> None:
+        """The graph's integer inputs are values of the run (token ids): a lookup by them is no weight."""
+        if graph is not None and id(graph) not in self._id_graphs:
+            self._id_graphs.add(id(graph))
+            try:
+                self._ids.update(v.tensor._mlir_value for v in graph.inputs if "int" in str(v.tensor.dtype).lower())
+            except Exception:  # noqa: BLE001 - inputs that are not tensors: no ids
+                pass
+
     def _record(self, op, args, kwargs, results, graph=None):
         if not self._recording:
             return
@@ -162,6 +175,8 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         name = _op_name(op)
         operands = list(args) + list(kwargs.values())
         operands += [x for a in operands if isinstance(a, list | tuple) for x in a]  # concat([...]) and the like
+        self._id_inputs(graph)
+        indexed = any(_key(a) is not None and _key(a) in self._ids for a in operands)
         seen = [(a, self._by_id.get(_key(a))) for a in operands]
         reads = list(dict.fromkeys(c.index for _, c in seen if c is not None and not c.weight_only))
         # weights: Weight objects, and values made from weights and constants alone (a transposed filter);
@@ -180,10 +195,12 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
             and _key(a) not in fed
             and str(a.dtype).removeprefix("DType.").startswith(("float", "bf"))  # (not indices or masks)
         ]
-        weight_only = not others and (name.startswith("constant") or name == "weight" or bool(weights))
+        weight_only = not others and not indexed and (name.startswith("constant") or name == "weight" or bool(weights))
         for result in results:
             if not isinstance(result, TensorValue):
                 continue
+            if indexed and not str(result.dtype).removeprefix("DType.").startswith(("float", "bf")):
+                self._ids.add(_key(result))
             c = Captured(
                 len(self.values),
                 value_key(self._counts, module, name),
@@ -254,13 +271,7 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         output = Graph.output
 
         def graph_output(graph, *values):
-            if me._recording:  # the port's own outputs: always compared (trace_captured)
-                me.output_keys = [getattr(me._by_id.get(_key(v)), "key", None) for v in values]
-            if me._select is not None and me._recording:
-                me.n_outputs = len(values)
-                values = (*values, *me.outputs(me._select, me._dims))
-            me._recording = False  # the graph is finished
-            return output(graph, *values)
+            return output(graph, *me._graph_outputs(graph, values))
 
         self._saved = (generated, with_results, output)
         Graph._add_op_generated, Graph._add_op_get_op_with_results = _add_op_generated, _add_op_get_op_with_results
@@ -268,6 +279,16 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         add_layer_hook(self._layer_hook)
         self._recording = True
         return self
+
+    def _graph_outputs(self, graph, values: tuple) -> tuple:
+        """What the graph returns: the code's own outputs, then (with `select`) the chosen values."""
+        if self._recording:  # the port's own outputs: always compared (trace_captured)
+            self.output_keys = [getattr(self._by_id.get(_key(v)), "key", None) for v in values]
+        if self._select is not None and self._recording:
+            self.n_outputs = len(values)
+            values = (*values, *self.outputs(self._select, self._dims))
+        self._recording = False  # the graph is finished
+        return values
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         from max.graph import Graph
@@ -282,7 +303,7 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         if exc is not None and not isinstance(exc, KeyboardInterrupt | WhisperdiffError):
             self.error = exc
             self.error_tb = tb
-        if exc is None and not self.values:  # never a silent empty capture
+        if exc is None and not self.values and self.empty_is_error:  # never a silent empty capture
             raise WhisperdiffError(
                 "mark_all recorded no MAX op: build the graph (call your module on graph.inputs) inside the "
                 "with block; for a torch module, pass the module to trace_captured"

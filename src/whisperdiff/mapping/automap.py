@@ -243,7 +243,11 @@ def automap(
         source = by_key.get(read.key) if read is not None else None
         if by_index is None or source is None or c.op != "add":
             return True
-        branch = [i for i in c.operands if i in by_index and source in through_layout(by_index[i], by_index)]
+        branch = [  # (by index: the candidate is a copy with the shape it ran with)
+            i
+            for i in c.operands
+            if i in by_index and source.index in {x.index for x in through_layout(by_index[i], by_index)}
+        ]
         return bool(branch) and all(i < source.index for i in c.operands if i not in branch)
 
     def _computed_from(c, read: OpMatch | None) -> bool:

@@ -51,6 +51,7 @@ DECODER_CONSUMES = CONSUMES | {
     "cross_attn.out": "cross_attn.wv",
     "cross_attn_residual": "cross_attn.out",
     "mlp_ln": "cross_attn_residual",
+    "logits": "ln",
 }
 # what a consumer that is a residual add reads from its branch (the other operand is the stream)
 BRANCH = {"attn_residual", "cross_attn_residual", "out"}
