@@ -1,6 +1,9 @@
-"""Score whisperdiff's hands-off decoder alignment on the planted bugs of benchmarks/handsoff_decoder_ports.py.
+"""Score whisperdiff's hands-off decoder alignment on planted bugs: benchmarks/handsoff_decoder_ports.py
+(`--ports hf`, transformers' WhisperDecoder, WD_HF_DECODER_BUG) or benchmarks/max_decoder_ports.py (`--ports max`,
+a MAX Graph decoder class from raw ops with its own KV cache, WD_MAX_DECODER_BUG), both written apart from the
+alignment code.
 
-For each variant (transformers' WhisperDecoder, clean or with one porting bug, chosen by WD_HF_DECODER_BUG):
+For each variant (clean or with one porting bug, chosen by the set's environment variable):
 
     WD_HF_DECODER_BUG=NAME whisperdiff trace-decoder --impl benchmarks/handsoff_decoder_ports.py:make \\
         --mark-all --tokens-from REF -o traces/handsoff-decoder/NAME
@@ -20,11 +23,13 @@ Per case:
 
     python benchmarks/handsoff_decoder.py                                 # every variant, one at a time
     python benchmarks/handsoff_decoder.py --bugs clean,cache-k-stale --json reports/handsoff_decoder.json
+    python benchmarks/handsoff_decoder.py --ports max                     # each variant a MAX compile (1-3 min)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import re
@@ -38,11 +43,22 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from handsoff_decoder_ports import BUGS  # noqa: E402
+# --ports NAME: (the module of variants, the environment variable that picks one, the traces' folder, what it is)
+PORT_SETS = {
+    "hf": ("handsoff_decoder_ports", "WD_HF_DECODER_BUG", "handsoff-decoder", "transformers' WhisperDecoder"),
+    "max": ("max_decoder_ports", "WD_MAX_DECODER_BUG", "handsoff-max-decoder", "a MAX Graph decoder class"),
+}
+REF = ROOT / "traces" / "handsoff-decoder" / "ref"
+BUGS: dict = {}
+PORTS, VARIABLE, OUT, TITLE = None, None, None, None
 
-PORTS = HERE / "handsoff_decoder_ports.py"
-OUT = ROOT / "traces" / "handsoff-decoder"
-REF = OUT / "ref"
+
+def use_ports(name: str) -> None:
+    """Score the variants of PORT_SETS[name]."""
+    global BUGS, PORTS, VARIABLE, OUT, TITLE
+    module, VARIABLE, folder, TITLE = PORT_SETS[name]
+    BUGS = importlib.import_module(module).BUGS
+    PORTS, OUT = HERE / f"{module}.py", ROOT / "traces" / folder
 
 
 class FlagRejected(Exception):
@@ -94,7 +110,7 @@ def trace(bug: str, ref: Path, out: Path, reuse: bool = False) -> tuple[float, s
     impl = f"{PORTS.relative_to(ROOT) if PORTS.is_relative_to(ROOT) else PORTS}:make"
     cmd = [whisperdiff_exe(), "trace-decoder", "--impl", impl, "--mark-all", "--tokens-from", str(ref), "-o", str(out)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, WD_HF_DECODER_BUG=bug))
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, **{VARIABLE: bug}))
     secs = time.perf_counter() - t0
     if proc.returncode != 0:
         text = f"{proc.stderr}\n{proc.stdout}"
@@ -248,9 +264,7 @@ def print_table(rows: list[dict], width: int = 100) -> None:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
         print(totals)
     else:
-        table = Table(
-            title="whisperdiff hands-off decoder (transformers' WhisperDecoder, planted bugs)", show_lines=True
-        )
+        table = Table(title=f"whisperdiff hands-off decoder ({TITLE}, planted bugs)", show_lines=True)
         for c in cols:
             table.add_column(c, overflow="fold")
         for row in cells:
@@ -274,12 +288,14 @@ def print_table(rows: list[dict], width: int = 100) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bugs", default=None, help=f"variants, comma-separated (default all): {', '.join(BUGS)}")
+    parser.add_argument("--ports", default="hf", choices=list(PORT_SETS), help="which set of ports (default hf)")
+    parser.add_argument("--bugs", default=None, help="variants, comma-separated (default all)")
     parser.add_argument("--ref", default=str(REF), help="reference decoder trace (traced with --impl torch if missing)")
     parser.add_argument("--tolerances", default="float32", help="for `whisperdiff check` (default float32)")
-    parser.add_argument("--reuse", action="store_true", help="score traces already under traces/handsoff-decoder")
+    parser.add_argument("--reuse", action="store_true", help="score traces already there (traces/handsoff-*)")
     parser.add_argument("--json", default=None, help="write every row (findings included) here")
     args = parser.parse_args(argv)
+    use_ports(args.ports)
 
     bugs = [b.strip() for b in args.bugs.split(",") if b.strip()] if args.bugs else list(BUGS)
     for b in bugs:

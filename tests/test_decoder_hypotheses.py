@@ -92,6 +92,23 @@ def test_self_attention_mask_and_kv_cache_bugs_are_told_apart_by_replay(rp, bug)
     assert "one short" not in text and "no causal mask" not in text
 
 
+def test_keys_and_values_swapped_in_the_kv_cache_at_every_step_are_named_with_b_own_values(rp):
+    """A port that unpacks the cache a step returns as (values, keys): an entry is read swapped after an odd
+    number of steps since it was written. Probabilities have no V of their own: B's recorded attn.v is used."""
+    q, k, v = qkv(rp)
+    d, out = rp.dims.n_text_state // rp.n_head, torch.zeros(1, rp.n_head, P, P)
+    for r in range(P):
+        step = 0 if r < PROMPT else r - PROMPT + 1
+        written = [0 if j < PROMPT else j - PROMPT + 1 for j in range(r + 1)]
+        kk = torch.stack([(v if w != step and (step - w) % 2 else k)[0, j] for j, w in enumerate(written)])
+        for h in range(rp.n_head):
+            s = q[0, r, h * d : (h + 1) * d] @ kk[:, h * d : (h + 1) * d].T * d**-0.5
+            out[0, h, r, : r + 1] = s.softmax(-1)
+    ctx = {"b_value": lambda name: v.numpy() if name == "decoder.blocks.0.attn.v" else None}
+    got_kind, text, _, _ = best(rp, "decoder.blocks.0.attn.weights", [q, k], out, ctx)
+    assert got_kind == "kv_cache" and "swapped at every step" in text, text
+
+
 def test_the_kv_cache_held_in_float16_is_named_from_the_attention_output(rp):
     q, k, v = qkv(rp)
     kh, vh = k.half().float(), v.half().float()

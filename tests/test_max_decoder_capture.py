@@ -65,3 +65,38 @@ def test_mark_all_finds_a_max_decoder_bug_where_it_acts(reference, tmp_path, bug
     assert c.decoder["first_divergence"] == {"op": op, "position": position, "axis": "token position"}
     assert c.findings[0].kind == kind and c.findings[0].op == op
     assert not wd.check(reference, mine, wd.load_tolerances("float32")).passed
+
+
+HELD_APART = Path(__file__).parents[1] / "benchmarks" / "max_decoder_ports.py"
+
+
+@pytest.mark.parametrize("bug", ["clean", "cache-kv-swapped"])
+def test_mark_all_on_a_max_decoder_written_apart(reference, tmp_path, bug):
+    """A MAX decoder class from the set written apart from the alignment code (benchmarks/max_decoder_ports.py:
+    raw ops, NumPy constants under its own names, cross K/V from a graph run once in start(); the whole set
+    scored by `benchmarks/handsoff_decoder.py --ports max`). Its clean form and the bug that unpacks the cache
+    a step returns as (values, keys) share its two compiled graphs."""
+    out = tmp_path / bug
+    run_cli(
+        "trace-decoder",
+        "--impl",
+        f"{HELD_APART}:make",
+        "--mark-all",
+        "--tokens-from",
+        str(reference.path),
+        "-o",
+        str(out),
+        env={"WD_MAX_DECODER_BUG": bug},
+        check=True,
+    )
+    mine = wd.load_trace(out)
+    assert "aligned 83/83" in mine.manifest["runner"]["capture"]["summary"]
+    c = wd.compare(reference, mine)
+    passed = wd.check(reference, mine, wd.load_tolerances("float32")).passed
+    if bug == "clean":
+        assert c.decoder["first_divergence"] is None and not c.findings and passed
+        return
+    prompt = reference.manifest["decoder"]["prompt_length"]
+    op = "decoder.blocks.0.attn.weights"
+    assert c.decoder["first_divergence"] == {"op": op, "position": prompt, "axis": "token position"}
+    assert c.findings[0].kind == "kv_cache" and "swapped" in c.findings[0].message and not passed

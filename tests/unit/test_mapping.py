@@ -332,3 +332,42 @@ def test_a_dropped_residual_is_missing_not_the_next_add():
     assert got["blocks.0.out"] == "add#4" and got["blocks.0.mlp_ln"] == "layer_norm#0"
     assert got["blocks.0.attn_residual"] == "add#1" and amap.by_name["blocks.0.attn_residual"].basis == "dataflow"
     assert any("attn_residual" in n and "the op is missing" in n for n in amap.notes)
+
+
+def test_a_block_reads_the_previous_blocks_output():
+    """A block's first op reads the stream (the previous block's output, the embedding for block 0): where a
+    port drops the MLP's residual, the next block's layer norm reads fc2 and that is said as missing."""
+    from whisperdiff.mapping.dataflow import stream_input_of
+
+    assert stream_input_of("decoder.blocks.3.attn_ln") == "decoder.blocks.2.out"
+    assert stream_input_of("decoder.blocks.0.attn_ln") == "decoder.pos_embed"
+    assert stream_input_of("blocks.0.attn_ln") == "pos_embed" and stream_input_of("blocks.5.attn_ln") == "blocks.4.out"
+    assert stream_input_of("blocks.1.mlp_ln") is None and stream_input_of("ln_post") is None
+
+    from whisperdiff.capture.captured import Captured
+    from whisperdiff.inputs.models import preset_dims
+    from whisperdiff.mapping.automap import automap
+
+    d = {**preset_dims("tiny"), "n_audio_state": 8, "n_audio_head": 2, "n_audio_layer": 2}
+    t, c = (1, 1500, 8), (1, 1500, 32)
+    rows = [  # key, op, shape, operands, weight_rank
+        ("x#0", "add", t, [], 0),  # block 0's stream after its attention
+        ("layer_norm#0", "layer_norm", t, [0], 1),  # mlp_ln
+        ("matmul#0", "matmul", c, [1], 2),
+        ("add#0", "add", c, [2], 1),  # fc1
+        ("gelu#0", "gelu", c, [3], 0),
+        ("matmul#1", "matmul", t, [4], 2),
+        ("add#1", "add", t, [5], 1),  # fc2, and no residual add after it
+        ("layer_norm#1", "layer_norm", t, [6], 1),  # block 1's attn_ln reads fc2
+        ("matmul#2", "matmul", t, [7], 2),
+        ("add#2", "add", t, [8], 1),  # block 1's q
+    ]
+    captured = [
+        Captured(i, key, op, shape, "float32", "", "", operands=ops, weight_rank=wr, from_weight=wr > 0)
+        for i, (key, op, shape, ops, wr) in enumerate(rows)
+    ]
+    names = ["blocks.0.mlp_ln", "blocks.0.mlp.fc1", "blocks.0.mlp.gelu", "blocks.0.mlp.fc2", "blocks.0.out"]
+    amap = automap(captured, dims=d, ops=[*names, "blocks.1.attn_ln", "blocks.1.attn.q"])
+    out = amap.by_name["blocks.0.out"]
+    assert out.key == "add#1" and out.basis == "dataflow" and amap.by_name["blocks.1.attn_ln"].key == "layer_norm#1"
+    assert any(n.startswith("blocks.0.out: no value of the port computes it") for n in amap.notes), amap.notes

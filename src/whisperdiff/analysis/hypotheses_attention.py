@@ -50,7 +50,7 @@ def attention_hypotheses(rp, recipe, xs, out, e, ctx, add):
         )
     add("softmax_axis", "attention softmax over the query axis instead of the key axis", run(axis=-2))
     if causal:
-        _causal_hypotheses(rp, recipe, run, (q, k, v), e, out, add)
+        _causal_hypotheses(rp, recipe, run, (q, k, v), e, out, add, ctx)
     else:
         add("attention_mask", f"a causal mask in the (unmasked) {where}", run(mask=causal_mask(torch, t_q, t_k)))
     valid = ctx.get("valid_steps", {}).get(t_k)
@@ -133,7 +133,7 @@ def scale_name(rp, scale: float) -> str:
     return f"= d_head^{math.log(scale) / math.log(d_head):.3g}"
 
 
-def _causal_hypotheses(rp, recipe, run, qkv, e, out, add):
+def _causal_hypotheses(rp, recipe, run, qkv, e, out, add, ctx=None):
     """The decoder's causal mask done wrong, and its KV cache read or written wrong (by replay, row by row)."""
     torch = rp.torch
     t_q, t_k = qkv[0].shape[1], qkv[1].shape[1]
@@ -176,6 +176,51 @@ def _causal_hypotheses(rp, recipe, run, qkv, e, out, add):
                 _rows_with_slots(rp, run, qkv, slots, t_q, only),
                 slots=label,
             )
+    v = qkv[2] if qkv[2] is not None else _own_value(rp, recipe.op, "v", qkv[1], ctx)  # (probabilities: B's V)
+    if v is not None:
+        for every_step, label in (
+            (
+                False,
+                "KV cache: keys and values swapped: cached steps read the stored values as keys and the keys as values",
+            ),
+            (
+                True,
+                "KV cache: keys and values swapped at every step (the cache a step returns unpacked in the other "
+                "order): an entry is read swapped after an odd number of steps",
+            ),
+        ):
+            add("kv_cache", label, _rows_swapped(rp, run, (qkv[0], qkv[1], v), prompt, t_q, every_step), slots=label)
+
+
+def _own_value(rp, op: str, which: str, like, ctx):
+    """B's own value of the same attention's `which` (q, k or v) where B recorded it in this shape, else None."""
+    if not ctx or "b_value" not in ctx:
+        return None
+    value = ctx["b_value"](op.rsplit(".", 1)[0] + f".{which}")
+    if value is None:
+        return None
+    t = rp.tensors([value])[0]
+    return t if t.shape == like.shape else None
+
+
+def _rows_swapped(rp, run, qkv, prompt: int, n: int, every_step: bool):
+    """Each row replayed with the cached entries' keys and values swapped: entries a step computes itself are
+    read right; an entry from an earlier step is swapped (once, or once per step since it was written)."""
+    torch = rp.torch
+    q, k, v = qkv
+    rows = []
+    for r in range(n):
+        step = 0 if r < prompt else r - prompt + 1
+        swapped = []
+        for j in range(r + 1):
+            written = 0 if j < prompt else j - prompt + 1
+            swapped.append(written != step and (not every_step or (step - written) % 2 == 1))
+        flip = torch.tensor(swapped)[None, :, None]
+        keys = torch.where(flip, v[:, : r + 1], k[:, : r + 1])
+        values = torch.where(flip, k[:, : r + 1], v[:, : r + 1])
+        rows.append(run(q=q[:, r : r + 1], k=keys, v=values, mask=torch.zeros(1, r + 1)))
+    ok = [list(range(r + 1)) + [-2] * (n - r - 1) for r in range(n)]
+    return _scatter_rows(torch, rows, ok, n)
 
 
 def _cache_layouts(prompt: int, n: int, first_bad: int) -> dict[str, list[list[int]]]:

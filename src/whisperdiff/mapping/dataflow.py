@@ -77,6 +77,17 @@ def input_of(name: str) -> str | None:
     return prefix + table[suffix] if suffix in table else None
 
 
+def stream_input_of(name: str) -> str | None:
+    """What a block's first op (its attention's layer norm) reads: the previous block's output, or the
+    embedding for the first block; None for any other op (input_of covers those within a block)."""
+    prefix, suffix = split_name(name)
+    m = re.fullmatch(r"((?:decoder\.)?)blocks\.(\d+)\.", prefix)
+    if suffix != "attn_ln" or not m:
+        return None
+    i = int(m.group(2))
+    return f"{m.group(1)}blocks.{i - 1}.out" if i > 0 else f"{m.group(1)}pos_embed"
+
+
 def _layout(c) -> bool:
     return bool(_LAYOUT.search(c.op)) and c.weight_rank == 0 and len(c.operands) == 1
 
@@ -164,7 +175,7 @@ def confirm_by_dataflow(amap, captured, values: dict | None, specs, reference=No
     shape_of = {s.name: tuple(s.shape) for s in specs}
     notes: list[str] = []
     for spec in reversed(specs):  # consumers last-first, so a moved producer is then checked as a consumer
-        producer = input_of(spec.name)
+        producer = input_of(spec.name) or stream_input_of(spec.name)
         matches = amap.by_name
         consumer = matches.get(spec.name)
         if producer is None or producer not in shape_of or consumer is None or consumer.key not in by_key:
