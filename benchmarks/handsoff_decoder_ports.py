@@ -475,24 +475,6 @@ def make(model, device="cpu", dtype="float32"):
 # ------------------------------------------------------------------------------------------------
 
 
-def _run(cmd: list[str], env: dict | None = None):
-    import subprocess
-
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode not in (0, 1):
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-800:]}")
-    return proc
-
-
-def _logits_rel_l2(ref_dir, out_dir) -> tuple[float, list[float]]:
-    import whisperdiff as wd
-
-    a = np.asarray(wd.load_trace(ref_dir)["decoder.logits"], dtype=np.float64)
-    b = np.asarray(wd.load_trace(out_dir)["decoder.logits"], dtype=np.float64)
-    per = np.linalg.norm((b - a)[0], axis=-1) / np.linalg.norm(a[0], axis=-1)
-    return float(np.linalg.norm(b - a) / np.linalg.norm(a)), per.tolist()
-
-
 def selfcheck(work: str = "/tmp/hd", names: list[str] | None = None, clean_limit: float = 1e-4) -> int:
     """Each variant through `whisperdiff trace-decoder --impl THIS:make` and `compare --json` against openai-whisper:
     a clean rewrite must stay within clean_limit (logits rel L2) with no divergence; a bug must change the logits
@@ -501,15 +483,11 @@ def selfcheck(work: str = "/tmp/hd", names: list[str] | None = None, clean_limit
     (decoder.logits, position)."""
     import json
     import shutil
-    import sys
     from pathlib import Path
 
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
-    ref = work / "ref"
-    exe = shutil.which("whisperdiff") or str(Path(sys.executable).with_name("whisperdiff"))
-    if not (ref / "manifest.json").is_file():
-        _run([exe, "trace-decoder", "--impl", "torch", "-o", str(ref)])
+    from port_selfcheck import logits_rel_l2, reference, run
+
+    work, ref, exe = reference(work)
     me = Path(__file__).resolve()
     rows, ok_all = [], True
     for name in names or list(BUGS):
@@ -517,13 +495,13 @@ def selfcheck(work: str = "/tmp/hd", names: list[str] | None = None, clean_limit
         out = work / name
         shutil.rmtree(out, ignore_errors=True)
         env = dict(os.environ, WD_HF_DECODER_BUG=name)
-        _run([exe, "trace-decoder", "--impl", f"{me}:make", "--tokens-from", str(ref), "-o", str(out)], env)
-        proc = _run([exe, "compare", str(ref), str(out), "--json"])
+        run([exe, "trace-decoder", "--impl", f"{me}:make", "--tokens-from", str(ref), "-o", str(out)], env)
+        proc = run([exe, "compare", str(ref), str(out), "--json"])
         (work / f"{name}.json").write_text(proc.stdout)
         doc = json.loads(proc.stdout)
         dec = doc.get("decoder") or {}
         first = dec.get("first_divergence") or {}
-        rel, per = _logits_rel_l2(ref, out)
+        rel, per = logits_rel_l2(ref, out)
         top1 = (dec.get("logits") or {}).get("top1_agreement")
         pos = first.get("position")
         if spec["op"] is None:
@@ -549,21 +527,10 @@ def selfcheck(work: str = "/tmp/hd", names: list[str] | None = None, clean_limit
 
 
 if __name__ == "__main__":
-    import argparse
     import sys
+    from pathlib import Path
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--selfcheck", action="store_true", help="trace every variant, compare logits with openai-whisper"
-    )
-    parser.add_argument("--bugs", default=None, help="variants, comma-separated (default: all)")
-    parser.add_argument("--work", default="/tmp/hd", help="where the self-check's traces go")
-    args = parser.parse_args()
-    if not args.selfcheck:
-        parser.print_help()
-        sys.exit(0)
-    chosen = args.bugs.split(",") if args.bugs else None
-    for b in chosen or ():
-        if b not in BUGS:
-            parser.error(f"unknown variant {b!r}; one of {', '.join(BUGS)}")
-    sys.exit(selfcheck(args.work, chosen))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from port_selfcheck import main
+
+    main(__doc__, BUGS, selfcheck, "/tmp/hd")

@@ -381,40 +381,18 @@ def make(model, device="cpu", dtype="float32"):
 # ------------------------------------------------------------------------------------------------
 
 
-def _run(cmd: list[str], env: dict | None = None):
-    import subprocess
-
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode not in (0, 1):
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-800:]}")
-    return proc
-
-
-def _logits_rel_l2(ref_dir, out_dir) -> tuple[float, list[float]]:
-    import whisperdiff as wd
-
-    a = np.asarray(wd.load_trace(ref_dir)["decoder.logits"], dtype=np.float64)
-    b = np.asarray(wd.load_trace(out_dir)["decoder.logits"], dtype=np.float64)
-    per = np.linalg.norm((b - a)[0], axis=-1) / np.linalg.norm(a[0], axis=-1)
-    return float(np.linalg.norm(b - a) / np.linalg.norm(a)), per.tolist()
-
-
 def selfcheck(work: str = "/tmp/md", names: list[str] | None = None, clean_limit: float = 1e-4) -> int:
     """Each variant through `whisperdiff trace-decoder --impl THIS:make --tokens-from REF`, its logits against
     openai-whisper's (REF: `trace-decoder --impl torch`): a clean variant must stay within clean_limit (rel L2),
     a bug must change the logits by more than 10x the largest clean variant's rel L2 (and than clean_limit / 10).
     Prints the time each variant took (mostly MAX's compile; a cached graph reloads in seconds)."""
     import shutil
-    import sys
     import time
     from pathlib import Path
 
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
-    ref = work / "ref"
-    exe = shutil.which("whisperdiff") or str(Path(sys.executable).with_name("whisperdiff"))
-    if not (ref / "manifest.json").is_file():
-        _run([exe, "trace-decoder", "--impl", "torch", "-o", str(ref)])
+    from port_selfcheck import logits_rel_l2, reference, run
+
+    work, ref, exe = reference(work)
     me = Path(__file__).resolve()
     rows = []
     for name in names or list(BUGS):
@@ -422,9 +400,9 @@ def selfcheck(work: str = "/tmp/md", names: list[str] | None = None, clean_limit
         shutil.rmtree(out, ignore_errors=True)
         env = dict(os.environ, WD_MAX_DECODER_BUG=name)
         start = time.perf_counter()
-        _run([exe, "trace-decoder", "--impl", f"{me}:make", "--tokens-from", str(ref), "-o", str(out)], env)
+        run([exe, "trace-decoder", "--impl", f"{me}:make", "--tokens-from", str(ref), "-o", str(out)], env)
         seconds = time.perf_counter() - start
-        rel, per = _logits_rel_l2(ref, out)
+        rel, per = logits_rel_l2(ref, out)
         rows.append((name, rel, per, seconds))
         print(f"  {name:22} logits rel L2 {rel:.3e}  ({seconds:.0f} s)", flush=True)
     clean_worst = max((rel for name, rel, *_ in rows if BUGS[name]["op"] is None), default=0.0)
@@ -448,21 +426,10 @@ def selfcheck(work: str = "/tmp/md", names: list[str] | None = None, clean_limit
 
 
 if __name__ == "__main__":
-    import argparse
     import sys
+    from pathlib import Path
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--selfcheck", action="store_true", help="trace every variant, compare logits with openai-whisper"
-    )
-    parser.add_argument("--bugs", default=None, help="variants, comma-separated (default: all)")
-    parser.add_argument("--work", default="/tmp/md", help="where the self-check's traces go")
-    args = parser.parse_args()
-    if not args.selfcheck:
-        parser.print_help()
-        sys.exit(0)
-    chosen = args.bugs.split(",") if args.bugs else None
-    for b in chosen or ():
-        if b not in BUGS:
-            parser.error(f"unknown variant {b!r}; one of {', '.join(BUGS)}")
-    sys.exit(selfcheck(args.work, chosen))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from port_selfcheck import main
+
+    main(__doc__, BUGS, selfcheck, "/tmp/md")

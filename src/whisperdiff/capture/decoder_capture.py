@@ -6,16 +6,16 @@ The port is a decoder plugin (capture/plugin.py: start(features), step(tokens) -
 cache or none) that names nothing. Each step runs inside a capture: torch_capture.py (every torch op, with its
 module path and file:line) for a port that holds a torch module, else graphs_capture.py (every value of each
 MAX graph the port builds, compiles and executes itself, from its making on). automap says which captured
-value is which canonical decoder op,
-with specs shaped for the positions that step computes (P = the step's tokens, P_k = every position so
-far). The reference, where given (the `--tokens-from` trace, teacher-forced on the same tokens and the same
-encoder output), is sliced to the same positions, so value agreement works step by step; structure decides
-where values disagree. Cross-attention K and V are aligned at the first step only (computed once).
+value is which canonical decoder op, with specs shaped for the positions that step computes (P = the step's
+tokens, P_k = every position so far). The reference, where given (the `--tokens-from` trace, teacher-forced
+on the same tokens and the same encoder output), is sliced to the same positions, so value agreement works
+step by step; structure decides where values disagree. Cross-attention K and V are aligned at the first step
+only (computed once).
 
 What the port returns is always its `decoder.logits`; where that is a captured value, the value it reads is
-`decoder.ln` (dataflow). An op a plugin names itself (record) is taken as named.
-An op aligned at some steps but not all is left out of the trace and listed as not aligned, with the steps
-that missed it, so compare says "not aligned", never "not traced".
+`decoder.ln` (dataflow). An op a plugin names itself (record) is taken as named. An op aligned at some
+steps but not all is left out of the trace and listed as not aligned, with the steps that missed it, so
+compare says "not aligned", never "not traced".
 """
 
 from __future__ import annotations

@@ -344,15 +344,18 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
 
     def outputs(self, what: str | list[str] = "canonical", dims=None) -> list:
         """The chosen values as float32 graph outputs, in graph order; remembered for `named`."""
+
+        self.chosen = self.select(what, dims)
+        return self._float32(self.chosen)
+
+    def _float32(self, chosen: list[Captured]) -> list:
+        """The chosen values as float32 graph values (the casts are ours, not the user's: not recorded)."""
         from max.dtype import DType
         from max.graph import ops
 
-        self.chosen = self.select(what, dims)
-        was, self._recording = self._recording, False  # the casts are ours, not the user's
+        was, self._recording = self._recording, False
         try:
-            return [
-                c.value if c.value.dtype == DType.float32 else ops.cast(c.value, DType.float32) for c in self.chosen
-            ]
+            return [c.value if c.value.dtype == DType.float32 else ops.cast(c.value, DType.float32) for c in chosen]
         finally:
             self._recording = was
 

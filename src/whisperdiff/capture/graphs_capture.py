@@ -42,10 +42,6 @@ class GraphsCapture(capture):
         self.runs = 0  # executions of a captured graph so far
         self._patched = None
 
-    @property
-    def graphs(self) -> int:
-        return len(self._graphs)
-
     def _weight_inputs(self, graph) -> set:
         if graph is None:
             return set()
@@ -81,16 +77,8 @@ class GraphsCapture(capture):
             and not c.weight_only
             and c.value is not None
         ]
-        self.chosen = chosen
-        extra = self.outputs([c.key for c in chosen]) if chosen else []
         self._graphs[id(graph)] = (graph, len(values), chosen)
-        return (*values, *extra)
-
-    def select(self, what="canonical", dims=None):
-        if isinstance(what, list) and what and all(isinstance(k, str) for k in what):
-            wanted = set(what)
-            return [c for c in self.chosen if c.key in wanted]
-        return super().select(what, dims)
+        return (*values, *self._float32(chosen))
 
     def __enter__(self) -> GraphsCapture:
         from max.engine import InferenceSession, Model
