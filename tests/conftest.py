@@ -46,6 +46,14 @@ def default_trace(tmp_path_factory, tiny_en) -> wd.Trace:
     return wd.trace("torch", model=tiny_en, out=tmp_path_factory.mktemp("traces") / "default", taps="all")
 
 
+@pytest.fixture(scope="session")
+def decoder_reference(tmp_path_factory, tiny_en) -> wd.Trace:
+    """openai-whisper's decoder teacher-forced on the shipped clip, from the CLI: what decoder ports are held to."""
+    out = tmp_path_factory.mktemp("decoder") / "torch"
+    run_cli("trace-decoder", "--impl", "torch", "-o", str(out), check=True)
+    return wd.load_trace(out)
+
+
 def run_cli(
     *args: str, cwd: Path | None = None, env: dict | None = None, check: bool = False
 ) -> subprocess.CompletedProcess:

@@ -18,10 +18,8 @@ PLUGIN = str(Path(__file__).parent / "plugins" / "hf_decoder.py")
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_en):
-    out = tmp_path_factory.mktemp("dec") / "torch"
-    run_cli("trace-decoder", "--impl", "torch", "-o", str(out), check=True)
-    return wd.load_trace(out)
+def reference(decoder_reference):
+    return decoder_reference
 
 
 def test_a_decoder_plugin_with_its_own_kv_cache_matches_the_reference(reference, tmp_path):

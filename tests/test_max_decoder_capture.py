@@ -16,10 +16,8 @@ PLUGIN = str(Path(__file__).parent / "plugins" / "max_decoder.py")
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_en):
-    out = tmp_path_factory.mktemp("maxdec") / "torch"
-    run_cli("trace-decoder", "--impl", "torch", "-o", str(out), check=True)
-    return wd.load_trace(out)
+def reference(decoder_reference):
+    return decoder_reference
 
 
 def _mark_all(reference, out, factory="make", structure_only=False):
