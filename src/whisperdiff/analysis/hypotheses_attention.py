@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from whisperdiff.analysis.replay import TENSOR_CORE, rel, round_to, rounded_to
+from whisperdiff.analysis.replay import TENSOR_CORE, b_tensor, rel, round_to, rounded_to
 from whisperdiff.analysis.replay_decoder import causal_mask
 
 
@@ -176,7 +176,7 @@ def _causal_hypotheses(rp, recipe, run, qkv, e, out, add, ctx=None):
                 _rows_with_slots(rp, run, qkv, slots, t_q, only),
                 slots=label,
             )
-    v = qkv[2] if qkv[2] is not None else _own_value(rp, recipe.op, "v", qkv[1], ctx)  # (probabilities: B's V)
+    v = qkv[2] if qkv[2] is not None else b_tensor(rp, ctx, recipe.op.rsplit(".", 1)[0] + ".v", qkv[1])  # B's V
     if v is not None:
         for every_step, label in (
             (
@@ -190,17 +190,6 @@ def _causal_hypotheses(rp, recipe, run, qkv, e, out, add, ctx=None):
             ),
         ):
             add("kv_cache", label, _rows_swapped(rp, run, (qkv[0], qkv[1], v), prompt, t_q, every_step), slots=label)
-
-
-def _own_value(rp, op: str, which: str, like, ctx):
-    """B's own value of the same attention's `which` (q, k or v) where B recorded it in this shape, else None."""
-    if not ctx or "b_value" not in ctx:
-        return None
-    value = ctx["b_value"](op.rsplit(".", 1)[0] + f".{which}")
-    if value is None:
-        return None
-    t = rp.tensors([value])[0]
-    return t if t.shape == like.shape else None
 
 
 def _rows_swapped(rp, run, qkv, prompt: int, n: int, every_step: bool):
@@ -219,15 +208,19 @@ def _rows_swapped(rp, run, qkv, prompt: int, n: int, every_step: bool):
         keys = torch.where(flip, v[:, : r + 1], k[:, : r + 1])
         values = torch.where(flip, k[:, : r + 1], v[:, : r + 1])
         rows.append(run(q=q[:, r : r + 1], k=keys, v=values, mask=torch.zeros(1, r + 1)))
-    ok = [list(range(r + 1)) + [-2] * (n - r - 1) for r in range(n)]
-    return _scatter_rows(torch, rows, ok, n)
+    return _scatter_rows(torch, rows, _causal_slots(n), n)
+
+
+def _causal_slots(n: int) -> list[list[int]]:
+    """The right cache: row r reads slots 0..r, slot j holding position j (-2: a slot the row does not read)."""
+    return [list(range(r + 1)) + [-2] * (n - r - 1) for r in range(n)]
 
 
 def _cache_layouts(prompt: int, n: int, first_bad: int) -> dict[str, list[list[int]]]:
     """What each incremental step (rows from `prompt` on) finds in each cache slot, under the usual KV-cache
     bugs: slots[r][j] is the position whose key/value row r reads at slot j (-1: nothing stored, zeros;
     -2: the slot is not read). Rows before `prompt` are the prompt step, computed without the cache."""
-    ok = [list(range(r + 1)) + [-2] * (n - r - 1) for r in range(n)]
+    ok = _causal_slots(n)
     found: dict[str, list[list[int]]] = {}
     # an entry j missing first shows at row max(prompt, j + 1): the candidates for the first bad row
     entries = [first_bad - 1] if first_bad > prompt else list(range(max(0, prompt - 8), prompt))
@@ -315,11 +308,8 @@ def _other_block_kv(rp, recipe, run, k, v, ctx, add):
     for j in range(rp.dims.n_text_layer if blocks.startswith("decoder") else rp.dims.n_audio_layer):
         if j == i:
             continue
-        kj, vj = (ctx["b_value"](f"{blocks}.{j}.{attn}.{n}") for n in ("k", "v"))
+        kj, vj = (b_tensor(rp, ctx, f"{blocks}.{j}.{attn}.{n}", k) for n in ("k", "v"))
         if kj is None or vj is None:
-            continue
-        kj, vj = rp.tensors([kj, vj])
-        if kj.shape != k.shape:
             continue
         add(
             "wrong_weight",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 
-from whisperdiff.analysis.replay import round_to
+from whisperdiff.analysis.replay import b_tensor, round_to
 
 
 def activation_hypotheses(rp, recipe, xs, out, e, ctx, add):
@@ -151,12 +151,9 @@ def _other_streams(recipe, ctx) -> list[tuple[str, str]]:
 
 
 def other_x(rp, ctx, name, like):
-    v = ctx["b_value"](name)
-    if v is None:
-        raise ValueError(name)  # not recorded in B: the hypothesis cannot be replayed
-    t = rp.tensors([v])[0]
-    if t.shape != like.shape:
-        raise ValueError(name)
+    t = b_tensor(rp, ctx, name, like)
+    if t is None:
+        raise ValueError(name)  # not recorded in B (or not in this shape): the hypothesis cannot be replayed
     return t
 
 

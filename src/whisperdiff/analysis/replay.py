@@ -298,3 +298,13 @@ def rel(expected, got) -> float:
     if math.isnan(d):
         return math.inf
     return d / n if n > 0 else (0.0 if d == 0 else math.inf)
+
+
+def b_tensor(rp, ctx, name: str, like):
+    """B's own recorded value of canonical op `name` as a tensor shaped like `like` (for a hypothesis that
+    replays with one of B's other values), or None: not recorded in B, or of another shape."""
+    value = ctx["b_value"](name) if ctx and "b_value" in ctx else None
+    if value is None:
+        return None
+    t = rp.tensors([value])[0]
+    return t if t.shape == like.shape else None

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 @dataclass
 class Captured:
@@ -53,3 +55,18 @@ def value_key(counts: dict, module: str, op: str) -> str:
     n = counts.get((module, op), 0)
     counts[(module, op)] = n + 1
     return f"{module}:{op}#{n}" if module else f"{op}#{n}"
+
+
+def to_numpy(x) -> np.ndarray:
+    """The numbers of a MAX buffer (brought to the host first where it lives on an accelerator), a torch
+    tensor (as float32) or anything array-like."""
+    if hasattr(x, "to_numpy"):
+        device = getattr(x, "device", None)
+        if device is not None and not getattr(device, "is_host", True):
+            from max.driver import CPU
+
+            x = x.to(CPU())
+        return x.to_numpy()
+    if hasattr(x, "detach"):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x)

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from whisperdiff.capture.captured import to_numpy
 from whisperdiff.errors import WhisperdiffError
 
 
@@ -82,14 +83,6 @@ def trace_captured(
     return amap
 
 
-def _numpy(x) -> np.ndarray:
-    if hasattr(x, "to_numpy"):
-        return x.to_numpy()
-    if hasattr(x, "detach"):
-        return x.detach().float().cpu().numpy()
-    return np.asarray(x)
-
-
 def _run_port(cap, execute, mel) -> tuple[np.ndarray, str | None, dict[str, np.ndarray]]:
     """(the port's own output, its captured key, {key: captured value}) of one run on `mel`."""
     if hasattr(cap, "run"):  # a torch capture records while the port runs
@@ -108,7 +101,7 @@ def _run_port(cap, execute, mel) -> tuple[np.ndarray, str | None, dict[str, np.n
             )
         own = returned if results is None else results[0]  # what the port itself returns is its output
         return (
-            np.asarray(_numpy(own), np.float32),
+            np.asarray(to_numpy(own), np.float32),
             cap.output_keys[0] if cap.output_keys else None,
             cap.named(full if cap._select is not None else full[len(full) - len(chosen) :]),
         )
@@ -119,7 +112,7 @@ def _run_port(cap, execute, mel) -> tuple[np.ndarray, str | None, dict[str, np.n
             "build it with mark_all(..., select=...) and graph.output(<your encoder's output>)"
         )
     values = cap.named(results if cap._select is not None else results[n_own:])
-    return np.asarray(_numpy(results[0]), np.float32), cap.output_keys[0], values
+    return np.asarray(to_numpy(results[0]), np.float32), cap.output_keys[0], values
 
 
 @contextmanager

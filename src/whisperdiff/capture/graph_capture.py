@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-from whisperdiff.capture.captured import Captured, rank, short_path, value_key
+from whisperdiff.capture.captured import Captured, rank, short_path, to_numpy, value_key
 from whisperdiff.errors import WhisperdiffError
 
 
@@ -142,19 +142,25 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         return module or "", where
 
     def _weight_inputs(self, graph) -> set:
-        """A graph's inputs after the first: a Whisper encoder takes one activation (the mel), so a graph
-        that takes more is being fed its weights (a port that passes weights as graph inputs)."""
+        """The graph's inputs that are weights fed as inputs (a port that passes weights as graph inputs)."""
         if graph is None:
             return set()
         if id(graph) not in self._inputs_of_graph:
             keys = set()
             try:
-                for v in list(graph.inputs)[1:]:
-                    keys.add(getattr(getattr(v, "tensor", v), "_mlir_value", None))
+                for i, v in enumerate(graph.inputs):
+                    t = getattr(v, "tensor", v)
+                    if self._is_weight_input(i, t):
+                        keys.add(getattr(t, "_mlir_value", None))
             except Exception:  # noqa: BLE001 - a graph whose inputs are not tensors: none is a weight
                 keys = set()
             self._inputs_of_graph[id(graph)] = keys - {None}
         return self._inputs_of_graph[id(graph)]
+
+    def _is_weight_input(self, i: int, tensor) -> bool:
+        """Inputs after the first: a Whisper encoder takes one activation (the mel), so a graph that takes
+        more is being fed its weights."""
+        return i > 0
 
     def _id_inputs(self, graph) -> None:
         """The graph's integer inputs are values of the run (token ids): a lookup by them is no weight."""
@@ -368,10 +374,7 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
             raise WhisperdiffError(
                 f"got {len(results)} results for {len(chosen or [])} chosen values; pass the outputs after your own"
             )
-        return {
-            c.key: (r.to_numpy() if hasattr(r, "to_numpy") else np.asarray(r))
-            for c, r in zip(chosen, results, strict=True)
-        }
+        return {c.key: to_numpy(r) for c, r in zip(chosen, results, strict=True)}
 
     def table(self) -> list[dict]:
         return [c.describe() for c in self.values]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from whisperdiff.capture.captured import to_numpy
 from whisperdiff.capture.graph_capture import capture, shape_of
 
 
@@ -42,21 +43,10 @@ class GraphsCapture(capture):
         self.runs = 0  # executions of a captured graph so far
         self._patched = None
 
-    def _weight_inputs(self, graph) -> set:
-        if graph is None:
-            return set()
-        if id(graph) not in self._inputs_of_graph:
-            keys = set()
-            try:
-                for v in graph.inputs:
-                    t = v.tensor
-                    shape = shape_of(t)
-                    if all(isinstance(d, int) for d in shape) and shape in self.weight_shapes:
-                        keys.add(t._mlir_value)
-            except Exception:  # noqa: BLE001 - inputs that are not tensors: none is a weight
-                keys = set()
-            self._inputs_of_graph[id(graph)] = keys
-        return self._inputs_of_graph[id(graph)]
+    def _is_weight_input(self, i: int, tensor) -> bool:
+        """A decoder graph takes activations besides its first input: a weight only in a checkpoint shape."""
+        shape = shape_of(tensor)
+        return all(isinstance(d, int) for d in shape) and shape in self.weight_shapes
 
     def _record(self, op, args, kwargs, results, graph=None):
         before = len(self.values)
@@ -68,15 +58,7 @@ class GraphsCapture(capture):
         """The port's own outputs, then every float value this graph computes (none of them weights alone)."""
         if not self._recording:
             return values
-        chosen = [
-            c
-            for c in self.values
-            if self._graph_of.get(c.index) == id(graph)
-            and c.dtype.startswith(("float", "bf"))
-            and not c.op.startswith("constant")
-            and not c.weight_only
-            and c.value is not None
-        ]
+        chosen = [c for c in self.select("all") if self._graph_of.get(c.index) == id(graph) and not c.weight_only]
         self._graphs[id(graph)] = (graph, len(values), chosen)
         return (*values, *self._float32(chosen))
 
@@ -100,7 +82,7 @@ class GraphsCapture(capture):
                 return results
             _, n_own, chosen = me._graphs[known[1]]
             results = list(results)
-            me._ran.append({c.key: _numpy(r) for c, r in zip(chosen, results[n_own:], strict=True)})
+            me._ran.append({c.key: to_numpy(r) for c, r in zip(chosen, results[n_own:], strict=True)})
             me.runs += 1
             return results[:n_own]
 
@@ -128,14 +110,3 @@ class GraphsCapture(capture):
             values.update(ran)
         self._ran = []
         return values
-
-
-def _numpy(buffer) -> np.ndarray:
-    from max.driver import CPU
-
-    if hasattr(buffer, "to_numpy"):
-        try:
-            return buffer.to_numpy()
-        except Exception:  # noqa: BLE001 - on an accelerator: bring it to the host first
-            return buffer.to(CPU()).to_numpy()
-    return np.asarray(buffer)
