@@ -1,8 +1,9 @@
 """The MAX Graph encoder against openai-whisper, op by op, with real compiled graphs.
 
 Four distinct graphs are compiled here (small random dims with every tap, clean and debug (bugs as
-run-time inputs); the same in bfloat16 with the default taps; tiny.en with the default taps);
-everything else reuses them, which is also what this file checks about the cache.
+run-time inputs); the same in bfloat16 with the default taps; tiny.en with the default taps), and
+the three small pieces of a streamed run, clean and debug; everything else reuses them, which is
+also what this file checks about the cache.
 """
 
 import numpy as np
@@ -76,6 +77,40 @@ def test_the_clean_graph_has_no_fault_machinery_and_the_debug_graph_computes_it_
     assert list(debug) == [op for op in clean.ops if op != "mel"]
     differ = [op for op in debug if not np.array_equal(clean[op], debug[op])]
     assert differ == [], differ
+
+
+def test_a_streamed_run_gives_every_op_of_the_whole_graph_bit_for_bit(small_pair, small_random):
+    """Large models run as the stem, one block graph per block (that block's weights fed as inputs) and
+    ln_post, so that one block's taps are in memory at a time: the same bits as the one graph."""
+    clean = small_pair[1]
+    runner = MaxRunner(small_random, device="cpu", taps=wd.select_taps(small_random.dims, "all"), stream=True)
+    assert runner.facts()["streamed"] and not clean.manifest["runner"]["streamed"]
+    out = {}
+    runner.run(np.asarray(clean["mel"]), lambda name, array: out.__setitem__(name, np.array(array)))
+    assert list(out) == [op for op in clean.ops if op != "mel"]
+    differ = [op for op in out if not np.array_equal(clean[op], out[op])]
+    assert differ == [], differ
+
+
+def test_a_streamed_run_switches_each_bug_in_its_own_piece_and_block(tmp_path, small_pair, small_debug, small_random):
+    """A stem bug, a bug of one block (fed to that block's run only) and an ln_post bug, streamed: the same
+    bits as the one debug graph, and each bug shows from its own op on."""
+    faults = ["conv-middle-tap", "kv-swap", "missing-ln-post"]
+    whole = wd.trace("max", model=small_random, out=tmp_path / "whole", taps="all", inject=faults)
+    streamed = wd.trace("max", model=small_random, out=tmp_path / "streamed", taps="all", inject=faults, stream=True)
+    assert streamed.manifest["runner"]["streamed"] and not whole.manifest["runner"]["streamed"]
+    assert streamed.ops == whole.ops
+    differ = [op for op in whole.ops if not np.array_equal(whole[op], streamed[op])]
+    assert differ == [], differ
+    # each switch acted: the swapped block's k is its v (a clean run's v), the other block's k is not
+    swapped = FAULTS["kv-swap"].first_op_for(small_random.dims.n_audio_layer).removesuffix(".k")
+    buggy_only = wd.trace("max", model=small_random, out=tmp_path / "kv", taps="all", inject=["kv-swap"], stream=True)
+    clean = small_pair[1]
+    changed = [op for op in clean.ops if not np.array_equal(clean[op], buggy_only[op])]
+    assert changed[0] == f"{swapped}.k", changed[:3]
+    assert not np.array_equal(streamed["conv1"], clean["conv1"])
+    last = streamed[f"blocks.{small_random.dims.n_audio_layer - 1}.out"]  # ln_post skipped: the output is its input
+    assert np.allclose(streamed["ln_post"], last, rtol=1e-5, atol=1e-5) and not np.allclose(clean["ln_post"], last)
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))

@@ -20,11 +20,13 @@ def make_runner(
     faults=(),
     patchable: bool = False,
     bisecting: bool = False,
+    stream: bool | None = None,
 ):
     """A runner for `impl`: a built-in one, or else a plugin (module.path:factory, file.py:factory, or an
     installed plugin's name). `faults` are encoder-side porting bugs (faults.py) to switch on.
     patchable: the runner's `run` also takes patch=(op, value) (activation patching, patch.py).
-    bisecting: a MAX graph with only `taps` plus one block's inside, picked at run time (bisect.py)."""
+    bisecting: a MAX graph with only `taps` plus one block's inside, picked at run time (bisect.py).
+    stream: the MAX encoder run piece by piece, one block's taps at a time (None: where the taps are large)."""
     encoder_faults = [f for f in faults if f.controls is not None]
     cls = runner_class("encoder", impl)
     if encoder_faults and not (cls and cls.takes_faults):
@@ -38,6 +40,8 @@ def make_runner(
         return PluginRunner(impl, model, device=device, dtype=dtype, taps=taps)
     # hook-based runners record only the taps asked for anyway; bisect makes them afresh per step
     options = {"bisecting": True} if bisecting and cls.takes_faults else {}
+    if stream is not None and cls.takes_faults:  # hook-based runners record each op as it is computed anyway
+        options["stream"] = stream
     return cls(model, device=device, dtype=dtype, taps=taps, faults=encoder_faults, patchable=patchable, **options)
 
 

@@ -3,7 +3,7 @@
 Read it side by side with whisper/model.py: the same classes (Linear, Conv1d, LayerNorm,
 MultiHeadAttention, ResidualAttentionBlock, AudioEncoder) and the same forward order.
 
-Three design rules:
+Four design rules:
 - Weights are `max.graph.Weight`s named exactly as openai-whisper's state dict and fed at load time
   through `weights_registry`, so the compiled graph depends only on (dims, dtype, device, taps):
   a second checkpoint of the same size reuses the compiled graph.
@@ -15,6 +15,8 @@ Three design rules:
   is the clean graph's ops; each bug is mixed in as `normal + flag * (buggy - normal)`, exactly
   `normal` when the flag is 0: with every switch off the two graphs agree bit for bit on every tap
   (tests/test_max_encoder.py checks).
+- A trace too large to hold at once runs the same classes as three graphs (`build_pieces`): the stem,
+  one block run once per block with that block's weights as inputs, and ln_post.
 
 What the fault machinery cost the clean encoder (issue 17; tiny.en, default taps, CPU, interleaved
 rounds): computing every bug and mixing it away, about 1.10-1.14x; q and k each scaled by
@@ -105,23 +107,12 @@ CONTROL_NAMES = (
 )
 
 
+PER_BLOCK_CONTROLS = ("kv_swap", "mlp_residual", "half_block")  # one value per block (a streamed block takes its own)
+
+
 def control_types(n_layer: int, device: DeviceRef) -> list[TensorType]:
-    f = DType.float32
-    scalar = TensorType(f, [], device=device)
-    per_block = TensorType(f, [n_layer], device=device)
-    return [
-        scalar,
-        TensorType(f, [1, 3, 1, 1], device=device),
-        scalar,
-        scalar,
-        scalar,
-        scalar,
-        scalar,
-        scalar,
-        per_block,
-        per_block,
-        per_block,
-    ]
+    shapes = {"conv1_taps": [1, 3, 1, 1], **{name: [n_layer] for name in PER_BLOCK_CONTROLS}}
+    return [TensorType(DType.float32, shapes.get(name, []), device=device) for name in CONTROL_NAMES]
 
 
 class Context:
@@ -136,8 +127,11 @@ class Context:
         controls: list[TensorValue] | None = None,
         patch: tuple[list[str], TensorValue, list[TensorValue]] | None = None,
         select: TensorValue | None = None,
+        weight_inputs: dict[str, TensorValue] | None = None,
     ):
         self.dtype, self.device, self.taps = dtype, device, taps
+        # a streamed block graph (build_pieces) takes its weights as graph inputs, by name, not as Weights
+        self.weight_inputs, self.weight_types = weight_inputs, {}
         # bisection: every block's ops, the one block picked at run time by `select` (one-hot, [n_layer])
         self.select, self.selected = select, {}
         self.ln_eps = ops.constant(LN_EPS, DType.float32, device)
@@ -183,6 +177,9 @@ class Context:
         return mix(getattr(self, flag) if isinstance(flag, str) else flag, normal, buggy())
 
     def weight(self, name: str, shape: list[int], dtype: DType | None = None) -> TensorValue:
+        self.weight_types[name] = TensorType(dtype or self.dtype, shape, device=self.device)
+        if self.weight_inputs is not None:
+            return self.weight_inputs[name]
         return Weight(name, dtype or self.dtype, shape, self.device)
 
     def float32(self, x: TensorValue) -> TensorValue:
@@ -368,6 +365,12 @@ class AudioEncoder:
         self.ln_post = LayerNorm(cx, "encoder.ln_post", n_state)
 
     def __call__(self, mel: TensorValue) -> TensorValue:
+        x = self.stem(mel)
+        for block in self.blocks:
+            x = block(x)
+        return self.post(x)
+
+    def stem(self, mel: TensorValue) -> TensorValue:
         """mel: [B, n_mels, 3000] (openai-whisper's layout); the convs run time-major, NHWC."""
         cx = self.cx
         x = ops.permute(mel, [0, 2, 1])
@@ -375,9 +378,10 @@ class AudioEncoder:
         x = ops.gelu(cx.tap("conv2", self.conv2(cx.tap("conv1.gelu", x))))
         x = cx.tap("conv2.gelu", x)
         pos = cx.pos_scale * self.positional_embedding if cx.debug else self.positional_embedding
-        x = cx.tap("pos_embed", x + pos)
-        for block in self.blocks:
-            x = block(x)
+        return cx.tap("pos_embed", x + pos)
+
+    def post(self, x: TensorValue) -> TensorValue:
+        cx = self.cx
         out = self.ln_post(x)
         if cx.debug:  # missing-ln-post and variance-rescale (whole-tensor statistics made to look normalised)
             flat = ops.reshape(x, [-1])
@@ -451,3 +455,58 @@ def build_graph(
         cx.outputs += [(f"blocks.*.{op}", value) for op, value in cx.selected.items()]
         graph.output(*(value for _, value in cx.outputs))
     return graph, [name for name, _ in cx.outputs]
+
+
+@dataclass
+class Pieces:
+    """The encoder as three graphs run one after another, so that a run holds one block's taps at a time
+    (MaxRunner's streamed run): the stem (mel to pos_embed), one block (run n_layer times, each time fed
+    that block's weights as inputs) and ln_post. Each graph's first output is the activation the next one
+    takes; `outputs[piece]` names the rest (the block graph's as block 0's ops)."""
+
+    graphs: dict[str, Graph]
+    outputs: dict[str, list[str]]
+    block_weights: list[str]  # block 0's weight names, in the order the block graph takes them after x
+
+
+def build_pieces(
+    dims, taps: list[str], dtype: DType = DType.float32, device: DeviceRef | None = None, debug: bool = False
+) -> Pieces:
+    """The graphs of a streamed run with `taps` as outputs; debug: each also takes the `Controls` of one
+    block (per-block switches fed block by block), as the debug graph does for all blocks."""
+    device = device or DeviceRef.CPU()
+    d, c, t = dims, dims.n_audio_state, dims.n_audio_ctx
+    key = f"whisper_encoder_{d.n_mels}_{t}_{c}_{d.n_audio_head}"
+    controls = control_types(1, device) if debug else []
+    block_taps = {block_op(0, inside[1]) for inside in map(split_block_op, taps) if inside}
+    x_type = TensorType(dtype, [1, t, c], device=device)
+    with Graph(f"{key}_block_weights", input_types=[]):  # the block's weight types, by name (nothing compiled)
+        scratch = Context(dtype, device, set())
+        ResidualAttentionBlock(scratch, 0, c, d.n_audio_head)
+    block_weights = list(scratch.weight_types)
+    graphs, outputs = {}, {}
+    for piece, first in (
+        ("stem", TensorType(DType.float32, [1, d.n_mels, 2 * t], device=device)),
+        ("block", x_type),
+        ("post", x_type),
+    ):
+        weights = [scratch.weight_types[n] for n in block_weights] if piece == "block" else []
+        with Graph(f"{key}_{piece}" + ("_debug" if debug else ""), input_types=[first, *controls, *weights]) as graph:
+            values = [v.tensor for v in graph.inputs]
+            x, n = values[0], 1 + len(controls)
+            by_name = dict(zip(block_weights, values[n:], strict=True)) if piece == "block" else None
+            cx = Context(
+                dtype, device, block_taps if piece == "block" else set(taps), values[1:n] or None, weight_inputs=by_name
+            )
+            if piece == "block":
+                x = ResidualAttentionBlock(cx, 0, c, d.n_audio_head)(x)
+            else:
+                encoder = AudioEncoder(cx, d.n_mels, t, c, d.n_audio_head, 0)
+                x = (
+                    encoder.stem(ops.cast(x, dtype) if dtype != DType.float32 else x)
+                    if piece == "stem"
+                    else encoder.post(x)
+                )
+            graph.output(x, *(value for _, value in cx.outputs))
+        graphs[piece], outputs[piece] = graph, [name for name, _ in cx.outputs]
+    return Pieces(graphs, outputs, block_weights)

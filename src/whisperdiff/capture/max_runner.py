@@ -11,6 +11,9 @@ from whisperdiff.capture.runner import Record
 from whisperdiff.errors import WhisperdiffError
 
 DTYPES = ("float32", "float16", "bfloat16")
+# Taps past this many bytes are recorded from a streamed run (max_encoder.build_pieces): one graph returns
+# all its outputs together, so a large model's default taps (4.5 GB at large-v3) would sit in memory at once.
+STREAM_ABOVE_BYTES = 1 << 30
 MAX_CACHE = Path.home() / ".cache" / "modular" / ".max_cache"
 
 
@@ -35,8 +38,9 @@ def resolve_max_device(device: str):
     raise WhisperdiffError(f"unknown device {device!r} for --impl max; use cpu, gpu or auto")
 
 
-def encoder_weights(model, dtype: str = "float32") -> dict:
-    """The encoder's state dict as the graph's Weights expect it (conv filters RSCF: [1, k, in, out]).
+def encoder_weights(model, dtype: str = "float32", names=None) -> dict:
+    """The encoder's state dict (or just `names` of it) as the graph's Weights expect it (conv filters
+    RSCF: [1, k, in, out]).
 
     Values are rounded to `dtype` as openai-whisper's `model.to(dtype)` would; layer-norm parameters
     then go back to float32 because the graph's LayerNorm runs in float32 (max_encoder.LayerNorm).
@@ -45,7 +49,7 @@ def encoder_weights(model, dtype: str = "float32") -> dict:
     import torch
 
     weights = {}
-    for name in model.state_dict:
+    for name in model.state_dict if names is None else names:
         if not name.startswith("encoder."):
             continue  # before reading the value: a random model makes each tensor when it is read
         t = model.state_dict[name].detach().cpu()
@@ -70,7 +74,11 @@ class MaxRunner:
 
     Clean runs use the clean graph (max_encoder.build_graph); injected bugs and patching use the one
     debug graph, whose outputs are always the default taps (plus any optional ones asked for) so that
-    every fault and patch run of a model shares it, whatever taps each asks for."""
+    every fault and patch run of a model shares it, whatever taps each asks for.
+
+    Where the taps would pass STREAM_ABOVE_BYTES (or stream=True), the same encoder runs streamed, as
+    three graphs (max_encoder.build_pieces): each block's taps are recorded, and freed, before the next
+    block runs, and only that block's weights are read for it."""
 
     impl = "max"
     takes_faults = True  # porting bugs are run-time inputs of the debug graph
@@ -86,14 +94,16 @@ class MaxRunner:
         patchable: bool = False,
         debug: bool | None = None,
         bisecting: bool = False,
+        stream: bool | None = None,
     ):
         """debug: None picks the graph (debug when a fault sets a control or patching is asked); True forces it.
         bisecting: the graph outputs only the taps asked for plus the ops of one block picked at run time
-        (`retap`), so bisection's steps share one compile."""
+        (`retap`), so bisection's steps share one compile. stream: None streams where the taps are large;
+        patching and bisection graphs are never streamed."""
         from max import engine
         from max.dtype import DType
 
-        from whisperdiff.capture.max_encoder import Controls, build_graph, patch_points, patch_types
+        from whisperdiff.capture.max_encoder import Controls, build_graph, build_pieces, patch_points, patch_types
         from whisperdiff.names import op_specs
 
         if dtype not in DTYPES:
@@ -112,9 +122,15 @@ class MaxRunner:
         self.debug = bool(patchable or not self.controls.is_clean()) if debug is None else debug
         shared = self.debug and (patchable or not bisecting)  # one debug graph for every fault and patch run
         graph_taps = [s.name for s in specs if s.name in self.wanted or (shared and not s.optional)]
-        graph, self.outputs = build_graph(
-            d, graph_taps, getattr(DType, dtype), graph_device, debug=self.debug, select_block=bisecting
-        )
+        tap_bytes = sum(4 * int(np.prod(s.shape)) for s in specs if s.name in graph_taps)
+        self.stream = not (patchable or bisecting) and (tap_bytes > STREAM_ABOVE_BYTES if stream is None else stream)
+        if self.stream:
+            pieces = build_pieces(d, graph_taps, getattr(DType, dtype), graph_device, debug=self.debug)
+            graphs, self.outputs, self.block_weights = pieces.graphs, pieces.outputs, pieces.block_weights
+        else:
+            graph, self.outputs = build_graph(
+                d, graph_taps, getattr(DType, dtype), graph_device, debug=self.debug, select_block=bisecting
+            )
         self.bisecting = bisecting
         self.block: int | None = None  # the block whose inside a bisecting graph outputs (retap)
         # Patching inputs, all zero (no patch) until run(patch=...) fills one override and raises one flag.
@@ -127,7 +143,14 @@ class MaxRunner:
         before = _cache_entries()
         start = time.perf_counter()
         session = engine.InferenceSession(devices=[self.driver_device])
-        self.model = session.load(graph, weights_registry=encoder_weights(model, dtype))
+        if self.stream:  # the block graph takes its weights as inputs; the stem and ln_post hold theirs
+            outside = [n for n in model.state_dict if n.startswith("encoder.") and not n.startswith("encoder.blocks.")]
+            registry = encoder_weights(model, dtype, outside)
+            self.pieces = {
+                p: session.load(g, weights_registry=registry if p != "block" else {}) for p, g in graphs.items()
+            }
+        else:
+            self.model = session.load(graph, weights_registry=encoder_weights(model, dtype))
         self.compile_seconds = time.perf_counter() - start
         self.cache_hit = _cache_entries() == before
 
@@ -137,6 +160,7 @@ class MaxRunner:
             "dtype": self.dtype,
             "encoder": "whisperdiff.capture.max_encoder (MAX Graph)",
             "graph": "debug" if self.debug else "clean",
+            "streamed": self.stream,
             "compile_seconds": round(self.compile_seconds, 3),
             "compile_cache_hit": self.cache_hit,
         }
@@ -147,6 +171,8 @@ class MaxRunner:
 
         from whisperdiff.capture.max_encoder import CHANNELS_FIRST_TAPS
 
+        if self.stream:
+            return self._run_streamed(np.ascontiguousarray(mel, dtype=np.float32), record)
         controls = [*self.controls.arrays(), *self._patch_inputs] if self.debug else []
         if self.bisecting:  # which block's inside the graph outputs
             controls.append(np.eye(self.loaded.dims.n_audio_layer, dtype=np.float32)[self.block or 0])
@@ -186,6 +212,47 @@ class MaxRunner:
             if name in got:
                 record(name, got.pop(name))
         return {"encoder_seconds": seconds}
+
+    def _run_streamed(self, mel: np.ndarray, record: Record) -> dict:
+        """The stem, each block with its own weights and switches, then ln_post: one piece's taps at a time."""
+        from whisperdiff.capture.max_encoder import CONTROL_NAMES, PER_BLOCK_CONTROLS
+
+        per_block = [CONTROL_NAMES.index(n) for n in PER_BLOCK_CONTROLS]
+
+        def controls(k: int) -> list[np.ndarray]:  # the pieces' debug graphs take one block's switches
+            arrays = self.controls.arrays() if self.debug else []
+            return [a[k : k + 1] if i in per_block else a for i, a in enumerate(arrays)]
+
+        start = time.perf_counter()
+        x = self._execute("stem", [mel, *controls(0)], record)
+        for k in range(self.loaded.dims.n_audio_layer):
+            names = [n.replace("encoder.blocks.0.", f"encoder.blocks.{k}.", 1) for n in self.block_weights]
+            weights = encoder_weights(self.loaded, self.dtype, names)
+            x = self._execute("block", [x, *controls(k), *(weights.pop(n) for n in names)], record, block=k)
+        self._execute("post", [x, *controls(0)], record)
+        return {"encoder_seconds": time.perf_counter() - start}
+
+    def _execute(self, piece: str, inputs: list, record: Record, block: int | None = None):
+        """Runs one piece, records its taps in canonical order, and returns its activation for the next."""
+        from max.driver import Buffer
+
+        from whisperdiff.capture.max_encoder import CHANNELS_FIRST_TAPS
+        from whisperdiff.names import block_op, split_block_op
+
+        buffers = [a if isinstance(a, Buffer) else Buffer.from_dlpack(a) for a in inputs]
+        if self.device != "cpu":
+            buffers = [b.to(self.driver_device) for b in buffers]
+        x, *results = self.pieces[piece].execute(*buffers)
+        wanted, got = set(self.wanted), {}
+        for name, value in zip(self.outputs[piece], results, strict=True):
+            name = block_op(block, split_block_op(name)[1]) if block is not None else name
+            if name in wanted:
+                array = value.to_numpy()
+                got[name] = array.transpose(0, 2, 1) if name in CHANNELS_FIRST_TAPS else array
+        for name in self.wanted:
+            if name in got:
+                record(name, got.pop(name))
+        return x
 
     def retap(self, names: list[str]) -> None:
         """Record `names` from now on: the graph's own taps and the ops inside one block (a bisecting graph)."""

@@ -43,6 +43,7 @@ def trace(
     on_op: Callable[[str], None] | None = None,
     window: int = 0,
     transcribe: bool = False,
+    stream: bool | None = None,
 ) -> Trace:
     """Run `impl` on one input window and write every tapped canonical op to a trace directory.
 
@@ -51,8 +52,10 @@ def trace(
     clip. out: the trace directory (default traces/IMPL-MODEL-INPUT). inject: porting bugs to plant
     (see faults.py; recorded in the manifest). transcribe: also decode the output with openai-whisper's
     decoder and store the text in the manifest. on_op is called after each op is written (progress).
+    stream: MAX only, run the encoder block by block so that one block's taps are in memory at a time
+    (None: when all the taps would pass 1 GiB, as large-v3's default taps do).
     """
-    session = Session(impl, model=model, device=device, dtype=dtype, taps=taps, inject=inject)
+    session = Session(impl, model=model, device=device, dtype=dtype, taps=taps, inject=inject, stream=stream)
     return session.trace(audio=audio, mel=mel, out=out, window=window, transcribe=transcribe, on_op=on_op)
 
 
@@ -74,6 +77,7 @@ class Session:
         patchable: bool = False,
         bisecting: bool = False,
         on_status: Callable[[str], None] | None = None,
+        stream: bool | None = None,
     ):
         """on_status(text) says what is being done while it takes time (loading, compiling). bisecting: a
         MAX graph with only these taps plus one block's inside, picked by `retap` (bisection)."""
@@ -100,6 +104,7 @@ class Session:
             faults=self.faults,
             patchable=patchable,
             bisecting=bisecting,
+            stream=stream,
         )
         self._decoder = None
 

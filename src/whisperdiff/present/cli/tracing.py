@@ -119,7 +119,8 @@ def _print_trace(result) -> None:
     runner = m["runner"]
     compiled = ""
     if "compile_seconds" in runner:
-        compiled = f"  [dim]graph {'loaded from cache' if runner['compile_cache_hit'] else 'compiled'} in {runner['compile_seconds']:.1f} s[/]"
+        streamed = ", streamed block by block" if runner.get("streamed") else ""
+        compiled = f"  [dim]graph {'loaded from cache' if runner['compile_cache_hit'] else 'compiled'} in {runner['compile_seconds']:.1f} s{streamed}[/]"
     out.print(f"  runner  {m['impl']} on {m['device']}, {m['dtype']}{compiled}", highlight=False)
     for fault in m["injected"]:
         out.print(
