@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -139,6 +141,24 @@ def test_attention_probabilities_are_shown_for_an_attention_op(small_all_taps, t
     assert "Up close: blocks.1.mlp.fc1" in page and page.count("Attention probabilities of head") == 2
     with pytest.raises(wd.WhisperdiffError, match="--head 9 is out of range"):
         render(comparison, head=9)
+
+
+def test_figures_drawn_by_forked_workers_are_those_drawn_one_by_one(small_all_taps, tmp_path, monkeypatch):
+    """A report's figures are drawn in parallel where it forks: the same bytes as one by one, its SVG text
+    kept as text (svg.fonttype none is read at save time) and the page the same from run to run."""
+    swap = ("tensors/blocks.1.attn.weights.npy", lambda p: np.ascontiguousarray(np.swapaxes(p, -1, -2)))
+    comparison = wd.compare(small_all_taps, _copy_with(small_all_taps, tmp_path / "b", lambda m: None, swap))
+
+    def figures(page: str) -> list[str]:
+        return re.findall(r'src="(data:[^"]+)"', page)
+
+    parallel = figures(render(comparison))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    one_by_one = figures(render(comparison))
+    assert len(parallel) >= 5 and parallel == one_by_one
+    svg = base64.b64decode(parallel[0].split(",", 1)[1])
+    assert parallel[0].startswith("data:image/svg+xml") and b"<text" in svg
 
 
 def test_not_comparable_is_the_headline(small_all_taps, tmp_path):

@@ -107,24 +107,30 @@ def render(
     if on_total is not None:
         on_total(n_figures)
 
-    def figure(fig, alt: str, caption: str, fmt: str = "svg") -> dict:
-        mime, data = plots.render(fig, fmt)
+    pending: list[tuple[dict, object, str]] = []
+
+    def figure(make, alt: str, caption: str, fmt: str = "svg") -> dict:
+        """make() builds the figure; all are drawn together at the end (plots.draw_all), in parallel where it can."""
+        entry = {"alt": alt, "caption": caption, "src": None}
+        pending.append((entry, make, fmt))
+        return entry
+
+    def drawn() -> None:
         done[0] += 1
         if on_op is not None:
             on_op(f"figure {done[0]}")
-        return {"alt": alt, "caption": caption, "src": f"data:{mime};base64,{base64.b64encode(data).decode()}"}
 
     t = c.tolerance
     network = [
         figure(
-            plots.divergence(c.table, c.first_divergence, t.min_cosine, t.max_rel_l2),
+            lambda: plots.divergence(c.table, c.first_divergence, t.min_cosine, t.max_rel_l2),
             "Relative L2 error and 1 - cosine per op, log scale, with the error each op introduces",
             "Lines: total error of B at each op. Green bars: the error the op itself introduces (recomputed on B's "
             "own inputs); where the line is far above the bar, the error is inherited from earlier ops. Dotted: the "
             "tolerance. Dashed red: the first divergent op. Hollow circles on the floor: exactly 0.",
         ),
         figure(
-            plots.statistics(c.table, c.first_divergence, t.max_rel_l2, t.max_std_ratio_dev),
+            lambda: plots.statistics(c.table, c.first_divergence, t.max_rel_l2, t.max_std_ratio_dev),
             "Std ratio and mean shift of B against A per op, with the tolerance band",
             "Top: B's std over A's. Bottom: B's mean minus A's, in units of A's std. Green band: the shift that alone "
             "would use up the rel L2 tolerance. Red points are outside it: a normalisation or scale is wrong there. "
@@ -172,7 +178,10 @@ def render(
         ],
     }
     if on_total is not None:
-        on_total(done[0])  # the estimate becomes the count drawn
+        on_total(len(pending))  # the estimate becomes the count drawn
+    images = plots.draw_all([(make, fmt) for _, make, fmt in pending], on_done=drawn)
+    for (entry, _, _), (mime, data) in zip(pending, images, strict=True):
+        entry["src"] = f"data:{mime};base64,{base64.b64encode(data).decode()}"
     return template("report.html.j2").render(**context).lstrip()
 
 
@@ -261,7 +270,7 @@ def _patching(p, figure) -> dict:
         "cause_wer": cause.wer if cause else None,
         "rows": p.results,
         "figure": figure(
-            plots.patching([r.op for r in p.results], [r.restored for r in p.results], p.cause, RESTORED),
+            lambda: plots.patching([r.op for r in p.results], [r.restored for r in p.results], p.cause, RESTORED),
             "Share of B's final error restored by patching each op",
             "Each bar: B re-run with A's activation substituted at that op; how much of B's final "
             "error (rel L2 of the last op against A) disappears. The cause is the earliest bar that "
@@ -285,7 +294,7 @@ def _up_close(c: Comparison, op: str, head: int | None, figure, why: str) -> dic
     )
     figures = [
         figure(
-            plots.histograms(a, b, op),
+            lambda: plots.histograms(a, b, op),
             f"Value histograms of A and B at {op}",
             "Overlaid distributions; a shifted, squeezed or clipped B shows here.",
         )
@@ -298,7 +307,7 @@ def _up_close(c: Comparison, op: str, head: int | None, figure, why: str) -> dic
         if err_tc is not None:
             figures.append(
                 figure(
-                    plots.error_heatmap(err_tc, op, audio_steps),
+                    lambda: plots.error_heatmap(err_tc, op, audio_steps),
                     f"Absolute error at {op}, time step x channel",
                     "Bright columns: time steps that go wrong; bright rows: channels (a wrong weight row "
                     "or bias). Grey: exactly 0.",
@@ -309,7 +318,7 @@ def _up_close(c: Comparison, op: str, head: int | None, figure, why: str) -> dic
     if profile is not None and len(profile["step_rel_error"]) > 1:
         figures.append(
             figure(
-                plots.step_error(profile["step_rel_error"], profile["step_cosine"], op, audio_steps, within),
+                lambda: plots.step_error(profile["step_rel_error"], profile["step_cosine"], op, audio_steps, within),
                 f"Error per time step at {op}",
                 "Flat: every step equally wrong. A slope or a jump at the end of the audio: positions or padding.",
             )
@@ -334,7 +343,7 @@ def _attention(c: Comparison, op: str, head: int | None, figure) -> dict:
     if not 0 <= head < n_head:
         raise WhisperdiffError(f"--head {head} is out of range: {op} has heads 0..{n_head - 1}")
     return figure(
-        plots.attention(np.asarray(a[0, head]), np.asarray(b[0, head]), op, head),
+        lambda: plots.attention(np.asarray(a[0, head]), np.asarray(b[0, head]), op, head),
         f"Attention probabilities of head {head} at {op}: A, B and their difference",
         f"Head {head} of {n_head} (pick another with --head). A transposed or mis-scaled softmax shows as a "
         "mirrored or blurred pattern.",
@@ -425,7 +434,7 @@ def _decoder(c: Comparison, figure) -> dict | None:
     changes = [p for p, (x, y) in enumerate(zip(argmax_a, argmax_b, strict=False)) if x != y]
     fig = (
         figure(
-            plots.positions(errors, logits.get("kl"), changes, at),
+            lambda: plots.positions(errors, logits.get("kl"), changes, at),
             "Relative error per token position of the logits and each decoder block; KL of the next-token distributions",
             "Top: each op's relative error at each token position (teacher-forced: both sides saw the same tokens). "
             "Bottom: KL(A || B) of the next-token distributions; shaded positions are where the two argmaxes differ.",
