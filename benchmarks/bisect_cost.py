@@ -148,6 +148,9 @@ def summarize(what: str, rows: dict[str, list[dict]], rounds: int) -> None:
     print(f"{what}, medians over {rounds} round(s), each graph compiled cold:")
     for how, wall in med.items():
         print(f"  {how:8s} {wall:7.1f} s  ({wall / med['untapped']:.2f}x untapped)")
+    if not rows.get("full"):
+        print(f"  bisection names {rows['bisect'][0].get('finding')} (no full trace to set it against)")
+        return
     same = {x.get("finding") for x in rows["full"]} == {x.get("finding") for x in rows["bisect"]}
     print(f"  bisection names what the full trace names: {same} ({rows['bisect'][0].get('finding')})")
 

@@ -53,6 +53,12 @@ def test_bisect_port_names_what_a_full_capture_names_with_small_graphs(port, sma
     assert first.tap_count == 5 + 2 + 1  # the stem (conv1 ... pos_embed), each block's output, ln_post
     assert max(s.tap_count for s in b.steps) < n_full / 2  # no step outputs every value
     assert not any("not traced" in w for w in b.comparison.warnings), b.comparison.warnings
+    # step 2's graph left the port's own output out (compared at step 1), so MAX pruned what only it needs
+    assert "ln_post" in wd.load_trace(first.trace).ops and "ln_post" not in wd.load_trace(second.trace).ops
+    cap, run = port(small_random, wd.ChosenOnly(["blocks.0"]))
+    with pytest.raises(wd.WhisperdiffError, match="ln_post is the port's own output, and this graph leaves it out"):
+        trace_captured(tmp_path / "alone", cap, run, model=small_random, impl="port", reference=reference)
+    assert not (tmp_path / "alone").exists()
 
     with pytest.raises(wd.WhisperdiffError, match="the map names no value for conv1, "):
         wd.bisect_port(reference, broken, saved={"ops": {}}, out=tmp_path / "nomap")

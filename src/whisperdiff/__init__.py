@@ -46,6 +46,7 @@ _API = {
     "WhisperdiffWarning": "whisperdiff.errors",
     "instrument": "whisperdiff.capture.instrument",
     "mark_all": "whisperdiff.capture.graph_capture",  # (not "capture": that is the subpackage's name)
+    "ChosenOnly": "whisperdiff.capture.graph_capture",
     "trace_captured": "whisperdiff.capture.captured_trace",
     "preflight": "whisperdiff.capture.preflight",
     "CapturedTorchRunner": "whisperdiff.capture.torch_capture",

@@ -77,6 +77,9 @@ class _TextDims(NamedTuple):  # the fields of openai-whisper's ModelDimensions t
     n_vocab: int
 
 
+ENCODER_OUTPUT = "ln_post"  # the last canonical op: what an encoder returns
+
+
 def block_op(i: int, op: str) -> str:
     """The canonical name of op `op` in residual block `i`: block_op(0, "attn.q") == "blocks.0.attn.q"."""
     return f"blocks.{i}.{op}"

@@ -15,7 +15,9 @@ from contextlib import contextmanager
 import numpy as np
 
 from whisperdiff.capture.captured import to_numpy
+from whisperdiff.capture.graph_capture import ChosenOnly
 from whisperdiff.errors import WhisperdiffError
+from whisperdiff.names import ENCODER_OUTPUT
 
 
 def trace_captured(
@@ -57,7 +59,12 @@ def trace_captured(
 
     with Tracer(out, impl=impl, model=model, info=info) as t:
         own, own_key, values = _run_port(cap, execute, t.mel)
-        if untapped is not None:
+        if own is None and ENCODER_OUTPUT in (ops or [ENCODER_OUTPUT]):
+            raise WhisperdiffError(
+                f"{ENCODER_OUTPUT} is the port's own output, and this graph leaves it out (ChosenOnly): "
+                "select it with a plain list, so that the port's output comes first"
+            )
+        if untapped is not None and own is not None:
             plain = np.asarray(untapped(t.mel), np.float64)
             t._writer.manifest["runner"]["observer_effect"] = {
                 "output": "the graph's own first output, tapped vs untapped",
@@ -65,7 +72,7 @@ def trace_captured(
                 "rel_l2": float(np.linalg.norm(own - plain) / max(np.linalg.norm(plain), 1e-30)),
             }
         amap = automap(cap.values, values, reference=reference, dims=t.model.dims, saved=saved, ops=ops)
-        output = _bind_output(amap, cap, own, own_key, values, t.model.dims)
+        output = _bind_output(amap, cap, own, own_key, values, t.model.dims) if own is not None else None
         for name, value in amap.canonical_values(values).items():
             t.record(name, value)
         t._writer.manifest["runner"]["capture"] = {
@@ -105,6 +112,8 @@ def _run_port(cap, execute, mel) -> tuple[np.ndarray, str | None, dict[str, np.n
             cap.output_keys[0] if cap.output_keys else None,
             cap.named(full if cap._select is not None else full[len(full) - len(chosen) :]),
         )
+    if isinstance(cap._select, ChosenOnly):  # the graph returns the chosen values alone (a bisection step)
+        return None, None, cap.named(results)
     n_own = cap.n_outputs if cap.n_outputs is not None else len(results) - len(chosen)
     if n_own < 1 or not cap.output_keys:
         raise WhisperdiffError(

@@ -98,6 +98,12 @@ def _is_library(filename: str) -> bool:
     return filename.startswith(_library_dirs()) or (filename.startswith(stdlib) and "site-packages" not in filename)
 
 
+class ChosenOnly(list):
+    """A `select` (keys or patterns) whose graph returns the chosen values alone: the code's own outputs are
+    left out, so MAX prunes every op only they need. bisect_port's step inside one block passes one, and the
+    graph it compiles stops at that block (the port's own output was compared at the step before)."""
+
+
 class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as cap`
     """Record every tensor value created while the block runs (see the module docstring).
 
@@ -291,8 +297,9 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         if self._recording:  # the port's own outputs: always compared (trace_captured)
             self.output_keys = [getattr(self._by_id.get(_key(v)), "key", None) for v in values]
         if self._select is not None and self._recording:
-            self.n_outputs = len(values)
-            values = (*values, *self.outputs(self._select, self._dims))
+            alone = isinstance(self._select, ChosenOnly)
+            self.n_outputs = 0 if alone else len(values)
+            values = (*(() if alone else values), *self.outputs(self._select, self._dims))
         self._recording = False  # the graph is finished
         return values
 

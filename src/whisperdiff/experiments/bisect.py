@@ -40,12 +40,13 @@ import numpy as np
 
 from whisperdiff.analysis.compare import Comparison, compare
 from whisperdiff.capture.captured_trace import trace_captured
+from whisperdiff.capture.graph_capture import ChosenOnly
 from whisperdiff.capture.session import Session
 from whisperdiff.errors import WhisperdiffError, WhisperdiffWarning
 from whisperdiff.inputs.audio import EncoderInput
 from whisperdiff.inputs.models import LoadedModel, load_model, model_of
 from whisperdiff.mapping.maps import expand
-from whisperdiff.names import op_specs, split_block_op
+from whisperdiff.names import ENCODER_OUTPUT, op_specs, split_block_op
 from whisperdiff.store.documents import document
 from whisperdiff.store.trace import Trace, load_trace
 
@@ -231,7 +232,9 @@ def bisect_port(
             )
         status(f"step {n}: building and compiling the port with {len(keys)} values as outputs")
         t0 = time.perf_counter()
-        cap, execute = build(sorted(set(keys.values())))
+        select = sorted(set(keys.values()))
+        # Without the encoder's output the graph needs nothing past the last op asked for: MAX prunes the rest.
+        cap, execute = build(select if ENCODER_OUTPUT in ops else ChosenOnly(select))
         built = time.perf_counter()
         path = out / f"step{n}"
         with warnings.catch_warnings():  # "holds 8 of the model's 30 canonical ops": by design here
