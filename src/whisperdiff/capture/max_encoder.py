@@ -371,9 +371,10 @@ class AudioEncoder:
         return self.post(x)
 
     def stem(self, mel: TensorValue) -> TensorValue:
-        """mel: [B, n_mels, 3000] (openai-whisper's layout); the convs run time-major, NHWC."""
+        """mel: float32 [B, n_mels, 3000] (openai-whisper's layout), held in the model dtype from here; the convs
+        run time-major, NHWC."""
         cx = self.cx
-        x = ops.permute(mel, [0, 2, 1])
+        x = ops.permute(cx.compute(mel), [0, 2, 1])
         x = ops.gelu(cx.tap("conv1", self.conv1(x, taps=cx.conv1_taps if cx.debug else None)))
         x = ops.gelu(cx.tap("conv2", self.conv2(cx.tap("conv1.gelu", x))))
         x = cx.tap("conv2.gelu", x)
@@ -451,7 +452,7 @@ def build_graph(
         patching = (patch_points(d), patch[0], patch[1:]) if debug else None
         cx = Context(dtype, device, set(taps), controls, patching, select)
         encoder = AudioEncoder(cx, d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer)
-        encoder(ops.cast(mel, dtype) if dtype != DType.float32 else mel)
+        encoder(mel)
         cx.outputs += [(f"blocks.*.{op}", value) for op, value in cx.selected.items()]
         graph.output(*(value for _, value in cx.outputs))
     return graph, [name for name, _ in cx.outputs]
@@ -502,11 +503,7 @@ def build_pieces(
                 x = ResidualAttentionBlock(cx, 0, c, d.n_audio_head)(x)
             else:
                 encoder = AudioEncoder(cx, d.n_mels, t, c, d.n_audio_head, 0)
-                x = (
-                    encoder.stem(ops.cast(x, dtype) if dtype != DType.float32 else x)
-                    if piece == "stem"
-                    else encoder.post(x)
-                )
+                x = encoder.stem(x) if piece == "stem" else encoder.post(x)
             graph.output(x, *(value for _, value in cx.outputs))
         graphs[piece], outputs[piece] = graph, [name for name, _ in cx.outputs]
     return Pieces(graphs, outputs, block_weights)

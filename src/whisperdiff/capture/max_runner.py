@@ -198,10 +198,17 @@ class MaxRunner:
         if self.device != "cpu":  # execute returns once the GPU has the work: wait for it (docs/gpu.md)
             self.driver_device.synchronize()
         seconds = time.perf_counter() - start
+        # a bisecting graph outputs the picked block's ops as blocks.*.OP
+        names = [n.replace("*", str(self.block)) if n.startswith("blocks.*.") else n for n in self.outputs]
+        self._record(names, results, record)
+        return {"encoder_seconds": seconds}
+
+    def _record(self, names: list[str], results, record: Record) -> None:
+        """Records the wanted ones of `results` (canonical `names`, one each) in canonical order."""
+        from whisperdiff.capture.max_encoder import CHANNELS_FIRST_TAPS
+
         wanted, got = set(self.wanted), {}
-        for name, value in zip(self.outputs, results, strict=True):
-            if name.startswith("blocks.*."):  # a bisecting graph: the picked block's op
-                name = name.replace("*", str(self.block))
+        for name, value in zip(names, results, strict=True):
             if name not in wanted:  # the debug graph computes the default taps whatever was asked
                 continue
             array = value.to_numpy()
@@ -211,16 +218,15 @@ class MaxRunner:
         for name in self.wanted:  # in canonical order (a bisecting graph outputs the block's inside last)
             if name in got:
                 record(name, got.pop(name))
-        return {"encoder_seconds": seconds}
 
     def _run_streamed(self, mel: np.ndarray, record: Record) -> dict:
         """The stem, each block with its own weights and switches, then ln_post: one piece's taps at a time."""
         from whisperdiff.capture.max_encoder import CONTROL_NAMES, PER_BLOCK_CONTROLS
 
         per_block = [CONTROL_NAMES.index(n) for n in PER_BLOCK_CONTROLS]
+        arrays = self.controls.arrays() if self.debug else []
 
         def controls(k: int) -> list[np.ndarray]:  # the pieces' debug graphs take one block's switches
-            arrays = self.controls.arrays() if self.debug else []
             return [a[k : k + 1] if i in per_block else a for i, a in enumerate(arrays)]
 
         start = time.perf_counter()
@@ -236,22 +242,16 @@ class MaxRunner:
         """Runs one piece, records its taps in canonical order, and returns its activation for the next."""
         from max.driver import Buffer
 
-        from whisperdiff.capture.max_encoder import CHANNELS_FIRST_TAPS
         from whisperdiff.names import block_op, split_block_op
 
         buffers = [a if isinstance(a, Buffer) else Buffer.from_dlpack(a) for a in inputs]
         if self.device != "cpu":
             buffers = [b.to(self.driver_device) for b in buffers]
         x, *results = self.pieces[piece].execute(*buffers)
-        wanted, got = set(self.wanted), {}
-        for name, value in zip(self.outputs[piece], results, strict=True):
-            name = block_op(block, split_block_op(name)[1]) if block is not None else name
-            if name in wanted:
-                array = value.to_numpy()
-                got[name] = array.transpose(0, 2, 1) if name in CHANNELS_FIRST_TAPS else array
-        for name in self.wanted:
-            if name in got:
-                record(name, got.pop(name))
+        names = self.outputs[piece]  # the block graph's are block 0's ops
+        if block is not None:
+            names = [block_op(block, split_block_op(n)[1]) for n in names]
+        self._record(names, results, record)
         return x
 
     def retap(self, names: list[str]) -> None:

@@ -252,8 +252,9 @@ def _role_score(port_name: str, ref_name: str) -> float:
     if "." not in ref_name.removeprefix("encoder."):  # a bare tensor (the positional embedding): any segment
         segs, joined = segs + [""], port_name.lower()
     roles = segs[:-1]
-    if _block_index(ref_name) is not None:  # the block index is no role: `layers.2.mlp_norm` is not mlp.2 ("2")
-        roles = [s for i, s in enumerate(roles) if i != next((j for j, x in enumerate(roles) if x.isdigit()), -1)]
+    digits = [i for i, s in enumerate(roles) if s.isdigit()]
+    if digits and _block_index(ref_name) is not None:  # the block index is no role: `layers.2.mlp_norm` is not mlp.2
+        del roles[digits[0]]
     if any(s in roles or joined.endswith(s) for s in synonyms):
         return 2.0 * suffix_ok
     return difflib.SequenceMatcher(None, joined, base).ratio() * suffix_ok

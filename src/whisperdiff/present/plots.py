@@ -12,6 +12,7 @@ import io
 import math
 import multiprocessing
 import os
+from contextlib import nullcontext
 
 import numpy as np
 import pandas as pd
@@ -69,19 +70,13 @@ def draw_all(jobs: list, on_done=None) -> list[tuple[str, bytes]]:
     global _JOBS
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = min(len(jobs), cores, 4)
+    # a daemon process (a pool's worker) may not have children
     forks = "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
-    if workers < 2 or not forks:  # a daemon process (a pool's worker) may not have children
-        images = []
-        for make, fmt in jobs:
-            images.append(render(make(), fmt))
-            if on_done is not None:
-                on_done()
-        return images
     _JOBS = jobs
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with multiprocessing.get_context("fork").Pool(workers) if workers > 1 and forks else nullcontext() as pool:
             images = []
-            for image in pool.imap(_draw, range(len(jobs))):
+            for image in (pool.imap if pool is not None else map)(_draw, range(len(jobs))):
                 images.append(image)
                 if on_done is not None:
                     on_done()
