@@ -12,7 +12,7 @@ Then `compare` runs in a child process (with and without the replay) and its wal
 resident memory are printed against the time to read both traces. Prints figures; asserts nothing.
 
     python benchmarks/compare_large.py [--dir /big/disk] [--keep] [--layers 32]
-    python benchmarks/compare_large.py --real [--fault kv-swap] [--dir /big/disk]
+    python benchmarks/compare_large.py --real [--fault kv-swap] [--b max,max-bug,max-bf16] [--dir /big/disk]
 
 benchmarks/speed.py runs the same compare among the other goals, interleaved over rounds.
 """
@@ -102,7 +102,7 @@ def run_child(*argv: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def real(root: Path, fault: str) -> None:
+def real(root: Path, fault: str, which: list[str]) -> None:
     from speed import read_all
 
     traces = {
@@ -111,6 +111,7 @@ def real(root: Path, fault: str) -> None:
         "max-bug": (root / "max-bug", fault, "float32"),
         "max-bf16": (root / "max-bf16", None, "bfloat16"),
     }
+    traces = {name: t for name, t in traces.items() if name == "torch" or name in which}
     for name, (out, bug, dtype) in traces.items():
         figures = run_child("--trace", name.split("-")[0], str(out), bug or "", dtype)
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
@@ -119,7 +120,7 @@ def real(root: Path, fault: str) -> None:
             f"(MAX: compile included), {size / 1e9:.2f} GB, peak RSS {figures['peak_rss_mb'] / 1e3:.1f} GB",
             flush=True,
         )
-    for b in ("max", "max-bug", "max-bf16"):
+    for b in [name for name in traces if name != "torch"]:
         pair = [traces["torch"][0], traces[b][0]]
         read_seconds = read_all(pair)
         for replay in (False, True):
@@ -140,6 +141,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--real", action="store_true", help="real traces of random:large-v3 (torch, MAX)")
     parser.add_argument("--fault", default="kv-swap", help="the bug planted in the second MAX trace (--real)")
+    parser.add_argument(
+        "--b", default="max,max-bug,max-bf16", help="--real: the B traces to make and compare with torch's (comma list)"
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--no-replay", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--trace", nargs=4, help=argparse.SUPPRESS)
@@ -153,7 +157,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="whisperdiff-large-", dir=args.dir))
     try:
         if args.real:
-            real(root, args.fault)
+            real(root, args.fault, args.b.split(","))
             return
         start = time.perf_counter()
         a, b, nbytes = write_pair(root, args.layers)

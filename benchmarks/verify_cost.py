@@ -1,4 +1,4 @@
-"""What verifying every tensor's sha256 while streaming costs `compare` (issue 13's bar: at most +10 %).
+"""What verifying every tensor's digest (XXH3-128) while streaming costs `compare` (issue 13's bar: at most +10 %).
 
 Traces the real tiny.en pair with torch (or takes two traces), then runs `compare` on them with digest
 verification (the default, Trace(path)) and without (Trace(path, verify=False): headers, sizes and
@@ -50,7 +50,7 @@ def main() -> None:
         )
         med = {v: (statistics.median(t[0] for t in times[v]), statistics.median(t[1] for t in times[v])) for v in times}
         for verify in (False, True):
-            label = "verified (sha256 while streaming)" if verify else "not verified                     "
+            label = "verified (digest while streaming)" if verify else "not verified                     "
             print(f"  {label}  wall {med[verify][0]:.3f} s   cpu {med[verify][1]:.3f} s")
         print(
             f"  cost of verification: wall {med[True][0] / med[False][0] - 1:+.1%}, "

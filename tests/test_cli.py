@@ -106,7 +106,7 @@ def bad_inputs(workdir, tmp_path_factory):
     f.write_bytes(f.read_bytes()[:1000])
     (d / "deleted" / "tensors" / "conv2.npy").unlink()
     manifest = json.loads((d / "newer" / "manifest.json").read_text())
-    (d / "newer" / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 2}))
+    (d / "newer" / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 3}))
     return d
 
 

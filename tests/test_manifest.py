@@ -90,7 +90,7 @@ def test_ls_says_it_did_not_verify_and_verify_finds_a_flipped_byte(pair, tmp_pat
     checked = {item.path.name: item for item in list_traces(tmp_path, verify=True)}
     assert checked["good"].status == "complete" and checked["good"].verified
     assert checked["flipped"].status.startswith("damaged: op 'conv1'") and not checked["flipped"].verified
-    assert "does not match its sha256" in checked["flipped"].status
+    assert "does not match its xxh3_128 digest" in checked["flipped"].status
 
     wide = {"COLUMNS": "300"}  # one table row per line
     assert "complete (not verified)" in run_cli("ls", str(tmp_path), env=wide, check=True).stdout

@@ -15,7 +15,7 @@ from conftest import assert_one_line_error, run_cli
 import whisperdiff as wd
 from whisperdiff.present.browser import Browser, find_chromium
 from whisperdiff.present.report import render, verdict
-from whisperdiff.provenance import sha256_bytes
+from whisperdiff.store.digest import digest_fields
 
 # CI installs Chromium (.ci/run); elsewhere the browser tests skip rather than fail on a missing package.
 needs_browser = pytest.mark.skipif(find_chromium() is None and not os.environ.get("CI"), reason="no chromium")
@@ -101,7 +101,7 @@ def _copy_with(ref: wd.Trace, out, edit_manifest, edit_tensor=None):
         value = change(np.load(out / file))
         np.save(out / file, value)
         entry = next(op for op in manifest["ops"] if op["file"] == file)
-        entry.update(sha256=sha256_bytes(value), file_bytes=(out / file).stat().st_size)
+        entry.update(digest_fields(value, entry), file_bytes=(out / file).stat().st_size)
         (out / "manifest.json").write_text(json.dumps(manifest))
     return wd.load_trace(out)
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import whisperdiff as wd
+from whisperdiff.store.digest import array_digest
 from whisperdiff.store.trace import MANIFEST, TraceWriter, list_traces, load_trace
 
 # what every trace records: the weights' and the input's digests (a manifest without them is damaged)
@@ -67,8 +68,30 @@ def test_edited_tensor_fails_verification(tmp_path):
     data = bytearray(file.read_bytes())
     data[-1] ^= 0xFF
     file.write_bytes(bytes(data))
-    with pytest.raises(wd.WhisperdiffError, match="does not match its sha256"):
+    with pytest.raises(wd.WhisperdiffError, match="does not match its xxh3_128 digest"):
         t.verify("mel")
+
+
+def test_a_schema_1_trace_with_sha256_digests_still_reads_and_verifies(tmp_path):
+    """Traces written before schema 2 carry SHA-256 per op: they read, and damage in them is still caught."""
+    import hashlib
+
+    write(tmp_path / "t")
+    manifest = json.loads((tmp_path / "t" / MANIFEST).read_text())
+    for op in manifest["ops"]:
+        data = np.load(tmp_path / "t" / op["file"])
+        assert op.pop("xxh3_128") == array_digest(data)  # what schema 2 writes
+        op["sha256"] = hashlib.sha256(data.tobytes()).hexdigest()
+    (tmp_path / "t" / MANIFEST).write_text(json.dumps({**manifest, "schema_version": 1}))
+    old = load_trace(tmp_path / "t")
+    assert np.array_equal(old["ln_post"], np.ones((2, 3), np.float32))
+    assert list_traces(tmp_path, verify=True)[0].status == "complete"
+    file = tmp_path / "t" / "tensors" / "ln_post.npy"
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 0x01
+    file.write_bytes(bytes(data))
+    with pytest.raises(wd.WhisperdiffError, match="ln_post.*does not match its sha256 digest"):
+        load_trace(tmp_path / "t")["ln_post"]
 
 
 def test_manifest_schema_checks(tmp_path):

@@ -72,7 +72,7 @@ def test_half_precision_reference_runs_on_cpu(tmp_path, small_random):
 
 def test_manifest_records_provenance(default_trace, tiny_en):
     m = default_trace.manifest
-    assert m["schema"] == "whisperdiff.trace" and m["schema_version"] == 1
+    assert m["schema"] == "whisperdiff.trace" and m["schema_version"] == 2
     assert m["impl"] == "torch" and m["device"] == "cpu" and m["dtype"] == "float32"
     assert m["model"]["weights_sha256"] == tiny_en.weights_sha256
     assert m["model"]["tensor_sha256"]["encoder.ln_post.weight"] == tiny_en.tensor_digests["encoder.ln_post.weight"]
@@ -80,4 +80,4 @@ def test_manifest_records_provenance(default_trace, tiny_en):
     assert m["input"]["default_clip"] and len(m["input"]["sha256"]) == 64
     assert set(m["versions"]) >= {"python", "torch", "max", "openai-whisper", "numpy"}
     assert m["injected"] == [] and m["run"]["encoder_seconds"] > 0
-    assert all(len(op["sha256"]) == 64 for op in m["ops"])
+    assert all(len(op["xxh3_128"]) == 32 and "sha256" not in op for op in m["ops"])

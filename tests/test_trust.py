@@ -20,8 +20,8 @@ import whisperdiff as wd
 from whisperdiff.experiments.patch import patch
 from whisperdiff.gate.check import check
 from whisperdiff.measure.tolerances import Tolerance
-from whisperdiff.provenance import sha256_bytes
 from whisperdiff.store import trace as store
+from whisperdiff.store.digest import digest_fields
 from whisperdiff.store.trace import MANIFEST, TraceWriter, list_traces, load_trace
 
 SMALL = "random:tiny,n_audio_layer=1,n_audio_state=64,n_audio_head=2,n_text_layer=1,n_text_state=64,n_text_head=2"
@@ -58,7 +58,7 @@ def rewrite(trace: Path, op: str, fn) -> None:
     entry = next(o for o in m["ops"] if o["name"] == op)
     value = fn(np.load(trace / entry["file"]).copy())
     np.save(trace / entry["file"], value)
-    entry["sha256"] = sha256_bytes(value)
+    entry.update(digest_fields(value, entry))
     entry["file_bytes"] = (trace / entry["file"]).stat().st_size
     (trace / MANIFEST).write_text(json.dumps(m))
 
@@ -168,18 +168,21 @@ def test_a_flipped_bit_is_an_error_naming_op_and_file(pair, tmp_path):
     f.write_bytes(bytes(data))
     for run in (lambda: check(pair[0], b), lambda: wd.compare(pair[0], b, replay=False)):
         with pytest.raises(
-            wd.WhisperdiffError, match=r"op 'blocks.0.out' \(tensors/blocks.0.out.npy\) does not match its sha256"
+            wd.WhisperdiffError,
+            match=r"op 'blocks.0.out' \(tensors/blocks.0.out.npy\) does not match its xxh3_128 digest",
         ):
             run()
     proc = run_cli("check", str(pair[0]), str(b), "--no-replay")
     assert proc.returncode == 2
-    assert_one_line_error(proc, "blocks.0.out", "sha256")
+    assert_one_line_error(proc, "blocks.0.out", "xxh3_128 digest")
     assert check(pair[0], pair[1], replay=False).passed  # the unmodified pair still passes
 
 
 def test_manifest_damage_is_an_error(pair, tmp_path):
     cases = {
-        "wrong sha256": (lambda m: m["ops"][2].update(sha256="0" * 64), "does not match its sha256"),
+        "wrong digest": (lambda m: m["ops"][2].update(xxh3_128="0" * 32), "does not match its xxh3_128 digest"),
+        "two digests": (lambda m: m["ops"][2].update(sha256="0" * 64), "no valid digest"),
+        "no digest": (lambda m: m["ops"][2].pop("xxh3_128"), "no valid digest"),
         "duplicate op": (lambda m: m["ops"].append(dict(m["ops"][1])), "listed twice"),
         "no ops": (lambda m: m.update(ops=[]), "op list is empty"),
         "shape type": (lambda m: m["ops"][1].update(shape="1x2"), "has shape"),
@@ -200,7 +203,7 @@ def test_manifest_damage_is_an_error(pair, tmp_path):
         with pytest.raises(wd.WhisperdiffError, match=fragment):
             check(pair[0], b, replay=False)
         status = {item.path.name: item.status for item in list_traces(tmp_path)}[b.name]
-        assert status != "complete" or name == "wrong sha256", (name, status)  # a digest needs a read
+        assert status != "complete" or name == "wrong digest", (name, status)  # a digest needs a read
 
 
 def test_npy_headers_must_match_the_manifest(pair, tmp_path):
@@ -247,7 +250,7 @@ def test_tiny_en_with_one_flipped_bit_fails_check_and_unmodified_passes(default_
     data[len(data) // 3] ^= 0x10
     f.write_bytes(bytes(data))
     proc = run_cli("check", str(default_trace.path), str(b), "--no-replay")
-    assert_one_line_error(proc, "blocks.2.mlp.fc1", "sha256")
+    assert_one_line_error(proc, "blocks.2.mlp.fc1", "xxh3_128 digest")
     assert proc.returncode == 2
     assert run_cli("check", str(default_trace.path), str(default_trace.path), "--no-replay").returncode == 0
 

@@ -103,6 +103,26 @@ def test_op_metrics_is_the_same_on_threads_nonfinite_included(monkeypatch):
     assert threaded["step_rel_error"].tolist() == pytest.approx(one_pass["step_rel_error"].tolist())
 
 
+def test_reused_scratch_never_leaks_between_chunks_or_ops(monkeypatch):
+    """Each thread reuses its temporaries (d = b - a, b + a) from chunk to chunk and op to op: a last chunk
+    shorter than the others, an op of another width, and a chunk redone in float64 (its float32 sums
+    overflow) give what a fresh computation gives."""
+    rng = np.random.default_rng(3)
+    wide = rng.standard_normal((1, 40, 9)).astype(np.float32)
+    narrow = rng.standard_normal((1, 40, 2)).astype(np.float32)
+    huge = wide * np.float32(1e19)  # float32 squares overflow: redone in float64
+    pairs = [(x, x + np.float32(0.01) * rng.standard_normal(x.shape).astype(np.float32)) for x in (wide, narrow, huge)]
+    fresh = [op_metrics(a, b, layout="B,T,C") for a, b in pairs]
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 27)  # three time steps of `wide` a chunk: 13 full, one of 1
+    monkeypatch.setattr(metrics, "_PARALLEL_ELEMENTS", 1)
+    for _ in range(2):
+        for (a, b), want in zip(pairs, fresh, strict=True):
+            got = op_metrics(a, b, layout="B,T,C")
+            for key in ("rel_l2", "cosine", "max_abs", "mismatch_share", "std_b"):
+                assert got[key] == pytest.approx(want[key], rel=1e-5), key
+            assert got["max_abs_index"] == want["max_abs_index"]
+
+
 def _exact(a, b):
     """cosine and rel L2 of float32 arrays in float64 throughout, from a.b (exact enough away from 1)."""
     a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()

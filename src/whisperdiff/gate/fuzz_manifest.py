@@ -31,7 +31,7 @@ def manifest_makers(ops: list[str]) -> dict[str, Maker]:
                 "op.dtype",
                 "op.name",
                 "op.nbytes",
-                "op.sha256",
+                "op.xxh3_128",  # the digest a new trace's ops carry
                 "op.file_bytes",
                 "impl",
                 "model",
@@ -101,10 +101,10 @@ def manifest_makers(ops: list[str]) -> dict[str, Maker]:
                 "big-int",
             ]
         )
-        key = rng.choice(["name", "file", "shape", "dtype", "nbytes", "sha256"])
+        key = rng.choice(["name", "file", "shape", "dtype", "nbytes", "xxh3_128"])
         required = rng.choice(["ops", "impl", "schema", "schema_version"])
         optional = rng.choice(["runner", "versions", "run", "device"])
-        version = rng.choice([0, 2, 99, "1", 1.0, True, None, -1])
+        version = rng.choice([0, 3, 99, "1", 1.0, True, None, -1])
         expect = "same" if how in ("drop-optional", "unknown-key") else "error"
 
         def apply(t):

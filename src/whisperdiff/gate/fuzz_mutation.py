@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from whisperdiff.provenance import sha256_bytes
+from whisperdiff.store.digest import digest_fields
 from whisperdiff.store.trace import MANIFEST
 
 SENTINEL_ENV = "WHISPERDIFF_FUZZ_SENTINEL"  # a pickled payload writes this file if anything unpickles it
@@ -75,7 +75,7 @@ def rewrite_values(trace: Path, op: str, fn: Callable[[np.ndarray], np.ndarray])
     with open(file, "wb") as f:
         np.lib.format.write_array(f, value, allow_pickle=False)
         entry["file_bytes"] = f.tell()
-    entry["sha256"] = sha256_bytes(value)
+    entry.update(digest_fields(value, entry))
     write_manifest(trace, m)
 
 

@@ -7,7 +7,7 @@ order, shape, C order, size). Every failure is a one-line error naming the trace
 from __future__ import annotations
 
 import errno
-import hashlib
+import mmap
 import os
 import re
 import stat
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from whisperdiff.errors import WhisperdiffError
+from whisperdiff.store.digest import digest_kind, hasher
 from whisperdiff.store.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 
 MANIFEST = "manifest.json"
@@ -176,17 +177,14 @@ def read_manifest(path: Path) -> Manifest:
 
 
 def tensor_digest(path: Path, op: dict) -> tuple[tuple, str]:
-    """((dev, inode, size, mtime), sha256) of an op's data, its header checked first (open_tensor)."""
+    """((dev, inode, size, mtime), digest) of an op's data, of the kind its entry carries, its header
+    checked first (open_tensor)."""
     with open_tensor(path, op) as (f, offset, st):
-        # read(), not a mapping: the copy is cheap, and a reader's own mapping then finds the pages in the
-        # page cache; the file is read from disk once
-        h, buffer = hashlib.sha256(), bytearray(1 << 22)
-        view, left = memoryview(buffer), op["nbytes"]
-        f.seek(offset)
-        while left > 0:
-            n = f.readinto(view[: min(left, len(buffer))])
-            if not n:
-                raise damaged(path, op, "is truncated or corrupt (it ended while it was read)")
-            h.update(view[:n])
-            left -= n
+        # hashed from a read-only mapping: no copy, and a reader's own mapping then finds the pages in
+        # the page cache (the file is read from disk once); open_tensor has checked the file's size
+        h = hasher(digest_kind(op))
+        if op["nbytes"]:
+            with mmap.mmap(f.fileno(), offset + op["nbytes"], access=mmap.ACCESS_READ) as data:
+                with memoryview(data) as view, view[offset:] as body:
+                    h.update(body)
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), h.hexdigest()

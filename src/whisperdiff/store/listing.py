@@ -1,7 +1,7 @@
 """What `ls` shows: every trace in a folder with its status, and whether its tensor bytes were verified.
 
 The fast listing reads each manifest and checks each tensor's file kind, header and size, but not
-its sha256 (that reads every byte): a flipped bit in a tensor body passes it, so such a listing says
+its digest (that reads every byte): a flipped bit in a tensor body passes it, so such a listing says
 "not verified". `verify=True` hashes every tensor too, and lists one whose bytes do not match its
 digest as damaged.
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from whisperdiff.errors import WhisperdiffError
+from whisperdiff.store.digest import digest_kind
 from whisperdiff.store.files import MANIFEST, TENSOR_DIR, damaged, open_tensor, read_manifest, tensor_digest
 from whisperdiff.store.manifest import Manifest
 
@@ -48,14 +49,14 @@ class Listing:
 
 def _check_files(path: Path, manifest: Manifest, verify: bool) -> str:
     """The checks of `ls`: every tensor a regular file inside the trace, its header what the manifest
-    says, its size exact; with verify, its bytes' sha256 what the manifest says."""
+    says, its size exact; with verify, its bytes' digest what the manifest says."""
     for op in manifest["ops"]:
         try:
             if not verify:
                 with open_tensor(path, op):
                     pass
-            elif tensor_digest(path, op)[1] != op["sha256"]:
-                raise damaged(path, op, "does not match its sha256 in the manifest (bit rot or an edit)")
+            elif tensor_digest(path, op)[1] != op[kind := digest_kind(op)]:
+                raise damaged(path, op, f"does not match its {kind} digest in the manifest (bit rot or an edit)")
         except WhisperdiffError as e:
             text = str(e)
             if "is missing" in text:

@@ -28,9 +28,10 @@ import numpy as np
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.inputs.dims import dims_problem
 from whisperdiff.provenance import versions
+from whisperdiff.store.digest import KINDS, digest_kind
 
 SCHEMA = "whisperdiff.trace"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: each op's digest is XXH3-128 (store/digest.py); 1 (SHA-256) is still read
 MAX_MANIFEST_BYTES = 256 << 20
 MAX_NDIM = 8
 # dtypes a trace may hold (what runners record); anything else in a manifest is damage
@@ -196,7 +197,8 @@ class OpRecord:
     shape: tuple[int, ...]
     dtype: str
     nbytes: int
-    sha256: str  # of the array's bytes
+    digest: str  # of the array's bytes (store/digest.py)
+    digest_kind: str  # "xxh3_128", or "sha256" in a schema-1 trace
     file_bytes: int | None = None
     extra: dict = field(default_factory=dict)
 
@@ -210,7 +212,7 @@ class OpRecord:
         }
         if self.file_bytes is not None:
             out["file_bytes"] = self.file_bytes
-        return {**out, "sha256": self.sha256, **self.extra}
+        return {**out, self.digest_kind: self.digest, **self.extra}
 
 
 # Top-level sections: the type each must have when present, and whether it must be there.
@@ -380,9 +382,12 @@ def _parse_ops(ops: list) -> tuple[OpRecord, ...]:
             raise ManifestProblem(
                 f"op {name!r} has file_bytes {_short(op['file_bytes'])}, which cannot hold {nbytes} bytes of data"
             )
-        if not isinstance(op.get("sha256"), str) or not _SHA256.match(op["sha256"]):
-            raise ManifestProblem(f"op {name!r} has no sha256 digest (each op's bytes are verified against it)")
-        known = ("name", "file", "shape", "dtype", "nbytes", "sha256", "file_bytes")
+        kind = digest_kind(op)
+        if kind is None or not isinstance(op[kind], str) or not KINDS[kind].match(op[kind]):
+            raise ManifestProblem(
+                f"op {name!r} has no valid digest (one of {', '.join(KINDS)}; each op's bytes are verified against it)"
+            )
+        known = ("name", "file", "shape", "dtype", "nbytes", "file_bytes", *KINDS)
         records.append(
             OpRecord(
                 name,
@@ -390,7 +395,8 @@ def _parse_ops(ops: list) -> tuple[OpRecord, ...]:
                 tuple(shape),
                 op["dtype"],
                 nbytes,
-                op["sha256"],
+                op[kind],
+                kind,
                 op.get("file_bytes"),
                 {k: v for k, v in op.items() if k not in known},
             )

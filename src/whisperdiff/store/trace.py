@@ -2,6 +2,7 @@
 
     traces/NAME/
         manifest.json        schema, provenance (model, weights sha256, input sha256, versions), ops in order
+                             with each one's digest
         tensors/OP.npy       one NumPy .npy per op (never pickle), written as the run produces it
 
 A trace is built in a hidden sibling directory (.NAME.partial-PID) and renamed into place only after
@@ -11,7 +12,7 @@ error on read. Tensors are read lazily, memory-mapped.
 
 Reading is inert and verified, the way git reads objects: the manifest is checked against its schema
 (manifest.py); only regular files inside the trace are opened and each .npy header must say exactly
-what the manifest says (files.py); and each tensor's sha256 is computed as it is first mapped, so a
+what the manifest says (files.py); and each tensor's digest (XXH3-128, digest.py) is computed as it is first mapped, so a
 damaged trace is an error naming the op and the file, never a number. `ls` is listing.py.
 """
 
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from whisperdiff.errors import WhisperdiffError
-from whisperdiff.provenance import sha256_bytes
+from whisperdiff.store.digest import array_digest, digest_fields, digest_kind
 from whisperdiff.store.files import (
     MANIFEST,
     TENSOR_DIR,
@@ -222,7 +223,6 @@ class TraceWriter:
         with open(self.tmp / rel, "wb") as f:
             np.lib.format.write_array(f, array, allow_pickle=False)
             file_bytes = f.tell()
-        digest = sha256_bytes(array)
         self.ops.append(
             {
                 "name": name,
@@ -231,7 +231,7 @@ class TraceWriter:
                 "dtype": array.dtype.name,
                 "nbytes": int(array.nbytes),
                 "file_bytes": file_bytes,
-                "sha256": digest,
+                **digest_fields(array),
             }
         )
 
@@ -281,7 +281,7 @@ class TraceWriter:
 class Trace:
     """A trace on disk: `.manifest` (a typed Manifest), `.ops` (names in order) and lazy, memory-mapped `trace[op]`.
 
-    Each op's sha256 is checked the first time it is mapped (the hash reads the pages the analysis
+    Each op's digest is checked the first time it is mapped (the hash reads the pages the analysis
     then works on, so it costs no extra pass over the disk); later reads of the same unchanged file
     are not hashed again. A reader that goes through the ops in order (compare, check, show) has the
     next op hashed on a second core while it works on this one. verify=False skips the digests
@@ -333,16 +333,17 @@ class Trace:
         if self._verify and self._verified.get(name) != stamp:
             ahead = self._ahead.pop(name, None)
             found = ahead.result() if ahead is not None else None
-            digest = found[1] if found is not None and found[0] == stamp else sha256_bytes(array)
-            if digest != op["sha256"]:
-                raise damaged(self.path, op, "does not match its sha256 in the manifest (bit rot or an edit)")
+            kind = digest_kind(op)
+            digest = found[1] if found is not None and found[0] == stamp else array_digest(array, kind)
+            if digest != op[kind]:
+                raise damaged(self.path, op, f"does not match its {kind} digest in the manifest (bit rot or an edit)")
             self._verified[name] = stamp
             self._hash_ahead(name)
         return array
 
     def _hash_ahead(self, name: str) -> None:
-        """When ops are first read in order, start hashing the next one on another thread (hashlib
-        releases the GIL), so its digest is ready when the reader gets there."""
+        """When ops are first read in order, start hashing the next one on another thread (hashlib and
+        xxhash release the GIL), so its digest is ready when the reader gets there."""
         i = self._order[name]
         in_order = self._last_new is not None and self._order[self._last_new] == i - 1
         self._last_new = name
@@ -353,7 +354,7 @@ class Trace:
             self._ahead[following] = _hasher().submit(_hash_file, self.path, self._ops[following])
 
     def verify(self, name: str) -> None:
-        """Check an op's bytes against the sha256 in the manifest now (catches bit rot and edits)."""
+        """Check an op's bytes against the digest in the manifest now (catches bit rot and edits)."""
         self._verified.pop(name, None)
         verify, self._verify = self._verify, True
         try:
@@ -392,12 +393,12 @@ _HASHER: ThreadPoolExecutor | None = None
 def _hasher() -> ThreadPoolExecutor:
     global _HASHER
     if _HASHER is None:
-        _HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="whisperdiff-sha256")
+        _HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="whisperdiff-digest")
     return _HASHER
 
 
 def _hash_file(path: Path, op: dict) -> tuple[tuple, str] | None:
-    """(stamp, sha256) of an op's data, or None when it cannot be read (the reader then says why)."""
+    """(stamp, digest) of an op's data, or None when it cannot be read (the reader then says why)."""
     try:
         return tensor_digest(path, op)
     except Exception:

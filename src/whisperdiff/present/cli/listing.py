@@ -47,7 +47,7 @@ def ls(
     ] = False,
 ):
     """List traces with impl, model, input, op count, size; incomplete or damaged ones are marked.
-    Without --verify the tensors' sha256 digests are not checked, and complete traces say "not verified"."""
+    Without --verify the tensors' digests are not checked, and complete traces say "not verified"."""
     listings = _find_traces(directory, verify=verify)
     if not listings:
         raise WhisperdiffError(f"no traces in {directory}; make one with `whisperdiff trace`")

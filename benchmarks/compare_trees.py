@@ -1,0 +1,73 @@
+"""One compare, two source trees, interleaved: how much a change to compare's speed buys.
+
+Each round reads both traces once (the bar: compare <= 2x that), then runs `compare` in a child process of
+each tree on its own pair (a tree that writes another trace schema reads its own copy of the same tensors).
+Prints each run and the medians. Asserts nothing.
+
+    git worktree add /tmp/old <commit>
+    python benchmarks/compare_trees.py --old /tmp/old A_OLD B_OLD --new . A B [--rounds 3] [--no-replay]
+
+benchmarks/compare_large.py writes a large-v3-shaped pair (--keep keeps it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from speed import read_all
+
+CHILD = """
+import json, resource, sys, time
+from whisperdiff.analysis.compare import compare
+start = time.perf_counter()
+result = compare(sys.argv[1], sys.argv[2], replay=sys.argv[3] == "replay")
+print(json.dumps({"seconds": time.perf_counter() - start, "first": result.first_divergence,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--old", nargs=3, metavar=("TREE", "A", "B"), required=True)
+    parser.add_argument("--new", nargs=3, metavar=("TREE", "A", "B"), required=True)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-replay", action="store_true")
+    args = parser.parse_args()
+    runs = {"old": args.old, "new": args.new}
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    reads = []
+    for r in range(args.rounds):
+        reads.append(read_all([Path(args.new[1]), Path(args.new[2])]))
+        for name, (tree, a, b) in runs.items():
+            env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve() / "src")}
+            done = subprocess.run(
+                [sys.executable, "-c", CHILD, a, b, "no" if args.no_replay else "replay"],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+            if done.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
+            figures = json.loads(done.stdout.strip().splitlines()[-1])
+            seconds[name].append(figures["seconds"])
+            print(
+                f"round {r}: {name} ({tree}): {figures['seconds']:.2f} s, peak {figures['peak_mb']:.0f} MB, "
+                f"first divergence {figures['first']}",
+                flush=True,
+            )
+    read = statistics.median(reads)
+    print(f"reading both traces (median of {args.rounds}): {read:.2f} s")
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        print(f"{name}: median {median:.2f} s, compare / read {median / read:.2f}x (goal <= 2)")
+    print(f"old / new: {statistics.median(seconds['old']) / statistics.median(seconds['new']):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
