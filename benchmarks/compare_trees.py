@@ -1,11 +1,11 @@
-"""One compare, two source trees, interleaved: how much a change to compare's speed buys.
+"""One compare, several source trees, interleaved: how much a change to compare's speed buys.
 
-Each round reads both traces once (the bar: compare <= 2x that), then runs `compare` in a child process of
-each tree on its own pair (a tree that writes another trace schema reads its own copy of the same tensors).
-Prints each run and the medians. Asserts nothing.
+Each round reads the last run's two traces once (the bar: compare <= 2x that), then runs `compare` in a
+child process of each tree on its own pair (a tree that reads another trace schema gets its own copy of
+the same tensors). Prints each run, the medians and each tree's time against the first's. Asserts nothing.
 
     git worktree add /tmp/old <commit>
-    python benchmarks/compare_trees.py --old /tmp/old A_OLD B_OLD --new . A B [--rounds 3] [--no-replay]
+    python benchmarks/compare_trees.py --run old /tmp/old A_OLD B_OLD --run new . A B [--rounds 3] [--no-replay]
 
 benchmarks/compare_large.py writes a large-v3-shaped pair (--keep keeps it).
 """
@@ -34,16 +34,16 @@ print(json.dumps({"seconds": time.perf_counter() - start, "first": result.first_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--old", nargs=3, metavar=("TREE", "A", "B"), required=True)
-    parser.add_argument("--new", nargs=3, metavar=("TREE", "A", "B"), required=True)
+    parser.add_argument("--run", nargs=4, action="append", metavar=("LABEL", "TREE", "A", "B"), required=True)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-replay", action="store_true")
     args = parser.parse_args()
-    runs = {"old": args.old, "new": args.new}
+    runs = {label: (tree, a, b) for label, tree, a, b in args.run}
+    last = args.run[-1]
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     reads = []
     for r in range(args.rounds):
-        reads.append(read_all([Path(args.new[1]), Path(args.new[2])]))
+        reads.append(read_all([Path(last[2]), Path(last[3])]))
         for name, (tree, a, b) in runs.items():
             env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve() / "src")}
             done = subprocess.run(
@@ -66,7 +66,9 @@ def main() -> None:
     for name, values in seconds.items():
         median = statistics.median(values)
         print(f"{name}: median {median:.2f} s, compare / read {median / read:.2f}x (goal <= 2)")
-    print(f"old / new: {statistics.median(seconds['old']) / statistics.median(seconds['new']):.2f}x")
+    first = statistics.median(seconds[args.run[0][0]])
+    for name, values in seconds.items():
+        print(f"{args.run[0][0]} / {name}: {first / statistics.median(values):.2f}x")
 
 
 if __name__ == "__main__":

@@ -107,6 +107,24 @@ def test_edited_op_is_found_and_named(ref, tmp_path, op, change, kind):
     assert len([f for f in result.findings if f.severity == "error"]) == 1  # later ops only inherit it
 
 
+def test_gigabyte_pairs_take_the_one_pass_metrics_and_find_the_same(ref, tmp_path, monkeypatch):
+    """Past ONEPASS_BYTES (both traces together) compare's metrics come from the compiled one-pass kernel:
+    shown here by lowering the bar to this small pair, whose every number and finding stays the same."""
+    from whisperdiff.analysis import compare as compare_module
+
+    b = edited(ref, tmp_path / "b", lambda name, x: (1.5 * x).astype(np.float32) if name == "blocks.0.mlp.fc2" else x)
+    numpy_path = compare(ref, b)
+    monkeypatch.setattr(compare_module, "ONEPASS_BYTES", 0)
+    calls = []
+    monkeypatch.setattr(compare_module, "op_metrics", lambda *a, **k: calls.append(k["onepass"]) or op_metrics(*a, **k))
+    kernel = compare(ref, b)
+    assert calls and all(calls)
+    assert kernel.first_divergence == numpy_path.first_divergence == "blocks.0.mlp.fc2"
+    assert [(f.kind, f.op) for f in kernel.findings] == [(f.kind, f.op) for f in numpy_path.findings]
+    for column in ("rel_l2", "cosine", "max_abs"):
+        assert kernel.table[column].tolist() == pytest.approx(numpy_path.table[column].tolist(), rel=1e-5, abs=1e-12)
+
+
 def test_shape_mismatch(ref, tmp_path):
     b = edited(ref, tmp_path / "b", lambda name, x: x[:, :, :100] if name == "conv2" else x)
     result = compare(ref, b)

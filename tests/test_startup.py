@@ -12,7 +12,7 @@ import pytest
 import whisperdiff as wd
 from whisperdiff.names import op_specs
 
-HEAVY = ("torch", "whisper", "matplotlib", "max")
+HEAVY = ("torch", "whisper", "matplotlib", "max", "numba")  # numba: compare's one-pass metrics, gigabytes only
 PROBE = (
     "import atexit, sys\n"
     "atexit.register(lambda: print('HEAVY=' + ','.join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr))\n"

@@ -123,6 +123,42 @@ def test_reused_scratch_never_leaks_between_chunks_or_ops(monkeypatch):
             assert got["max_abs_index"] == want["max_abs_index"]
 
 
+@pytest.mark.parametrize(
+    "shape,layout",
+    [((1, 40, 9), "B,T,C"), ((1, 9, 40), "B,C,T"), ((3, 5), None), ((1, 0, 4), "B,T,C"), ((), None)],
+    ids=["rows", "strided", "2d", "empty", "scalar"],
+)
+def test_the_one_pass_kernel_gives_the_numpy_paths_metrics(shape, layout, monkeypatch):
+    """compare's metrics for gigabyte traces (onepass.py, compiled) are the numpy path's: the sums to float
+    precision, the worst element and its index, the count past the tolerance; a chunk with NaN or Inf goes
+    to the numpy path, which counts them."""
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 27)
+    monkeypatch.setattr(metrics, "_PARALLEL_ELEMENTS", 1)  # the kernel on threads, as a large op runs
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal(shape).astype(np.float32)
+    cases = {
+        "close": a + np.float32(1e-6) * rng.standard_normal(shape).astype(np.float32),
+        "far": -a + rng.standard_normal(shape).astype(np.float32),
+        "same": a.copy(),
+    }
+    if a.size > 20:
+        spiked = cases["close"].copy()
+        spiked.flat[17] += 3  # the worst element
+        nonfinite = spiked.copy()
+        nonfinite.flat[5], nonfinite.flat[-1] = np.nan, np.inf
+        cases.update(spiked=spiked, nonfinite=nonfinite)
+    for name, b in cases.items():
+        numpy_path = op_metrics(a, b, layout=layout)
+        kernel = op_metrics(a, b, layout=layout, onepass=True)
+        for key in ("rel_l2", "cosine", "worst_step_cosine", "max_abs", "mean_a", "std_b", "snr_db", "mismatch_share"):
+            assert kernel[key] == pytest.approx(numpy_path[key], rel=1e-5, abs=1e-12), (name, key)
+        for key in ("max_abs_index", "worst_step", "nan_a", "nan_b", "inf_b"):
+            assert kernel[key] == numpy_path[key], (name, key)
+        assert kernel["step_rel_error"].tolist() == pytest.approx(numpy_path["step_rel_error"].tolist(), rel=1e-5)
+    if a.size > 20:
+        assert op_metrics(a, cases["nonfinite"], layout=layout, onepass=True)["nan_b"] == 1
+
+
 def _exact(a, b):
     """cosine and rel L2 of float32 arrays in float64 throughout, from a.b (exact enough away from 1)."""
     a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()

@@ -45,7 +45,7 @@ from whisperdiff.analysis.port_output import (
 from whisperdiff.analysis.results import COLUMNS, OpResult
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.mapping.align import Pair, align, load_rename_rules
-from whisperdiff.measure.metrics import op_metrics, rounding_error
+from whisperdiff.measure.metrics import ONEPASS_BYTES, op_metrics, rounding_error
 from whisperdiff.measure.tolerances import OpFailure, Tolerance, ToleranceSet, new_nonfinite
 from whisperdiff.store.documents import document
 from whisperdiff.store.trace import Trace, load_trace
@@ -196,6 +196,7 @@ def compare(
         warnings.append("introduced error not computed: the traces are not comparable")
 
     b_names = {p.name: p.b_name for p in pairs if p.matched}
+    onepass = ta.nbytes + tb.nbytes >= ONEPASS_BYTES  # gigabytes: the compiled one-pass metrics pay off
 
     def b_value(name):
         return views[name](np.asarray(tb[b_names[name]]))
@@ -255,7 +256,12 @@ def compare(
         if pair.matched:
             tol = tolerances.for_op(pair.name)
             m = op_metrics(
-                ta[pair.name], b_value(pair.name), layout=layouts.get(pair.name), atol=tol.atol, rtol=tol.rtol
+                ta[pair.name],
+                b_value(pair.name),
+                layout=layouts.get(pair.name),
+                atol=tol.atol,
+                rtol=tol.rtol,
+                onepass=onepass,
             )
             profiles[pair.name] = {"step_cosine": m.pop("step_cosine"), "step_rel_error": m.pop("step_rel_error")}
             result.metrics = m

@@ -37,16 +37,26 @@ def time_axis(layout: str | None, ndim: int) -> int:
     return max(ndim - 1, 0)
 
 
-def op_metrics(a, b, *, layout: str | None = None, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> dict:
+def op_metrics(
+    a,
+    b,
+    *,
+    layout: str | None = None,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    onepass: bool = False,
+) -> dict:
     """Every per-op metric of `compare` for reference `a` and candidate `b` (same shape).
 
-    Non-finite elements are counted on each side and left out of the other metrics."""
+    Non-finite elements are counted on each side and left out of the other metrics. onepass: float32
+    chunks by the compiled one-pass kernel (onepass.py; for traces past ONEPASS_BYTES), the rest by numpy."""
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
     axis = time_axis(layout, a.ndim)
     steps = a.shape[axis] if a.ndim else 1
-    a2 = np.moveaxis(np.asarray(a), axis, 0).reshape(steps, -1) if a.ndim else np.asarray(a).reshape(1, 1)
-    b2 = np.moveaxis(np.asarray(b), axis, 0).reshape(steps, -1) if b.ndim else np.asarray(b).reshape(1, 1)
+    rest = math.prod(d for i, d in enumerate(a.shape) if i != axis)  # (an empty op has no -1 to infer)
+    a2 = np.moveaxis(np.asarray(a), axis, 0).reshape(steps, rest) if a.ndim else np.asarray(a).reshape(1, 1)
+    b2 = np.moveaxis(np.asarray(b), axis, 0).reshape(steps, rest) if b.ndim else np.asarray(b).reshape(1, 1)
     rows = max(1, _CHUNK_ELEMENTS // max(1, a2.shape[1]))
 
     s = dict.fromkeys(("n", "sa", "sb", "outside"), 0.0)
@@ -56,7 +66,7 @@ def op_metrics(a, b, *, layout: str | None = None, atol: float = DEFAULT_ATOL, r
     starts = range(0, steps, rows)
 
     def chunk(i):
-        return _chunk(a2[i : i + rows], b2[i : i + rows], atol, rtol)
+        return _chunk(a2[i : i + rows], b2[i : i + rows], atol, rtol, onepass)
 
     # numpy releases the GIL: a large op's chunks run on every core
     chunks = (_pool().map if a2.size >= _PARALLEL_ELEMENTS else map)(chunk, starts)
@@ -76,7 +86,7 @@ def op_metrics(a, b, *, layout: str | None = None, atol: float = DEFAULT_ATOL, r
     norm_a = math.sqrt(saa)
 
     step_cos = _cosine(step_aa, step_bb, step_dd, step_ds, step_ab)
-    step_rel = np.sqrt(step_dd) / max(norm_a / math.sqrt(steps), 1e-300)
+    step_rel = np.sqrt(step_dd) / max(norm_a / math.sqrt(max(steps, 1)), 1e-300)
     rest_shape = tuple(d for i, d in enumerate(a.shape) if i != axis)
     index = list(np.unravel_index(max_at[1], rest_shape)) if rest_shape else []
     if a.ndim:
@@ -117,8 +127,12 @@ def _std(x2, sum_sq: float, n: float, mean: float, rows: int) -> float:
     return math.sqrt(total / max(count, 1))
 
 
-def _chunk(x, y, atol: float, rtol: float) -> dict:
+def _chunk(x, y, atol: float, rtol: float, onepass: bool = False) -> dict:
     """The sums of one chunk of rows (steps x rest): per row a.a, b.b, d.d, d.(a + b) and a.b, and the totals."""
+    if onepass and x.dtype == np.float32 and y.dtype == np.float32:
+        out = _onepass(x, y, atol, rtol)
+        if math.isfinite(out["sa"]) and math.isfinite(out["sb"]) and np.isfinite(out["steps"]).all():
+            return out  # else a NaN or Inf: the numpy path below counts and masks them
     if x.dtype in _SINGLE and y.dtype in _SINGLE:
         out = _sums(x.astype(np.float32, copy=False), y.astype(np.float32, copy=False), atol, rtol)
         if math.isfinite(out["sa"]) and math.isfinite(out["sb"]) and all(np.isfinite(v).all() for v in out["steps"]):
@@ -127,6 +141,29 @@ def _chunk(x, y, atol: float, rtol: float) -> dict:
 
 
 _SINGLE = (np.dtype(np.float32), np.dtype(np.float16))
+ONEPASS_BYTES = 1 << 30  # pairs from here on (both traces together) are compared by the one-pass kernel
+
+
+def _onepass(x, y, atol: float, rtol: float) -> dict:
+    """_chunk of a float32 chunk by onepass.chunk_sums: every element read once."""
+    from whisperdiff.measure.onepass import chunk_sums
+
+    steps = np.empty((x.shape[0], 5))
+    sa, sb, top, at, outside = chunk_sums(x, y, float(atol), float(rtol), steps)
+    cols = max(x.shape[1], 1)
+    return {
+        "nan_a": 0,
+        "inf_a": 0,
+        "nan_b": 0,
+        "inf_b": 0,
+        "n": x.size,
+        "sa": sa,
+        "sb": sb,
+        "steps": list(steps.T),
+        "max_abs": top,
+        "max_at": (at // cols, at % cols),
+        "outside": outside,
+    }
 
 
 def _sums(x, y, atol: float, rtol: float) -> dict:

@@ -39,7 +39,6 @@ from whisperdiff.store.files import (
     open_inside,
     open_tensor,
     read_manifest,
-    tensor_digest,
 )
 from whisperdiff.store.listing import Listing, list_traces
 from whisperdiff.store.manifest import DTYPES, MAX_NDIM, SAFE_NAME, SCHEMA, SCHEMA_VERSION, Manifest, ManifestProblem
@@ -319,22 +318,15 @@ class Trace:
 
     def __getitem__(self, name: str) -> np.memmap:
         op = self.info(name)
-        with open_tensor(self.path, op) as (f, offset, st):
-            dtype, shape = np.dtype(op["dtype"]), tuple(op["shape"])
-            if op["nbytes"] == 0:
-                array = np.zeros(shape, dtype)
-                array.flags.writeable = False
-            else:
-                try:
-                    array = np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape, order="C")
-                except (OSError, ValueError) as e:
-                    raise damaged(self.path, op, f"cannot be mapped ({e})") from None
-        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        array, stamp = _mapped(self.path, op)
         if self._verify and self._verified.get(name) != stamp:
             ahead = self._ahead.pop(name, None)
             found = ahead.result() if ahead is not None else None
             kind = digest_kind(op)
-            digest = found[1] if found is not None and found[0] == stamp else array_digest(array, kind)
+            if found is not None and found[1] == stamp:  # hashed ahead: its mapping's pages are in place
+                array, digest = found[0], found[2]
+            else:
+                digest = array_digest(array, kind)
             if digest != op[kind]:
                 raise damaged(self.path, op, f"does not match its {kind} digest in the manifest (bit rot or an edit)")
             self._verified[name] = stamp
@@ -397,10 +389,28 @@ def _hasher() -> ThreadPoolExecutor:
     return _HASHER
 
 
-def _hash_file(path: Path, op: dict) -> tuple[tuple, str] | None:
-    """(stamp, digest) of an op's data, or None when it cannot be read (the reader then says why)."""
+def _mapped(path: Path, op: dict) -> tuple[np.ndarray, tuple]:
+    """A read-only memory map of an op's data (its header checked first) and the file's (dev, inode, size,
+    mtime): the stamp that says a digest taken of it still holds."""
+    with open_tensor(path, op) as (f, offset, st):
+        dtype, shape = np.dtype(op["dtype"]), tuple(op["shape"])
+        if op["nbytes"] == 0:
+            array = np.zeros(shape, dtype)
+            array.flags.writeable = False
+        else:
+            try:
+                array = np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape, order="C")
+            except (OSError, ValueError) as e:
+                raise damaged(path, op, f"cannot be mapped ({e})") from None
+    return array, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _hash_file(path: Path, op: dict) -> tuple[np.ndarray, tuple, str] | None:
+    """(mapping, stamp, digest) of an op's data, or None when it cannot be read (the reader then says why).
+    The reader takes the mapping over: its pages are mapped once, by the hash."""
     try:
-        return tensor_digest(path, op)
+        array, stamp = _mapped(path, op)
+        return array, stamp, array_digest(array, digest_kind(op))
     except Exception:
         return None
 
