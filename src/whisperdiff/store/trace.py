@@ -12,8 +12,9 @@ error on read. Tensors are read lazily, memory-mapped.
 
 Reading is inert and verified, the way git reads objects: the manifest is checked against its schema
 (manifest.py); only regular files inside the trace are opened and each .npy header must say exactly
-what the manifest says (files.py); and each tensor's digest (XXH3-128, digest.py) is computed as it is first mapped, so a
-damaged trace is an error naming the op and the file, never a number. `ls` is listing.py.
+what the manifest says (files.py); and each tensor's digest (XXH3-128, digest.py) is computed as it is
+first mapped, so a damaged trace is an error naming the op and the file, never a number. `ls` is
+listing.py.
 """
 
 from __future__ import annotations
