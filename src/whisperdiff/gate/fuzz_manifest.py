@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from whisperdiff.gate.fuzz_mutation import Maker, Mutation, read_manifest, set_path, write_manifest
+from whisperdiff.store.digest import WRITTEN
 from whisperdiff.store.trace import MANIFEST
 
 HOSTILE = {
@@ -31,7 +32,7 @@ def manifest_makers(ops: list[str]) -> dict[str, Maker]:
                 "op.dtype",
                 "op.name",
                 "op.nbytes",
-                "op.xxh3_128",  # the digest a new trace's ops carry
+                f"op.{WRITTEN}",  # the digest a new trace's ops carry
                 "op.file_bytes",
                 "impl",
                 "model",
@@ -101,7 +102,7 @@ def manifest_makers(ops: list[str]) -> dict[str, Maker]:
                 "big-int",
             ]
         )
-        key = rng.choice(["name", "file", "shape", "dtype", "nbytes", "xxh3_128"])
+        key = rng.choice(["name", "file", "shape", "dtype", "nbytes", WRITTEN])
         required = rng.choice(["ops", "impl", "schema", "schema_version"])
         optional = rng.choice(["runner", "versions", "run", "device"])
         version = rng.choice([0, 3, 99, "1", 1.0, True, None, -1])

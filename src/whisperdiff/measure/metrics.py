@@ -54,7 +54,8 @@ def op_metrics(
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
     axis = time_axis(layout, a.ndim)
     steps = a.shape[axis] if a.ndim else 1
-    rest = math.prod(d for i, d in enumerate(a.shape) if i != axis)  # (an empty op has no -1 to infer)
+    rest_shape = tuple(d for i, d in enumerate(a.shape) if i != axis)
+    rest = math.prod(rest_shape)  # (an empty op has no -1 to infer)
     a2 = np.moveaxis(np.asarray(a), axis, 0).reshape(steps, rest) if a.ndim else np.asarray(a).reshape(1, 1)
     b2 = np.moveaxis(np.asarray(b), axis, 0).reshape(steps, rest) if b.ndim else np.asarray(b).reshape(1, 1)
     rows = max(1, _CHUNK_ELEMENTS // max(1, a2.shape[1]))
@@ -87,7 +88,6 @@ def op_metrics(
 
     step_cos = _cosine(step_aa, step_bb, step_dd, step_ds, step_ab)
     step_rel = np.sqrt(step_dd) / max(norm_a / math.sqrt(max(steps, 1)), 1e-300)
-    rest_shape = tuple(d for i, d in enumerate(a.shape) if i != axis)
     index = list(np.unravel_index(max_at[1], rest_shape)) if rest_shape else []
     if a.ndim:
         index.insert(axis, max_at[0])
@@ -131,13 +131,18 @@ def _chunk(x, y, atol: float, rtol: float, onepass: bool = False) -> dict:
     """The sums of one chunk of rows (steps x rest): per row a.a, b.b, d.d, d.(a + b) and a.b, and the totals."""
     if onepass and x.dtype == np.float32 and y.dtype == np.float32:
         out = _onepass(x, y, atol, rtol)
-        if math.isfinite(out["sa"]) and math.isfinite(out["sb"]) and np.isfinite(out["steps"]).all():
+        if _finite(out):
             return out  # else a NaN or Inf: the numpy path below counts and masks them
     if x.dtype in _SINGLE and y.dtype in _SINGLE:
         out = _sums(x.astype(np.float32, copy=False), y.astype(np.float32, copy=False), atol, rtol)
-        if math.isfinite(out["sa"]) and math.isfinite(out["sb"]) and all(np.isfinite(v).all() for v in out["steps"]):
+        if _finite(out):
             return out  # else a float32 sum overflowed (values beyond ~1e19): redo it in float64
     return _sums(x.astype(np.float64), y.astype(np.float64), atol, rtol)
+
+
+def _finite(out: dict) -> bool:
+    """Whether a chunk's sums are all finite (else it held a NaN or Inf, or a float32 sum overflowed)."""
+    return math.isfinite(out["sa"]) and math.isfinite(out["sb"]) and all(np.isfinite(v).all() for v in out["steps"])
 
 
 _SINGLE = (np.dtype(np.float32), np.dtype(np.float16))

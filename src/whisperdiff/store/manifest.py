@@ -51,7 +51,7 @@ DTYPES = (
 )
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
 _TENSOR_FILE = re.compile(r"^tensors/[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}\.npy$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = KINDS["sha256"]  # the model's and the input's digests are SHA-256
 
 
 class ManifestProblem(ValueError):
