@@ -125,6 +125,28 @@ def test_gigabyte_pairs_take_the_one_pass_metrics_and_find_the_same(ref, tmp_pat
         assert kernel.table[column].tolist() == pytest.approx(numpy_path.table[column].tolist(), rel=1e-5, abs=1e-12)
 
 
+@pytest.mark.parametrize("loaded", [False, True], ids=["checked-while-the-kernel-loads", "checked-in-the-loop"])
+def test_gigabyte_pairs_still_refuse_a_damaged_op(ref, tmp_path, monkeypatch, loaded):
+    """While the one-pass kernel loads, compare checks ops' digests ahead of its loop: a flipped bit in the
+    last op is the one-line damage error whether that check or the loop meets it."""
+    from concurrent.futures import Future
+
+    from whisperdiff.analysis import compare as compare_module
+
+    b = edited(ref, tmp_path / "b")
+    file = tmp_path / "b" / "tensors" / "ln_post.npy"
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 0xFF
+    file.write_bytes(bytes(data))
+    loading = Future()  # never done: the check ahead goes through every op
+    if loaded:
+        loading.set_result(None)  # done at once: the loop meets the op
+    monkeypatch.setattr(compare_module, "ONEPASS_BYTES", 0)
+    monkeypatch.setattr(compare_module, "load_onepass", lambda: loading)
+    with pytest.raises(wd.WhisperdiffError, match="op 'ln_post'.*does not match its xxh3_128 digest"):
+        compare(ref, b)
+
+
 def test_shape_mismatch(ref, tmp_path):
     b = edited(ref, tmp_path / "b", lambda name, x: x[:, :, :100] if name == "conv2" else x)
     result = compare(ref, b)

@@ -159,6 +159,25 @@ def test_the_one_pass_kernel_gives_the_numpy_paths_metrics(shape, layout, monkey
         assert op_metrics(a, cases["nonfinite"], layout=layout, onepass=True)["nan_b"] == 1
 
 
+@pytest.mark.parametrize("rtol", [0.0, 1e-3])
+def test_the_one_pass_kernel_counts_at_the_tolerance_edge(rtol):
+    """The kernel skips the tolerance count of a row whose largest |b - a| is within atol (nothing there can
+    pass atol + rtol |a|): at the edge, in float32 as both paths test it, it counts what the numpy path counts."""
+    atol = 1e-5
+    edge = np.float32(atol)
+    a = np.zeros((3, 50), np.float32)  # |a| = 0: the limit is atol itself
+    b = a.copy()
+    b[0, :10] = edge  # at the limit: not past it
+    b[1, :10] = edge
+    b[1, 20:23] = np.nextafter(edge, np.float32(1))  # just past it: 3 of them
+    b[2, 5] = -np.nextafter(edge, np.float32(1))  # past it, below zero
+    numpy_path = op_metrics(a, b, layout="T,C", atol=atol, rtol=rtol)
+    kernel = op_metrics(a, b, layout="T,C", atol=atol, rtol=rtol, onepass=True)
+    assert numpy_path["mismatch_share"] * a.size == pytest.approx(4)
+    assert kernel["mismatch_share"] == numpy_path["mismatch_share"]
+    assert kernel["max_abs_index"] == numpy_path["max_abs_index"] == [1, 20]
+
+
 def _exact(a, b):
     """cosine and rel L2 of float32 arrays in float64 throughout, from a.b (exact enough away from 1)."""
     a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()

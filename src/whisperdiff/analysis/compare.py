@@ -45,7 +45,7 @@ from whisperdiff.analysis.port_output import (
 from whisperdiff.analysis.results import COLUMNS, OpResult
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.mapping.align import Pair, align, load_rename_rules
-from whisperdiff.measure.metrics import ONEPASS_BYTES, op_metrics, rounding_error
+from whisperdiff.measure.metrics import ONEPASS_BYTES, load_onepass, op_metrics, rounding_error
 from whisperdiff.measure.tolerances import OpFailure, Tolerance, ToleranceSet, new_nonfinite
 from whisperdiff.store.documents import document
 from whisperdiff.store.trace import Trace, load_trace
@@ -200,6 +200,13 @@ def compare(
 
     def b_value(name):
         return views[name](np.asarray(tb[b_names[name]]))
+
+    if onepass:  # while the kernel loads, check the first ops' digests (what the loop would do first)
+        loading = load_onepass()
+        for name in (p.name for p in pairs if p.matched):
+            if loading.done():
+                break
+            ta[name], tb[b_names[name]]  # noqa: B018 (read for the digest check; the loop maps them again)
 
     results, profiles, op_findings, not_traced, not_aligned = [], {}, [], [], []
     capture = captured_port(tb.manifest)

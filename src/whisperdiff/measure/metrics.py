@@ -59,6 +59,8 @@ def op_metrics(
     a2 = np.moveaxis(np.asarray(a), axis, 0).reshape(steps, rest) if a.ndim else np.asarray(a).reshape(1, 1)
     b2 = np.moveaxis(np.asarray(b), axis, 0).reshape(steps, rest) if b.ndim else np.asarray(b).reshape(1, 1)
     rows = max(1, _CHUNK_ELEMENTS // max(1, a2.shape[1]))
+    if onepass and a2.dtype == b2.dtype == np.float32:  # the kernel goes row by row: one chunk per thread will do
+        rows = max(rows, -(-steps // _THREADS))
 
     s = dict.fromkeys(("n", "sa", "sb", "outside"), 0.0)
     nonfinite = {"nan_a": 0, "inf_a": 0, "nan_b": 0, "inf_b": 0}
@@ -87,7 +89,8 @@ def op_metrics(
     norm_a = math.sqrt(saa)
 
     step_cos = _cosine(step_aa, step_bb, step_dd, step_ds, step_ab)
-    step_rel = np.sqrt(step_dd) / max(norm_a / math.sqrt(max(steps, 1)), 1e-300)
+    with np.errstate(over="ignore"):  # a step error against an all-zero reference is inf, as rel_l2's is
+        step_rel = (np.sqrt(step_dd) / max(norm_a / math.sqrt(max(steps, 1)), 1e-300)).astype(np.float32)
     index = list(np.unravel_index(max_at[1], rest_shape)) if rest_shape else []
     if a.ndim:
         index.insert(axis, max_at[0])
@@ -109,7 +112,7 @@ def op_metrics(
         "mismatch_share": float(s["outside"] / n),
         **nonfinite,
         "step_cosine": step_cos.astype(np.float32),
-        "step_rel_error": step_rel.astype(np.float32),
+        "step_rel_error": step_rel,
     }
 
 
@@ -149,12 +152,22 @@ _SINGLE = (np.dtype(np.float32), np.dtype(np.float16))
 ONEPASS_BYTES = 1 << 30  # pairs from here on (both traces together) are compared by the one-pass kernel
 
 
+def load_onepass():
+    """Start loading the one-pass kernel on a thread (numba's import and the kernel from its on-disk
+    cache take ~0.5 s, on one core): a Future; meanwhile the caller can read and check its traces."""
+    return _pool().submit(_warm_onepass)
+
+
+def _warm_onepass() -> None:
+    _onepass(*(np.zeros((1, 1), np.float32),) * 2, 0.0, 0.0)
+
+
 def _onepass(x, y, atol: float, rtol: float) -> dict:
     """_chunk of a float32 chunk by onepass.chunk_sums: every element read once."""
     from whisperdiff.measure.onepass import chunk_sums
 
     steps = np.empty((x.shape[0], 5))
-    sa, sb, top, at, outside = chunk_sums(x, y, float(atol), float(rtol), steps)
+    sa, sb, top, at, outside = chunk_sums(_read_only_rows(x), _read_only_rows(y), float(atol), float(rtol), steps)
     cols = max(x.shape[1], 1)
     return {
         "nan_a": 0,
@@ -169,6 +182,15 @@ def _onepass(x, y, atol: float, rtol: float) -> dict:
         "max_at": (at // cols, at % cols),
         "outside": outside,
     }
+
+
+def _read_only_rows(x):
+    """x as a read-only row-major array: numba keeps one machine code per argument type, and loading each
+    from its cache takes ~0.1 s. A trace's ops are mapped read-only; an op with its time axis last is
+    strided here, and copied (it is a small share of a trace: the mel and the two convolutions)."""
+    x = np.ascontiguousarray(x).view()
+    x.flags.writeable = False
+    return x
 
 
 def _sums(x, y, atol: float, rtol: float) -> dict:
@@ -232,11 +254,14 @@ def _scratch(name: str, shape: tuple, dtype) -> np.ndarray:
     return buf[:size].reshape(shape)
 
 
+_THREADS = min(4, os.cpu_count() or 1)
+
+
 @functools.cache
 def _pool():
     from concurrent.futures import ThreadPoolExecutor
 
-    return ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="whisperdiff-metrics")
+    return ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="whisperdiff-metrics")
 
 
 def _cosine(aa, bb, dd, ds, ab):
