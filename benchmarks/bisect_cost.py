@@ -6,6 +6,8 @@ round has a MAX cache of its own (its own HOME) where every graph below is new (
 unrelated graph is compiled there first, so MAX's one-time kernel build is not counted against any:
 
 - untapped: compile and run the encoder's graph with only its output (the floor: what any answer costs);
+- untapped-bug: the same with the bug planted: the graph with the run-time bug switches (the one `bisect`
+            and `full` build on), only its output tapped; the floor for a port that carries its bug;
 - full:     compile B's graph with every default op tapped, trace, compare (the finding);
 - bisect:   `whisperdiff bisect`: one graph (block outputs, plus one block's inside picked at run time),
             run twice, the finding.
@@ -51,10 +53,13 @@ def child(how: str, model: str, fault: str, ref: str, out: str) -> dict:
         compile_s = sum(s.compile_seconds for s in b.steps)
         c = b.comparison
     else:
-        # untapped: the encoder's own graph (no bug switches, only its output); full: every default op, the bug on
-        untapped = how == "untapped"
+        # untapped: the encoder's own graph (no bug switches, only its output); untapped-bug: the graph with the
+        # bug switches, the bug on, only its output; full: that graph with every default op tapped
         session = Session(
-            "max", model=loaded, taps="output" if untapped else "default", inject=None if untapped else [fault]
+            "max",
+            model=loaded,
+            taps="default" if how == "full" else "output",
+            inject=None if how == "untapped" else [fault],
         )
         compile_s = time.perf_counter() - t0
         trace = session.trace(out=out, given_input=EncoderInput(np.array(a["mel"]), a.manifest.input.to_json()))
@@ -112,6 +117,7 @@ def workspace(directory: str | None, prefix: str) -> tuple[Path, Path]:
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--fault", default="kv-swap")
+    p.add_argument("--only", default="untapped,untapped-bug,full,bisect", help="configurations (comma list)")
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.model[0], args.fault, args.ref, args.out)))
@@ -125,7 +131,7 @@ def main() -> None:
         t0 = time.perf_counter()
         wd.trace("torch", model=model, out=ref)
         print(f"\n{model}: reference (openai-whisper, default taps) traced in {time.perf_counter() - t0:.1f} s")
-        rows: dict[str, list[dict]] = {"untapped": [], "full": [], "bisect": []}
+        rows: dict[str, list[dict]] = {h: [] for h in args.only.split(",")}
         for r in range(args.rounds):
             # A MAX cache of its own per round, warmed by an unrelated graph: MAX's one-time kernel build is
             # paid there, and each graph below is new to it, so each compile is that graph's own cost.
@@ -147,7 +153,8 @@ def summarize(what: str, rows: dict[str, list[dict]], rounds: int) -> None:
     med = {h: statistics.median(x["wall_s"] for x in v if "wall_s" in x) for h, v in rows.items() if v}
     print(f"{what}, medians over {rounds} round(s), each graph compiled cold:")
     for how, wall in med.items():
-        print(f"  {how:8s} {wall:7.1f} s  ({wall / med['untapped']:.2f}x untapped)")
+        against = "".join(f", {wall / med[b]:.2f}x {b}" for b in ("untapped-bug",) if b in med and b != how)
+        print(f"  {how:12s} {wall:7.1f} s  ({wall / med['untapped']:.2f}x untapped{against})")
     if not rows.get("full"):
         print(f"  bisection names {rows['bisect'][0].get('finding')} (no full trace to set it against)")
         return

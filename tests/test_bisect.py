@@ -47,6 +47,17 @@ def test_bisect_finds_what_a_full_trace_finds(ref, small_random, tmp_path, fault
     assert not any("--taps all" in w for w in result.comparison.warnings)
 
 
+def test_a_bug_in_the_stem_is_named_at_step_1(ref, small_random, tmp_path):
+    """Step 1 looks only for the first divergent block (no replay); where the stem diverges first, step 1 is
+    the last and its comparison is replayed, so the finding is still the full trace's."""
+    result = bisect(ref, impl="max", inject=["no-pos-embed"], out=tmp_path / "bisect")
+    full = compare(ref, wd.trace("max", model=small_random, inject=["no-pos-embed"], out=tmp_path / "full"))
+    assert not result and len(result.steps) == 1 and result.first_divergence == "pos_embed"
+    top, expected = result.comparison.findings[0], full.findings[0]
+    assert (top.op, top.kind) == (expected.op, expected.kind) == ("pos_embed", "positional")
+    assert result.comparison.result("pos_embed").introduced_rel_l2 is not None  # replayed
+
+
 def test_a_clean_port_stops_after_one_step(ref, tmp_path):
     result = bisect(ref, impl="torch", out=tmp_path / "clean")
     assert result and result.first_divergence is None and len(result.steps) == 1

@@ -33,7 +33,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -135,24 +135,33 @@ def _reference_and_model(reference, model) -> tuple[Trace, LoadedModel]:
     return a, model
 
 
-def _step_comparison(a: Trace, b, model, n: int) -> Comparison:
+def _step_comparison(a: Trace, b, model, n: int, replay: bool = True) -> Comparison:
     """A's full trace against one step's small one, as `compare` gives it, saying what the step left out."""
-    c = compare(a, b, model=model)
+    c = compare(a, b, model=model, replay=replay)
     # B's small trace leaves out A's other ops by design: say that, not "trace B with --taps all".
     c.warnings = [w for w in c.warnings if "were not traced in B" not in w]
     c.warnings.append(f"bisection step {n} traced {len(b.ops) - 1} of A's {len(a.ops) - 1} ops")
     return c
 
 
-def _bisect_steps(a: Trace, dims, step: Callable[[list[str]], Comparison], steps: list[BisectStep]) -> Comparison:
-    """Step 1 (the stem, every block's output, ln_post); step 2 inside the first block whose output diverges."""
-    comparison = step(coarse_taps(dims))
+def _bisect_steps(
+    a: Trace, model, step: Callable[[list[str], bool], Comparison], steps: list[BisectStep]
+) -> Comparison:
+    """Step 1 (the stem, every block's output, ln_post); step 2 inside the first block whose output diverges.
+    Step 1 only looks for that block (its metrics, no replay: at large-v3 the replay is a minute); the replay
+    that names the bug runs on the last step, and on step 1 again only where step 1 is the last."""
+    comparison = step(coarse_taps(model.dims), False)
     if not comparison.comparable:  # B ran with other weights or another input: no step can be trusted
         reasons = "; ".join(r.message for r in comparison.comparability.reasons)
         raise WhisperdiffError(f"B (step 1, {steps[0].trace}) is not comparable with {a.path}: {reasons}")
     found = split_block_op(comparison.first_divergence or "")
     if found and found[1] == "out":
-        comparison = step(block_taps(dims, found[0]))
+        return step(block_taps(model.dims, found[0]), True)
+    if comparison.first_divergence is None:
+        return comparison  # B agrees: nothing to replay (compare replays only where an op diverges)
+    t0 = time.perf_counter()
+    comparison = _step_comparison(a, load_trace(steps[0].trace), model, 1)  # the stem or ln_post: named here
+    steps[0] = replace(steps[0], run_seconds=steps[0].run_seconds + time.perf_counter() - t0)
     return comparison
 
 
@@ -178,7 +187,7 @@ def bisect(
     steps: list[BisectStep] = []
     session: Session | None = None
 
-    def step(taps: list[str]) -> Comparison:
+    def step(taps: list[str], replay: bool) -> Comparison:
         nonlocal session
         status(f"step {len(steps) + 1}: {impl} with {len(taps) - 1} taps")
         t0 = time.perf_counter()
@@ -191,12 +200,12 @@ def bisect(
         compiled = time.perf_counter()
         path = out / f"step{len(steps) + 1}"
         b = session.trace(out=path, given_input=given)
-        c = _step_comparison(a, b, model, len(steps) + 1)
+        c = _step_comparison(a, b, model, len(steps) + 1, replay)
         ran = time.perf_counter() - compiled
         steps.append(BisectStep(session.tap_names, path, compiled - t0, ran, c.first_divergence))
         return c
 
-    return Bisection(Path(a.path), impl, steps, _bisect_steps(a, model.dims, step, steps))
+    return Bisection(Path(a.path), impl, steps, _bisect_steps(a, model, step, steps))
 
 
 def bisect_port(
@@ -220,7 +229,7 @@ def bisect_port(
     out = Path(out)
     steps: list[BisectStep] = []
 
-    def step(taps: list[str]) -> Comparison:
+    def step(taps: list[str], replay: bool) -> Comparison:
         n = len(steps) + 1
         ops = [t for t in taps if t != "mel"]
         keys = expand(rules, ops)
@@ -241,8 +250,8 @@ def bisect_port(
             warnings.filterwarnings("ignore", "(?s).*canonical ops; not recorded", WhisperdiffWarning)
             trace_captured(path, cap, execute, model=model, impl=impl, reference=a, saved=saved, ops=ops)
         b = load_trace(path)
-        c = _step_comparison(a, b, model, n)
+        c = _step_comparison(a, b, model, n, replay)
         steps.append(BisectStep(["mel", *ops], path, built - t0, time.perf_counter() - built, c.first_divergence))
         return c
 
-    return Bisection(Path(a.path), impl, steps, _bisect_steps(a, model.dims, step, steps))
+    return Bisection(Path(a.path), impl, steps, _bisect_steps(a, model, step, steps))
