@@ -153,7 +153,11 @@ def summarize(what: str, rows: dict[str, list[dict]], rounds: int) -> None:
     med = {h: statistics.median(x["wall_s"] for x in v if "wall_s" in x) for h, v in rows.items() if v}
     print(f"{what}, medians over {rounds} round(s), each graph compiled cold:")
     for how, wall in med.items():
-        against = "".join(f", {wall / med[b]:.2f}x {b}" for b in ("untapped-bug",) if b in med and b != how)
+        against = (
+            f", {wall / med['untapped-bug']:.2f}x untapped-bug"
+            if "untapped-bug" in med and how != "untapped-bug"
+            else ""
+        )
         print(f"  {how:12s} {wall:7.1f} s  ({wall / med['untapped']:.2f}x untapped{against})")
     if not rows.get("full"):
         print(f"  bisection names {rows['bisect'][0].get('finding')} (no full trace to set it against)")

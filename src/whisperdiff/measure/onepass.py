@@ -6,9 +6,9 @@ that is the compare's time; this kernel reads each element once, so `compare` us
 metrics.ONEPASS_BYTES, where numba's import and its on-disk cache (~0.5 s, loaded while compare checks
 the first ops' digests) pay off. Like the numpy path it sums each row in float32 (eight lanes at a time)
 and the rows in float64. Its first version, which summed rows in float64 and took a float maximum, read
-5 GB/s a core; this one reads 13-18 (33 where a row's |b - a| stays within atol: then nothing
-can pass the tolerance and the count is skipped). A chunk whose sums are not finite (NaN, Inf) is redone by the numpy
-path, which counts and masks them.
+5 GB/s a core; this one reads 13-18 (33 where a row's |b - a| stays within atol: then nothing can pass
+the tolerance and the count is skipped). A chunk whose sums are not finite (NaN, Inf) is redone by the
+numpy path, which counts and masks them.
 
 numba comes with openai-whisper (its word timestamps use it). Imported only by metrics._onepass.
 """
@@ -53,12 +53,11 @@ def chunk_sums(x, y, atol, rtol, steps):
             for j in range(cols):
                 past += np.int32(ad[j] > atol32 + rtol32 * abs(x[i, j]))
         if top > best:  # only a row that beats the best so far needs the place of its maximum
+            best = top
             for j in range(cols):
                 if ad_bits[j] == top_bits:
-                    best, best_at = top, i * cols + j
+                    best_at = i * cols + j
                     break
-            else:
-                best = top
         steps[i, 0], steps[i, 1], steps[i, 2], steps[i, 3], steps[i, 4] = aa, bb, dd, ds, ab
         sa += ra
         sb += rb
