@@ -1,4 +1,4 @@
-"""Time to the named op for a captured port: `bisect_port` (two small graphs) against one full capture.
+"""Time to the named op for a captured port: `bisect_port` (one graph, two runs) against one full capture.
 
 The port is examples/max_nn_encoder.py (max.nn layers, captured with mark_all, no names given) with block 1's
 key projection loaded with its query weight; A is openai-whisper's trace of the same model. The map that
@@ -8,7 +8,8 @@ HOME), warmed by an unrelated graph, so every graph below is compiled cold:
 
 - untapped: compile the port's graph with its output only, run it (the floor: what any answer costs);
 - full:     compile the port with every canonical-shaped value as an output, trace it, compare (the finding);
-- bisect:   bisect_port: the stem and block outputs, then the first divergent block's values (two graphs).
+- bisect:   bisect_port: the stem and block outputs, then the first divergent block's values; one graph
+            (PickBlock) compiled at step 1 and loaded from MAX's cache at step 2 with the block picked.
 
 Prints wall and compile time, the outputs each graph has, and the finding, then the ratios to untapped, and
 whether bisect_port names what the full capture names. Prints figures; asserts nothing.
@@ -51,7 +52,7 @@ def child(how: str, model: str, ref: str, saved: str, out: str) -> dict:
 
     loaded = wd.load_model(model)
     a = wd.load_trace(ref)
-    outputs, finding, t0 = [], None, time.perf_counter()
+    outputs, finding, steps, t0 = [], None, [], time.perf_counter()
     if how == "untapped":
         d = loaded.dims
         from max import engine
@@ -79,6 +80,7 @@ def child(how: str, model: str, ref: str, saved: str, out: str) -> dict:
         b = wd.bisect_port(a, lambda select: ex.captured(loaded, select, BUG), saved=read_map(saved), out=out)
         compile_s = sum(s.compile_seconds for s in b.steps)
         outputs = [s.tap_count for s in b.steps]
+        steps = [[round(s.compile_seconds, 1), round(s.run_seconds, 1)] for s in b.steps]
         finding = b.comparison.findings[0] if b.comparison.findings else None
     return {
         "how": how,
@@ -86,6 +88,7 @@ def child(how: str, model: str, ref: str, saved: str, out: str) -> dict:
         "compile_s": round(compile_s, 2),
         "outputs": outputs,
         "finding": f"{finding.kind} at {finding.op}" if finding else None,
+        **({"steps (build and load, trace and compare)": steps} if how == "bisect" else {}),
     }
 
 

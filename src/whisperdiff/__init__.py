@@ -47,6 +47,8 @@ _API = {
     "instrument": "whisperdiff.capture.instrument",
     "mark_all": "whisperdiff.capture.graph_capture",  # (not "capture": that is the subpackage's name)
     "ChosenOnly": "whisperdiff.capture.graph_capture",
+    "PickBlock": "whisperdiff.capture.graph_capture",
+    "PICK_WEIGHT": "whisperdiff.capture.graph_capture",
     "trace_captured": "whisperdiff.capture.captured_trace",
     "preflight": "whisperdiff.capture.preflight",
     "CapturedTorchRunner": "whisperdiff.capture.torch_capture",

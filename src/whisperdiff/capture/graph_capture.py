@@ -104,6 +104,23 @@ class ChosenOnly(list):
     graph it compiles stops at that block (the port's own output was compared at the step before)."""
 
 
+PICK_WEIGHT = "whisperdiff.pick_block"  # the Weight that says which block a PickBlock graph returns
+
+
+class PickBlock(list):
+    """A `select` whose graph serves every bisection step with one compile (bisect_port): `keys` are outputs
+    as in a plain list, and for each op inside a block (a group: that op's key in block 0, 1, ...) one more
+    output returns the value of the block a run-time Weight names (PICK_WEIGHT, `pick`), through a chain of
+    `where(pick == i, value_i, acc)`. The Weight's value is not part of the graph, so a build with another
+    `pick` loads from MAX's cache; the caller feeds it at load (bisect_port wraps InferenceSession.load).
+    pick=None: the picked outputs are left unnamed (step 1). As a list it holds every key it may return,
+    which a capture that cannot pick (a torch module's) records as a plain select."""
+
+    def __init__(self, keys: list[str], groups: list[list[str]], pick: int | None = None):
+        super().__init__(dict.fromkeys([*keys, *(k for g in groups for k in g)]))
+        self.keys, self.groups, self.pick = list(keys), [list(g) for g in groups], pick
+
+
 class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as cap`
     """Record every tensor value created while the block runs (see the module docstring).
 
@@ -299,7 +316,10 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         if self._select is not None and self._recording:
             alone = isinstance(self._select, ChosenOnly)
             self.n_outputs = 0 if alone else len(values)
-            values = (*(() if alone else values), *self.outputs(self._select, self._dims))
+            if isinstance(self._select, PickBlock):
+                values = (*values, *self.outputs(self._select.keys), *self._picked(self._select.groups))
+            else:
+                values = (*(() if alone else values), *self.outputs(self._select, self._dims))
         self._recording = False  # the graph is finished
         return values
 
@@ -372,16 +392,51 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
         finally:
             self._recording = was
 
+    def _picked(self, groups: list[list[str]]) -> list:
+        """One float32 output per group: the value of the block PICK_WEIGHT names (PickBlock). MAX computes
+        every block's value anyway; the chain keeps one alive, not all (benchmarks/bisect_select.py)."""
+        from max.dtype import DType
+        from max.graph import Weight, ops
+
+        by_key = {c.key: c for c in self.values}
+        missing = [k for g in groups for k in g if k not in by_key]
+        if missing:
+            raise WhisperdiffError(f"no captured value has the key {missing[0]!r}: make the map from this port")
+        was, self._recording = self._recording, False
+        try:
+            picked, pick = [], None
+            for group in groups:
+                values = [by_key[k].value for k in group]
+                if len({(shape_of(v), str(v.dtype)) for v in values}) > 1:
+                    raise WhisperdiffError(
+                        f"{', '.join(group[:2])}... differ in shape or dtype: no block can be picked"
+                    )
+                if pick is None:  # on the values' device, so the comparison needs no transfer
+                    pick = Weight(PICK_WEIGHT, DType.int32, [1], device=values[0].device)
+                acc = values[0]
+                for i, v in enumerate(values[1:], start=1):
+                    acc = ops.where(ops.equal(pick, ops.constant(i, DType.int32, device=v.device)), v, acc)
+                picked.append(acc if acc.dtype == DType.float32 else ops.cast(acc, DType.float32))
+            return picked
+        finally:
+            self._recording = was
+
     def named(self, results) -> dict[str, np.ndarray]:
         """Pair the executed graph's outputs for the chosen values (in order) with their keys (all results
-        when `select` was given: the code's own outputs are skipped)."""
+        when `select` was given: the code's own outputs are skipped). A PickBlock's picked outputs follow,
+        named by their keys in the picked block (left out when it picks none)."""
         results = list(results)[self.n_outputs or 0 :] if self._select is not None else list(results)
         chosen = getattr(self, "chosen", None)
-        if chosen is None or len(results) != len(chosen):
+        groups = self._select.groups if isinstance(self._select, PickBlock) else []
+        if chosen is None or len(results) != len(chosen) + len(groups):
             raise WhisperdiffError(
                 f"got {len(results)} results for {len(chosen or [])} chosen values; pass the outputs after your own"
             )
-        return {c.key: to_numpy(r) for c, r in zip(chosen, results, strict=True)}
+        named = {c.key: to_numpy(r) for c, r in zip(chosen, results, strict=False)}
+        pick = self._select.pick if groups else None
+        if pick is not None:
+            named.update({g[pick]: to_numpy(r) for g, r in zip(groups, results[len(chosen) :], strict=True)})
+        return named
 
     def table(self) -> list[dict]:
         return [c.describe() for c in self.values]

@@ -17,10 +17,12 @@ B's own inputs as `compare` does) is the finding.
 
 Reading A never runs code: B's implementation is the one the caller names, as for `patch`.
 
-A port captured with `mark_all` (docs/ports.md section 0) bisects the same way through `bisect_port`: each
-step builds and compiles the port with only that step's values as extra outputs, picked by their keys in a
-map of an earlier full capture (`trace_captured(..., map_path=...)`: keys are module paths, so they survive
-edits), so no step compiles the graph that outputs every value:
+A port captured with `mark_all` (docs/ports.md section 0) bisects the same way through `bisect_port`, also
+with one compile: the port is built with a PickBlock select (capture/graph_capture.py), whose graph outputs
+step 1's values and, for every op inside a block, the value of the block a Weight picks; the values are
+named by their keys in a map of an earlier full capture (`trace_captured(..., map_path=...)`: keys are
+module paths, so they survive edits). Step 2 builds the port again with the Weight set to the divergent
+block: the same graph, loaded from MAX's cache. No step outputs every value:
 
     b = bisect_port("traces/torch-tiny.en-speech", build, saved=read_map("my-port.map.toml"), out="bisect/p")
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,13 +43,13 @@ import numpy as np
 
 from whisperdiff.analysis.compare import Comparison, compare
 from whisperdiff.capture.captured_trace import trace_captured
-from whisperdiff.capture.graph_capture import ChosenOnly
+from whisperdiff.capture.graph_capture import PICK_WEIGHT, PickBlock
 from whisperdiff.capture.session import Session
 from whisperdiff.errors import WhisperdiffError, WhisperdiffWarning
 from whisperdiff.inputs.audio import EncoderInput
 from whisperdiff.inputs.models import LoadedModel, load_model, model_of
 from whisperdiff.mapping.maps import expand
-from whisperdiff.names import ENCODER_OUTPUT, op_specs, split_block_op
+from whisperdiff.names import op_specs, split_block_op
 from whisperdiff.store.documents import document
 from whisperdiff.store.trace import Trace, load_trace
 
@@ -219,31 +222,42 @@ def bisect_port(
     on_status: Callable[[str], None] | None = None,
 ) -> Bisection:
     """Bisect a port captured with mark_all (module docstring). build(select) -> (cap, execute): the port's graph
-    built under wd.mark_all(..., select=select) and compiled; select lists the keys of the values a step needs.
-    saved: read_map() of a full capture of this port (or of an earlier version of it): its [ops] name each
-    canonical op's key. Each step's trace is aligned by that map and runs on the Tracer's default input, the
-    shipped clip: A must have been traced on it (a step not comparable with A is an error)."""
+    built under wd.mark_all(..., select=select) and compiled; select (a PickBlock) lists the keys of the values
+    a step needs. saved: read_map() of a full capture of this port (or of an earlier version of it): its [ops]
+    name each canonical op's key. Each step's trace is aligned by that map and runs on the Tracer's default
+    input, the shipped clip: A must have been traced on it (a step not comparable with A is an error).
+
+    One graph serves both steps: it outputs step 1's values and, for each op inside a block, the value of the
+    block a Weight picks (PickBlock). Step 2 calls build again with that Weight set to the divergent block:
+    the same graph, so MAX loads it from its cache instead of compiling it."""
     a, model = _reference_and_model(reference, model)
     status = on_status or (lambda text: None)
     rules = saved.get("ops") if isinstance(saved.get("ops"), dict) else saved
     out = Path(out)
     steps: list[BisectStep] = []
+    dims = model.dims
+    coarse = [t for t in coarse_taps(dims) if t != "mel"]
+    inside = [t for t in block_taps(dims, 0)[2:] if t not in coarse]
+    keys = _keys(
+        rules, [*coarse, *(f"blocks.{i}.{split_block_op(t)[1]}" for t in inside for i in range(dims.n_audio_layer))]
+    )
+    step1 = sorted(set(keys[t] for t in coarse))
+    groups = list(
+        dict.fromkeys(
+            tuple(keys[f"blocks.{i}.{split_block_op(t)[1]}"] for i in range(dims.n_audio_layer)) for t in inside
+        )
+    )
 
     def step(taps: list[str], replay: bool) -> Comparison:
         n = len(steps) + 1
         ops = [t for t in taps if t != "mel"]
-        keys = expand(rules, ops)
-        unnamed = [t for t in ops if t not in keys]
-        if unnamed:
-            raise WhisperdiffError(
-                f"the map names no value for {', '.join(unnamed[:4])}: make it from a full capture of the port "
-                "(trace_captured(..., map_path=...)) and pass read_map() of it"
-            )
-        status(f"step {n}: building and compiling the port with {len(keys)} values as outputs")
+        block = split_block_op(ops[-1])[0] if n > 1 else None
+        what = "building and compiling" if n == 1 else "building (the graph of step 1, from MAX's cache)"
+        status(f"step {n}: {what} the port with {len(step1)} values and {len(groups)} picked as outputs")
         t0 = time.perf_counter()
-        select = sorted(set(keys.values()))
-        # Without the encoder's output the graph needs nothing past the last op asked for: MAX prunes the rest.
-        cap, execute = build(select if ENCODER_OUTPUT in ops else ChosenOnly(select))
+        select = PickBlock(step1, [list(g) for g in groups], block)
+        with feeding_pick(select):
+            cap, execute = build(select)
         built = time.perf_counter()
         path = out / f"step{n}"
         with warnings.catch_warnings():  # "holds 8 of the model's 30 canonical ops": by design here
@@ -255,3 +269,41 @@ def bisect_port(
         return c
 
     return Bisection(Path(a.path), impl, steps, _bisect_steps(a, model, step, steps))
+
+
+def _keys(rules: dict, ops: list[str]) -> dict[str, str]:
+    """{canonical op: the port's key for it} from a saved map's rules; every op must be named."""
+    keys = {op: right["name"] if isinstance(right, dict) else right for op, right in expand(rules, ops).items()}
+    unnamed = [t for t in ops if t not in keys]
+    if unnamed:
+        raise WhisperdiffError(
+            f"the map names no value for {', '.join(unnamed[:4])}: make it from a full capture of the port "
+            "(trace_captured(..., map_path=...)) and pass read_map() of it"
+        )
+    return keys
+
+
+@contextmanager
+def feeding_pick(select: PickBlock):
+    """While the port's build runs: every InferenceSession.load of a graph that has PickBlock's Weight is fed
+    the block to pick (the user's code loads its graph as it always does)."""
+    from max.engine import InferenceSession
+
+    load = InferenceSession.load
+
+    def load_with_pick(self, model, *args, weights_registry=None, **kwargs):
+        if _has_weight(model, PICK_WEIGHT):
+            pick = np.array([select.pick or 0], np.int32)
+            weights_registry = {**(weights_registry or {}), PICK_WEIGHT: pick}
+        return load(self, model, *args, weights_registry=weights_registry, **kwargs)
+
+    InferenceSession.load = load_with_pick
+    try:
+        yield
+    finally:
+        InferenceSession.load = load
+
+
+def _has_weight(graph, name: str) -> bool:
+    """Whether a max.graph.Graph being loaded declares the Weight `name` (a graph with one block has no pick)."""
+    return name in (getattr(graph, "_weights", None) or {})
