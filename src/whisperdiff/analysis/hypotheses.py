@@ -43,9 +43,13 @@ __all__ = [
 
 
 def _collector(rp: Replayer, out, found: list):
-    """add(kind, explain, candidate, where=None, **extra): score one hypothesis against B into `found`."""
+    """add(kind, explain, candidate, where=None, scored=None, **extra): score one hypothesis against B into
+    `found` (scored: its rel L2 is given, and candidate is None)."""
 
-    def add(kind, explain, candidate, where=None, **extra):
+    def add(kind, explain, candidate, where=None, scored=None, **extra):
+        if scored is not None:  # scored already, on a sample of the steps (a rival far from fitting)
+            found.append((kind, explain, scored, extra))
+            return
         if candidate is None or tuple(candidate.shape) != tuple(out.shape):
             return
         if where is not None:  # only part of the output is defined by this hypothesis (a shifted table)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import re
 
-from whisperdiff.analysis.replay import LINEAR_PARAMS
+from whisperdiff.analysis.replay import LINEAR_PARAMS, rel
 
 
 def conv_hypotheses(rp, recipe, xs, out, e, ctx, add):
@@ -169,18 +169,7 @@ def linear_hypotheses(rp, recipe, xs, out, e, ctx, add):
             "not transposed)",
             x @ w.T.contiguous().reshape(n_out, n_in).T + bias_or_0,
         )
-    for key, other in rp.w.items():
-        if key == f"{name}.weight" or other.shape != w.shape or other.ndim != 2 or not key.startswith(part):
-            continue
-        xo = x @ other.T
-        other_short = short_name(key)
-        uses = _op_of_weight(key)
-        add("wrong_weight", f"{short} uses {other_short}'s weight", xo + bias_or_0, uses=uses)
-        ob = rp.w.get(key.removesuffix("weight") + "bias")
-        if ob is not None:
-            add("wrong_weight", f"{short} uses {other_short}'s weight and bias", xo + ob, uses=uses)
-        if bias is not None:
-            add("wrong_weight", f"{short} uses {other_short}'s weight, no bias", xo, uses=uses)
+    _other_weight_hypotheses(rp, name, short, x, out, add)
     for key, ob in rp.w.items():  # its own bias replaced by (or, without one, given) another op's bias
         if key == f"{name}.bias" or not key.endswith(".bias") or ob.shape != (n_out,) or not key.startswith(part):
             continue
@@ -197,6 +186,53 @@ def linear_hypotheses(rp, recipe, xs, out, e, ctx, add):
     _fused_rows(rp, name, short, x, out, add)
     if recipe.params.get("tied"):
         _tied_output_hypotheses(rp, recipe, xs, out, e, add)
+
+
+# Time steps each other weight is first tried on, where the op has many more (1500 in every encoder).
+SCREEN_STEPS = 64
+# A weight is recomputed on every step where its score on the sample is within this of the best one's:
+# twice the margin diagnose._reproducing looks at for a rival (2x the best), so none is lost.
+SCREEN_MARGIN = 4.0
+
+
+def _other_weight_hypotheses(rp, name, short, x, out, add):
+    """Another layer's weight of this shape: alone (with this op's bias), with its own bias, or with none. A
+    large model holds a hundred such weights (large-v3: 127 of an attention projection's), each a full
+    matmul, so where the op has many steps each is first scored on SCREEN_STEPS of them, evenly spread; only
+    those within SCREEN_MARGIN of the best are recomputed on every step, the rest keep the sampled score."""
+    w, bias = rp.w[f"{name}.weight"], rp.w.get(f"{name}.bias")
+    part = name.split(".", 1)[0] + "."  # another layer's weight: from the same encoder or decoder
+    steps = x.shape[-2] if x.ndim >= 2 else 0
+    sampled = steps > 4 * SCREEN_STEPS
+    if sampled:
+        rows = rp.torch.linspace(0, steps - 1, SCREEN_STEPS).round().long().unique()
+        x_s, out_s = x.index_select(-2, rows), out.index_select(-2, rows)
+    tried = []  # (kind's text, weight key, bias added, score on the sample)
+    for key, other in rp.w.items():
+        if key == f"{name}.weight" or other.shape != w.shape or other.ndim != 2 or not key.startswith(part):
+            continue
+        other_short = short_name(key)
+        ob = rp.w.get(key.removesuffix("weight") + "bias")
+        variants = [(f"{short} uses {other_short}'s weight", bias if bias is not None else 0)]
+        if ob is not None:
+            variants.append((f"{short} uses {other_short}'s weight and bias", ob))
+        if bias is not None:
+            variants.append((f"{short} uses {other_short}'s weight, no bias", 0))
+        xo = (x_s if sampled else x) @ other.T
+        for text, b in variants:
+            if sampled:
+                tried.append((text, key, b, rel(xo + b, out_s)))
+            else:
+                add("wrong_weight", text, xo + b, uses=_op_of_weight(key))
+    best = min((t[3] for t in tried), default=0.0)
+    full = {}  # key -> x @ its weight.T on every step, for the weights that fit about as well as the best
+    for text, key, b, score in tried:
+        if score <= SCREEN_MARGIN * best:
+            if key not in full:
+                full[key] = x @ rp.w[key].T
+            add("wrong_weight", text, full[key] + b, uses=_op_of_weight(key))
+        else:
+            add("wrong_weight", text, None, scored=score, uses=_op_of_weight(key), sampled_steps=SCREEN_STEPS)
 
 
 PROJECTIONS = ("query", "key", "value")
