@@ -54,16 +54,17 @@ class Replayer:
         """parts: whose weights ("encoder", "decoder"): a decoder trace needs both, an encoder one only its own."""
         import torch
 
+        from whisperdiff.inputs.models import read_each
+
         self.torch = torch
         self.loaded = loaded
         self.dims = loaded.dims
         if weights is None:
             prefixes = tuple(f"{p}." for p in parts)
-            weights = {  # names first: a random model makes each tensor when it is read
-                k: loaded.state_dict[k].detach().to(torch.float32).contiguous()
-                for k in loaded.state_dict
-                if k.startswith(prefixes)
-            }
+            names = [k for k in loaded.state_dict if k.startswith(prefixes)]  # names first: a random model
+            weights = read_each(  # makes each tensor when it is read
+                names, lambda k: loaded.state_dict[k].detach().to(torch.float32).contiguous()
+            )
         self.w = weights
         self.decoder_context: dict = {}  # a decoder trace's prompt length (its incremental steps start there)
         self.n_head = self.dims.n_audio_head

@@ -48,11 +48,10 @@ def encoder_weights(model, dtype: str = "float32", names=None) -> dict:
     float16/bfloat16 are fed as torch tensors (DLPack): numpy has no bfloat16."""
     import torch
 
-    weights = {}
-    for name in model.state_dict if names is None else names:
-        if not name.startswith("encoder."):
-            continue  # before reading the value: a random model makes each tensor when it is read
-        t = model.state_dict[name].detach().cpu()
+    from whisperdiff.inputs.models import read_each
+
+    def graph_value(name: str, t):
+        t = t.detach().cpu()
         if dtype == "float32" and t.dtype in (torch.float16, torch.float32, torch.float64):
             t = t.numpy().astype(np.float32, copy=False)  # float16 -> float32 is exact in numpy as in torch
         else:
@@ -62,11 +61,13 @@ def encoder_weights(model, dtype: str = "float32", names=None) -> dict:
         if name in ("encoder.conv1.weight", "encoder.conv2.weight"):
             t = t.transpose(2, 1, 0)[None] if isinstance(t, np.ndarray) else t.permute(2, 1, 0)[None]
         if isinstance(t, np.ndarray):
-            weights[name] = np.ascontiguousarray(t)
-        else:
-            t = t.contiguous()
-            weights[name] = t.numpy() if t.dtype == torch.float32 else t
-    return weights
+            return np.ascontiguousarray(t)
+        t = t.contiguous()
+        return t.numpy() if t.dtype == torch.float32 else t
+
+    # names first: a random model makes each tensor when it is read (read_each: two at a time)
+    names = [n for n in (model.state_dict if names is None else names) if n.startswith("encoder.")]
+    return read_each(names, lambda name: graph_value(name, model.state_dict[name]))
 
 
 class MaxRunner:

