@@ -152,13 +152,11 @@ def summarize(what: str, rows: dict[str, list[dict]], rounds: int) -> None:
     """Medians per configuration against untapped, and whether bisection named what the full trace named."""
     med = {h: statistics.median(x["wall_s"] for x in v if "wall_s" in x) for h, v in rows.items() if v}
     print(f"{what}, medians over {rounds} round(s), each graph compiled cold:")
-    for how, wall in med.items():
-        against = (
-            f", {wall / med['untapped-bug']:.2f}x untapped-bug"
-            if "untapped-bug" in med and how != "untapped-bug"
-            else ""
-        )
-        print(f"  {how:12s} {wall:7.1f} s  ({wall / med['untapped']:.2f}x untapped{against})")
+    for how, wall in med.items():  # against each baseline that ran (--only may leave either out)
+        ratios = [f"{wall / med[base]:.2f}x {base}" for base in ("untapped", "untapped-bug") if base in med]
+        print(f"  {how:12s} {wall:7.1f} s  ({', '.join(ratios)})")
+    if not rows.get("bisect"):
+        return
     if not rows.get("full"):
         print(f"  bisection names {rows['bisect'][0].get('finding')} (no full trace to set it against)")
         return

@@ -235,18 +235,13 @@ def bisect_port(
     rules = saved.get("ops") if isinstance(saved.get("ops"), dict) else saved
     out = Path(out)
     steps: list[BisectStep] = []
-    dims = model.dims
-    coarse = [t for t in coarse_taps(dims) if t != "mel"]
-    inside = [t for t in block_taps(dims, 0)[2:] if t not in coarse]
-    keys = _keys(
-        rules, [*coarse, *(f"blocks.{i}.{split_block_op(t)[1]}" for t in inside for i in range(dims.n_audio_layer))]
-    )
-    step1 = sorted(set(keys[t] for t in coarse))
-    groups = list(
-        dict.fromkeys(
-            tuple(keys[f"blocks.{i}.{split_block_op(t)[1]}"] for i in range(dims.n_audio_layer)) for t in inside
-        )
-    )
+    n_blocks = model.dims.n_audio_layer
+    coarse = [t for t in coarse_taps(model.dims) if t != "mel"]
+    inner = [split_block_op(t)[1] for t in block_taps(model.dims, 0)[2:] if t not in coarse]  # attn_ln ... mlp.fc2
+    keys = _keys(rules, [*coarse, *(f"blocks.{i}.{op}" for op in inner for i in range(n_blocks))])
+    step1 = sorted({keys[t] for t in coarse})
+    # one group per op inside a block: its key in block 0, 1, ... (ops that share a value share a group)
+    groups = list(dict.fromkeys(tuple(keys[f"blocks.{i}.{op}"] for i in range(n_blocks)) for op in inner))
 
     def step(taps: list[str], replay: bool) -> Comparison:
         n = len(steps) + 1
