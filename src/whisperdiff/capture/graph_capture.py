@@ -119,6 +119,9 @@ class PickBlock(list):
     def __init__(self, keys: list[str], groups: list[list[str]], pick: int | None = None):
         super().__init__(dict.fromkeys([*keys, *(k for g in groups for k in g)]))
         self.keys, self.groups, self.pick = list(keys), [list(g) for g in groups], pick
+        blocks = {len(g) for g in self.groups}
+        if len(blocks) > 1 or (pick is not None and not all(0 <= pick < n for n in blocks)):
+            raise WhisperdiffError(f"PickBlock: every group needs one key per block, and pick one of them (got {pick})")
 
 
 class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as cap`
