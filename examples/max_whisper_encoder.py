@@ -4,6 +4,7 @@ checked and traced by whisperdiff against openai-whisper on the embedded default
     python examples/max_whisper_encoder.py                 # the shipped encoder: preflight, no compile
     python examples/max_whisper_encoder.py --fixed         # examples/max_whisper_encoder_fixed.py: trace it
     python examples/max_whisper_encoder.py --fixed --plant reshape-mel    # or attn-scale: a planted mistake
+    python examples/max_whisper_encoder.py --fixed --plant attn-scale --bisect --use-map traces/maxpipe-tiny.en-speech.map.toml
     whisperdiff check traces/torch-tiny.en-speech traces/maxpipe-tiny.en-speech --tolerances float32
 
 Needs `pip install -e ".[ports]"` (max.pipelines imports transformers and av). The only workaround
@@ -173,6 +174,44 @@ def trace_fixed(
     return 0
 
 
+def bisect_fixed(model, out: str, plant: str | None, reference: str | None, saved_map: str) -> int:
+    """wd.bisect_port on the fixed copy (with `plant`): one graph, built under mark_all with each step's select
+    and loaded with the weights the saved map (of a full capture: --fixed --map) names."""
+    import numpy as np
+    from max import engine
+    from max.driver import CPU
+    from max.dtype import DType
+    from max.graph import DeviceRef, Graph
+
+    import whisperdiff as wd
+    from whisperdiff.mapping.maps import read_map
+    from whisperdiff.mapping.weightmap import from_rules
+
+    saved = read_map(saved_map)
+    reference_sd = {k: model.state_dict[k].float().numpy() for k in model.state_dict if k.startswith("encoder.")}
+    fixed = fixed_encoder_module(plant)
+
+    def build(select):
+        encoder = fixed.WhisperEncoder(whisper_config(model.dims), DType.float32, DeviceRef.CPU())
+        encoder.load_state_dict(from_rules(saved["weights"], reference_sd).load(reference_sd))
+        with (
+            Graph("maxpipe_whisper_encoder", input_types=list(encoder.input_types())) as graph,
+            wd.mark_all(encoder, select=select, dims=model.dims) as cap,
+        ):
+            graph.output(*encoder(graph.inputs[0].tensor))
+        compiled = engine.InferenceSession(devices=[CPU()]).load(graph, weights_registry=encoder.state_dict())
+        return cap, lambda mel: compiled.execute(np.ascontiguousarray(mel, np.float32))
+
+    b = wd.bisect_port(reference_trace(reference, model), build, saved=saved, out=out, on_status=print)
+    for n, s in enumerate(b.steps, start=1):
+        print(
+            f"step {n}: {s.tap_count} ops, build and load {s.compile_seconds:.1f} s, run and compare "
+            f"{s.run_seconds:.1f} s, first divergence {s.first_divergence}"
+        )
+    print(b.comparison.findings[0].message if b.comparison.findings else "no finding")
+    return 0
+
+
 def wd_load(path):
     import whisperdiff as wd
 
@@ -198,12 +237,19 @@ def main() -> None:
         action="store_true",
         help="also compile the untapped graph and record how far the tapped graph's output is from it",
     )
+    parser.add_argument(
+        "--bisect", action="store_true", help="with --fixed and --use-map: wd.bisect_port instead of a full capture"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     model = wd.load_model(args.model)
     if not args.fixed:
         sys.exit(preflight_shipped(model))
     out = args.out or f"traces/maxpipe-{model.model_id}-speech" + (f"+{args.plant}" if args.plant else "")
+    if args.bisect:
+        if not args.use_map:
+            parser.error("--bisect needs --use-map: the map of a full capture of the port (--fixed --map FILE)")
+        sys.exit(bisect_fixed(model, out + "-bisect", args.plant, args.reference, args.use_map))
     sys.exit(trace_fixed(model, out, args.plant, args.reference, args.map_path, args.use_map, args.observer))
 
 

@@ -100,8 +100,8 @@ def _is_library(filename: str) -> bool:
 
 class ChosenOnly(list):
     """A `select` (keys or patterns) whose graph returns the chosen values alone: the code's own outputs are
-    left out, so MAX prunes every op only they need. bisect_port's step inside one block passes one, and the
-    graph it compiles stops at that block (the port's own output was compared at the step before)."""
+    left out, so MAX prunes every op only they need: values of one block make a graph that stops at that
+    block. trace_captured refuses to trace such a graph in full, since the port's own output is missing."""
 
 
 PICK_WEIGHT = "whisperdiff.pick_block"  # the Weight that says which block a PickBlock graph returns
