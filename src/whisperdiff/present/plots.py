@@ -12,6 +12,7 @@ import io
 import math
 import multiprocessing
 import os
+import signal
 from contextlib import nullcontext
 
 import numpy as np
@@ -63,6 +64,14 @@ def _draw(i: int) -> tuple[str, bytes]:
     return render(make(), fmt)
 
 
+def _plain_signals() -> None:
+    """A forked worker's signals: SIGTERM (the pool's terminate) ends it at once and SIGINT is the parent's.
+    It inherits the CLI's handlers, which write a line first and can wait forever on a stream lock that
+    another thread of the parent held at the fork (a pool that never finished joining hung a CI run)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def draw_all(jobs: list, on_done=None) -> list[tuple[str, bytes]]:
     """[(make, fmt)] -> [(mime type, bytes)], in order; make() builds one Figure. Building and drawing the
     figures is most of a report's cost and each is independent, so where the platform forks and more than
@@ -74,7 +83,8 @@ def draw_all(jobs: list, on_done=None) -> list[tuple[str, bytes]]:
     forks = "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
     _JOBS = jobs
     try:
-        with multiprocessing.get_context("fork").Pool(workers) if workers > 1 and forks else nullcontext() as pool:
+        parallel = workers > 1 and forks
+        with multiprocessing.get_context("fork").Pool(workers, _plain_signals) if parallel else nullcontext() as pool:
             images = []
             for image in (pool.imap if pool is not None else map)(_draw, range(len(jobs))):
                 images.append(image)
