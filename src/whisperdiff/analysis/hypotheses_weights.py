@@ -169,7 +169,7 @@ def linear_hypotheses(rp, recipe, xs, out, e, ctx, add):
             "not transposed)",
             x @ w.T.contiguous().reshape(n_out, n_in).T + bias_or_0,
         )
-    _other_weight_hypotheses(rp, name, short, x, out, add)
+    _other_weight_hypotheses(rp, name, short, part, x, w, bias, out, add)
     for key, ob in rp.w.items():  # its own bias replaced by (or, without one, given) another op's bias
         if key == f"{name}.bias" or not key.endswith(".bias") or ob.shape != (n_out,) or not key.startswith(part):
             continue
@@ -195,13 +195,12 @@ SCREEN_STEPS = 64
 SCREEN_MARGIN = 4.0
 
 
-def _other_weight_hypotheses(rp, name, short, x, out, add):
-    """Another layer's weight of this shape: alone (with this op's bias), with its own bias, or with none. A
-    large model holds a hundred such weights (large-v3: 127 of an attention projection's), each a full
-    matmul, so where the op has many steps each is first scored on SCREEN_STEPS of them, evenly spread; only
-    those within SCREEN_MARGIN of the best are recomputed on every step, the rest keep the sampled score."""
-    w, bias = rp.w[f"{name}.weight"], rp.w.get(f"{name}.bias")
-    part = name.split(".", 1)[0] + "."  # another layer's weight: from the same encoder or decoder
+def _other_weight_hypotheses(rp, name, short, part, x, w, bias, out, add):
+    """Another layer's weight of w's shape (from `part`, the same encoder or decoder): alone (with this op's
+    bias), with its own bias, or with none. A large model holds a hundred such weights (large-v3: 127 of an
+    attention projection's), each a full matmul, so where the op has many steps each is first scored on
+    SCREEN_STEPS of them, evenly spread; only those within SCREEN_MARGIN of the best are recomputed on every
+    step, the rest keep the sampled score."""
     steps = x.shape[-2] if x.ndim >= 2 else 0
     sampled = steps > 4 * SCREEN_STEPS
     if sampled:

@@ -435,7 +435,7 @@ class capture:  # noqa: N801 - used like a function: `with wd.capture(module) as
             raise WhisperdiffError(
                 f"got {len(results)} results for {len(chosen or [])} chosen values; pass the outputs after your own"
             )
-        named = {c.key: to_numpy(r) for c, r in zip(chosen, results, strict=False)}
+        named = {c.key: to_numpy(r) for c, r in zip(chosen, results[: len(chosen)], strict=True)}
         pick = self._select.pick if groups else None
         if pick is not None:
             named.update({g[pick]: to_numpy(r) for g, r in zip(groups, results[len(chosen) :], strict=True)})

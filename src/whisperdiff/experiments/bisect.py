@@ -250,7 +250,7 @@ def bisect_port(
         what = "building and compiling" if n == 1 else "building (the graph of step 1, from MAX's cache)"
         status(f"step {n}: {what} the port with {len(step1)} values and {len(groups)} picked as outputs")
         t0 = time.perf_counter()
-        select = PickBlock(step1, [list(g) for g in groups], block)
+        select = PickBlock(step1, groups, block)
         with feeding_pick(select):
             cap, execute = build(select)
         built = time.perf_counter()
