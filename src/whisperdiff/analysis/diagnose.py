@@ -14,6 +14,7 @@ import numpy as np
 
 from whisperdiff.analysis.comparability import Comparability, comparability
 from whisperdiff.analysis.hypotheses import mel_hypotheses
+from whisperdiff.analysis.replay import vectors_of
 from whisperdiff.analysis.residual import (
     cosine,
     describe,
@@ -476,7 +477,7 @@ def diagnosis_context(ta, replayer=None) -> dict:
         n_ctx = dims.get("n_audio_ctx", 1500)
         ctx["valid_steps"] = {t: steps_with_audio(frames, t) for t in (n_ctx, 2 * n_ctx)}
     if replayer is not None:
-        ctx["vectors"] = {k: v.numpy() for k, v in replayer.w.items() if v.ndim == 1}
+        ctx["vectors"] = {k: v.numpy() for k, v in vectors_of(replayer.w).items()}
         ctx["norm_params"] = lambda op: norm_params(replayer, op)
     return ctx
 

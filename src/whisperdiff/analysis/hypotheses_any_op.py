@@ -9,7 +9,7 @@ calls add(kind, explanation, what the op would output under that hypothesis, **e
 from __future__ import annotations
 
 from whisperdiff.analysis.hypotheses_weights import short_name
-from whisperdiff.analysis.replay import TENSOR_CORE, precision_name, round_to, rounded_to
+from whisperdiff.analysis.replay import TENSOR_CORE, precision_name, round_to, rounded_to, vectors_of
 from whisperdiff.analysis.residual import closest_vector
 
 PRECISIONS = ("float16", "bfloat16", *TENSOR_CORE)
@@ -33,7 +33,7 @@ def generic_hypotheses(rp, recipe, xs, out, e, ctx, add):
     if out.ndim == 3 and recipe.type != "attention_weights":
         d = (out.double() - e.double()).mean(t_axis, keepdim=True)
         part = recipe.op.split(".")[0] + "." if recipe.op.startswith("decoder.") else "encoder."
-        vectors = {k: v for k, v in rp.w.items() if v.ndim == 1 and k.startswith(part)}
+        vectors = vectors_of(rp.w, part)
         name, coef, cos = closest_vector(d.flatten(), vectors)
         if name is not None and name.endswith("bias") and abs(cos) > 0.99:
             v = rp.w[name].double().reshape(d.shape)

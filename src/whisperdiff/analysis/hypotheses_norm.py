@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 
-from whisperdiff.analysis.replay import b_tensor, round_to
+from whisperdiff.analysis.replay import b_tensor, round_to, shape_of
 
 
 def activation_hypotheses(rp, recipe, xs, out, e, ctx, add):
@@ -83,8 +83,8 @@ def norm_hypotheses(rp, recipe, xs, out, e, ctx, add):
         other = key.removesuffix(".weight")
         if not key.endswith(".weight") or other == name or not other.startswith(part) or f"{other}.bias" not in rp.w:
             continue
-        g2, b2 = rp.w[key], rp.w[f"{other}.bias"]
-        if g2.shape == g.shape and g2.ndim == 1:
+        if shape_of(rp.w, key) == tuple(g.shape) and g.ndim == 1:
+            g2, b2 = rp.w[key], rp.w[f"{other}.bias"]
             add(
                 "wrong_weight",
                 f"{short} uses {other.removeprefix('encoder.')}'s gamma and beta (another layer norm's weights)",

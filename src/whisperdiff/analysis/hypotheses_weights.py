@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import re
 
-from whisperdiff.analysis.replay import LINEAR_PARAMS, rel
+from whisperdiff.analysis.replay import LINEAR_PARAMS, rel, shape_of
 
 
 def conv_hypotheses(rp, recipe, xs, out, e, ctx, add):
@@ -170,9 +170,12 @@ def linear_hypotheses(rp, recipe, xs, out, e, ctx, add):
             x @ w.T.contiguous().reshape(n_out, n_in).T + bias_or_0,
         )
     _other_weight_hypotheses(rp, name, short, part, x, w, bias, out, add)
-    for key, ob in rp.w.items():  # its own bias replaced by (or, without one, given) another op's bias
-        if key == f"{name}.bias" or not key.endswith(".bias") or ob.shape != (n_out,) or not key.startswith(part):
+    for key in rp.w:  # its own bias replaced by (or, without one, given) another op's bias
+        if key == f"{name}.bias" or not key.endswith(".bias") or not key.startswith(part):
             continue
+        if shape_of(rp.w, key) != (n_out,):
+            continue
+        ob = rp.w[key]
         add(
             "bias_error",
             f"{short} uses {short_name(key)}'s bias instead of its own"
@@ -207,9 +210,10 @@ def _other_weight_hypotheses(rp, name, short, part, x, w, bias, out, add):
         rows = rp.torch.linspace(0, steps - 1, SCREEN_STEPS).round().long().unique()
         x_s, out_s = x.index_select(-2, rows), out.index_select(-2, rows)
     tried = []  # (kind's text, weight key, bias added, score on the sample)
-    for key, other in rp.w.items():
-        if key == f"{name}.weight" or other.shape != w.shape or other.ndim != 2 or not key.startswith(part):
+    for key in rp.w:
+        if key == f"{name}.weight" or w.ndim != 2 or shape_of(rp.w, key) != tuple(w.shape) or not key.startswith(part):
             continue
+        other = rp.w[key]
         other_short = short_name(key)
         ob = rp.w.get(key.removesuffix("weight") + "bias")
         variants = [(f"{short} uses {other_short}'s weight", bias if bias is not None else 0)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -54,17 +55,12 @@ class Replayer:
         """parts: whose weights ("encoder", "decoder"): a decoder trace needs both, an encoder one only its own."""
         import torch
 
-        from whisperdiff.inputs.models import read_each
-
         self.torch = torch
         self.loaded = loaded
         self.dims = loaded.dims
         if weights is None:
             prefixes = tuple(f"{p}." for p in parts)
-            names = [k for k in loaded.state_dict if k.startswith(prefixes)]  # names first: a random model
-            weights = read_each(  # makes each tensor when it is read
-                names, lambda k: loaded.state_dict[k].detach().to(torch.float32).contiguous()
-            )
+            weights = LazyWeights(loaded, [k for k in loaded.state_dict if k.startswith(prefixes)])
         self.w = weights
         self.decoder_context: dict = {}  # a decoder trace's prompt length (its incremental steps start there)
         self.n_head = self.dims.n_audio_head
@@ -233,6 +229,74 @@ class Replayer:
         return recipe.inputs if recipe else None
 
 
+# Bytes of matrices the replay keeps made (vectors are always kept): a large-v3 encoder is 2.5 GB of float32,
+# one of its blocks 79 MB, and the replay of the ops after a divergence reads each block's weights in order.
+KEPT_BYTES = 128 << 20
+
+
+class LazyWeights(Mapping):
+    """A model's weights as the replay reads them (float32 torch tensors, openai-whisper's names), each made
+    from the model's state dict when first read and kept while the matrices read last fit KEPT_BYTES; every
+    vector (norms, biases) is kept. shape_of() answers without making one: a hypothesis that looks for another
+    layer's weight of a shape reads only those."""
+
+    def __init__(self, loaded, names: list[str], kept_bytes: int = KEPT_BYTES):
+        from whisperdiff.inputs.dims import expected_shapes
+
+        shapes = expected_shapes(loaded.dims)
+        self._state, self._budget = loaded.state_dict, kept_bytes
+        self._shapes = {k: tuple(shapes[k]) if k in shapes else tuple(loaded.state_dict[k].shape) for k in names}
+        self._kept: OrderedDict = OrderedDict()  # name -> tensor, least recently read first
+        self._bytes = 0  # of the matrices in _kept
+        self._set: dict = {}  # name -> tensor given with w[name] = t (a test's own weights): always kept
+
+    def shape_of(self, key: str) -> tuple[int, ...]:
+        return self._shapes[key]
+
+    def __contains__(self, key) -> bool:  # Mapping's would make the tensor
+        return key in self._shapes
+
+    def __getitem__(self, key: str):
+        if key not in self._shapes:
+            raise KeyError(key)
+        if key in self._set:
+            return self._set[key]
+        if key in self._kept:
+            self._kept.move_to_end(key)
+            return self._kept[key]
+        import torch
+
+        t = self._state[key].detach().to(torch.float32).contiguous()
+        self._kept[key] = t
+        if t.ndim > 1:
+            self._bytes += t.nbytes
+            for old in [k for k, v in self._kept.items() if v.ndim > 1]:  # the least recently read go first
+                if self._bytes <= self._budget or old == key:
+                    break
+                self._bytes -= self._kept.pop(old).nbytes
+        return t
+
+    def __setitem__(self, key: str, value) -> None:
+        self._set[key], self._shapes[key] = value, tuple(value.shape)
+
+    def __iter__(self):
+        return iter(self._shapes)
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+
+def shape_of(weights: Mapping, key: str) -> tuple[int, ...]:
+    """A weight's shape, without making it where the mapping can say (LazyWeights, RoundedWeights)."""
+    known = getattr(weights, "shape_of", None)
+    return known(key) if known is not None else tuple(weights[key].shape)
+
+
+def vectors_of(weights: Mapping, prefix: str = "") -> dict:
+    """{name: tensor} of the 1-D weights whose names start with prefix (biases, norms), no matrix made."""
+    return {k: weights[k] for k in weights if k.startswith(prefix) and len(shape_of(weights, k)) == 1}
+
+
 class RoundedWeights(Mapping):
     """The weights rounded to a dtype, each when first read: a hypothesis reads a few, not the whole model."""
 
@@ -243,6 +307,12 @@ class RoundedWeights(Mapping):
         if key not in self._done:
             self._done[key] = round_to(self._weights[key], self._dtype)
         return self._done[key]
+
+    def shape_of(self, key: str) -> tuple[int, ...]:
+        return shape_of(self._weights, key)
+
+    def __contains__(self, key) -> bool:  # Mapping's would round the weight
+        return key in self._weights
 
     def __iter__(self):
         return iter(self._weights)
