@@ -101,7 +101,7 @@ torch_tiny() {  # torch on CUDA at tiny.en, every dtype (no compile: seconds eac
 }
 
 # large-v3 dims (32 layers, d_model 1280, 128 mel bins) with random weights, on the GPU only: the
-# reference is torch on CUDA at float32 (TF32 off), the 4.5 GB traces are removed once checked.
+# reference is torch on CUDA at float32 (TF32 off), the 4.5 GB traces are removed once checked and compared.
 large=random:large-v3
 max_large() {  # the two traces at once (torch's takes seconds of the GPU beside MAX's minutes of compile)
   step torch-cuda-large-v3-float32 whisperdiff trace --impl torch --device cuda --model "$large" --out "$out/torch-cuda-large-v3" &
