@@ -31,15 +31,15 @@ for n in "${names[@]}"; do
   p=$(pin "$n") || { echo "error: constraints.txt pins no $n" >&2; exit 2; }
   pins+=("$p")
 done
-platforms=()
+platforms=(--platform manylinux2014_x86_64)
 for n in 17 27 28 31 34 35; do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux2014_x86_64 "${platforms[@]}" -d "$work/wheels" "${pins[@]}"
+  "${platforms[@]}" -d "$work/wheels" "${pins[@]}"
 # openai-whisper ships as an sdist only: build its (pure Python) wheel here.
 python3 -m pip download -q --no-deps --no-binary :all: -d "$work/sdist" "$(pin openai-whisper)"
 python3 -m pip wheel -q --no-deps -w "$work/wheels" "$work"/sdist/*
 python3 -m pip install -q --no-index --no-deps --no-compile --target "$work/site312" --python-version 3.12 \
-  --implementation cp --only-binary=:all: --platform manylinux2014_x86_64 "${platforms[@]}" "$work"/wheels/*.whl
+  --implementation cp --only-binary=:all: "${platforms[@]}" "$work"/wheels/*.whl
 rm "$work/site312/modular/bin/mojo" && : >"$work/site312/modular/bin/mojo"
 rm -rf "$work/site312/modular/lib/nixl"
 mkdir -p .gpu

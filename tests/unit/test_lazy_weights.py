@@ -51,9 +51,9 @@ def test_kept_matrices_fit_the_budget_and_vectors_stay(small_random):
     w = LazyWeights(Model(small_random, state), names, kept_bytes=2 * matrix)
     for k in names:
         w[k]
-        matrices = [t for t in w._kept.values() if t.ndim > 1]
+        matrices = [t for t in {**w._kept, **w._fixed}.values() if t.ndim > 1]
         assert sum(t.nbytes for t in matrices) <= 2 * matrix or len(matrices) == 1  # the one just read stays
-    kept = w._kept
+    kept = {**w._kept, **w._fixed}
     assert all(k in kept for k in names if len(w.shape_of(k)) == 1)  # every vector
     made = len(state.made)
     w[names[-1]], w["encoder.ln_post.bias"]  # the last read, and a vector: no tensor made again

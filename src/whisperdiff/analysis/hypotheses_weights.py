@@ -173,7 +173,7 @@ def linear_hypotheses(rp, recipe, xs, out, e, ctx, add):
     for key in rp.w:  # its own bias replaced by (or, without one, given) another op's bias
         if key == f"{name}.bias" or not key.endswith(".bias") or not key.startswith(part):
             continue
-        if shape_of(rp.w, key) != (n_out,):
+        if shape_of(rp.w, key) != (n_out,):  # asked before it is read: a bias of another size is never made
             continue
         ob = rp.w[key]
         add(
@@ -210,8 +210,8 @@ def _other_weight_hypotheses(rp, name, short, part, x, w, bias, out, add):
         rows = rp.torch.linspace(0, steps - 1, SCREEN_STEPS).round().long().unique()
         x_s, out_s = x.index_select(-2, rows), out.index_select(-2, rows)
     tried = []  # (kind's text, weight key, bias added, score on the sample)
-    for key in rp.w:
-        if key == f"{name}.weight" or w.ndim != 2 or shape_of(rp.w, key) != tuple(w.shape) or not key.startswith(part):
+    for key in rp.w if w.ndim == 2 else ():
+        if key == f"{name}.weight" or shape_of(rp.w, key) != tuple(w.shape) or not key.startswith(part):
             continue
         other = rp.w[key]
         other_short = short_name(key)

@@ -246,9 +246,9 @@ class LazyWeights(Mapping):
         shapes = expected_shapes(loaded.dims)
         self._state, self._budget = loaded.state_dict, kept_bytes
         self._shapes = {k: tuple(shapes[k]) if k in shapes else tuple(loaded.state_dict[k].shape) for k in names}
-        self._kept: OrderedDict = OrderedDict()  # name -> tensor, least recently read first
+        self._kept: OrderedDict = OrderedDict()  # name -> matrix, least recently read first
         self._bytes = 0  # of the matrices in _kept
-        self._set: dict = {}  # name -> tensor given with w[name] = t (a test's own weights): always kept
+        self._fixed: dict = {}  # name -> vector, or a tensor given with w[name] = t (a test's own): always kept
 
     def shape_of(self, key: str) -> tuple[int, ...]:
         return self._shapes[key]
@@ -259,25 +259,26 @@ class LazyWeights(Mapping):
     def __getitem__(self, key: str):
         if key not in self._shapes:
             raise KeyError(key)
-        if key in self._set:
-            return self._set[key]
+        if key in self._fixed:
+            return self._fixed[key]
         if key in self._kept:
             self._kept.move_to_end(key)
             return self._kept[key]
         import torch
 
         t = self._state[key].detach().to(torch.float32).contiguous()
-        self._kept[key] = t
-        if t.ndim > 1:
-            self._bytes += t.nbytes
-            for old in [k for k, v in self._kept.items() if v.ndim > 1]:  # the least recently read go first
-                if self._bytes <= self._budget or old == key:
-                    break
-                self._bytes -= self._kept.pop(old).nbytes
+        if t.ndim <= 1:
+            self._fixed[key] = t
+            return t
+        self._kept[key], self._bytes = t, self._bytes + t.nbytes
+        while self._bytes > self._budget and len(self._kept) > 1:  # the least recently read go; this one stays
+            self._bytes -= self._kept.popitem(last=False)[1].nbytes
         return t
 
     def __setitem__(self, key: str, value) -> None:
-        self._set[key], self._shapes[key] = value, tuple(value.shape)
+        if key in self._kept:
+            self._bytes -= self._kept.pop(key).nbytes
+        self._fixed[key], self._shapes[key] = value, tuple(value.shape)
 
     def __iter__(self):
         return iter(self._shapes)
