@@ -1,16 +1,19 @@
-"""Time to the named op: `bisect` (one small graph, run twice) against one default-tap trace, each compiled cold.
+"""Time to the named op: `bisect` (the encoder's pieces: stem, one block, ln_post) against one default-tap trace,
+each compiled cold.
 
 For each model, B is MAX with a planted bug; A is openai-whisper's trace of the same model (made once).
-Three ways to get from "B is wrong" to an answer, each in its own process, interleaved over rounds. Each
-round has a MAX cache of its own (its own HOME) where every graph below is new (a cold compile); an
-unrelated graph is compiled there first, so MAX's one-time kernel build is not counted against any:
+Ways to get from "B is wrong" to an answer, each in its own process, interleaved over rounds. Each one runs
+in a MAX cache of its own (its own HOME), a copy of one where an unrelated graph was compiled first (so
+MAX's one-time kernel build is not counted against any), so every graph below is compiled cold. A cache
+shared between configurations would not do: MAX caches the kernels of a graph, and another graph of the
+same dims (bisect's pieces, and the whole encoder) reuses them.
 
 - untapped: compile and run the encoder's graph with only its output (the floor: what any answer costs);
 - untapped-bug: the same with the bug planted: the graph with the run-time bug switches (the one `bisect`
             and `full` build on), only its output tapped; the floor for a port that carries its bug;
 - full:     compile B's graph with every default op tapped, trace, compare (the finding);
-- bisect:   `whisperdiff bisect`: one graph (block outputs, plus one block's inside picked at run time),
-            run twice, the finding.
+- bisect:   `whisperdiff bisect`: the encoder streamed (three small graphs: the stem, one block run per block,
+            ln_post), its block outputs recorded, then the divergent block run again on its own input, the finding.
 
 Prints each one's wall time, compile time, peak RSS and the finding, then bisect / untapped and
 full / untapped, and whether bisect names what the full trace names. Prints figures; asserts nothing.
@@ -23,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -31,6 +33,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from encoder import peak_rss_mb
 
 WARM_MODEL = "random:tiny,n_audio_layer=1,n_audio_state=32,n_audio_head=2,n_text_layer=1,n_text_state=32,n_text_head=2"
 
@@ -72,7 +76,7 @@ def child(how: str, model: str, fault: str, ref: str, out: str) -> dict:
         "compile_s": round(compile_s, 2),
         "finding": f"{top.kind} at {top.op}" if top else None,
         "trace_bytes": sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file()),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mb": round(peak_rss_mb()),
     }
 
 
@@ -101,6 +105,13 @@ def parser(doc: str) -> argparse.ArgumentParser:
     for hidden in ("--child", "--ref", "--out"):
         p.add_argument(hidden, default=None, help=argparse.SUPPRESS)
     return p
+
+
+def fresh_home(warm: Path, work: Path) -> Path:
+    """A copy of the warmed HOME, for one configuration: its graphs and kernels are its own."""
+    home = Path(tempfile.mkdtemp(dir=work, prefix="home-"))
+    shutil.copytree(warm, home, dirs_exist_ok=True, symlinks=True)
+    return home
 
 
 def workspace(directory: str | None, prefix: str) -> tuple[Path, Path]:
@@ -133,14 +144,16 @@ def main() -> None:
         print(f"\n{model}: reference (openai-whisper, default taps) traced in {time.perf_counter() - t0:.1f} s")
         rows: dict[str, list[dict]] = {h: [] for h in args.only.split(",")}
         for r in range(args.rounds):
-            # A MAX cache of its own per round, warmed by an unrelated graph: MAX's one-time kernel build is
-            # paid there, and each graph below is new to it, so each compile is that graph's own cost.
+            # MAX's one-time kernel build is paid once a round in a warmed cache; each configuration runs in a
+            # copy of it, where each of its graphs is new, so each compile is that configuration's own cost.
             home = Path(tempfile.mkdtemp(dir=work, prefix="home-"))
             warm = run_child("untapped", WARM_MODEL, args.fault, small_ref, work, home)
             print(f"  round {r + 1} warm-up (another model's graph): {warm.get('compile_s')} s compile", flush=True)
             order = list(rows) if r % 2 == 0 else list(rows)[::-1]  # interleaved, alternating order
             for how in order:
-                row = run_child(how, model, args.fault, ref, work, home)
+                own = fresh_home(home, work)
+                row = run_child(how, model, args.fault, ref, work, own)
+                shutil.rmtree(own, ignore_errors=True)
                 rows[how].append(row)
                 print(f"  round {r + 1} {how:8s} {json.dumps(row)}", flush=True)
             shutil.rmtree(home, ignore_errors=True)

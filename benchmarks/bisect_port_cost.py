@@ -4,7 +4,7 @@ The port is examples/max_nn_encoder.py (max.nn layers, captured with mark_all, n
 key projection loaded with its query weight; A is openai-whisper's trace of the same model. The map that
 bisect_port reads comes from a full capture of the working port, made once before the rounds (a user has it
 from the last good version). Each configuration runs in its own process, in a MAX cache of its own (its own
-HOME), warmed by an unrelated graph, so every graph below is compiled cold:
+HOME, a copy of one warmed by an unrelated graph), so every graph below is compiled cold:
 
 - untapped: compile the port's graph with its output only, run it (the floor: what any answer costs);
 - full:     compile the port with every canonical-shaped value as an output, trace it, compare (the finding);
@@ -107,7 +107,7 @@ def run_child(how: str, model: str, ref: Path, saved: Path, work: Path, home: Pa
 
 def main() -> None:
     sys.path[:0] = [str(EXAMPLES), str(HERE)]
-    from bisect_cost import WARM_MODEL, parser, summarize, workspace
+    from bisect_cost import WARM_MODEL, fresh_home, parser, summarize, workspace
 
     p = parser(__doc__)
     p.add_argument("--saved", default=None, help=argparse.SUPPRESS)
@@ -144,11 +144,14 @@ def main() -> None:
         if args.no_full:
             del rows["full"]
         for r in range(args.rounds):
+            # MAX's one-time kernel build, once a round; each configuration compiles in a copy of that cache
             home = Path(tempfile.mkdtemp(dir=work, prefix="home-"))
-            run_child("untapped", WARM_MODEL, warm_ref, saved, work, home)  # MAX's one-time kernel build
+            run_child("untapped", WARM_MODEL, warm_ref, saved, work, home)
             order = list(rows) if r % 2 == 0 else list(rows)[::-1]  # interleaved, alternating order
             for how in order:
-                row = run_child(how, model, ref, saved, work, home)
+                own = fresh_home(home, work)
+                row = run_child(how, model, ref, saved, work, own)
+                shutil.rmtree(own, ignore_errors=True)
                 rows[how].append(row)
                 print(f"  round {r + 1} {how:8s} {json.dumps(row)}", flush=True)
             shutil.rmtree(home, ignore_errors=True)

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from encoder import peak_rss_mb
+
 
 def write_pair(root: Path, layers: int) -> tuple[Path, Path, int]:
     import numpy as np
@@ -61,14 +63,13 @@ def write_pair(root: Path, layers: int) -> tuple[Path, Path, int]:
 
 
 def child(a: str, b: str, replay: bool = True) -> None:
-    import resource
 
     from whisperdiff.analysis.compare import compare
 
     start = time.perf_counter()
     result = compare(a, b, replay=replay)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     top = result.findings[0] if result.findings else None
     print(
         json.dumps(
@@ -85,13 +86,12 @@ def child(a: str, b: str, replay: bool = True) -> None:
 
 def trace_child(impl: str, out: str, fault: str | None, dtype: str) -> None:
     """One real trace of random:large-v3 on the shipped clip; prints its wall time and peak RSS."""
-    import resource
 
     import whisperdiff as wd
 
     start = time.perf_counter()
     wd.trace(impl, model="random:large-v3", out=out, device="cpu", dtype=dtype, inject=[fault] if fault else None)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": peak}))
 
 

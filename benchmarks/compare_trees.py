@@ -23,12 +23,12 @@ from pathlib import Path
 from speed import read_all
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from whisperdiff.analysis.compare import compare
 start = time.perf_counter()
 result = compare(sys.argv[1], sys.argv[2], replay=sys.argv[3] == "replay")
 print(json.dumps({"seconds": time.perf_counter() - start, "first": result.first_divergence,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_mb": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]) / 1024}))
 """
 
 

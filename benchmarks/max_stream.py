@@ -22,9 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from encoder import peak_rss_mb
+
 
 def trace_child(model: str, out: str, stream: str, dtype: str, inject: str) -> None:
-    import resource
 
     import whisperdiff as wd
 
@@ -46,7 +47,7 @@ def trace_child(model: str, out: str, stream: str, dtype: str, inject: str) -> N
                 "compile_seconds": runner["compile_seconds"],
                 "cache_hit": runner["compile_cache_hit"],
                 "streamed": runner["streamed"],
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mb": peak_rss_mb(),
             }
         )
     )

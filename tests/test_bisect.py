@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from conftest import SMALL_RANDOM, run_cli
 
@@ -33,7 +34,8 @@ def test_the_steps_tap_the_block_outputs_then_one_block(small_random):
 @pytest.mark.parametrize("fault", ["kv-swap", "drop-residual"])
 def test_bisect_finds_what_a_full_trace_finds(ref, small_random, tmp_path, fault):
     result = bisect(ref, impl="max", inject=[fault], out=tmp_path / "bisect")
-    full = compare(ref, wd.trace("max", model=small_random, inject=[fault], out=tmp_path / "full"))
+    full_trace = wd.trace("max", model=small_random, inject=[fault], out=tmp_path / "full")
+    full = compare(ref, full_trace)
     assert not result and len(result.steps) == 2
     assert result.steps[0].first_divergence == "blocks.1.out"
     assert result.first_divergence == full.first_divergence
@@ -41,9 +43,18 @@ def test_bisect_finds_what_a_full_trace_finds(ref, small_random, tmp_path, fault
         full.findings[0].op,
         full.findings[0].kind,
     )
-    # each step's graph output only its own taps: the trace holds those and nothing else
+    # each step's trace holds its own taps and nothing else
     for step in result.steps:
         assert wd.load_trace(step.trace).ops == step.taps
+    # step 2 ran block 1 alone, fed B's own blocks.0.out from step 1, from the pieces step 1 compiled: its
+    # values are the whole graph's, bit for bit
+    step1, step2 = (wd.load_trace(s.trace) for s in result.steps)
+    assert step1.manifest["runner"]["streamed"] and "started_at" not in step1.manifest["runner"]
+    assert step2.manifest["runner"]["started_at"]["block"] == 1
+    assert step2.manifest["runner"]["compile_seconds"] == step1.manifest["runner"]["compile_seconds"]
+    assert np.array_equal(step2["blocks.0.out"], step1["blocks.0.out"])
+    differ = [op for op in step2.ops if not np.array_equal(step2[op], full_trace[op])]
+    assert differ == [], differ
     assert not any("--taps all" in w for w in result.comparison.warnings)
 
 

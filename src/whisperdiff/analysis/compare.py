@@ -215,6 +215,7 @@ def compare(
     if on_total is not None:  # how many on_op calls to expect (progress bars with a total)
         on_total(len(pairs))
     first = None
+    last_rel_l2 = math.nan  # the last measured op's rel L2 (what an op's error jumps from, without replay)
     nonfinite_seen = False
 
     def audio_samples():  # called only where the log-mels differ; never a path the trace names
@@ -296,7 +297,7 @@ def compare(
                     )
                 )
             bar = tol.max_rel_l2 if tol.max_rel_l2 is not None else Tolerance.max_rel_l2
-            introduces = rep["introduced"] > bar if rep is not None else row["diverged"] and _jumps(row, results)
+            introduces = rep["introduced"] > bar if rep is not None else row["diverged"] and _jumps(row, last_rel_l2)
             first_nonfinite = new_nonfinite(row) and not nonfinite_seen  # NaN/Inf appear here: always a finding
             nonfinite_seen = nonfinite_seen or new_nonfinite(row)
             if (row["diverged"] and introduces) or (pair.name == "mel" and row["diverged"]) or first_nonfinite:
@@ -349,6 +350,8 @@ def compare(
             warnings.append(f"{pair.b_name} is only in B (no canonical op of A's model has that name; see --rename)")
         results.append(result)
         rel_l2_of[result.op] = result.metric("rel_l2")
+        if not math.isnan(rel_l2_of[result.op]):
+            last_rel_l2 = rel_l2_of[result.op]
         if on_op is not None:
             on_op(pair.name)
 
@@ -484,10 +487,9 @@ def _status(pair: Pair) -> str:
     return "ok"
 
 
-def _jumps(row: dict, previous: list[OpResult]) -> bool:
-    """Without replay: an op introduces error when its error is 10x the previous op's."""
-    before = [r.metric("rel_l2") for r in previous if not math.isnan(r.metric("rel_l2"))]
-    return not before or row["rel_l2"] > 10 * max(before[-1], 1e-12)
+def _jumps(row: dict, before: float) -> bool:
+    """Without replay: an op introduces error when its error is 10x the previous measured op's (NaN: none)."""
+    return math.isnan(before) or row["rel_l2"] > 10 * max(before, 1e-12)
 
 
 def _specs(manifest: dict) -> list[dict]:

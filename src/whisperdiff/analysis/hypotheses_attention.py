@@ -32,8 +32,9 @@ def attention_hypotheses(rp, recipe, xs, out, e, ctx, add):
         if rows is not None:
             q = q[:, rows]
             mask = mask[rows] if mask is not None else None
-        w = rp.attention_weights(q, k, mask=mask, **kw)
-        return w if weights_op else rp.attention(q, k, v, split=kw.get("split", "hd"), merge=merge, weights=w, pv=pv)
+        if weights_op:
+            return rp.attention_weights(q, k, mask=mask, **kw)
+        return rp.attention(q, k, v, merge=merge, pv=pv, mask=mask, **kw)  # one head's probabilities at a time
 
     if only := ctx.get("precision_only"):
         _precision_hypotheses(run, k, v, weights_op, causal or recipe.params.get("cross"), add, [only])
@@ -91,7 +92,12 @@ def attention_hypotheses(rp, recipe, xs, out, e, ctx, add):
         add(
             "swapped_projections",
             "attention probabilities transposed (query and key axes swapped)",
-            rp.merge(rp.attention_weights(q, k, mask=own_mask).transpose(-1, -2) @ rp.heads(v)),
+            rp.merge(
+                torch.stack(
+                    [p.transpose(-1, -2) @ rp.heads(v)[:, h] for h, p in enumerate(rp.head_probs(q, k, mask=own_mask))],
+                    1,
+                )
+            ),
         )
     for split, merge in (("dh", "dh"), ("dh", "hd"), ("hd", "dh")):
         add(

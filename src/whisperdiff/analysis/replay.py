@@ -112,12 +112,15 @@ class Replayer:
         sub: one sub-op in lower precision, {"scores": dtype} or {"probs": dtype} (the softmax's input or output),
         {"qk": dtype} (q k^T as a matmul in that dtype: q and k rounded, the product and the scaled scores too;
         in tf32 only q and k: see matmul_in)."""
+        return self.torch.stack(list(self.head_probs(q, k, scale, split, axis, mask, swap_qk, sub)), 1)
+
+    def head_probs(self, q, k, scale=None, split="hd", axis=-1, mask=None, swap_qk=False, sub=None):
+        """attention_weights' probabilities, one head's [B, T_q, T_k] at a time (as a generator)."""
         scale = self.d_head**-0.5 if scale is None else scale
         sub = sub or {}
         qh, kh = self.heads(q, split), self.heads(k, split)
         if swap_qk:
             qh, kh = kh, qh
-        out = []
         if "qk" in sub:
             qh, kh = round_to(qh, sub["qk"]), round_to(kh, sub["qk"])
         half_qk = sub.get("qk") not in (None, *TENSOR_CORE)  # a tf32 matmul's product stays float32
@@ -129,14 +132,20 @@ class Replayer:
             if "scores" in sub:
                 s = round_to(s, sub["scores"])
             p = s.softmax(axis)
-            out.append(round_to(p, sub["probs"]) if "probs" in sub else p)
-        return self.torch.stack(out, 1)
+            yield round_to(p, sub["probs"]) if "probs" in sub else p
 
     def attention(self, q, k, v, split="hd", merge=None, weights=None, pv=None, **kw):
-        """pv: the dtype of probabilities @ v (both rounded, and the product), else float32."""
-        w = self.attention_weights(q, k, split=split, **kw) if weights is None else weights
+        """pv: the dtype of probabilities @ v (both rounded, and the product), else float32. Without `weights`
+        the probabilities are made and used one head at a time: all of them are n_head x T x T (180 MB at
+        large-v3's 20 heads of 1500 x 1500)."""
         vh = self.heads(v, split)
-        return self.merge(w @ vh if pv is None else matmul_in(w, vh, pv), merge or split)
+        if weights is not None:
+            return self.merge(weights @ vh if pv is None else matmul_in(weights, vh, pv), merge or split)
+        heads = (
+            p @ vh[:, h] if pv is None else matmul_in(p, vh[:, h], pv)
+            for h, p in enumerate(self.head_probs(q, k, split=split, **kw))
+        )
+        return self.merge(self.torch.stack(list(heads), 1), merge or split)
 
     def gelu(self, x, approximate="none"):
         return self.torch.nn.functional.gelu(x, approximate=approximate)

@@ -25,7 +25,8 @@ def make_runner(
     """A runner for `impl`: a built-in one, or else a plugin (module.path:factory, file.py:factory, or an
     installed plugin's name). `faults` are encoder-side porting bugs (faults.py) to switch on.
     patchable: the runner's `run` also takes patch=(op, value) (activation patching, patch.py).
-    bisecting: a MAX graph with only `taps` plus one block's inside, picked at run time (bisect.py).
+    bisecting: the MAX encoder streamed, its pieces outputting every default op, so that bisection's steps
+    record what each needs from one compile (bisect.py).
     stream: the MAX encoder run piece by piece, one block's taps at a time (None: where the taps are large)."""
     encoder_faults = [f for f in faults if f.controls is not None]
     cls = runner_class("encoder", impl)

@@ -15,8 +15,8 @@ Four design rules:
   is the clean graph's ops; each bug is mixed in as `normal + flag * (buggy - normal)`, exactly
   `normal` when the flag is 0: with every switch off the two graphs agree bit for bit on every tap
   (tests/test_max_encoder.py checks).
-- A trace too large to hold at once runs the same classes as three graphs (`build_pieces`): the stem,
-  one block run once per block with that block's weights as inputs, and ln_post.
+- A trace too large to hold at once, and bisection, run the same classes as three graphs (`build_pieces`):
+  the stem, one block run once per block with that block's weights as inputs, and ln_post.
 
 What the fault machinery cost the clean encoder (issue 17; tiny.en, default taps, CPU, interleaved
 rounds): computing every bug and mixing it away, about 1.10-1.14x; q and k each scaled by
@@ -126,14 +126,11 @@ class Context:
         taps: set[str],
         controls: list[TensorValue] | None = None,
         patch: tuple[list[str], TensorValue, list[TensorValue]] | None = None,
-        select: TensorValue | None = None,
         weight_inputs: dict[str, TensorValue] | None = None,
     ):
         self.dtype, self.device, self.taps = dtype, device, taps
         # a streamed block graph (build_pieces) takes its weights as graph inputs, by name, not as Weights
         self.weight_inputs, self.weight_types = weight_inputs, {}
-        # bisection: every block's ops, the one block picked at run time by `select` (one-hot, [n_layer])
-        self.select, self.selected = select, {}
         self.ln_eps = ops.constant(LN_EPS, DType.float32, device)
         self.debug = controls is not None
         self.outputs: list[tuple[str, TensorValue]] = []
@@ -154,13 +151,6 @@ class Context:
         x = self.patch(name, x)
         if name in self.taps:  # traces hold float32 (exact for float16/bfloat16 values)
             self.outputs.append((name, self.float32(x)))
-        inside = split_block_op(name) if self.select is not None else None
-        if inside and inside[1] not in ("out", "attn.weights"):
-            i, op = inside  # kept where select[i] is 1: a choice, no arithmetic
-            kept = self.selected.get(op)
-            self.selected[op] = (
-                self.float32(x) if kept is None else ops.where(self.select[i] > 0, self.float32(x), kept)
-            )
         return x
 
     def patch(self, name: str, x: TensorValue) -> TensorValue:
@@ -425,35 +415,27 @@ def build_graph(
     dtype: DType = DType.float32,
     device: DeviceRef | None = None,
     debug: bool = False,
-    select_block: bool = False,
 ) -> tuple[Graph, list[str]]:
     """The encoder graph for these dims with `taps` (canonical names) as outputs; returns (graph, output names).
 
     debug=False: the clean encoder, whose only input is the mel. debug=True: the one graph for injected
     bugs and activation patching (`whisperdiff patch`), with the `Controls` as inputs and, for patching,
     a flag per patch point and an override per shape: at run time any one op's value is replaced by
-    the reference's, so every bug and every patch point share one compiled graph.
-
-    select_block=True (bisection): one more input, a one-hot [n_layer] vector, and one more output per op
-    inside a block, named `blocks.*.OP`: that op of the block the vector picks. Block outputs first, then
-    one block's inside, come from one compiled graph."""
+    the reference's, so every bug and every patch point share one compiled graph."""
     device = device or DeviceRef.CPU()
     d = dims
     mel_type = TensorType(DType.float32, [1, d.n_mels, 2 * d.n_audio_ctx], device=device)
     key = f"whisper_encoder_{d.n_mels}_{d.n_audio_ctx}_{d.n_audio_state}_{d.n_audio_head}_{d.n_audio_layer}"
     extra = [*control_types(d.n_audio_layer, device), *patch_types(d, device)] if debug else []
-    extra += [TensorType(DType.float32, [d.n_audio_layer], device=device)] if select_block else []
-    name = key + ("_debug" if debug else "") + ("_select" if select_block else "")
+    name = key + ("_debug" if debug else "")
     with Graph(name, input_types=[mel_type, *extra]) as graph:
         values = [v.tensor for v in graph.inputs]
-        select = values.pop() if select_block else None
         mel, n = values[0], len(CONTROL_NAMES)
         controls, patch = (values[1 : 1 + n], values[1 + n :]) if debug else (None, None)
         patching = (patch_points(d), patch[0], patch[1:]) if debug else None
-        cx = Context(dtype, device, set(taps), controls, patching, select)
+        cx = Context(dtype, device, set(taps), controls, patching)
         encoder = AudioEncoder(cx, d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer)
         encoder(mel)
-        cx.outputs += [(f"blocks.*.{op}", value) for op, value in cx.selected.items()]
         graph.output(*(value for _, value in cx.outputs))
     return graph, [name for name, _ in cx.outputs]
 

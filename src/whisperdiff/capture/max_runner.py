@@ -79,7 +79,8 @@ class MaxRunner:
 
     Where the taps would pass STREAM_ABOVE_BYTES (or stream=True), the same encoder runs streamed, as
     three graphs (max_encoder.build_pieces): each block's taps are recorded, and freed, before the next
-    block runs, and only that block's weights are read for it."""
+    block runs, and only that block's weights are read for it. Bisection runs streamed too: no graph of the
+    whole encoder is compiled, and its second step runs one block again (`retap`, `start_at`)."""
 
     impl = "max"
     takes_faults = True  # porting bugs are run-time inputs of the debug graph
@@ -98,9 +99,10 @@ class MaxRunner:
         stream: bool | None = None,
     ):
         """debug: None picks the graph (debug when a fault sets a control or patching is asked); True forces it.
-        bisecting: the graph outputs only the taps asked for plus the ops of one block picked at run time
-        (`retap`), so bisection's steps share one compile. stream: None streams where the taps are large;
-        patching and bisection graphs are never streamed."""
+        bisecting: streamed, with every default op as an output of the pieces whatever is recorded, so that
+        each bisection step records its taps from the same compiled pieces (`retap`), the second from one
+        block (`start_at`). stream: None streams where the taps are large (bisecting: always); patching graphs
+        are never streamed."""
         from max import engine
         from max.dtype import DType
 
@@ -121,19 +123,17 @@ class MaxRunner:
             if fault.controls is not None:
                 fault.controls(self.controls)
         self.debug = bool(patchable or not self.controls.is_clean()) if debug is None else debug
-        shared = self.debug and (patchable or not bisecting)  # one debug graph for every fault and patch run
+        # one debug graph for every fault and patch run; one set of pieces for every bisection step
+        shared = self.debug or bisecting
         graph_taps = [s.name for s in specs if s.name in self.wanted or (shared and not s.optional)]
         tap_bytes = sum(4 * int(np.prod(s.shape)) for s in specs if s.name in graph_taps)
-        self.stream = not (patchable or bisecting) and (tap_bytes > STREAM_ABOVE_BYTES if stream is None else stream)
+        self.stream = not patchable and (bisecting or (tap_bytes > STREAM_ABOVE_BYTES if stream is None else stream))
         if self.stream:
             pieces = build_pieces(d, graph_taps, getattr(DType, dtype), graph_device, debug=self.debug)
             graphs, self.outputs, self.block_weights = pieces.graphs, pieces.outputs, pieces.block_weights
         else:
-            graph, self.outputs = build_graph(
-                d, graph_taps, getattr(DType, dtype), graph_device, debug=self.debug, select_block=bisecting
-            )
-        self.bisecting = bisecting
-        self.block: int | None = None  # the block whose inside a bisecting graph outputs (retap)
+            graph, self.outputs = build_graph(d, graph_taps, getattr(DType, dtype), graph_device, debug=self.debug)
+        self.start: tuple[int, np.ndarray, str] | None = None  # a streamed run fed one block's input (start_at)
         # Patching inputs, all zero (no patch) until run(patch=...) fills one override and raises one flag.
         self.patch_points = patch_points(d) if patchable else []
         self._patch_inputs = (
@@ -162,6 +162,7 @@ class MaxRunner:
             "encoder": "whisperdiff.capture.max_encoder (MAX Graph)",
             "graph": "debug" if self.debug else "clean",
             "streamed": self.stream,
+            **({"started_at": {"block": self.start[0], "fed": self.start[2]}} if self.start else {}),
             "compile_seconds": round(self.compile_seconds, 3),
             "compile_cache_hit": self.cache_hit,
         }
@@ -175,8 +176,6 @@ class MaxRunner:
         if self.stream:
             return self._run_streamed(np.ascontiguousarray(mel, dtype=np.float32), record)
         controls = [*self.controls.arrays(), *self._patch_inputs] if self.debug else []
-        if self.bisecting:  # which block's inside the graph outputs
-            controls.append(np.eye(self.loaded.dims.n_audio_layer, dtype=np.float32)[self.block or 0])
         inputs = [np.ascontiguousarray(mel, dtype=np.float32), *controls]
         if patch is not None:
             name, value = patch
@@ -199,9 +198,7 @@ class MaxRunner:
         if self.device != "cpu":  # execute returns once the GPU has the work: wait for it (docs/gpu.md)
             self.driver_device.synchronize()
         seconds = time.perf_counter() - start
-        # a bisecting graph outputs the picked block's ops as blocks.*.OP
-        names = [n.replace("*", str(self.block)) if n.startswith("blocks.*.") else n for n in self.outputs]
-        self._record(names, results, record)
+        self._record(self.outputs, results, record)
         return {"encoder_seconds": seconds}
 
     def _record(self, names: list[str], results, record: Record) -> None:
@@ -216,27 +213,39 @@ class MaxRunner:
             if name in CHANNELS_FIRST_TAPS:  # MAX runs the convs time-major; canonical is [B, C, T]
                 array = array.transpose(0, 2, 1)
             got[name] = array
-        for name in self.wanted:  # in canonical order (a bisecting graph outputs the block's inside last)
+        for name in self.wanted:  # in canonical order
             if name in got:
                 record(name, got.pop(name))
 
     def _run_streamed(self, mel: np.ndarray, record: Record) -> dict:
-        """The stem, each block with its own weights and switches, then ln_post: one piece's taps at a time."""
+        """The stem, each block with its own weights and switches, then ln_post: one piece's taps at a time.
+        After start_at(k, x): block k on x, and no block after the last one whose ops are recorded."""
         from whisperdiff.capture.max_encoder import CONTROL_NAMES, PER_BLOCK_CONTROLS
+        from whisperdiff.names import split_block_op
 
         per_block = [CONTROL_NAMES.index(n) for n in PER_BLOCK_CONTROLS]
         arrays = self.controls.arrays() if self.debug else []
+        n_layer = self.loaded.dims.n_audio_layer
 
         def controls(k: int) -> list[np.ndarray]:  # the pieces' debug graphs take one block's switches
             return [a[k : k + 1] if i in per_block else a for i, a in enumerate(arrays)]
 
         start = time.perf_counter()
-        x = self._execute("stem", [mel, *controls(0)], record)
-        for k in range(self.loaded.dims.n_audio_layer):
+        if self.start is None:
+            first, x = 0, self._execute("stem", [mel, *controls(0)], record)
+        else:
+            first, fed, _ = self.start
+            if block_input(first) in self.wanted:
+                record(block_input(first), fed)
+            x = fed if self.dtype == "float32" else _torch_dtype(fed, self.dtype)
+        post = "ln_post" in self.wanted or self.start is None
+        last = n_layer - 1 if post else max((b[0] for b in map(split_block_op, self.wanted) if b), default=-1)
+        for k in range(first, last + 1):
             names = [n.replace("encoder.blocks.0.", f"encoder.blocks.{k}.", 1) for n in self.block_weights]
             weights = encoder_weights(self.loaded, self.dtype, names)
             x = self._execute("block", [x, *controls(k), *(weights.pop(n) for n in names)], record, block=k)
-        self._execute("post", [x, *controls(0)], record)
+        if post:
+            self._execute("post", [x, *controls(0)], record)
         return {"encoder_seconds": time.perf_counter() - start}
 
     def _execute(self, piece: str, inputs: list, record: Record, block: int | None = None):
@@ -256,13 +265,42 @@ class MaxRunner:
         return x
 
     def retap(self, names: list[str]) -> None:
-        """Record `names` from now on: the graph's own taps and the ops inside one block (a bisecting graph)."""
+        """Record `names` from now on, from the same compiled graphs (a bisecting runner's pieces output every
+        default op); a name no graph outputs is an error."""
         from whisperdiff.names import split_block_op
 
-        inside = {n.removeprefix("blocks.*.") for n in self.outputs if n.startswith("blocks.*.")}
-        picked = {n: split_block_op(n) for n in names if n not in self.outputs}
-        cannot = [n for n, block_op in picked.items() if block_op is None or block_op[1] not in inside]
-        blocks = {block_op[0] for block_op in picked.values() if block_op is not None}
-        if cannot or len(blocks) > 1:
-            raise WhisperdiffError(f"this MAX graph cannot output {(cannot or names)[:4]}; build one with those taps")
-        self.block, self.wanted = (blocks.pop() if blocks else None), list(names)
+        def key(name: str) -> str:  # the block graph serves every block: its outputs name block 0's ops
+            inside = split_block_op(name) if self.stream else None
+            return name if inside is None else f"blocks.*.{inside[1]}"
+
+        outputs = {key(n) for piece in self.outputs.values() for n in piece} if self.stream else set(self.outputs)
+        cannot = [n for n in names if key(n) not in outputs]
+        if cannot:
+            raise WhisperdiffError(f"this MAX graph cannot output {cannot[:4]}; build one with those taps")
+        self.wanted = list(names)
+
+    def start_at(self, block: int, x: np.ndarray, source: str) -> None:
+        """Runs from now on start at `block`, fed x (its input, canonical [1, T, C]: pos_embed or the block
+        before's out, as an earlier run of this encoder recorded it; source says which) instead of the stem's
+        and earlier blocks' output. Exact in any dtype: traces hold float32, which holds float16 and bfloat16."""
+        if not self.stream or not 0 <= block < self.loaded.dims.n_audio_layer:
+            raise WhisperdiffError(
+                f"this MAX runner cannot start at block {block}: a streamed runner starts at a block"
+            )
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        want = (1, self.loaded.dims.n_audio_ctx, self.loaded.dims.n_audio_state)
+        if x.shape != want:
+            raise WhisperdiffError(f"block {block}'s input has shape {x.shape}; it takes {want}")
+        self.start = (block, x, source)
+
+
+def block_input(block: int) -> str:
+    """The canonical op a block reads: pos_embed for the first, else the block before's output."""
+    return "pos_embed" if block == 0 else f"blocks.{block - 1}.out"
+
+
+def _torch_dtype(x: np.ndarray, dtype: str):
+    """float32 values as a torch tensor of dtype (numpy has no bfloat16), for a graph input of that dtype."""
+    import torch
+
+    return torch.from_numpy(x).to(getattr(torch, dtype))

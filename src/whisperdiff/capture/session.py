@@ -79,8 +79,8 @@ class Session:
         on_status: Callable[[str], None] | None = None,
         stream: bool | None = None,
     ):
-        """on_status(text) says what is being done while it takes time (loading, compiling). bisecting: a
-        MAX graph with only these taps plus one block's inside, picked by `retap` (bisection)."""
+        """on_status(text) says what is being done while it takes time (loading, compiling). bisecting: the
+        MAX encoder's pieces, from which each bisection step records its taps (`retap`, MaxRunner.start_at)."""
         t0 = time.perf_counter()
         if taps is not None and (not isinstance(taps, str) or not any(part.strip() for part in taps.split(","))):
             raise WhisperdiffError(
@@ -109,7 +109,7 @@ class Session:
         self._decoder = None
 
     def retap(self, taps: str) -> bool:
-        """Trace `taps` from now on without a new graph, where the runner can (a bisecting MAX graph)."""
+        """Trace `taps` from now on without a new graph, where the runner can (a bisecting MAX runner)."""
         if not hasattr(self.runner, "retap"):
             return False
         names = select_taps(self.loaded.dims, taps)

@@ -6,10 +6,13 @@ B is re-run with only the taps each step needs, on A's recorded input:
 1. the stem (conv1 ... pos_embed), every block's output and ln_post;
 2. if a block's output is the first to diverge: that block's input and every op inside it.
 
-On MAX both steps run one compiled graph: it outputs step 1's taps and, for every op inside a block, that
-op of the block a run-time input picks (max_encoder.build_graph(select_block=True)), so bisection costs one
-compile and two runs. A block holds about a dozen ops at every model size, so a third step inside an op
-group would not cut much. The last step's comparison (A's full trace against B's small one, replayed on
+On MAX no graph of the whole encoder is compiled: B runs streamed (max_encoder.build_pieces), the stem,
+one block graph run once per block with that block's weights as inputs, and ln_post, each outputting its
+default ops. Step 1 records the block outputs; step 2 runs only the divergent block again, fed B's own
+input to it from step 1 (MaxRunner.start_at), and records its inside. Bisection costs three small
+compiles (each a fraction of the whole graph's, and shared with every streamed trace of these dims), one
+streamed run and one block run. A block holds about a dozen ops at every model size, so a third step
+inside an op group would not cut much. The last step's comparison (A's full trace against B's small one, replayed on
 B's own inputs as `compare` does) is the finding.
 
     b = bisect("traces/torch-tiny.en-speech", impl="max", inject=["kv-swap"], out="bisect/kv-swap")
@@ -195,11 +198,15 @@ def bisect(
         status(f"step {len(steps) + 1}: {impl} with {len(taps) - 1} taps")
         t0 = time.perf_counter()
         taps_glob = ",".join(taps)
-        if session is None or not session.retap(taps_glob):  # MAX: one graph serves every step
-            status(f"step {len(steps) + 1}: loading or compiling {impl}'s graph with {len(taps) - 1} taps")
+        if session is None or not session.retap(taps_glob):  # MAX: the same pieces serve every step
+            status(f"step {len(steps) + 1}: loading or compiling {impl}'s graphs")
             session = Session(
                 impl, model=model, device=device, dtype=dtype, taps=taps_glob, inject=inject, bisecting=True
             )
+        if steps and hasattr(session.runner, "start_at"):  # MAX: only the block, on B's own input from step 1
+            block, before = split_block_op(taps[-1])[0], taps[1]
+            fed = load_trace(steps[0].trace)[before]
+            session.runner.start_at(block, fed, f"B's own {before}, recorded by step 1 ({steps[0].trace})")
         compiled = time.perf_counter()
         path = out / f"step{len(steps) + 1}"
         b = session.trace(out=path, given_input=given)
