@@ -155,6 +155,15 @@ def test_bfloat16_and_float32_on_max(tmp_path, small_random):
     assert strict.first_divergence == "conv1" and strict.findings[0].kind == "precision"
 
 
+def test_a_bug_injected_in_bfloat16_is_traced_streamed_and_shows_from_its_op(tmp_path, small_random):
+    """MAX 26.7's CPU compiler fails on the whole debug graph in half precision; the pieces carry the bug."""
+    clean = wd.trace("max", model=small_random, out=tmp_path / "clean", dtype="bfloat16")
+    buggy = wd.trace("max", model=small_random, out=tmp_path / "gelu", dtype="bfloat16", inject=["gelu-tanh"])
+    assert buggy.manifest["runner"]["streamed"] and buggy.manifest["runner"]["graph"] == "debug"
+    changed = [op for op in clean.ops if not np.array_equal(clean[op], buggy[op])]
+    assert changed and changed[0] == FAULTS["gelu-tanh"].first_op_for(small_random.dims.n_audio_layer), changed[:3]
+
+
 def test_encoder_faults_need_the_max_encoder(small_random, tmp_path):
     with pytest.raises(wd.WhisperdiffError, match="use --impl max"):
         wd.trace("torch", model=small_random, out=tmp_path / "t", inject=["missing-ln-post"])

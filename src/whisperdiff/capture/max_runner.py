@@ -101,8 +101,8 @@ class MaxRunner:
         """debug: None picks the graph (debug when a fault sets a control or patching is asked); True forces it.
         bisecting: streamed, with every default op as an output of the pieces whatever is recorded, so that
         each bisection step records its taps from the same compiled pieces (`retap`), the second from one
-        block (`start_at`). stream: None streams where the taps are large (bisecting: always); patching graphs
-        are never streamed."""
+        block (`start_at`). stream: None streams where the taps are large, and a debug graph in half
+        precision on CPU (bisecting: always); patching graphs are never streamed."""
         from max import engine
         from max.dtype import DType
 
@@ -127,7 +127,10 @@ class MaxRunner:
         shared = self.debug or bisecting
         graph_taps = [s.name for s in specs if s.name in self.wanted or (shared and not s.optional)]
         tap_bytes = sum(4 * int(np.prod(s.shape)) for s in specs if s.name in graph_taps)
-        self.stream = not patchable and (bisecting or (tap_bytes > STREAM_ABOVE_BYTES if stream is None else stream))
+        if stream is None:  # streamed where the taps are large, and where MAX 26.7's CPU compiler rejects the
+            # whole debug graph: in float16 and bfloat16 (a conv's epilogue fusion fails to type-check)
+            stream = tap_bytes > STREAM_ABOVE_BYTES or (self.debug and dtype != "float32" and self.device == "cpu")
+        self.stream = not patchable and (bisecting or stream)
         if self.stream:
             pieces = build_pieces(d, graph_taps, getattr(DType, dtype), graph_device, debug=self.debug)
             graphs, self.outputs, self.block_weights = pieces.graphs, pieces.outputs, pieces.block_weights
@@ -287,7 +290,7 @@ class MaxRunner:
             raise WhisperdiffError(
                 f"this MAX runner cannot start at block {block}: a streamed runner starts at a block"
             )
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.array(x, dtype=np.float32)  # its own writable copy (a trace's values are read-only maps)
         want = (1, self.loaded.dims.n_audio_ctx, self.loaded.dims.n_audio_state)
         if x.shape != want:
             raise WhisperdiffError(f"block {block}'s input has shape {x.shape}; it takes {want}")
