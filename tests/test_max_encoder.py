@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import whisper
+from conftest import run_cli
 
 import whisperdiff as wd
 from whisperdiff.analysis.compare import compare
@@ -162,6 +163,10 @@ def test_a_bug_injected_in_bfloat16_is_traced_streamed_and_shows_from_its_op(tmp
     assert buggy.manifest["runner"]["streamed"] and buggy.manifest["runner"]["graph"] == "debug"
     changed = [op for op in clean.ops if not np.array_equal(clean[op], buggy[op])]
     assert changed and changed[0] == FAULTS["gelu-tanh"].first_op_for(small_random.dims.n_audio_layer), changed[:3]
+    # patching needs that whole graph: said in one line before anything compiles
+    proc = run_cli("patch", str(clean.path), str(buggy.path))
+    assert proc.returncode == 2 and "patch float32 traces" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_encoder_faults_need_the_max_encoder(small_random, tmp_path):

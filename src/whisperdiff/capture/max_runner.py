@@ -115,6 +115,11 @@ class MaxRunner:
             )
         self.loaded, self.dtype = model, dtype
         self.driver_device, graph_device, self.device = resolve_max_device(device)
+        if patchable and dtype != "float32" and self.device == "cpu":  # said before a compile that would fail
+            raise WhisperdiffError(
+                f"MAX 26.7's CPU compiler rejects the patchable encoder graph in {dtype} (its fused epilogues); "
+                "patch float32 traces, or run on a GPU (--device gpu)"
+            )
         d = model.dims
         specs = [s for s in op_specs(d) if s.name != "mel"]
         self.wanted = [s.name for s in specs if taps is None or s.name in taps]
