@@ -9,10 +9,11 @@ B is re-run with only the taps each step needs, on A's recorded input:
 On MAX no graph of the whole encoder is compiled: B runs streamed (max_encoder.build_pieces), the stem,
 one block graph run once per block with that block's weights as inputs, and ln_post, each outputting its
 default ops. Step 1 records the block outputs; step 2 runs only the divergent block again, fed B's own
-input to it from step 1 (MaxRunner.start_at), and records its inside. Bisection costs three small
-compiles (each a fraction of the whole graph's, and shared with every streamed trace of these dims), one
-streamed run and one block run. A block holds about a dozen ops at every model size, so a third step
-inside an op group would not cut much. The last step's comparison (A's full trace against B's small one, replayed on
+input to it from step 1 (MaxRunner.start_at), and records its inside. Bisection costs one compile of
+the pieces (about one whole graph's: MAX's compile time is the distinct kernels a graph needs, and the
+pieces need the whole graph's, without the where chains a run-time block pick would add), one streamed
+run and one block run. A block holds about a dozen ops at every model size, so a third step inside an op
+group would not cut much. The last step's comparison (A's full trace against B's small one, replayed on
 B's own inputs as `compare` does) is the finding.
 
     b = bisect("traces/torch-tiny.en-speech", impl="max", inject=["kv-swap"], out="bisect/kv-swap")
