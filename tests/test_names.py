@@ -4,7 +4,7 @@ import pytest
 
 import whisperdiff as wd
 from whisperdiff.inputs.models import PRESETS, preset_dims
-from whisperdiff.names import BLOCK_OPS, block_op, split_block_op
+from whisperdiff.names import BLOCK_OPS, block_input, block_op, split_block_op
 
 
 def test_tiny_op_list_is_in_encoder_order(tiny_en):
@@ -65,3 +65,10 @@ def test_split_block_op_inverts_block_op():
         assert split_block_op(block_op(i, op)) == (i, op)
     for name in ("mel", "ln_post", "pos_embed", "decoder.blocks.0.out", "blocks.x.out"):
         assert split_block_op(name) is None
+
+
+def test_block_input_is_the_op_each_block_reads(tiny_en):
+    names = wd.op_names(tiny_en.dims)
+    assert block_input(0) == "pos_embed" and block_input(1) == "blocks.0.out"
+    assert all(block_input(i) in names for i in range(tiny_en.dims.n_audio_layer))
+    assert block_input(0, "decoder.") == "decoder.pos_embed" and block_input(3, "decoder.") == "decoder.blocks.2.out"

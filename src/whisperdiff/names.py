@@ -85,6 +85,12 @@ def block_op(i: int, op: str) -> str:
     return f"blocks.{i}.{op}"
 
 
+def block_input(i: int, prefix: str = "") -> str:
+    """The canonical op block `i` reads: pos_embed for the first, else the block before's out (prefix "decoder."
+    for the decoder's): block_input(2) == "blocks.1.out"."""
+    return f"{prefix}pos_embed" if i == 0 else f"{prefix}{block_op(i - 1, 'out')}"
+
+
 def split_block_op(name: str) -> tuple[int, str] | None:
     """block_op's inverse: split_block_op("blocks.0.attn.q") == (0, "attn.q"); None for an op outside a block."""
     m = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)

@@ -89,15 +89,12 @@ def attention_hypotheses(rp, recipe, xs, out, e, ctx, add):
             )
         return
     if t_q == t_k:
+        vh = rp.heads(v)
+        transposed = [p.transpose(-1, -2) @ vh[:, h] for h, p in enumerate(rp.head_probs(q, k, mask=own_mask))]
         add(
             "swapped_projections",
             "attention probabilities transposed (query and key axes swapped)",
-            rp.merge(
-                torch.stack(
-                    [p.transpose(-1, -2) @ rp.heads(v)[:, h] for h, p in enumerate(rp.head_probs(q, k, mask=own_mask))],
-                    1,
-                )
-            ),
+            rp.merge(torch.stack(transposed, 1)),
         )
     for split, merge in (("dh", "dh"), ("dh", "hd"), ("hd", "dh")):
         add(

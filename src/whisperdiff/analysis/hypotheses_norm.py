@@ -12,6 +12,7 @@ import math
 import re
 
 from whisperdiff.analysis.replay import b_tensor, round_to, shape_of
+from whisperdiff.names import block_input
 
 
 def activation_hypotheses(rp, recipe, xs, out, e, ctx, add):
@@ -140,7 +141,7 @@ def _other_streams(recipe, ctx) -> list[tuple[str, str]]:
         return []
     p, i = m.group(1), int(m.group(2))
     prefix = "decoder." if recipe.op.startswith("decoder.") else ""
-    block_in = f"{prefix}pos_embed" if i == 0 else f"{prefix}blocks.{i - 1}.out"
+    block_in = block_input(i, prefix)
     norm_of = {"attn_residual": "attn_ln", "cross_attn_residual": "cross_attn_ln", "out": "mlp_ln"}.get(m.group(3))
     found = []
     if norm_of:
@@ -174,7 +175,7 @@ def wiring_norm_hypotheses(rp, recipe, xs, out, ctx, add):
     if m:  # the branch fed the block's input, not the residual stream after attention (a parallel block)
         prefix = "decoder." if recipe.op.startswith("decoder.") else ""
         i = int(m.group(2))
-        block_in = f"{prefix}pos_embed" if i == 0 else f"{prefix}blocks.{i - 1}.out"
+        block_in = block_input(i, prefix)
         try:
             add(
                 "wiring",
@@ -200,7 +201,7 @@ def wiring_norm_hypotheses(rp, recipe, xs, out, ctx, add):
         pass
     prefix = "decoder." if recipe.op.startswith("decoder.") else ""
     for j in range(-1, i - 1):  # blocks skipped: this block reads an earlier block's output (-1: the embedding)
-        source = f"{prefix}pos_embed" if j < 0 else f"{prefix}blocks.{j}.out"
+        source = block_input(j + 1, prefix)  # what block j + 1 reads: block j's out
         try:
             earlier = other_x(rp, ctx, source, xs[0])
         except ValueError:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from whisperdiff.analysis.replay_decoder import decoder_recipe
-from whisperdiff.names import BLOCK_OPS
+from whisperdiff.names import BLOCK_OPS, block_input
 
 # Which weight each linear op uses (openai-whisper's state-dict names, inside encoder.blocks.{i}).
 LINEAR_PARAMS = {
@@ -184,7 +184,7 @@ class Replayer:
             return None
         i, part = int(m.group(1)), m.group(2)
         p = f"encoder.blocks.{i}"
-        x_in = "pos_embed" if i == 0 else f"blocks.{i - 1}.out"
+        x_in = block_input(i)
         b = lambda s: f"blocks.{i}.{s}"  # noqa: E731
         if part in ("attn_ln", "mlp_ln"):
             x = x_in if part == "attn_ln" else b("attn_residual")

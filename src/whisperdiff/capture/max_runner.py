@@ -229,7 +229,7 @@ class MaxRunner:
         """The stem, each block with its own weights and switches, then ln_post: one piece's taps at a time.
         After start_at(k, x): block k on x, and no block after the last one whose ops are recorded."""
         from whisperdiff.capture.max_encoder import CONTROL_NAMES, PER_BLOCK_CONTROLS
-        from whisperdiff.names import split_block_op
+        from whisperdiff.names import block_input, split_block_op
 
         per_block = [CONTROL_NAMES.index(n) for n in PER_BLOCK_CONTROLS]
         arrays = self.controls.arrays() if self.debug else []
@@ -300,11 +300,6 @@ class MaxRunner:
         if x.shape != want:
             raise WhisperdiffError(f"block {block}'s input has shape {x.shape}; it takes {want}")
         self.start = (block, x, source)
-
-
-def block_input(block: int) -> str:
-    """The canonical op a block reads: pos_embed for the first, else the block before's output."""
-    return "pos_embed" if block == 0 else f"blocks.{block - 1}.out"
 
 
 def _torch_dtype(x: np.ndarray, dtype: str):

@@ -53,7 +53,7 @@ from whisperdiff.errors import WhisperdiffError, WhisperdiffWarning
 from whisperdiff.inputs.audio import EncoderInput
 from whisperdiff.inputs.models import LoadedModel, load_model, model_of
 from whisperdiff.mapping.maps import expand
-from whisperdiff.names import op_specs, split_block_op
+from whisperdiff.names import block_input, op_specs, split_block_op
 from whisperdiff.store.documents import document
 from whisperdiff.store.trace import Trace, load_trace
 
@@ -117,9 +117,8 @@ def coarse_taps(dims) -> list[str]:
 
 def block_taps(dims, block: int) -> list[str]:
     """Step 2: the block's input (the previous block's output, or pos_embed) and every default op inside it."""
-    before = "pos_embed" if block == 0 else f"blocks.{block - 1}.out"
     inside = [s.name for s in op_specs(dims) if s.name.startswith(f"blocks.{block}.") and not s.optional]
-    return ["mel", before, *inside]
+    return ["mel", block_input(block), *inside]
 
 
 def _reference_and_model(reference, model) -> tuple[Trace, LoadedModel]:
@@ -205,7 +204,8 @@ def bisect(
                 impl, model=model, device=device, dtype=dtype, taps=taps_glob, inject=inject, bisecting=True
             )
         if steps and hasattr(session.runner, "start_at"):  # MAX: only the block, on B's own input from step 1
-            block, before = split_block_op(taps[-1])[0], taps[1]
+            block = split_block_op(taps[-1])[0]
+            before = block_input(block)
             fed = load_trace(steps[0].trace)[before]
             session.runner.start_at(block, fed, f"B's own {before}, recorded by step 1 ({steps[0].trace})")
         compiled = time.perf_counter()
