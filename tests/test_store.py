@@ -72,6 +72,30 @@ def test_edited_tensor_fails_verification(tmp_path):
         t.verify("mel")
 
 
+@pytest.mark.parametrize("how", ["edited copy", "symlink"])
+def test_a_file_replaced_after_it_was_hashed_ahead_is_read_again_and_refused(tmp_path, how):
+    """A reader in order has the next op hashed on another thread; it takes that mapping over only if the
+    file is still the one hashed. One put in its place since (another file, or a link) is read anew."""
+    t = write(tmp_path / "t", ops=("mel", "conv1", "ln_post"))
+    t["mel"]
+    t["conv1"]  # in order: ln_post is being hashed ahead now
+    assert "ln_post" in t._ahead
+    t._ahead["ln_post"].result()  # hashed, from the original file
+    file = tmp_path / "t" / "tensors" / "ln_post.npy"
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 0xFF
+    (tmp_path / "other.npy").write_bytes(bytes(data))
+    file.unlink()
+    if how == "symlink":
+        file.symlink_to(tmp_path / "other.npy")
+        match = "symlink"
+    else:
+        (tmp_path / "other.npy").rename(file)
+        match = "does not match its xxh3_128 digest"
+    with pytest.raises(wd.WhisperdiffError, match=match):
+        t["ln_post"]
+
+
 def test_a_schema_1_trace_with_sha256_digests_still_reads_and_verifies(tmp_path):
     """Traces written before schema 2 carry SHA-256 per op: they read, and damage in them is still caught."""
     import hashlib

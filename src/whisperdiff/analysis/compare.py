@@ -34,6 +34,7 @@ from whisperdiff.analysis.diagnose import (
     untapped,
 )
 from whisperdiff.analysis.frontend_replay import audio_at_hand
+from whisperdiff.analysis.heap import give_back
 from whisperdiff.analysis.hypotheses import explain as explain_op
 from whisperdiff.analysis.logits import decoder_layouts, decoder_summary
 from whisperdiff.analysis.port_output import (
@@ -326,6 +327,8 @@ def compare(
                         severity="info",
                     )
                 )
+            if replayer is not None:  # it replayed: glibc keeps what that freed, unless asked (analysis/heap.py)
+                give_back()
         elif pair.problem:
             op_findings.append(Finding("shape_mismatch", pair.name, 1.0, f"{pair.name}: {pair.problem}"))
             result.failures = [OpFailure(pair.name, "shape", math.nan, pair.problem)]

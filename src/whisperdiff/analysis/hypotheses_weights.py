@@ -254,12 +254,19 @@ def _fused_rows(rp, name, short, x, out, add):
         return
     c = ws[0].shape[0]
     bs = [rp.w.get(f"{stem}.{p}.bias", torch.zeros(c)) for p in PROJECTIONS]
-    y = x @ torch.cat(ws).T + torch.cat(bs)  # every row of the three projections: [..., 3C]
-    yf, of = y.reshape(-1, 3 * c).double(), out.reshape(-1, c).double()
-    yn = yf / (yf.norm(dim=0) + 1e-30)
-    on = of / (of.norm(dim=0) + 1e-30)
-    corr = on.T @ yn  # [C, 3C]: which row each of B's channels is
-    best, rows = corr.max(dim=1)
+    y = torch.cat([x @ w.T + b for w, b in zip(ws, bs, strict=True)], -1)  # every row of the three: [..., 3C]
+    on = out.reshape(-1, c).double()
+    on /= on.norm(dim=0) + 1e-30
+    best, rows = None, None
+    for i in range(3):  # which row each of B's channels is, one projection's C columns of [C, 3C] at a time
+        yn = y[..., i * c : (i + 1) * c].reshape(-1, c).double()
+        yn /= yn.norm(dim=0) + 1e-30
+        top, at = (on.T @ yn).max(dim=1)
+        if best is None:
+            best, rows = top, at
+        else:  # ties keep the earlier column, as one max over [C, 3C] does
+            better = top > best
+            best, rows = torch.where(better, top, best), torch.where(better, at + i * c, rows)
     own = PROJECTIONS.index(proj)
     if float(best.min()) < 0.9999 or bool((rows == own * c + torch.arange(c)).all()):
         return

@@ -124,11 +124,13 @@ class Replayer:
         if "qk" in sub:
             qh, kh = round_to(qh, sub["qk"]), round_to(kh, sub["qk"])
         half_qk = sub.get("qk") not in (None, *TENSOR_CORE)  # a tf32 matmul's product stays float32
+        scores = None  # one head's scores, reused: a fresh T x T per head fragments glibc's heap (+200 MB kept)
         for h in range(qh.shape[1]):
-            s = qh[:, h] @ kh[:, h].transpose(-1, -2)
-            s = round_to(round_to(s, sub["qk"]) * scale, sub["qk"]) if half_qk else s * scale
-            if mask is not None:
-                s = s + mask
+            scores = self.torch.matmul(qh[:, h], kh[:, h].transpose(-1, -2), out=scores)
+            s = round_to(round_to(scores, sub["qk"]) * scale, sub["qk"]) if half_qk else scores.mul_(scale)
+            if mask is not None:  # in place where the mask broadcasts to the scores (every mask made here)
+                fits = mask.dtype == s.dtype and self.torch.broadcast_shapes(s.shape, mask.shape) == s.shape
+                s = s.add_(mask) if fits else s + mask
             if "scores" in sub:
                 s = round_to(s, sub["scores"])
             p = s.softmax(axis)
@@ -141,11 +143,15 @@ class Replayer:
         vh = self.heads(v, split)
         if weights is not None:
             return self.merge(weights @ vh if pv is None else matmul_in(weights, vh, pv), merge or split)
-        heads = (
-            p @ vh[:, h] if pv is None else matmul_in(p, vh[:, h], pv)
-            for h, p in enumerate(self.head_probs(q, k, split=split, **kw))
-        )
-        return self.merge(self.torch.stack(list(heads), 1), merge or split)
+        heads = None  # [H, B, T_q, D]: head h's output is contiguous, written in place
+        for h, p in enumerate(self.head_probs(q, k, split=split, **kw)):
+            if heads is None:
+                heads = vh.new_empty((vh.shape[1], *p.shape[:-1], vh.shape[-1]))
+            if pv is None:
+                self.torch.matmul(p, vh[:, h], out=heads[h])
+            else:
+                heads[h] = matmul_in(p, vh[:, h], pv)
+        return self.merge(heads.transpose(0, 1), merge or split)
 
     def gelu(self, x, approximate="none"):
         return self.torch.nn.functional.gelu(x, approximate=approximate)

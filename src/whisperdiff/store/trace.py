@@ -293,7 +293,8 @@ class Trace:
         self._ops = {op["name"]: op for op in self.manifest["ops"]}
         self._verify = verify
         self._verified: dict[str, tuple] = {}  # op -> (dev, inode, size, mtime) of the file that matched
-        self._order = {name: i for i, name in enumerate(self._ops)}
+        self._names = list(self._ops)
+        self._order = {name: i for i, name in enumerate(self._names)}
         self._ahead: dict[str, Future] = {}  # op -> (stamp, digest) being computed in the background
         self._last_new: str | None = None  # the op hashed last, to see a reader going in order
 
@@ -319,10 +320,13 @@ class Trace:
 
     def __getitem__(self, name: str) -> np.memmap:
         op = self.info(name)
-        array, stamp = _mapped(self.path, op)
+        ahead = self._ahead.pop(name, None) if self._verify else None
+        found = ahead.result() if ahead is not None else None
+        if found is not None and _stamp(self.path, op) == found[1]:  # hashed ahead from the same file: its
+            array, stamp = found[0], found[1]  # mapping (opened and checked there) is taken over, not made again
+        else:
+            array, stamp = _mapped(self.path, op)
         if self._verify and self._verified.get(name) != stamp:
-            ahead = self._ahead.pop(name, None)
-            found = ahead.result() if ahead is not None else None
             kind = digest_kind(op)
             if found is not None and found[1] == stamp:  # hashed ahead: its mapping's pages are in place
                 array, digest = found[0], found[2]
@@ -342,7 +346,7 @@ class Trace:
         self._last_new = name
         if not in_order or i + 1 >= len(self._order):
             return
-        following = self.ops[i + 1]
+        following = self._names[i + 1]
         if following not in self._ahead and following not in self._verified:
             self._ahead[following] = _hasher().submit(_hash_file, self.path, self._ops[following])
 
@@ -404,6 +408,16 @@ def _mapped(path: Path, op: dict) -> tuple[np.ndarray, tuple]:
             except (OSError, ValueError) as e:
                 raise damaged(path, op, f"cannot be mapped ({e})") from None
     return array, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _stamp(path: Path, op: dict) -> tuple | None:
+    """The stamp _mapped would give the op's file now, from one lstat (None if there is none): where it equals a
+    mapping's, that mapping is of this very file (a symlink put in its place has its own inode)."""
+    try:
+        st = os.stat(path / op["file"], follow_symlinks=False)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _hash_file(path: Path, op: dict) -> tuple[np.ndarray, tuple, str] | None:
