@@ -1,11 +1,13 @@
 import json
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import whisperdiff as wd
 from whisperdiff.store.digest import array_digest
-from whisperdiff.store.trace import MANIFEST, TraceWriter, list_traces, load_trace
+from whisperdiff.store.trace import MANIFEST, TraceWriter, list_traces, load_trace, release
 
 # what every trace records: the weights' and the input's digests (a manifest without them is damaged)
 PROVENANCE = {"model": {"id": "test", "weights_sha256": "0" * 64}, "input": {"path": "test.wav", "sha256": "1" * 64}}
@@ -94,6 +96,20 @@ def test_a_file_replaced_after_it_was_hashed_ahead_is_read_again_and_refused(tmp
         match = "does not match its xxh3_128 digest"
     with pytest.raises(wd.WhisperdiffError, match=match):
         t["ln_post"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps")
+def test_released_arrays_are_unmapped_on_the_digest_thread(tmp_path):
+    t = write(tmp_path / "t", ops=("mel", "ln_post"))
+    arrays = [t["mel"], t["ln_post"]]
+    files = [str((tmp_path / "t" / "tensors" / f"{n}.npy").resolve()) for n in ("mel", "ln_post")]
+    assert all(f in Path("/proc/self/maps").read_text() for f in files)
+    release(arrays)
+    deadline = time.monotonic() + 10
+    while arrays and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert arrays == []  # emptied by the digest thread, which held the last references
+    assert not any(f in Path("/proc/self/maps").read_text() for f in files)
 
 
 def test_a_schema_1_trace_with_sha256_digests_still_reads_and_verifies(tmp_path):

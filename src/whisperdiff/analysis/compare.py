@@ -49,7 +49,7 @@ from whisperdiff.mapping.align import Pair, align, load_rename_rules
 from whisperdiff.measure.metrics import ONEPASS_BYTES, load_onepass, op_metrics, rounding_error
 from whisperdiff.measure.tolerances import OpFailure, Tolerance, ToleranceSet, new_nonfinite
 from whisperdiff.store.documents import document
-from whisperdiff.store.trace import Trace, load_trace
+from whisperdiff.store.trace import Trace, load_trace, release
 
 
 @dataclass
@@ -264,14 +264,10 @@ def compare(
         )
         if pair.matched:
             tol = tolerances.for_op(pair.name)
-            m = op_metrics(
-                ta[pair.name],
-                b_value(pair.name),
-                layout=layouts.get(pair.name),
-                atol=tol.atol,
-                rtol=tol.rtol,
-                onepass=onepass,
-            )
+            both = [ta[pair.name], b_value(pair.name)]
+            m = op_metrics(*both, layout=layouts.get(pair.name), atol=tol.atol, rtol=tol.rtol, onepass=onepass)
+            release(both)  # unmapped on another thread
+            del both
             profiles[pair.name] = {"step_cosine": m.pop("step_cosine"), "step_rel_error": m.pop("step_rel_error")}
             result.metrics = m
             result.failures = tol.failures(m, op=pair.name)
