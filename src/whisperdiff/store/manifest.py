@@ -67,6 +67,9 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _bad_string(value, where: str, depth: int = 0) -> str | None:
     """Strings a trace never holds: NUL characters and lone surrogates (they break paths and output)."""
     if depth > 32:
@@ -74,17 +77,20 @@ def _bad_string(value, where: str, depth: int = 0) -> str | None:
     if isinstance(value, str):
         if "\x00" in value:
             return f"{where} holds a NUL character"
-        if any("\ud800" <= ch <= "\udfff" for ch in value):
+        if _SURROGATE.search(value):
             return f"{where} holds a lone surrogate (not valid Unicode)"
         return None
-    if isinstance(value, dict):
-        items = [(f"{where} key", k) for k in value] + [(f"{where}.{k}"[:80], v) for k, v in value.items()]
+    if isinstance(value, dict):  # keys first, then values; a place is spelled only where it is descended into
+        items = [(lambda k=k: f"{where} key", k) for k in value]
+        items += [(lambda k=k: f"{where}.{k}"[:80], v) for k, v in value.items()]
     elif isinstance(value, list):
-        items = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+        items = [(lambda i=i: f"{where}[{i}]", v) for i, v in enumerate(value)]
     else:
         return None
     for place, item in items:
-        if (bad := _bad_string(item, place, depth + 1)) is not None:
+        if isinstance(item, str) and "\x00" not in item and not _SURROGATE.search(item):
+            continue
+        if isinstance(item, str | dict | list) and (bad := _bad_string(item, place(), depth + 1)) is not None:
             return bad
     return None
 
