@@ -178,6 +178,13 @@ def test_a_flipped_bit_is_an_error_naming_op_and_file(pair, tmp_path):
     assert check(pair[0], pair[1], replay=False).passed  # the unmodified pair still passes
 
 
+def _nested(levels: int, leaf=1):
+    """`levels` dicts one inside the next around `leaf` ({"k": {"k": ... leaf}})."""
+    for _ in range(levels):
+        leaf = {"k": leaf}
+    return leaf
+
+
 def test_manifest_damage_is_an_error(pair, tmp_path):
     cases = {
         "wrong digest": (lambda m: m["ops"][2].update(xxh3_128="0" * 32), "does not match its xxh3_128 digest"),
@@ -192,6 +199,7 @@ def test_manifest_damage_is_an_error(pair, tmp_path):
         "run type": (lambda m: m.update(run="x"), "'run'"),
         "input.path type": (lambda m: m["input"].update(path=7), "input.path"),
         "lone surrogate": (lambda m: m.update(impl="a\udc80"), "surrogate"),
+        "nested too deeply": (lambda m: m.update(runner=_nested(32)), "nested too deeply"),  # a leaf at depth 33
         "schema version": (lambda m: m.update(schema_version="1"), "schema_version"),
         "negative dim": (lambda m: m["ops"][1].update(shape=[-1, 64]), "has shape"),
         "huge dim": (lambda m: m["ops"][1].update(shape=[2**62, 64]), "has shape"),

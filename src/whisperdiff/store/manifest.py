@@ -70,27 +70,33 @@ def _short(value) -> str:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def _string_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "holds a NUL character"
+    if _SURROGATE.search(text):
+        return "holds a lone surrogate (not valid Unicode)"
+    return None
+
+
 def _bad_string(value, where: str, depth: int = 0) -> str | None:
     """Strings a trace never holds: NUL characters and lone surrogates (they break paths and output)."""
     if depth > 32:
         return f"{where} is nested too deeply"
     if isinstance(value, str):
-        if "\x00" in value:
-            return f"{where} holds a NUL character"
-        if _SURROGATE.search(value):
-            return f"{where} holds a lone surrogate (not valid Unicode)"
-        return None
-    if isinstance(value, dict):  # keys first, then values; a place is spelled only where it is descended into
+        problem = _string_problem(value)
+        return None if problem is None else f"{where} {problem}"
+    if isinstance(value, dict):  # keys first, then values
         items = [(lambda k=k: f"{where} key", k) for k in value]
         items += [(lambda k=k: f"{where}.{k}"[:80], v) for k, v in value.items()]
     elif isinstance(value, list):
         items = [(lambda i=i: f"{where}[{i}]", v) for i, v in enumerate(value)]
     else:
         return None
-    for place, item in items:
-        if isinstance(item, str) and "\x00" not in item and not _SURROGATE.search(item):
+    for place, item in items:  # a place is spelled only for an item that is looked into (most are fine leaves)
+        fine_leaf = depth < 32 and not isinstance(item, dict | list)
+        if fine_leaf and not (isinstance(item, str) and _string_problem(item)):
             continue
-        if isinstance(item, str | dict | list) and (bad := _bad_string(item, place(), depth + 1)) is not None:
+        if (bad := _bad_string(item, place(), depth + 1)) is not None:
             return bad
     return None
 
