@@ -111,40 +111,84 @@ def test_gigabyte_pairs_take_the_one_pass_metrics_and_find_the_same(ref, tmp_pat
     """Past ONEPASS_BYTES (both traces together) compare's metrics come from the compiled one-pass kernel:
     shown here by lowering the bar to this small pair, whose every number and finding stays the same."""
     from whisperdiff.analysis import compare as compare_module
+    from whisperdiff.measure import metrics
 
     b = edited(ref, tmp_path / "b", lambda name, x: (1.5 * x).astype(np.float32) if name == "blocks.0.mlp.fc2" else x)
-    numpy_path = compare(ref, b)
-    monkeypatch.setattr(compare_module, "ONEPASS_BYTES", 0)
     calls = []
-    monkeypatch.setattr(compare_module, "op_metrics", lambda *a, **k: calls.append(k["onepass"]) or op_metrics(*a, **k))
-    kernel = compare(ref, b)
-    assert calls and all(calls)
-    assert kernel.first_divergence == numpy_path.first_divergence == "blocks.0.mlp.fc2"
-    assert [(f.kind, f.op) for f in kernel.findings] == [(f.kind, f.op) for f in numpy_path.findings]
+    kernel = metrics._onepass
+    monkeypatch.setattr(metrics, "_onepass", lambda *a: calls.append(a[0].shape) or kernel(*a))
+    numpy_path = compare(ref, b)
+    assert calls == []
+    monkeypatch.setattr(compare_module, "ONEPASS_BYTES", 0)
+    one_pass = compare(ref, b)
+    assert len(calls) > len(ref.ops)  # every float32 op, a chunk at a time
+    assert one_pass.first_divergence == numpy_path.first_divergence == "blocks.0.mlp.fc2"
+    assert [(f.kind, f.op) for f in one_pass.findings] == [(f.kind, f.op) for f in numpy_path.findings]
     for column in ("rel_l2", "cosine", "max_abs"):
-        assert kernel.table[column].tolist() == pytest.approx(numpy_path.table[column].tolist(), rel=1e-5, abs=1e-12)
+        assert one_pass.table[column].tolist() == pytest.approx(numpy_path.table[column].tolist(), rel=1e-5, abs=1e-12)
 
 
-@pytest.mark.parametrize("loaded", [False, True], ids=["checked-while-the-kernel-loads", "checked-in-the-loop"])
-def test_gigabyte_pairs_still_refuse_a_damaged_op(ref, tmp_path, monkeypatch, loaded):
-    """While the one-pass kernel loads, compare checks ops' digests ahead of its loop: a flipped bit in the
-    last op is the one-line damage error whether that check or the loop meets it."""
+@pytest.mark.parametrize("onepass", [False, True], ids=["numpy", "one-pass-loading"])
+def test_a_damaged_op_read_ahead_is_refused_and_the_first_in_order_named(ref, tmp_path, monkeypatch, onepass):
+    """compare's ops are read, checked and measured a few ops ahead of its loop, a chunk at a time
+    (analysis/measuring.py). A flipped bit in an op's last chunk is the one-line damage error; with two
+    neighbouring ops damaged, the one named is the first in order, whichever a worker reached first; and
+    with the one-pass kernel still loading while the first ops are read, the same."""
+    import threading
     from concurrent.futures import Future
 
     from whisperdiff.analysis import compare as compare_module
 
+    first = "blocks.0.mlp.fc2"
+    second = ref.ops[ref.ops.index(first) + 1]
     b = edited(ref, tmp_path / "b")
-    file = tmp_path / "b" / "tensors" / "ln_post.npy"
-    data = bytearray(file.read_bytes())
-    data[-1] ^= 0xFF
-    file.write_bytes(bytes(data))
-    loading = Future()  # never done: the check ahead goes through every op
-    if loaded:
-        loading.set_result(None)  # done at once: the loop meets the op
-    monkeypatch.setattr(compare_module, "ONEPASS_BYTES", 0)
-    monkeypatch.setattr(compare_module, "load_onepass", lambda: loading)
-    with pytest.raises(wd.WhisperdiffError, match="op 'ln_post'.*does not match its xxh3_128 digest"):
+    for op in (first, second):
+        file = tmp_path / "b" / "tensors" / f"{op}.npy"
+        data = bytearray(file.read_bytes())
+        data[-1 if op == first else -ref.info(op)["nbytes"]] ^= 0xFF  # first: its last byte; second: its first
+        file.write_bytes(bytes(data))
+    if onepass:
+        loading = Future()
+        threading.Timer(0.3, loading.set_result, [None]).start()  # the kernel "loads" while the first ops are read
+        monkeypatch.setattr(compare_module, "ONEPASS_BYTES", 0)
+        monkeypatch.setattr(compare_module, "load_onepass", lambda: loading)
+    with pytest.raises(wd.WhisperdiffError, match=f"op '{first}'.*does not match its xxh3_128 digest"):
         compare(ref, b)
+
+
+@pytest.mark.parametrize("onepass", [False, True], ids=["numpy", "one-pass"])
+def test_ops_measured_ahead_a_chunk_at_a_time_equal_op_metrics_of_the_mapped_arrays(ref, tmp_path, onepass):
+    """Every matched op measured by MeasureAhead (B's op streamed through a worker's small buffers, or mapped
+    where its layout needs that) gives exactly op_metrics' figures on the two mapped arrays: the chunks are
+    the same, so the sums are."""
+    from whisperdiff.analysis.compare import _specs
+    from whisperdiff.analysis.measuring import MeasureAhead, OpJob
+    from whisperdiff.store.trace import Trace
+
+    rng = np.random.default_rng(3)
+    b = edited(ref, tmp_path / "b", lambda name, x: x + rng.standard_normal(x.shape).astype(x.dtype) * 1e-3)
+    layouts = {s["name"]: s.get("layout") for s in _specs(ref.manifest)}
+    jobs = [
+        OpJob(op, op, None, {"layout": layouts.get(op), "atol": 1e-5, "rtol": 1e-3, "onepass": onepass})
+        for op in ref.ops
+    ]
+    read_whole = []
+    tb = Trace(b.path)
+    tb.read = lambda name: read_whole.append(name) or Trace.read(tb, name)  # the mapped path, where it is taken
+    ahead = MeasureAhead(Trace(ref.path), tb, jobs)
+    streamed = [op for op in ref.ops if (layouts.get(op) or "").startswith("B,T")]
+    assert streamed  # most ops: [1, T, C]
+    for op in ref.ops:
+        got = ahead.get(op)
+        want = op_metrics(ref[op], b[op], **jobs[ref.ops.index(op)].options)
+        assert got.keys() == want.keys()
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=f"{op} {key}")
+    assert not set(read_whole) & set(streamed)
+    ahead.close()
+    late = MeasureAhead(Trace(ref.path), tb, jobs)
+    late.close()  # as compare does when its replay begins
+    assert late.get(jobs[-1].name) is None  # not measured ahead: the caller measures it
 
 
 def test_shape_mismatch(ref, tmp_path):

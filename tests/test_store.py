@@ -112,6 +112,32 @@ def test_released_arrays_are_unmapped_on_the_digest_thread(tmp_path):
     assert not any(f in Path("/proc/self/maps").read_text() for f in files)
 
 
+def test_chunks_are_the_op_in_pieces_and_a_damaged_op_raises_before_its_last(tmp_path):
+    """Trace.chunks copies an op into one reused buffer a piece at a time, hashing as it reads: the pieces
+    are the op's bytes; a flipped bit anywhere raises the damage error before the last piece is given, so
+    nothing made of the earlier pieces is used; a buffer too small is refused; an empty op yields nothing."""
+    with TraceWriter(tmp_path / "t", {"impl": "test", **PROVENANCE}) as w:
+        w.record("mel", np.arange(7 * 5, dtype=np.float32).reshape(7, 5))
+        w.record("ln_post", np.zeros((0, 4), np.float32))
+    t = load_trace(tmp_path / "t")
+    buffer = np.empty(40, np.uint8)
+    pieces = [bytes(p) for p in t.chunks("mel", 40, buffer)]
+    assert [len(p) for p in pieces] == [40, 40, 40, 20]
+    assert b"".join(pieces) == np.asarray(t["mel"]).tobytes()
+    assert list(t.chunks("ln_post", 40, buffer)) == []
+    with pytest.raises(ValueError, match="at least 64 bytes"):
+        next(t.chunks("mel", 64, buffer))
+    file = tmp_path / "t" / "tensors" / "mel.npy"
+    data = bytearray(file.read_bytes())
+    data[-100] ^= 0x01  # in the second piece
+    file.write_bytes(bytes(data))
+    fresh, given = load_trace(tmp_path / "t"), []
+    with pytest.raises(wd.WhisperdiffError, match="op 'mel'.*does not match its xxh3_128 digest"):
+        for piece in fresh.chunks("mel", 40, buffer):
+            given.append(len(piece))
+    assert given == [40, 40, 40]  # the last piece never came
+
+
 def test_a_schema_1_trace_with_sha256_digests_still_reads_and_verifies(tmp_path):
     """Traces written before schema 2 carry SHA-256 per op: they read, and damage in them is still caught."""
     import hashlib

@@ -37,6 +37,7 @@ from whisperdiff.analysis.frontend_replay import audio_at_hand
 from whisperdiff.analysis.heap import give_back
 from whisperdiff.analysis.hypotheses import explain as explain_op
 from whisperdiff.analysis.logits import decoder_layouts, decoder_summary
+from whisperdiff.analysis.measuring import MeasureAhead, OpJob
 from whisperdiff.analysis.port_output import (
     alignment_notes,
     captured_port,
@@ -190,9 +191,14 @@ def compare(
     # The replay (weights, torch) is made at the first op that diverges: a clean pair loads neither.
     unknown = _unknown_model(ta, tb) if replay and comparability and model is None else []
     warnings.extend(unknown)  # said up front, though the weights load only where an op diverges
-    replayer_of = functools.cache(
+    made_replayer = functools.cache(
         lambda: _replayer(model, ta, tb, warnings, said=bool(unknown)) if replay and comparability else None
     )
+
+    def replayer_of():
+        ahead.close()  # the replay needs the memory: the ops after this one are measured in the loop itself
+        return made_replayer()
+
     if replay and not comparability:
         warnings.append("introduced error not computed: the traces are not comparable")
 
@@ -202,12 +208,12 @@ def compare(
     def b_value(name):
         return views[name](np.asarray(tb[b_names[name]]))
 
-    if onepass:  # while the kernel loads, check the first ops' digests (what the loop would do first)
-        loading = load_onepass()
-        for name in (p.name for p in pairs if p.matched):
-            if loading.done():
-                break
-            ta[name], tb[b_names[name]]  # noqa: B018 (read for the digest check; the loop maps them again)
+    jobs = []
+    for p in pairs:
+        if p.matched:
+            tol = tolerances.for_op(p.name)
+            options = {"layout": layouts.get(p.name), "atol": tol.atol, "rtol": tol.rtol, "onepass": onepass}
+            jobs.append(OpJob(p.name, p.b_name, views[p.name] if p.layout else None, options))
 
     results, profiles, op_findings, not_traced, not_aligned = [], {}, [], [], []
     capture = captured_port(tb.manifest)
@@ -252,107 +258,118 @@ def compare(
             explain=explain,
         )
 
-    for pair in pairs:
-        result = OpResult(
-            pair.name,
-            _status(pair),
-            a_shape=pair.a_shape,
-            b_shape=pair.b_shape,
-            b_name=pair.b_name,
-            b_layout=pair.layout,
-            layout=layouts.get(pair.name),
-        )
-        if pair.matched:
-            tol = tolerances.for_op(pair.name)
-            both = [ta[pair.name], b_value(pair.name)]
-            m = op_metrics(*both, layout=layouts.get(pair.name), atol=tol.atol, rtol=tol.rtol, onepass=onepass)
-            release(both)  # unmapped on another thread
-            del both
-            profiles[pair.name] = {"step_cosine": m.pop("step_cosine"), "step_rel_error": m.pop("step_rel_error")}
-            result.metrics = m
-            result.failures = tol.failures(m, op=pair.name)
-            result.status = "diverged" if result.diverged else "ok"
-            # only where an op diverges: the error it introduces vs inherits (a clean op needs neither)
-            replayer = replayer_of() if result.diverged else None
-            inputs, rep = _replay(replayer, pair.name, b_names, b_value)
-            if rep is not None:
-                result.introduced_rel_l2 = rep["introduced"]
-            if inputs:
-                result.inherited_rel_l2 = max((rel_l2_of.get(i, math.nan) for i in inputs), default=math.nan)
-            row = {**result.row(), "name": pair.name}  # what the diagnosis reads
-            if row["diverged"] and first is None:
-                first = pair.name
-            if row["nan_a"] + row["inf_a"]:  # the metrics skip them: without this a NaN reference reads as rel L2 0
-                op_findings.append(
-                    Finding(
-                        "nonfinite_reference",
-                        pair.name,
-                        1.0,
-                        f"A (the reference) holds {row['nan_a']} NaN and {row['inf_a']} Inf values at "
-                        f"{pair.name}; the metrics there leave them out and cannot be trusted: "
-                        "re-trace the reference",
-                    )
-                )
-            bar = tol.max_rel_l2 if tol.max_rel_l2 is not None else Tolerance.max_rel_l2
-            introduces = rep["introduced"] > bar if rep is not None else row["diverged"] and _jumps(row, last_rel_l2)
-            first_nonfinite = new_nonfinite(row) and not nonfinite_seen  # NaN/Inf appear here: always a finding
-            nonfinite_seen = nonfinite_seen or new_nonfinite(row)
-            if (row["diverged"] and introduces) or (pair.name == "mel" and row["diverged"]) or first_nonfinite:
-                explain = None  # hypotheses by op type, run only here where the op introduces error
-                if rep is not None:
-                    explain = functools.partial(explain_from_b, pair.name, inputs)
-                elif replayer is not None and inputs and all(x in b_names or x in ta for x in inputs):
-
-                    def explain(n=pair.name, i=inputs, precision_only=None):  # B lacks an input: A's stands in
-                        values = [b_value(x) if x in b_names else np.asarray(ta[x]) for x in i]
-                        found = explain_op(
-                            replayer_of(), n, values + [b_value(n)], diag(), precision_only=precision_only
-                        )
-                        return {**found, "inputs_from_a": [x for x in i if x not in b_names]}
-
-                f = finding_at(row, rep, explain)
-                if f is not None:
-                    op_findings.append(f)
-            if pair.layout:
-                op_findings.append(
-                    Finding(
-                        "layout",
-                        pair.name,
-                        1.0,
-                        f"{pair.name}: B stores {pair.layout}; matched after converting to the canonical layout",
-                        severity="info",
-                    )
-                )
-            if replayer is not None:  # it replayed: glibc keeps what that freed, unless asked (analysis/heap.py)
-                give_back()
-        elif pair.problem:
-            op_findings.append(Finding("shape_mismatch", pair.name, 1.0, f"{pair.name}: {pair.problem}"))
-            result.failures = [OpFailure(pair.name, "shape", math.nan, pair.problem)]
-            first = first or pair.name
-        elif pair.b_shape is None:
-            if pair.name in unaligned:  # B's capture holds no value automap could call this op
-                not_aligned.append(pair.name)
-                result.status = "not_aligned"
-            elif untapped(ta.manifest, tb.manifest):  # B chose not to record it: a note, not a bug
-                not_traced.append(pair.name)
-                result.status = "not_traced"
-            else:
-                first = first or pair.name
-                op_findings.append(Finding("missing_op", pair.name, 0.9, f"{pair.name} is in A but not in B"))
-                result.failures = [OpFailure(pair.name, "missing", math.nan, "present in B")]
-        elif pair.b_name in canonical:  # an op A's model has, that A chose not to record
-            warnings.append(
-                f"{pair.b_name} is only in B: it is a canonical op of A's model, but A did not record it "
-                f"(A's taps={ta.manifest.get('taps')!r}; trace A with --taps all)"
+    # each op read, checked and measured on workers a few ops ahead of this loop (measuring.py)
+    ahead = MeasureAhead(ta, tb, jobs, ready=load_onepass() if onepass else None)
+    try:
+        for pair in pairs:
+            result = OpResult(
+                pair.name,
+                _status(pair),
+                a_shape=pair.a_shape,
+                b_shape=pair.b_shape,
+                b_name=pair.b_name,
+                b_layout=pair.layout,
+                layout=layouts.get(pair.name),
             )
-        else:
-            warnings.append(f"{pair.b_name} is only in B (no canonical op of A's model has that name; see --rename)")
-        results.append(result)
-        rel_l2_of[result.op] = result.metric("rel_l2")
-        if not math.isnan(rel_l2_of[result.op]):
-            last_rel_l2 = rel_l2_of[result.op]
-        if on_op is not None:
-            on_op(pair.name)
+            if pair.matched:
+                tol = tolerances.for_op(pair.name)
+                m = ahead.get(pair.name)
+                if m is None:  # not measured ahead: the replay has begun
+                    both = [ta[pair.name], b_value(pair.name)]
+                    m = op_metrics(*both, layout=layouts.get(pair.name), atol=tol.atol, rtol=tol.rtol, onepass=onepass)
+                    release(both)  # unmapped on another thread
+                    del both
+                profiles[pair.name] = {"step_cosine": m.pop("step_cosine"), "step_rel_error": m.pop("step_rel_error")}
+                result.metrics = m
+                result.failures = tol.failures(m, op=pair.name)
+                result.status = "diverged" if result.diverged else "ok"
+                # only where an op diverges: the error it introduces vs inherits (a clean op needs neither)
+                replayer = replayer_of() if result.diverged else None
+                inputs, rep = _replay(replayer, pair.name, b_names, b_value)
+                if rep is not None:
+                    result.introduced_rel_l2 = rep["introduced"]
+                if inputs:
+                    result.inherited_rel_l2 = max((rel_l2_of.get(i, math.nan) for i in inputs), default=math.nan)
+                row = {**result.row(), "name": pair.name}  # what the diagnosis reads
+                if row["diverged"] and first is None:
+                    first = pair.name
+                if row["nan_a"] + row["inf_a"]:  # the metrics skip them: without this a NaN reference reads as rel L2 0
+                    op_findings.append(
+                        Finding(
+                            "nonfinite_reference",
+                            pair.name,
+                            1.0,
+                            f"A (the reference) holds {row['nan_a']} NaN and {row['inf_a']} Inf values at "
+                            f"{pair.name}; the metrics there leave them out and cannot be trusted: "
+                            "re-trace the reference",
+                        )
+                    )
+                bar = tol.max_rel_l2 if tol.max_rel_l2 is not None else Tolerance.max_rel_l2
+                introduces = (
+                    rep["introduced"] > bar if rep is not None else row["diverged"] and _jumps(row, last_rel_l2)
+                )
+                first_nonfinite = new_nonfinite(row) and not nonfinite_seen  # NaN/Inf appear here: always a finding
+                nonfinite_seen = nonfinite_seen or new_nonfinite(row)
+                if (row["diverged"] and introduces) or (pair.name == "mel" and row["diverged"]) or first_nonfinite:
+                    explain = None  # hypotheses by op type, run only here where the op introduces error
+                    if rep is not None:
+                        explain = functools.partial(explain_from_b, pair.name, inputs)
+                    elif replayer is not None and inputs and all(x in b_names or x in ta for x in inputs):
+
+                        def explain(n=pair.name, i=inputs, precision_only=None):  # B lacks an input: A's stands in
+                            values = [b_value(x) if x in b_names else np.asarray(ta[x]) for x in i]
+                            found = explain_op(
+                                replayer_of(), n, values + [b_value(n)], diag(), precision_only=precision_only
+                            )
+                            return {**found, "inputs_from_a": [x for x in i if x not in b_names]}
+
+                    f = finding_at(row, rep, explain)
+                    if f is not None:
+                        op_findings.append(f)
+                if pair.layout:
+                    op_findings.append(
+                        Finding(
+                            "layout",
+                            pair.name,
+                            1.0,
+                            f"{pair.name}: B stores {pair.layout}; matched after converting to the canonical layout",
+                            severity="info",
+                        )
+                    )
+                if replayer is not None:  # it replayed: glibc keeps what that freed, unless asked (analysis/heap.py)
+                    give_back()
+            elif pair.problem:
+                op_findings.append(Finding("shape_mismatch", pair.name, 1.0, f"{pair.name}: {pair.problem}"))
+                result.failures = [OpFailure(pair.name, "shape", math.nan, pair.problem)]
+                first = first or pair.name
+            elif pair.b_shape is None:
+                if pair.name in unaligned:  # B's capture holds no value automap could call this op
+                    not_aligned.append(pair.name)
+                    result.status = "not_aligned"
+                elif untapped(ta.manifest, tb.manifest):  # B chose not to record it: a note, not a bug
+                    not_traced.append(pair.name)
+                    result.status = "not_traced"
+                else:
+                    first = first or pair.name
+                    op_findings.append(Finding("missing_op", pair.name, 0.9, f"{pair.name} is in A but not in B"))
+                    result.failures = [OpFailure(pair.name, "missing", math.nan, "present in B")]
+            elif pair.b_name in canonical:  # an op A's model has, that A chose not to record
+                warnings.append(
+                    f"{pair.b_name} is only in B: it is a canonical op of A's model, but A did not record it "
+                    f"(A's taps={ta.manifest.get('taps')!r}; trace A with --taps all)"
+                )
+            else:
+                warnings.append(
+                    f"{pair.b_name} is only in B (no canonical op of A's model has that name; see --rename)"
+                )
+            results.append(result)
+            rel_l2_of[result.op] = result.metric("rel_l2")
+            if not math.isnan(rel_l2_of[result.op]):
+                last_rel_l2 = rel_l2_of[result.op]
+            if on_op is not None:
+                on_op(pair.name)
+    finally:
+        ahead.close()
 
     if first is not None and not any(f.op == first and f.severity != "info" for f in op_findings):
         by_op = {r.op: r for r in results}  # a first divergence that only inherits: explained where it starts

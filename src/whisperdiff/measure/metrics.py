@@ -19,12 +19,16 @@ import functools
 import math
 import os
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
 from whisperdiff.measure.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 
 _CHUNK_ELEMENTS = 1 << 18  # 1 MB of float32 a side: a chunk and its temporaries stay in cache (4 MB: 2.4x slower)
+# The one-pass kernel's chunks: 2 MB a side, so that a worker's pair stays in cache from its read to the
+# kernel (analysis/measuring.py); 8 MB a side on two threads spills a 32 MB L3 and takes 1.5x as long.
+_ONEPASS_CHUNK_ELEMENTS = 1 << 19
 _PARALLEL_ELEMENTS = 2 * _CHUNK_ELEMENTS  # ops of two chunks or more spread them over threads
 
 
@@ -45,83 +49,120 @@ def op_metrics(
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
     onepass: bool = False,
+    parallel: bool = True,
 ) -> dict:
     """Every per-op metric of `compare` for reference `a` and candidate `b` (same shape).
 
     Non-finite elements are counted on each side and left out of the other metrics. onepass: float32
-    chunks by the compiled one-pass kernel (onepass.py; for traces past ONEPASS_BYTES), the rest by numpy."""
+    chunks by the compiled one-pass kernel (onepass.py; for traces past ONEPASS_BYTES), the rest by numpy.
+    parallel=False keeps a large op's chunks on the calling thread; the chunks, and so the figures, are the
+    same either way, and the same as an OpMeasure fed chunk by chunk."""
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    axis = time_axis(layout, a.ndim)
-    steps = a.shape[axis] if a.ndim else 1
-    rest_shape = tuple(d for i, d in enumerate(a.shape) if i != axis)
-    rest = math.prod(rest_shape)  # (an empty op has no -1 to infer)
-    a2 = np.moveaxis(np.asarray(a), axis, 0).reshape(steps, rest) if a.ndim else np.asarray(a).reshape(1, 1)
-    b2 = np.moveaxis(np.asarray(b), axis, 0).reshape(steps, rest) if b.ndim else np.asarray(b).reshape(1, 1)
-    rows = max(1, _CHUNK_ELEMENTS // max(1, a2.shape[1]))
-    if onepass and a2.dtype == b2.dtype == np.float32:  # the kernel goes row by row: one chunk per thread will do
-        rows = max(rows, -(-steps // _THREADS))
-
-    s = dict.fromkeys(("n", "sa", "sb", "outside"), 0.0)
-    nonfinite = {"nan_a": 0, "inf_a": 0, "nan_b": 0, "inf_b": 0}
-    step_aa, step_bb, step_dd, step_ds, step_ab = (np.zeros(steps) for _ in range(5))
-    max_abs, max_at = -1.0, (0, 0)
-    starts = range(0, steps, rows)
+    m = OpMeasure(a.shape, (a.dtype, b.dtype), layout=layout, atol=atol, rtol=rtol, onepass=onepass)
+    a2, b2 = m.rows_of(a), m.rows_of(b)
 
     def chunk(i):
-        return _chunk(a2[i : i + rows], b2[i : i + rows], atol, rtol, onepass)
+        return m.sums(a2[i : i + m.rows], b2[i : i + m.rows])
 
     # numpy releases the GIL: a large op's chunks run on every core
-    chunks = (_pool().map if a2.size >= _PARALLEL_ELEMENTS else map)(chunk, starts)
-    for start, c in zip(starts, chunks, strict=True):
-        rows_now = slice(start, start + rows)
-        step_aa[rows_now], step_bb[rows_now], step_dd[rows_now], step_ds[rows_now], step_ab[rows_now] = c["steps"]
-        for key in s:
-            s[key] += c[key]
-        for key in nonfinite:
-            nonfinite[key] += c[key]
-        if c["max_abs"] > max_abs:
-            max_abs, max_at = c["max_abs"], (start + c["max_at"][0], c["max_at"][1])
-    saa, sbb, sdd, sds, sab = step_aa.sum(), step_bb.sum(), step_dd.sum(), step_ds.sum(), step_ab.sum()
-    n = max(s["n"], 1)
-    mean_a, mean_b = s["sa"] / n, s["sb"] / n
-    std_a, std_b = _std(a2, saa, n, mean_a, rows), _std(b2, sbb, n, mean_b, rows)
-    norm_a = math.sqrt(saa)
-
-    step_cos = _cosine(step_aa, step_bb, step_dd, step_ds, step_ab)
-    with np.errstate(over="ignore"):  # a step error against an all-zero reference is inf, as rel_l2's is
-        step_rel = (np.sqrt(step_dd) / max(norm_a / math.sqrt(max(steps, 1)), 1e-300)).astype(np.float32)
-    index = list(np.unravel_index(max_at[1], rest_shape)) if rest_shape else []
-    if a.ndim:
-        index.insert(axis, max_at[0])
-    return {
-        "cosine": float(_cosine(saa, sbb, sdd, sds, sab)),
-        "worst_step_cosine": float(step_cos.min()) if steps else 1.0,
-        "worst_step": int(step_cos.argmin()) if steps else 0,
-        "l2": math.sqrt(sdd),
-        "rel_l2": math.sqrt(sdd) / norm_a if norm_a > 0 else (0.0 if sdd == 0 else math.inf),
-        "max_abs": max(max_abs, 0.0),
-        "max_abs_index": [int(i) for i in index],
-        "mean_a": mean_a,
-        "std_a": std_a,
-        "mean_b": mean_b,
-        "std_b": std_b,
-        "mean_diff": mean_b - mean_a,
-        "std_ratio": std_b / std_a if std_a > 0 else (1.0 if std_b == 0 else math.inf),
-        "snr_db": 10 * math.log10(saa / sdd) if sdd > 0 and saa > 0 else math.inf,
-        "mismatch_share": float(s["outside"] / n),
-        **nonfinite,
-        "step_cosine": step_cos.astype(np.float32),
-        "step_rel_error": step_rel,
-    }
+    chunks = (_pool().map if parallel and a2.size >= _PARALLEL_ELEMENTS else map)(chunk, m.starts)
+    for start, c in zip(m.starts, chunks, strict=True):
+        m.add(start, c)
+    return m.result(lambda: (a2, b2))
 
 
-def _std(x2, sum_sq: float, n: float, mean: float, rows: int) -> float:
+class OpMeasure:
+    """op_metrics in parts, for a caller that reads an op a chunk at a time (analysis/measuring.py). The op is
+    seen as [steps, rest] (its time axis first: `rows_of`) and cut into chunks of `rows` rows starting at
+    `starts`; each chunk's `sums` (on any thread) are `add`ed in order, then `result` gives op_metrics' dict.
+    Where the time axis has only length-1 axes before it (`contiguous`), a chunk is one byte range of the
+    op's C-order data."""
+
+    def __init__(self, shape, dtypes, *, layout: str | None, atol: float, rtol: float, onepass: bool):
+        shape = tuple(shape)
+        self.shape, self.atol, self.rtol, self.onepass = shape, atol, rtol, onepass
+        self.axis = time_axis(layout, len(shape))
+        self.steps = shape[self.axis] if shape else 1
+        self.rest_shape = tuple(d for i, d in enumerate(shape) if i != self.axis)
+        self.rest = math.prod(self.rest_shape)  # (an empty op has no -1 to infer)
+        kernel = onepass and all(np.dtype(d) == np.float32 for d in dtypes)
+        self.rows = max(1, (_ONEPASS_CHUNK_ELEMENTS if kernel else _CHUNK_ELEMENTS) // max(1, self.rest))
+        self.starts = range(0, self.steps, self.rows)
+        self.contiguous = math.prod(shape[: self.axis]) == 1
+        self._s = dict.fromkeys(("n", "sa", "sb", "outside"), 0.0)
+        self._nonfinite = {"nan_a": 0, "inf_a": 0, "nan_b": 0, "inf_b": 0}
+        self._step = np.zeros((5, self.steps))  # per step: a.a, b.b, d.d, d.(a + b), a.b
+        self._max_abs, self._max_at = -1.0, (0, 0)
+
+    def rows_of(self, x) -> np.ndarray:
+        """x as [steps, rest] (a view where the layout allows)."""
+        x = np.asarray(x)
+        return np.moveaxis(x, self.axis, 0).reshape(self.steps, self.rest) if x.ndim else x.reshape(1, 1)
+
+    def sums(self, x, y) -> dict:
+        """The sums of one chunk ([rows, rest] of A and of B); only reads them."""
+        return _chunk(x, y, self.atol, self.rtol, self.onepass)
+
+    def add(self, start: int, c: dict) -> None:
+        """Take in the sums of the chunk whose first row is `start` (chunks in order)."""
+        self._step[:, start : start + self.rows] = c["steps"]
+        for key in self._s:
+            self._s[key] += c[key]
+        for key in self._nonfinite:
+            self._nonfinite[key] += c[key]
+        if c["max_abs"] > self._max_abs:
+            self._max_abs, self._max_at = c["max_abs"], (start + c["max_at"][0], c["max_at"][1])
+
+    def result(self, rows_again: Callable[[], tuple[np.ndarray, np.ndarray]]) -> dict:
+        """op_metrics' dict. rows_again: A's and B's [steps, rest], called only where a standard deviation
+        needs a second pass (a spread under ~1% of the mean)."""
+        steps, s = self.steps, self._s
+        step_aa, step_bb, step_dd, step_ds, step_ab = self._step
+        saa, sbb, sdd, sds, sab = step_aa.sum(), step_bb.sum(), step_dd.sum(), step_ds.sum(), step_ab.sum()
+        n = max(s["n"], 1)
+        mean_a, mean_b = s["sa"] / n, s["sb"] / n
+        std_a = _std(lambda: rows_again()[0], saa, n, mean_a, self.rows)
+        std_b = _std(lambda: rows_again()[1], sbb, n, mean_b, self.rows)
+        norm_a = math.sqrt(saa)
+
+        step_cos = _cosine(step_aa, step_bb, step_dd, step_ds, step_ab)
+        with np.errstate(over="ignore"):  # a step error against an all-zero reference is inf, as rel_l2's is
+            step_rel = (np.sqrt(step_dd) / max(norm_a / math.sqrt(max(steps, 1)), 1e-300)).astype(np.float32)
+        max_at = self._max_at
+        index = list(np.unravel_index(max_at[1], self.rest_shape)) if self.rest_shape else []
+        if self.shape:
+            index.insert(self.axis, max_at[0])
+        return {
+            "cosine": float(_cosine(saa, sbb, sdd, sds, sab)),
+            "worst_step_cosine": float(step_cos.min()) if steps else 1.0,
+            "worst_step": int(step_cos.argmin()) if steps else 0,
+            "l2": math.sqrt(sdd),
+            "rel_l2": math.sqrt(sdd) / norm_a if norm_a > 0 else (0.0 if sdd == 0 else math.inf),
+            "max_abs": max(self._max_abs, 0.0),
+            "max_abs_index": [int(i) for i in index],
+            "mean_a": mean_a,
+            "std_a": std_a,
+            "mean_b": mean_b,
+            "std_b": std_b,
+            "mean_diff": mean_b - mean_a,
+            "std_ratio": std_b / std_a if std_a > 0 else (1.0 if std_b == 0 else math.inf),
+            "snr_db": 10 * math.log10(saa / sdd) if sdd > 0 and saa > 0 else math.inf,
+            "mismatch_share": float(s["outside"] / n),
+            **self._nonfinite,
+            "step_cosine": step_cos.astype(np.float32),
+            "step_rel_error": step_rel,
+        }
+
+
+def _std(rows_of, sum_sq: float, n: float, mean: float, rows: int) -> float:
     """sqrt(E[x^2] - mean^2), unless the mean is so much larger than the spread that the difference is
-    all rounding of the float32 sums (spread under ~1% of the mean): then sum (x - mean)^2 in float64."""
+    all rounding of the float32 sums (spread under ~1% of the mean): then sum (x - mean)^2 in float64,
+    over rows_of() (the op as [steps, rest])."""
     var = sum_sq / n - mean * mean
     if var > 1e-4 * (sum_sq / n) or not math.isfinite(var):
         return math.sqrt(max(var, 0.0))
+    x2 = rows_of()
     total, count = 0.0, 0
     for i in range(0, x2.shape[0], rows):
         c = x2[i : i + rows].astype(np.float64)
@@ -145,7 +186,7 @@ def _chunk(x, y, atol: float, rtol: float, onepass: bool = False) -> dict:
 
 def _finite(out: dict) -> bool:
     """Whether a chunk's sums are all finite (else it held a NaN or Inf, or a float32 sum overflowed)."""
-    return math.isfinite(out["sa"]) and math.isfinite(out["sb"]) and all(np.isfinite(v).all() for v in out["steps"])
+    return math.isfinite(out["sa"]) and math.isfinite(out["sb"]) and bool(np.isfinite(out["steps"]).all())
 
 
 _SINGLE = (np.dtype(np.float32), np.dtype(np.float16))
@@ -177,7 +218,7 @@ def _onepass(x, y, atol: float, rtol: float) -> dict:
         "n": x.size,
         "sa": sa,
         "sb": sb,
-        "steps": list(steps.T),
+        "steps": steps.T,  # [5, rows], as the numpy path's five rows
         "max_abs": top,
         "max_at": (at // cols, at % cols),
         "outside": outside,

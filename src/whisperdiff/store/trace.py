@@ -8,12 +8,13 @@
 A trace is built in a hidden sibling directory (.NAME.partial-PID) and renamed into place only after
 its manifest is written, so an interrupted run never looks complete: a directory without a manifest
 is listed as incomplete, and a tensor file that is missing or shorter than the manifest says is an
-error on read. Tensors are read lazily, memory-mapped.
+error on read. Tensors are read lazily: memory-mapped (`trace[op]`, `read`), or copied a piece at a time
+into a caller's buffer (`chunks`: compare's measurement, which works on each piece while it is in cache).
 
 Reading is inert and verified, the way git reads objects: the manifest is checked against its schema
 (manifest.py); only regular files inside the trace are opened and each .npy header must say exactly
 what the manifest says (files.py); and each tensor's digest (XXH3-128, digest.py) is computed as it is
-first mapped, so a damaged trace is an error naming the op and the file, never a number. `ls` is
+first read, so a damaged trace is an error naming the op and the file, never a number. `ls` is
 listing.py.
 """
 
@@ -25,6 +26,7 @@ import re
 import shutil
 import signal
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from whisperdiff.errors import WhisperdiffError
-from whisperdiff.store.digest import array_digest, digest_fields, digest_kind
+from whisperdiff.store.digest import array_digest, digest_fields, digest_kind, hasher
 from whisperdiff.store.files import (
     MANIFEST,
     TENSOR_DIR,
@@ -338,6 +340,50 @@ class Trace:
             self._hash_ahead(name)
         return array
 
+    def read(self, name: str) -> np.ndarray:
+        """An op's array, mapped and checked now, on any thread (trace[op] is for one reader going in order).
+        The digest is taken unless this unchanged file was checked before."""
+        op = self.info(name)
+        array, stamp = _mapped(self.path, op)
+        if self._verify and self._verified.get(name) != stamp:
+            kind = digest_kind(op)
+            if array_digest(array, kind) != op[kind]:
+                raise damaged(self.path, op, f"does not match its {kind} digest in the manifest (bit rot or an edit)")
+            self._verified[name] = stamp
+        return array
+
+    def chunks(self, name: str, chunk_bytes: int, into: np.ndarray) -> Iterator[np.ndarray]:
+        """An op's data in consecutive pieces of `chunk_bytes` (the last one shorter), each copied into `into`
+        (a uint8 buffer of at least chunk_bytes, reused for every piece: each is a view of it, good until the
+        next), on any thread. The pieces are hashed as they are read, so a reader that works on each piece
+        while it is in cache reads the op once from memory (a mapping instead faults in every page, and a
+        whole-op buffer spills the cache). The digest is checked before the last piece is given: a damaged
+        op raises from this iterator, so whatever the caller made of the earlier pieces is never used."""
+        op = self.info(name)
+        if chunk_bytes < 1 or into.dtype != np.uint8 or into.ndim != 1 or into.size < min(chunk_bytes, op["nbytes"]):
+            raise ValueError(f"chunks: `into` must be a 1-D uint8 array of at least {chunk_bytes} bytes")
+        with open_tensor(self.path, op) as (f, offset, st):
+            stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            kind = digest_kind(op)
+            digest = hasher(kind) if self._verify and self._verified.get(name) != stamp else None
+            nbytes, done = op["nbytes"], 0
+            if nbytes == 0 and digest is not None and digest.hexdigest() != op[kind]:
+                raise damaged(self.path, op, f"does not match its {kind} digest in the manifest (bit rot or an edit)")
+            while done < nbytes:
+                piece = into[: min(chunk_bytes, nbytes - done)]
+                _read_fully(self.path, op, f.fileno(), piece, offset + done)
+                done += piece.size
+                if digest is not None:
+                    digest.update(memoryview(piece))
+                    if done == nbytes and digest.hexdigest() != op[kind]:
+                        raise damaged(
+                            self.path, op, f"does not match its {kind} digest in the manifest (bit rot or an edit)"
+                        )
+                piece.flags.writeable = False  # as a mapping is: nothing downstream writes to a trace's values
+                yield piece
+            if digest is not None:
+                self._verified[name] = stamp
+
     def _hash_ahead(self, name: str) -> None:
         """When ops are first read in order, start hashing the next one on another thread (hashlib and
         xxhash release the GIL), so its digest is ready when the reader gets there."""
@@ -409,6 +455,19 @@ def _mapped(path: Path, op: dict) -> tuple[np.ndarray, tuple]:
             except (OSError, ValueError) as e:
                 raise damaged(path, op, f"cannot be mapped ({e})") from None
     return array, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _read_fully(path: Path, op: dict, fd: int, into: np.ndarray, offset: int) -> None:
+    """Fill `into` from the file at `offset` (a read may return less than asked: a signal, a network file system)."""
+    view, done = memoryview(into), 0
+    while done < into.size:
+        try:
+            got = os.preadv(fd, [view[done:]], offset + done)
+        except OSError as e:
+            raise damaged(path, op, f"cannot be read ({e.strerror})") from None
+        if got == 0:  # the file shrank after its size was checked
+            raise damaged(path, op, f"is truncated or corrupt (it ended {into.size - done} bytes early)")
+        done += got
 
 
 def release(arrays: list) -> None:
