@@ -153,10 +153,16 @@ class SweepWorker:
         return os.getpid()
 
     def peak_rss_mb(self) -> float:
-        """This process's peak resident memory (benchmarks/sweep.py reports it per Ray worker)."""
-        import resource
+        """This process's peak resident memory in MB (benchmarks/sweep.py reports it per Ray worker): VmHWM,
+        its own peak since exec. ru_maxrss is the fallback only: Linux carries a parent's peak across fork
+        and exec, so a worker started by a large process would report that process's."""
+        try:
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+        except (OSError, StopIteration, ValueError):
+            import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def warm(self, configs: list[Config]) -> list[str]:
         """Load every config's model and compile its graphs now (before jobs are timed)."""
