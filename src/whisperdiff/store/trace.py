@@ -367,11 +367,12 @@ class Trace:
             kind = digest_kind(op)
             digest = hasher(kind) if self._verify and self._verified.get(name) != stamp else None
             nbytes, done = op["nbytes"], 0
+            os.lseek(f.fileno(), offset, os.SEEK_SET)  # the fd is this call's own: the pieces follow in order
             if nbytes == 0 and digest is not None and digest.hexdigest() != op[kind]:
                 raise damaged(self.path, op, f"does not match its {kind} digest in the manifest (bit rot or an edit)")
             while done < nbytes:
                 piece = into[: min(chunk_bytes, nbytes - done)]
-                _read_fully(self.path, op, f.fileno(), piece, offset + done)
+                _read_fully(self.path, op, f.fileno(), piece)
                 done += piece.size
                 if digest is not None:
                     digest.update(memoryview(piece))
@@ -457,12 +458,12 @@ def _mapped(path: Path, op: dict) -> tuple[np.ndarray, tuple]:
     return array, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _read_fully(path: Path, op: dict, fd: int, into: np.ndarray, offset: int) -> None:
-    """Fill `into` from the file at `offset` (a read may return less than asked: a signal, a network file system)."""
+def _read_fully(path: Path, op: dict, fd: int, into: np.ndarray) -> None:
+    """Fill `into` with the file's next bytes (a read may return less than asked: a signal, a network file system)."""
     view, done = memoryview(into), 0
     while done < into.size:
         try:
-            got = os.preadv(fd, [view[done:]], offset + done)
+            got = os.readv(fd, [view[done:]])
         except OSError as e:
             raise damaged(path, op, f"cannot be read ({e.strerror})") from None
         if got == 0:  # the file shrank after its size was checked
