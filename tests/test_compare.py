@@ -160,7 +160,7 @@ def test_a_damaged_op_read_ahead_is_refused_and_the_first_in_order_named(ref, tm
 def test_ops_measured_ahead_a_chunk_at_a_time_equal_op_metrics_of_the_mapped_arrays(ref, tmp_path, onepass):
     """Every matched op measured by MeasureAhead (B's op streamed through a worker's small buffers, or mapped
     where its layout needs that) gives exactly op_metrics' figures on the two mapped arrays: the chunks are
-    the same, so the sums are."""
+    the same, so the sums are; so does an op measured on the caller's thread once the read-ahead is closed."""
     from whisperdiff.analysis.compare import _specs
     from whisperdiff.analysis.measuring import MeasureAhead, OpJob
     from whisperdiff.store.trace import Trace
@@ -187,8 +187,10 @@ def test_ops_measured_ahead_a_chunk_at_a_time_equal_op_metrics_of_the_mapped_arr
     assert not set(read_whole) & set(streamed)
     ahead.close()
     late = MeasureAhead(Trace(ref.path), tb, jobs)
-    late.close()  # as compare does when its replay begins
-    assert late.get(jobs[-1].name) is None  # not measured ahead: the caller measures it
+    late.close()  # as compare does when its replay begins: the last op was never read ahead
+    got, want = late.get(jobs[-1].name), op_metrics(ref[jobs[-1].name], b[jobs[-1].name], **jobs[-1].options)
+    for key in want:  # measured on this thread, mapped, to the same figures
+        np.testing.assert_array_equal(got[key], want[key], err_msg=f"after close: {key}")
 
 
 def test_shape_mismatch(ref, tmp_path):

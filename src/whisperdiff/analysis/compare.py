@@ -47,10 +47,10 @@ from whisperdiff.analysis.port_output import (
 from whisperdiff.analysis.results import COLUMNS, OpResult
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.mapping.align import Pair, align, load_rename_rules
-from whisperdiff.measure.metrics import ONEPASS_BYTES, load_onepass, op_metrics, rounding_error
+from whisperdiff.measure.metrics import ONEPASS_BYTES, load_onepass, rounding_error
 from whisperdiff.measure.tolerances import OpFailure, Tolerance, ToleranceSet, new_nonfinite
 from whisperdiff.store.documents import document
-from whisperdiff.store.trace import Trace, load_trace, release
+from whisperdiff.store.trace import Trace, load_trace
 
 
 @dataclass
@@ -196,7 +196,7 @@ def compare(
     )
 
     def replayer_of():
-        ahead.close()  # the replay needs the memory: the ops after this one are measured in the loop itself
+        ahead.close()  # the replay needs the memory: the ops after this one are measured as they are asked for
         return made_replayer()
 
     if replay and not comparability:
@@ -274,11 +274,6 @@ def compare(
             if pair.matched:
                 tol = tolerances.for_op(pair.name)
                 m = ahead.get(pair.name)
-                if m is None:  # not measured ahead: the replay has begun
-                    both = [ta[pair.name], b_value(pair.name)]
-                    m = op_metrics(*both, layout=layouts.get(pair.name), atol=tol.atol, rtol=tol.rtol, onepass=onepass)
-                    release(both)  # unmapped on another thread
-                    del both
                 profiles[pair.name] = {"step_cosine": m.pop("step_cosine"), "step_rel_error": m.pop("step_rel_error")}
                 result.metrics = m
                 result.failures = tol.failures(m, op=pair.name)

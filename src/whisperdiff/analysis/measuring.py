@@ -12,8 +12,8 @@ cores, and takes 1.5x this way (docs/sweep.md). A job hands back numbers only.
 
 An op that cannot be read that way (B stored in another layout, a time axis behind a longer one, a row
 past CHUNK_LIMIT) is mapped and measured whole on its worker. Once an op diverges and the replay begins,
-compare calls `close`: the replay needs the memory, and the ops after it are measured in compare's loop,
-as before. A job's error (a damaged op) is raised where compare asks for that op, so the first damaged op
+compare calls `close`: the replay needs the memory, and the ops after it are measured when compare asks for
+them, on its own thread, mapped in order (Trace's digest thread hashes ahead and unmaps). A job's error (a damaged op) is raised where compare asks for that op, so the first damaged op
 in order is the one named.
 """
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from whisperdiff.measure.metrics import OpMeasure, op_metrics
-from whisperdiff.store.trace import Trace
+from whisperdiff.store.trace import Trace, release
 
 CHUNK_LIMIT = 16 << 20  # a chunk larger than this a side (one very long row) is mapped instead
 WORKERS = max(1, min(4, os.cpu_count() or 1))
@@ -46,13 +46,14 @@ class OpJob:
 
 
 class MeasureAhead:
-    """`get(op)` gives the op's metrics (op_metrics' dict), measured ahead in the jobs' order; None for an
-    op not measured ahead (after `close`): the caller measures it itself."""
+    """`get(op)` gives the op's metrics (op_metrics' dict), measured ahead in the jobs' order (after `close`,
+    an op not measured ahead is measured on the caller's thread)."""
 
     def __init__(self, ta: Trace, tb: Trace, jobs: list[OpJob], *, ready: Future | None = None):
         """ready: a Future to wait for before the first metrics (the one-pass kernel loading)."""
         self._ta, self._tb, self._ready = ta, tb, ready
         self._jobs = jobs
+        self._job = {job.name: job for job in jobs}
         self._next = 0  # the next job to submit
         self._futures: dict[str, Future] = {}
         workers = min(WORKERS, max(1, len(jobs)))
@@ -98,12 +99,17 @@ class MeasureAhead:
         if self._ready is not None:
             self._ready.result()
 
-    def get(self, name: str) -> dict | None:
+    def get(self, name: str) -> dict:
         future = self._futures.pop(name, None)
         self._fill()
-        if future is None or future.cancelled():  # after close, a job is either done or cancelled
-            return None
-        return future.result()
+        if future is not None and not future.cancelled():  # after close, a job is either done or cancelled
+            return future.result()
+        job = self._job[name]  # not measured ahead: the replay has begun
+        b = np.asarray(self._tb[job.b_name])
+        both = [self._ta[name], b if job.view is None else job.view(b)]
+        m = op_metrics(*both, **job.options)
+        release(both)  # unmapped on the digest thread
+        return m
 
     def close(self) -> None:
         """Stop reading ahead and free the buffers (ops already measured are still given by `get`)."""

@@ -122,6 +122,7 @@ class OpMeasure:
         saa, sbb, sdd, sds, sab = step_aa.sum(), step_bb.sum(), step_dd.sum(), step_ds.sum(), step_ab.sum()
         n = max(s["n"], 1)
         mean_a, mean_b = s["sa"] / n, s["sb"] / n
+        rows_again = functools.cache(rows_again)  # read once, where both sides need it
         std_a = _std(lambda: rows_again()[0], saa, n, mean_a, self.rows)
         std_b = _std(lambda: rows_again()[1], sbb, n, mean_b, self.rows)
         norm_a = math.sqrt(saa)

@@ -175,18 +175,41 @@ def read_manifest(path: Path) -> Manifest:
     return parse_manifest(raw, path, file)
 
 
+def stamp_of(st: os.stat_result) -> tuple:
+    """(dev, inode, size, mtime) of a file: while it is unchanged, a digest taken of it still holds."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def digest_mismatch(path: Path, op: dict, kind: str) -> WhisperdiffError:
+    return damaged(path, op, f"does not match its {kind} digest in the manifest (bit rot or an edit)")
+
+
+def read_pieces(path: Path, op: dict, f, offset: int, buffer: np.ndarray):
+    """An op's data from open_tensor's file `f`, in consecutive pieces of the uint8 `buffer`'s size (the last
+    one shorter), each read into the buffer and given as a view of it, good until the next. read(), not a
+    mapping: a file cut short while it is read is an error, not a SIGBUS."""
+    f.seek(offset)
+    left = op["nbytes"]
+    while left > 0:
+        piece = buffer[: min(left, buffer.size)]
+        view, done = memoryview(piece), 0
+        while done < piece.size:  # a read may return less than asked (a signal, a network file system)
+            try:
+                n = f.readinto(view[done:])
+            except OSError as e:
+                raise damaged(path, op, f"cannot be read ({e.strerror})") from None
+            if not n:
+                raise damaged(path, op, "is truncated or corrupt (it ended while it was read)")
+            done += n
+        left -= piece.size
+        yield piece
+
+
 def tensor_digest(path: Path, op: dict) -> tuple[tuple, str]:
     """((dev, inode, size, mtime), digest) of an op's data, of the kind its entry carries, its header
     checked first (open_tensor)."""
     with open_tensor(path, op) as (f, offset, st):
-        # read(), not a mapping (`ls --verify`): a file cut short while it is read is an error, not a SIGBUS
-        h, buffer = hasher(digest_kind(op)), bytearray(1 << 22)
-        view, left = memoryview(buffer), op["nbytes"]
-        f.seek(offset)
-        while left > 0:
-            n = f.readinto(view[: min(left, len(buffer))])
-            if not n:
-                raise damaged(path, op, "is truncated or corrupt (it ended while it was read)")
-            h.update(view[:n])
-            left -= n
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), h.hexdigest()
+        h = hasher(digest_kind(op))
+        for piece in read_pieces(path, op, f, offset, np.empty(1 << 22, np.uint8)):  # `ls --verify`
+            h.update(piece)
+        return stamp_of(st), h.hexdigest()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.store.digest import digest_kind
-from whisperdiff.store.files import MANIFEST, TENSOR_DIR, damaged, open_tensor, read_manifest, tensor_digest
+from whisperdiff.store.files import MANIFEST, TENSOR_DIR, digest_mismatch, open_tensor, read_manifest, tensor_digest
 from whisperdiff.store.manifest import Manifest
 
 _LEFTOVER = re.compile(r"^\.(.+)\.(partial|old)-\d{1,10}$")
@@ -56,7 +56,7 @@ def _check_files(path: Path, manifest: Manifest, verify: bool) -> str:
                 with open_tensor(path, op):
                     pass
             elif tensor_digest(path, op)[1] != op[kind := digest_kind(op)]:
-                raise damaged(path, op, f"does not match its {kind} digest in the manifest (bit rot or an edit)")
+                raise digest_mismatch(path, op, kind)
         except WhisperdiffError as e:
             text = str(e)
             if "is missing" in text:

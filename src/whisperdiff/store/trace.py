@@ -39,9 +39,12 @@ from whisperdiff.store.files import (
     MANIFEST,
     TENSOR_DIR,
     damaged,
+    digest_mismatch,
     open_inside,
     open_tensor,
     read_manifest,
+    read_pieces,
+    stamp_of,
 )
 from whisperdiff.store.listing import Listing, list_traces
 from whisperdiff.store.manifest import DTYPES, MAX_NDIM, SAFE_NAME, SCHEMA, SCHEMA_VERSION, Manifest, ManifestProblem
@@ -325,32 +328,31 @@ class Trace:
         ahead = self._ahead.pop(name, None) if self._verify else None
         found = ahead.result() if ahead is not None else None
         if found is not None and _stamp(self.path, op) == found[1]:  # hashed ahead from the same file: its
-            array, stamp = found[0], found[1]  # mapping (opened and checked there) is taken over, not made again
+            array, stamp, hashed = found  # mapping (opened and checked there) is taken over, not made again
         else:
             array, stamp = _mapped(self.path, op)
-        if self._verify and self._verified.get(name) != stamp:
-            kind = digest_kind(op)
-            if found is not None and found[1] == stamp:  # hashed ahead: its mapping's pages are in place
-                array, digest = found[0], found[2]
-            else:
-                digest = array_digest(array, kind)
-            if digest != op[kind]:
-                raise damaged(self.path, op, f"does not match its {kind} digest in the manifest (bit rot or an edit)")
-            self._verified[name] = stamp
+            hashed = found[2] if found is not None and found[1] == stamp else None
+        if self._check(name, op, array, stamp, hashed):
             self._hash_ahead(name)
         return array
 
     def read(self, name: str) -> np.ndarray:
-        """An op's array, mapped and checked now, on any thread (trace[op] is for one reader going in order).
-        The digest is taken unless this unchanged file was checked before."""
+        """An op's array, mapped and checked now, on any thread (trace[op] is for one reader going in order)."""
         op = self.info(name)
         array, stamp = _mapped(self.path, op)
-        if self._verify and self._verified.get(name) != stamp:
-            kind = digest_kind(op)
-            if array_digest(array, kind) != op[kind]:
-                raise damaged(self.path, op, f"does not match its {kind} digest in the manifest (bit rot or an edit)")
-            self._verified[name] = stamp
+        self._check(name, op, array, stamp)
         return array
+
+    def _check(self, name: str, op: dict, array: np.ndarray, stamp: tuple, hashed: str | None = None) -> bool:
+        """Check the op's digest (`hashed`: already taken of `array`) against the manifest, unless this unchanged
+        file was checked before. True where it was checked now."""
+        if not self._verify or self._verified.get(name) == stamp:
+            return False
+        kind = digest_kind(op)
+        if (hashed or array_digest(array, kind)) != op[kind]:
+            raise digest_mismatch(self.path, op, kind)
+        self._verified[name] = stamp
+        return True
 
     def chunks(self, name: str, chunk_bytes: int, into: np.ndarray) -> Iterator[np.ndarray]:
         """An op's data in consecutive pieces of `chunk_bytes` (the last one shorter), each copied into `into`
@@ -363,23 +365,17 @@ class Trace:
         if chunk_bytes < 1 or into.dtype != np.uint8 or into.ndim != 1 or into.size < min(chunk_bytes, op["nbytes"]):
             raise ValueError(f"chunks: `into` must be a 1-D uint8 array of at least {chunk_bytes} bytes")
         with open_tensor(self.path, op) as (f, offset, st):
-            stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            kind = digest_kind(op)
+            stamp, kind = stamp_of(st), digest_kind(op)
             digest = hasher(kind) if self._verify and self._verified.get(name) != stamp else None
-            nbytes, done = op["nbytes"], 0
-            os.lseek(f.fileno(), offset, os.SEEK_SET)  # the fd is this call's own: the pieces follow in order
-            if nbytes == 0 and digest is not None and digest.hexdigest() != op[kind]:
-                raise damaged(self.path, op, f"does not match its {kind} digest in the manifest (bit rot or an edit)")
-            while done < nbytes:
-                piece = into[: min(chunk_bytes, nbytes - done)]
-                _read_fully(self.path, op, f.fileno(), piece)
+            if op["nbytes"] == 0 and digest is not None and digest.hexdigest() != op[kind]:
+                raise digest_mismatch(self.path, op, kind)
+            done = 0
+            for piece in read_pieces(self.path, op, f, offset, into[:chunk_bytes]):
                 done += piece.size
                 if digest is not None:
-                    digest.update(memoryview(piece))
-                    if done == nbytes and digest.hexdigest() != op[kind]:
-                        raise damaged(
-                            self.path, op, f"does not match its {kind} digest in the manifest (bit rot or an edit)"
-                        )
+                    digest.update(piece)
+                    if done == op["nbytes"] and digest.hexdigest() != op[kind]:
+                        raise digest_mismatch(self.path, op, kind)
                 piece.flags.writeable = False  # as a mapping is: nothing downstream writes to a trace's values
                 yield piece
             if digest is not None:
@@ -455,20 +451,7 @@ def _mapped(path: Path, op: dict) -> tuple[np.ndarray, tuple]:
                 array = np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape, order="C")
             except (OSError, ValueError) as e:
                 raise damaged(path, op, f"cannot be mapped ({e})") from None
-    return array, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _read_fully(path: Path, op: dict, fd: int, into: np.ndarray) -> None:
-    """Fill `into` with the file's next bytes (a read may return less than asked: a signal, a network file system)."""
-    view, done = memoryview(into), 0
-    while done < into.size:
-        try:
-            got = os.readv(fd, [view[done:]])
-        except OSError as e:
-            raise damaged(path, op, f"cannot be read ({e.strerror})") from None
-        if got == 0:  # the file shrank after its size was checked
-            raise damaged(path, op, f"is truncated or corrupt (it ended {into.size - done} bytes early)")
-        done += got
+    return array, stamp_of(st)
 
 
 def release(arrays: list) -> None:
@@ -486,7 +469,7 @@ def _stamp(path: Path, op: dict) -> tuple | None:
         st = os.stat(path / op["file"], follow_symlinks=False)
     except (OSError, ValueError):
         return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return stamp_of(st)
 
 
 def _hash_file(path: Path, op: dict) -> tuple[np.ndarray, tuple, str] | None:
