@@ -81,9 +81,9 @@ def child(mode: str, blocks: int, width: int, steps: int) -> dict:
         if mode != "plain":  # the chosen h is the chosen input times that block's weight (no other block's)
             want = out[1].to_numpy() @ weights[f"w{pick}"]
             exact.append(bool(np.allclose(out[2].to_numpy(), want, rtol=1e-3, atol=1e-3)))
-    with open("/proc/self/statm") as f:
-        held = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    return {"loads": loads, "exact": exact, "held_mb": held}
+    from whisperdiff.analysis.heap import resident_mb
+
+    return {"loads": loads, "exact": exact, "held_mb": resident_mb()}
 
 
 def main() -> None:

@@ -34,15 +34,10 @@ def encoder_flops(d) -> float:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak RSS in MB: VmHWM, the peak of its own memory since exec. Not ru_maxrss: Linux
-    carries the parent's size across fork and exec, so a child of a large benchmark would report that."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        import resource
+    """This process's peak RSS in MB (VmHWM: its own, not a parent's; analysis/heap.py)."""
+    from whisperdiff.analysis.heap import peak_mb
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_mb()
 
 
 def encoder_pass(config: str, model_spec: str):

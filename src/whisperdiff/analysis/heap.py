@@ -39,6 +39,19 @@ def resident_mb() -> float:
         return 0.0
 
 
+def peak_mb() -> float:
+    """The process's peak resident memory, in MB: VmHWM, its own peak since exec. ru_maxrss only where /proc
+    is not there: Linux carries a parent's peak across fork and exec, so a child of a large process would
+    report that process's."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def give_back(above_mb: float = TRIM_ABOVE_MB) -> bool:
     """Hand the heap's free pages back to the OS if the process is past `above_mb` resident. True if it did."""
     trim = _malloc_trim()

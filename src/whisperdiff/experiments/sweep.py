@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from whisperdiff.analysis.heap import peak_mb
 from whisperdiff.errors import WhisperdiffError
 from whisperdiff.experiments.sweep_table import SweepTable, job_id
 from whisperdiff.inputs.corpus import clip_properties, list_corpus
@@ -153,16 +154,8 @@ class SweepWorker:
         return os.getpid()
 
     def peak_rss_mb(self) -> float:
-        """This process's peak resident memory in MB (benchmarks/sweep.py reports it per Ray worker): VmHWM,
-        its own peak since exec. ru_maxrss is the fallback only: Linux carries a parent's peak across fork
-        and exec, so a worker started by a large process would report that process's."""
-        try:
-            with open("/proc/self/status") as f:
-                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-        except (OSError, StopIteration, ValueError):
-            import resource
-
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        """This process's peak resident memory in MB (benchmarks/sweep.py reports it per Ray worker)."""
+        return peak_mb()
 
     def warm(self, configs: list[Config]) -> list[str]:
         """Load every config's model and compile its graphs now (before jobs are timed)."""
