@@ -121,7 +121,8 @@ def test_gigabyte_pairs_take_the_one_pass_metrics_and_find_the_same(ref, tmp_pat
     assert calls == []
     monkeypatch.setattr(compare_module, "ONEPASS_BYTES", 0)
     one_pass = compare(ref, b)
-    assert len(calls) > len(ref.ops)  # every float32 op, a chunk at a time
+    float32_ops = [op for op in ref.ops if ref.info(op)["dtype"] == "float32"]
+    assert len(calls) >= len(float32_ops) > 0  # every float32 op, a chunk at a time
     assert one_pass.first_divergence == numpy_path.first_divergence == "blocks.0.mlp.fc2"
     assert [(f.kind, f.op) for f in one_pass.findings] == [(f.kind, f.op) for f in numpy_path.findings]
     for column in ("rel_l2", "cosine", "max_abs"):

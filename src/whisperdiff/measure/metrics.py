@@ -195,22 +195,32 @@ ONEPASS_BYTES = 1 << 30  # pairs from here on (both traces together) are compare
 
 
 def load_onepass():
-    """Start loading the one-pass kernel on a thread (numba's import and the kernel from its on-disk
-    cache take ~0.5 s, on one core): a Future; meanwhile the caller can read and check its traces."""
+    """Start loading the one-pass kernel on a thread (from whisperdiff's cache, ~0.05 s; compiled by numba
+    the first time on a machine, ~1 s): a Future; meanwhile the caller can read and check its traces."""
     return _pool().submit(_warm_onepass)
 
 
 def _warm_onepass() -> None:
-    _onepass(*(np.zeros((1, 1), np.float32),) * 2, 0.0, 0.0)
+    from whisperdiff.measure.kernel import chunk_sums
+
+    chunk_sums()
 
 
 def _onepass(x, y, atol: float, rtol: float) -> dict:
     """_chunk of a float32 chunk by onepass.chunk_sums: every element read once."""
-    from whisperdiff.measure.onepass import chunk_sums
+    from whisperdiff.measure.kernel import chunk_sums
 
-    steps = np.empty((x.shape[0], 5))
-    sa, sb, top, at, outside = chunk_sums(_read_only_rows(x), _read_only_rows(y), float(atol), float(rtol), steps)
-    cols = max(x.shape[1], 1)
+    # row-major for the kernel: an op with its time axis last is strided here, and copied (a small share of a
+    # trace: the mel and the two convolutions)
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    rows, cols = x.shape
+    steps, out = np.empty((rows, 5)), np.empty(5)
+    scratch = _scratch("onepass", (cols + 1,), np.float32)
+    chunk_sums()(
+        x.ctypes.data, y.ctypes.data, rows, cols, atol, rtol, scratch.ctypes.data, steps.ctypes.data, out.ctypes.data
+    )
+    sa, sb, top, at, outside = out.tolist()
+    at, cols = int(at), max(cols, 1)
     return {
         "nan_a": 0,
         "inf_a": 0,
@@ -222,17 +232,8 @@ def _onepass(x, y, atol: float, rtol: float) -> dict:
         "steps": steps.T,  # [5, rows], as the numpy path's five rows
         "max_abs": top,
         "max_at": (at // cols, at % cols),
-        "outside": outside,
+        "outside": int(outside),
     }
-
-
-def _read_only_rows(x):
-    """x as a read-only row-major array: numba keeps one machine code per argument type, and loading each
-    from its cache takes ~0.1 s. A trace's ops are mapped read-only; an op with its time axis last is
-    strided here, and copied (it is a small share of a trace: the mel and the two convolutions)."""
-    x = np.ascontiguousarray(x).view()
-    x.flags.writeable = False
-    return x
 
 
 def _sums(x, y, atol: float, rtol: float) -> dict:
