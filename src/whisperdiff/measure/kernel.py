@@ -42,6 +42,9 @@ _LOADED: dict[str, object] = {}  # "kernel", and the llvmlite engine that holds 
 
 def chunk_sums():
     """onepass.chunk_sums as a ctypes function (loaded once per process; compiled once per machine)."""
+    kernel = _LOADED.get("kernel")
+    if kernel is not None:  # every chunk asks: no lock once loaded
+        return kernel
     with _LOCK:
         if "kernel" not in _LOADED:
             _LOADED["kernel"], _LOADED["engine"], _LOADED["from_cache"] = _load()
