@@ -5,6 +5,9 @@ known change, so every assertion says what compare must find for that change.
 """
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -127,6 +130,30 @@ def test_gigabyte_pairs_take_the_one_pass_metrics_and_find_the_same(ref, tmp_pat
     assert [(f.kind, f.op) for f in one_pass.findings] == [(f.kind, f.op) for f in numpy_path.findings]
     for column in ("rel_l2", "cosine", "max_abs"):
         assert one_pass.table[column].tolist() == pytest.approx(numpy_path.table[column].tolist(), rel=1e-5, abs=1e-12)
+
+
+def test_where_the_kernel_cannot_be_had_compare_measures_by_numpy_and_says_so(ref, tmp_path):
+    """A machine where numba cannot compile the kernel (here NUMBA_DISABLE_JIT, nothing kept in the cache):
+    a gigabyte compare measures by numpy, with the numpy path's very figures, and a warning says so."""
+    b = edited(ref, tmp_path / "b", lambda name, x: (1.5 * x).astype(np.float32) if name == "blocks.0.mlp.fc2" else x)
+    child = """
+import json, sys
+from whisperdiff.analysis import compare as compare_module
+compare_module.ONEPASS_BYTES = 0
+r = compare_module.compare(sys.argv[1], sys.argv[2])
+print(json.dumps({"warnings": r.warnings, "rel_l2": r.table["rel_l2"].tolist(), "first": r.first_divergence}))
+"""
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-c", child, str(ref.path), str(b.path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    numpy_path = compare(ref, b)
+    assert got["first"] == numpy_path.first_divergence == "blocks.0.mlp.fc2"
+    assert got["rel_l2"] == numpy_path.table["rel_l2"].tolist()  # the numpy path's own figures
+    assert [w for w in got["warnings"] if "one-pass kernel could not be had" in w]
+    assert not [w for w in numpy_path.warnings if "one-pass kernel" in w]
 
 
 @pytest.mark.parametrize("onepass", [False, True], ids=["numpy", "one-pass-loading"])

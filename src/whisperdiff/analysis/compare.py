@@ -259,7 +259,8 @@ def compare(
         )
 
     # each op read, checked and measured on workers a few ops ahead of this loop (measuring.py)
-    ahead = MeasureAhead(ta, tb, jobs, ready=load_onepass() if onepass else None)
+    kernel = load_onepass() if onepass else None  # a Future: None, or why there is no kernel here
+    ahead = MeasureAhead(ta, tb, jobs, ready=kernel)
     try:
         for pair in pairs:
             result = OpResult(
@@ -400,6 +401,11 @@ def compare(
             f"{len(not_aligned)} ops of A were not aligned to any value of B's capture (no captured value of "
             f"their shape and kind was left between their neighbours): {', '.join(not_aligned[:4])}"
             f"{', ...' if len(not_aligned) > 4 else ''}; {advice}"
+        )
+    if kernel is not None and kernel.result() is not None:
+        warnings.append(
+            f"the one-pass kernel could not be had ({kernel.result()}): the ops were measured by numpy instead "
+            "(the same figures to float precision, several times slower)"
         )
     if capture:
         op_findings.extend(port_output_findings(capture, rel_l2_of))

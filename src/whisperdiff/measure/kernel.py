@@ -41,14 +41,25 @@ _LOADED: dict[str, object] = {}  # "kernel", and the llvmlite engine that holds 
 
 
 def chunk_sums():
-    """onepass.chunk_sums as a ctypes function (loaded once per process; compiled once per machine)."""
-    kernel = _LOADED.get("kernel")
-    if kernel is not None:  # every chunk asks: no lock once loaded
-        return kernel
+    """onepass.chunk_sums as a ctypes function (loaded once per process; compiled once per machine), or None
+    where it cannot be had (`unavailable` says why; the caller measures by numpy instead)."""
+    if "kernel" in _LOADED:  # every chunk asks: no lock once loaded
+        return _LOADED["kernel"]
     with _LOCK:
         if "kernel" not in _LOADED:
-            _LOADED["kernel"], _LOADED["engine"], _LOADED["from_cache"] = _load()
+            try:
+                _LOADED["engine"], _LOADED["from_cache"], _LOADED["kernel"] = _load()
+            except Exception as e:  # numba or LLVM refused (NUMBA_DISABLE_JIT, an unsupported platform)
+                first_line = (str(e).strip().splitlines() or [""])[0]
+                _LOADED["why"] = f"{type(e).__name__}: {first_line}"
+                _LOADED["kernel"] = None
         return _LOADED["kernel"]
+
+
+def unavailable() -> str | None:
+    """Why the kernel cannot be had in this process, or None where it is loaded."""
+    chunk_sums()
+    return _LOADED.get("why")
 
 
 def cache_dir() -> Path:
@@ -78,7 +89,7 @@ def cache_path() -> Path:
 def from_cache() -> bool:
     """Whether this process's kernel came from the cache (else numba compiled it here)."""
     chunk_sums()
-    return bool(_LOADED["from_cache"])
+    return bool(_LOADED.get("from_cache"))
 
 
 def _load():
@@ -88,14 +99,14 @@ def _load():
     if kept is not None:
         try:
             engine, address = _engine(kept)
-            return PROTOTYPE(address), engine, True
+            return engine, True, PROTOTYPE(address)
         except RuntimeError:  # LLVM refused the object: compile it again
             pass
     ir, symbol = _compile_ir()
     objects: list[bytes] = []
     engine, address = _engine({"ir": ir, "symbol": symbol}, objects)
     _write(path, symbol, _externals(ir), objects[0])
-    return PROTOTYPE(address), engine, False
+    return engine, False, PROTOTYPE(address)
 
 
 def _compile_ir() -> tuple[str, str]:

@@ -176,8 +176,8 @@ def _chunk(x, y, atol: float, rtol: float, onepass: bool = False) -> dict:
     """The sums of one chunk of rows (steps x rest): per row a.a, b.b, d.d, d.(a + b) and a.b, and the totals."""
     if onepass and x.dtype == np.float32 and y.dtype == np.float32:
         out = _onepass(x, y, atol, rtol)
-        if _finite(out):
-            return out  # else a NaN or Inf: the numpy path below counts and masks them
+        if out is not None and _finite(out):
+            return out  # else a NaN or Inf (the numpy path below counts and masks them), or no kernel here
     if x.dtype in _SINGLE and y.dtype in _SINGLE:
         out = _sums(x.astype(np.float32, copy=False), y.astype(np.float32, copy=False), atol, rtol)
         if _finite(out):
@@ -196,19 +196,24 @@ ONEPASS_BYTES = 1 << 30  # pairs from here on (both traces together) are compare
 
 def load_onepass():
     """Start loading the one-pass kernel on a thread (from whisperdiff's cache, ~0.05 s; compiled by numba
-    the first time on a machine, ~1 s): a Future; meanwhile the caller can read and check its traces."""
+    the first time on a machine, ~1 s): a Future of None, or of why the kernel cannot be had (then the
+    chunks are measured by the numpy path: the same figures to float precision, several times slower)."""
     return _pool().submit(_warm_onepass)
 
 
-def _warm_onepass() -> None:
+def _warm_onepass() -> str | None:
+    from whisperdiff.measure.kernel import unavailable
+
+    return unavailable()
+
+
+def _onepass(x, y, atol: float, rtol: float) -> dict | None:
+    """_chunk of a float32 chunk by onepass.chunk_sums: every element read once (None: no kernel here)."""
     from whisperdiff.measure.kernel import chunk_sums
 
-    chunk_sums()
-
-
-def _onepass(x, y, atol: float, rtol: float) -> dict:
-    """_chunk of a float32 chunk by onepass.chunk_sums: every element read once."""
-    from whisperdiff.measure.kernel import chunk_sums
+    kernel = chunk_sums()
+    if kernel is None:
+        return None
 
     # row-major for the kernel: an op with its time axis last is strided here, and copied (a small share of a
     # trace: the mel and the two convolutions)
@@ -216,8 +221,16 @@ def _onepass(x, y, atol: float, rtol: float) -> dict:
     rows, cols = x.shape
     steps, out = np.empty((rows, 5)), np.empty(5)
     scratch = _scratch("onepass", (cols + 1,), np.float32)
-    chunk_sums()(
-        x.ctypes.data, y.ctypes.data, rows, cols, atol, rtol, scratch.ctypes.data, steps.ctypes.data, out.ctypes.data
+    kernel(
+        x.ctypes.data,
+        y.ctypes.data,
+        rows,
+        cols,
+        float(atol),
+        float(rtol),
+        scratch.ctypes.data,
+        steps.ctypes.data,
+        out.ctypes.data,
     )
     sa, sb, top, at, outside = out.tolist()
     at, cols = int(at), max(cols, 1)
