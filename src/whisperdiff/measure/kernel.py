@@ -15,7 +15,8 @@ abort(), so that a path thought unreachable stops the process rather than jumpin
 
 A cache file is a JSON header line (symbol, externals, sha256 of the object) and the object; one that does
 not match its digest, or that LLVM refuses, is compiled again and replaced. An unwritable cache costs the
-compile each time, nothing else.
+compile each time, nothing else. Where the kernel cannot be had at all (numba or LLVM refuses it), chunk_sums
+gives None and `unavailable` says why: compare then measures by numpy and warns.
 """
 
 from __future__ import annotations
