@@ -9,9 +9,10 @@ On a miss (a new machine, a new kernel) numba compiles the kernel (~1 s) and LLV
 every time, so a kept kernel and a fresh one are the same machine code.
 
 The kernel is a C function called through ctypes, which releases the GIL as numba's nogil did. Its IR
-declares numba's helpers for raising and for freeing arrays (the cfunc wrapper's error path, which this
-kernel never takes: it allocates nothing and raises nothing); outside numba's process they resolve to
-abort(), so that a path thought unreachable stops the process rather than jumping to address 0.
+declares Python's and numba's helpers for raising an error and numba's for freeing an array: the cfunc
+wrapper's error path, which this kernel never takes (it allocates nothing and raises nothing). Any of them
+the process lacks (numba's, when numba is not loaded) resolves to abort(), so that a path thought
+unreachable stops the process rather than jumping to address 0.
 
 A cache file is a JSON header line (symbol, externals, sha256 of the object) and the object; one that does
 not match its digest, or that LLVM refuses, is compiled again and replaced. An unwritable cache costs the
@@ -149,8 +150,9 @@ def _engine(kept: dict, objects: list | None = None):
 
 
 def _externals(ir: str) -> list[str]:
-    """The functions the IR declares and does not define, but LLVM's own intrinsics."""
+    """The functions and globals the IR declares and does not define, but LLVM's own intrinsics."""
     names = re.findall(r'^declare [^@]*@"?([^"(\s]+)"?\(', ir, re.MULTILINE)
+    names += re.findall(r'^@"?([^"=\s]+)"? = external ', ir, re.MULTILINE)
     return sorted(name for name in set(names) if not name.startswith("llvm."))
 
 
