@@ -3,9 +3,9 @@
 numba's own on-disk cache gives the compiled kernel back in ~0.3 s of Python on one core (numba's import,
 then its typing and target registries), and every worker of a large compare waited for it: a third of a
 clean large-v3 compare, which must take at most twice the time to read both traces. Here the machine code
-is kept in whisperdiff's cache (~/.cache/whisperdiff/kernels), keyed by the kernel's source, numba's,
-llvmlite's and Python's versions and this CPU, and loaded by llvmlite in ~0.04 s, without importing numba.
-On a miss (a new machine, a new kernel) numba compiles the kernel (~1 s) and LLVM its IR, the same way
+is kept in whisperdiff's cache (~/.cache/whisperdiff/kernels), keyed by the kernel's source and this
+module's, numba's, llvmlite's and Python's versions and this CPU, and loaded by llvmlite in ~0.04 s,
+without importing numba. On a miss (a new machine, a new kernel) numba compiles the kernel (~1 s) and LLVM its IR, the same way
 every time, so a kept kernel and a fresh one are the same machine code.
 
 The kernel is a C function called through ctypes, which releases the GIL as numba's nogil did. Its IR
@@ -77,6 +77,7 @@ def cache_path() -> Path:
     key = hashlib.sha256()
     for part in (
         SOURCE.read_bytes(),
+        Path(__file__).read_bytes(),  # how it is compiled and called
         importlib.metadata.version("numba").encode(),
         llvmlite.__version__.encode(),
         sys.version.encode(),
