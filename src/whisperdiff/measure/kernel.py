@@ -5,8 +5,8 @@ then its typing and target registries), and every worker of a large compare wait
 clean large-v3 compare, which must take at most twice the time to read both traces. Here the machine code
 is kept in whisperdiff's cache (~/.cache/whisperdiff/kernels), keyed by the kernel's source and this
 module's, numba's, llvmlite's and Python's versions and this CPU, and loaded by llvmlite in ~0.04 s,
-without importing numba. On a miss (a new machine, a new kernel) numba compiles the kernel (~1 s) and LLVM its IR, the same way
-every time, so a kept kernel and a fresh one are the same machine code.
+without importing numba. On a miss (a new machine, a new kernel) numba compiles the kernel (~1 s) and
+LLVM its IR, the same way every time, so a kept kernel and a fresh one are the same machine code.
 
 The kernel is a C function called through ctypes, which releases the GIL as numba's nogil did. Its IR
 declares Python's and numba's helpers for raising an error and numba's for freeing an array: the cfunc
