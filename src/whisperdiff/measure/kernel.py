@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -96,7 +97,6 @@ def from_cache() -> bool:
 
 
 def _load():
-    _init_llvm()
     path = cache_path()
     kept = _read(path)
     if kept is not None:
@@ -106,9 +106,9 @@ def _load():
         except RuntimeError:  # LLVM refused the object: compile it again
             pass
     ir, symbol = _compile_ir()
-    objects: list[bytes] = []
-    engine, address = _engine({"ir": ir, "symbol": symbol}, objects)
-    _write(path, symbol, _externals(ir), objects[0])
+    externals, objects = _externals(ir), []
+    engine, address = _engine({"ir": ir, "symbol": symbol, "externals": externals}, objects)
+    _write(path, symbol, externals, objects[0])
     return engine, False, PROTOTYPE(address)
 
 
@@ -128,9 +128,8 @@ def _engine(kept: dict, objects: list | None = None):
         cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3
     )
     ir = kept.get("ir")
-    externals = _externals(ir) if ir is not None else kept["externals"]
     abort = ctypes.cast(ctypes.CDLL(None).abort, ctypes.c_void_p).value
-    for name in externals:  # numba's helpers, when numba is not loaded (see the module's docstring)
+    for name in kept["externals"]:  # numba's helpers, when numba is not loaded (see the module's docstring)
         if llvm.address_of_symbol(name) is None:
             llvm.add_symbol(name, abort)
     if ir is None:
@@ -157,17 +156,12 @@ def _externals(ir: str) -> list[str]:
     return sorted(name for name in set(names) if not name.startswith("llvm."))
 
 
-_init_done = False
-
-
+@functools.cache
 def _init_llvm() -> None:
-    global _init_done
-    if not _init_done:
-        import llvmlite.binding as llvm
+    import llvmlite.binding as llvm
 
-        llvm.initialize_native_target()
-        llvm.initialize_native_asmprinter()
-        _init_done = True
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
 
 
 def _read(path: Path) -> dict | None:
